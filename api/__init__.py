@@ -1,0 +1,1 @@
+"""Read API: leaderboards over HTTP from Redis with a PostgreSQL fallback."""

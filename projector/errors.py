@@ -1,0 +1,42 @@
+"""The few kinds of failure a caller must treat differently.
+
+``ConnectionLost`` is retried with backoff, ``RebuildRequired`` makes the projector
+rebuild Redis from a PostgreSQL snapshot, ``ProtocolError`` and ``ConfigError`` stop it.
+"""
+
+from __future__ import annotations
+
+
+class ProjectorError(Exception):
+    """Base class of every error the projector raises on purpose."""
+
+
+class ConfigError(ProjectorError):
+    """A setting or an argument is invalid; the message names the culprit."""
+
+
+class ConnectionLost(ProjectorError):
+    """PostgreSQL or Redis went away; retrying later can succeed."""
+
+    def __init__(self, message: str, *, service: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class RebuildRequired(ProjectorError):
+    """Redis no longer matches the replication slot; rebuild from a consistent snapshot."""
+
+    def __init__(self, reason: str, *, slot: str | None = None, lsn: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.slot = slot
+        self.lsn = lsn
+
+
+class ProtocolError(ProjectorError):
+    """The replication stream holds something this projector cannot decode; fatal."""
+
+    def __init__(self, message: str, *, offset: int | None = None, lsn: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.lsn = lsn
