@@ -1,0 +1,170 @@
+"""Configuration from ``PROJECTOR_*`` environment variables, validated once at start-up.
+
+A bad value becomes one ``ConfigError`` sentence naming the variable; secrets never
+leave this module unmasked (``redacted_dsn`` / ``redacted_url``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from projector.buckets import Retention
+from projector.errors import ConfigError
+
+_IDENTIFIER_RE = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
+ENV_PREFIX = "PROJECTOR_"
+
+
+class Settings(BaseSettings):
+    """Every knob of the projector and the read API."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    pg_dsn: str = "postgresql://postgres@localhost:5432/postgres"
+    redis_url: str = "redis://localhost:6379/0"
+    slot: str = "projector"
+    publication: str = "projector"
+    timezone: str = "UTC"
+    key_prefix: str = "pomo:"
+
+    # Exactly-once batching: a transaction up to this many row changes is applied atomically.
+    max_tx_changes: int = Field(100_000, ge=1, le=10_000_000)
+    # Soft cap on the row changes gathered into one Redis round trip across transactions.
+    batch_changes: int = Field(20_000, ge=1, le=1_000_000)
+    status_interval: float = Field(10.0, gt=0, le=3600)
+    heartbeat_interval: float = Field(2.0, gt=0, le=300)
+    # Emit pg_logical_emit_message every N seconds so an idle publication still moves the slot; 0 = off.
+    wal_heartbeat_interval: float = Field(0.0, ge=0, le=86_400)
+    wal_warning_bytes: int = Field(1 << 30, ge=0)
+    lag_unhealthy_seconds: float = Field(300.0, gt=0)
+
+    retention_day_days: int = Field(35, ge=0, le=36_500)
+    retention_week_weeks: int = Field(13, ge=0, le=5_200)
+    retention_month_months: int = Field(13, ge=0, le=1_200)
+    retention_year_years: int = Field(5, ge=0, le=100)
+
+    reconnect_max_delay: float = Field(30.0, gt=0, le=3600)
+    log_level: str = "info"
+    log_format: str = "console"
+
+    # Read API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65_535)
+    api_workers: int = Field(1, ge=1, le=64)
+    api_min_lsn_wait: float = Field(0.5, ge=0, le=30)
+    api_pg_concurrency: int = Field(8, ge=1, le=1000)
+    api_redis_down_cooldown: float = Field(2.0, ge=0, le=300)
+    api_access_log: bool = True
+
+    @field_validator("slot", "publication")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER_RE.match(value):
+            raise ValueError("must be a lower-case SQL identifier: letters, digits, _ (max 63)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(ch in value for ch in "*?[]\\ \t\r\n"):
+            raise ValueError("must be non-empty without spaces or glob characters (*?[]\\)")
+        return value
+
+    @field_validator("pg_dsn")
+    @classmethod
+    def _pg_dsn(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("debug", "info", "warning", "error"):
+            raise ValueError("must be one of debug, info, warning, error")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("console", "json"):
+            raise ValueError("must be console or json")
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(
+            day_days=self.retention_day_days,
+            week_weeks=self.retention_week_weeks,
+            month_months=self.retention_month_months,
+            year_years=self.retention_year_years,
+        )
+
+    @property
+    def redacted_dsn(self) -> str:
+        return redact_dsn(self.pg_dsn)
+
+    @property
+    def redacted_redis_url(self) -> str:
+        return redact_url(self.redis_url)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and overrides), or raise one clear ``ConfigError``."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        message = first["msg"].removeprefix("Value error, ")
+        given = first.get("input")
+        shown = "" if field in ("pg_dsn", "redis_url") else f" (got {given!r})"
+        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}{shown}") from None
+
+
+_DSN_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """Return a PostgreSQL DSN (URL or key=value form) with any password masked."""
+    if "://" in dsn:
+        return redact_url(dsn)
+    return _DSN_PASSWORD_KV.sub(r"\1***", dsn)
+
+
+def redact_url(url: str) -> str:
+    """Return a URL with the password part of its authority masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
