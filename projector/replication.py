@@ -1,0 +1,99 @@
+"""Frames of the streaming replication protocol carried in CopyData messages, without any I/O.
+
+``parse_frame`` turns one CopyData payload from the server into an ``XLogData`` (whose ``data``
+is a zero-copy view of the pgoutput message) or a ``PrimaryKeepalive``, raising ``ProtocolError``
+for anything else; ``standby_status_update`` builds the feedback frame that acknowledges WAL.
+Times are microseconds since 2000-01-01 UTC, the PostgreSQL epoch.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import Final
+
+from projector.errors import ProtocolError
+
+__all__ = [
+    "PrimaryKeepalive",
+    "XLogData",
+    "parse_frame",
+    "pg_now_us",
+    "standby_status_update",
+]
+
+# Microseconds from the Unix epoch to the PostgreSQL epoch, 2000-01-01 00:00:00 UTC.
+_PG_EPOCH_UNIX_US: Final = 946_684_800_000_000
+
+_XLOG_HEADER: Final = struct.Struct("!QQq")  # wal_start, wal_end, server_time
+_KEEPALIVE: Final = struct.Struct("!Qq?")  # wal_end, server_time, reply_requested
+_STATUS_UPDATE: Final = struct.Struct("!cQQQq?")  # 'r', write, flush, apply, clock, reply
+
+
+@dataclass(frozen=True, slots=True)
+class XLogData:
+    """WAL data ('w'): one pgoutput message that starts at ``wal_start``."""
+
+    wal_start: int
+    wal_end: int
+    server_time: int
+    data: memoryview | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryKeepalive:
+    """Server heartbeat ('k'); ``reply_requested`` asks for a status update right away."""
+
+    wal_end: int
+    server_time: int
+    reply_requested: bool
+
+
+def pg_now_us() -> int:
+    """Return the current time in microseconds since 2000-01-01 UTC."""
+    return time.time_ns() // 1000 - _PG_EPOCH_UNIX_US
+
+
+def parse_frame(buf: bytes | memoryview) -> XLogData | PrimaryKeepalive:
+    """Parse one CopyData payload of START_REPLICATION; raise ProtocolError if it is neither."""
+    view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    if not view:
+        raise ProtocolError("empty replication frame", offset=0)
+    kind = view[0]
+    if kind == 0x77:  # 'w'
+        if len(view) < 1 + _XLOG_HEADER.size:
+            raise ProtocolError(
+                f"XLogData frame truncated: {len(view)} bytes, header needs "
+                f"{1 + _XLOG_HEADER.size}",
+                offset=len(view),
+            )
+        wal_start, wal_end, server_time = _XLOG_HEADER.unpack_from(view, 1)
+        return XLogData(wal_start, wal_end, server_time, view[1 + _XLOG_HEADER.size :])
+    if kind == 0x6B:  # 'k'
+        if len(view) != 1 + _KEEPALIVE.size:
+            raise ProtocolError(
+                f"primary keepalive frame has {len(view)} bytes, expected {1 + _KEEPALIVE.size}",
+                offset=min(len(view), 1 + _KEEPALIVE.size),
+            )
+        wal_end, server_time, reply_requested = _KEEPALIVE.unpack_from(view, 1)
+        return PrimaryKeepalive(wal_end, server_time, reply_requested)
+    raise ProtocolError(
+        f"unknown replication frame type {bytes((kind,))!r} at byte 0 "
+        "(expected 'w' XLogData or 'k' keepalive)",
+        offset=0,
+    )
+
+
+def standby_status_update(
+    write_lsn: int,
+    flush_lsn: int,
+    apply_lsn: int,
+    *,
+    now_us: int | None = None,
+    reply_requested: bool = False,
+) -> bytes:
+    """Build the 'r' frame telling the server which WAL positions this client has processed."""
+    if now_us is None:
+        now_us = pg_now_us()
+    return _STATUS_UPDATE.pack(b"r", write_lsn, flush_lsn, apply_lsn, now_us, reply_requested)
