@@ -1,0 +1,29 @@
+"""Remove every key under the prefix without blocking Redis (SCAN + UNLINK)."""
+
+from __future__ import annotations
+
+import redis
+
+from projector.errors import ConnectionLost
+from projector.settings import Settings
+
+
+def clear(settings: Settings) -> int:
+    """Unlink every key under ``PROJECTOR_KEY_PREFIX``; return how many were removed."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5.0)
+    pattern = settings.key_prefix.replace("\\", "\\\\") + "*"
+    removed = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += int(client.unlink(*batch))
+                batch = []
+        if batch:
+            removed += int(client.unlink(*batch))
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+    finally:
+        client.close()
+    return removed

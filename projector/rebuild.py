@@ -1,0 +1,384 @@
+"""Rebuild Redis from a consistent PostgreSQL snapshot.
+
+The slot is (re)created with an exported snapshot; every board still inside retention,
+the all-time board and the name hash are computed from that snapshot into build keys,
+then swapped in with the watermark set to the slot's consistent point, atomically.
+Changes committed meanwhile wait in the new slot, so none is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from importlib import resources
+from typing import Any
+
+import psycopg
+import redis
+import structlog
+from psycopg import sql
+
+from projector.buckets import Period, bucket_ids_for_date, expires_at, oldest_retained_bucket_start
+from projector.errors import ConnectionLost, ProjectorError
+from projector.lsn import format_lsn
+from projector.projection import board_key
+from projector.settings import Settings
+from projector.sink import RedisSink, Watermark
+from projector.stream import ReplicationStream, connect, drop_slot, slot_info, system_identifier
+
+log = structlog.get_logger(__name__)
+
+_SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
+_LOCK_CLASS = 0x504D4452  # advisory lock class id for "this slot is being driven"
+_BUILD_TTL = 24 * 3600  # build keys of a crashed rebuild disappear on their own
+_CHUNK = 5_000
+_PERIOD_INDEX = {Period.DAY: 0, Period.WEEK: 1, Period.MONTH: 2, Period.YEAR: 3}
+
+ProgressFn = Callable[["RebuildProgress"], None]
+
+
+@dataclass(slots=True)
+class RebuildProgress:
+    """How far a rebuild has come; reported to logs and to ``projector replay``."""
+
+    phase: str = "starting"
+    rows: int = 0
+    boards: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lsn: int | None = None
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.rows / elapsed if elapsed > 0 else 0.0
+
+
+@contextmanager
+def advisory_lock(
+    conn: psycopg.Connection[tuple[object, ...]], slot: str, *, wait: bool
+) -> Iterator[bool]:
+    """Hold the session advisory lock that says "one process drives this slot"."""
+    if wait:
+        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, slot))
+        locked = True
+    else:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, slot)
+        ).fetchone()
+        locked = bool(row and row[0])
+    try:
+        yield locked
+    finally:
+        if locked and not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, slot))
+
+
+def _period_query(period: Period) -> sql.Composed:
+    unit = {Period.DAY: "day", Period.WEEK: "week", Period.MONTH: "month", Period.YEAR: "year"}[
+        period
+    ]
+    return sql.SQL(
+        "SELECT date_trunc({unit}, completed_at AT TIME ZONE %(tz)s)::date AS bucket_start,"
+        " user_id, count(*)"
+        " FROM pomodoros"
+        " WHERE completed_at >= %(since)s AND completed_at < 'infinity'"
+        "   AND (completed_at AT TIME ZONE %(tz)s) < '10000-01-01'"
+        " GROUP BY 1, 2 ORDER BY 1"
+    ).format(unit=sql.Literal(unit))
+
+
+_ALL_QUERY = "SELECT user_id, count(*) FROM pomodoros GROUP BY 1"
+_USERS_QUERY = "SELECT id, display_name FROM users"
+
+
+def rebuild(
+    settings: Settings,
+    sink: RedisSink,
+    *,
+    reason: str,
+    replay_id: str | None = None,
+    progress: ProgressFn | None = None,
+) -> Watermark:
+    """Recreate the slot and rebuild every board from its snapshot; return the new watermark.
+
+    The caller must hold ``advisory_lock`` for the slot: nobody else may stream from it.
+    """
+    state = RebuildProgress()
+    report = _reporter(sink, replay_id, state, progress)
+    log.info("rebuild started", reason=reason, slot=settings.slot)
+    pg = connect(settings.pg_dsn)
+    try:
+        system_id = system_identifier(pg)
+        existing = slot_info(pg, settings.slot)
+        if existing is not None and existing.active:
+            raise ConnectionLost(
+                f"replication slot {settings.slot!r} is in use by PID {existing.active_pid}",
+                service="postgres",
+            )
+        drop_slot(pg, settings.slot)
+    finally:
+        pg.close()
+    _discard_stale_builds(sink)
+    build = f"{settings.key_prefix}rebuild:{uuid.uuid4().hex[:12]}:"
+    state.phase = "creating slot"
+    report()
+    snapshot_conn = _snapshot_connection(settings, state)
+    try:
+        assert state.lsn is not None
+        boards = _build_boards(settings, sink, snapshot_conn, build, state, report)
+        snapshot_time = snapshot_conn.execute("SELECT now()").fetchone()
+    finally:
+        snapshot_conn.close()
+    watermark = Watermark(
+        lsn=state.lsn,
+        system_id=system_id,
+        slot=settings.slot,
+        commit_time=snapshot_time[0] if snapshot_time else datetime.now(UTC),  # type: ignore[arg-type]
+    )
+    state.phase = "swapping"
+    report()
+    _swap(sink, settings.key_prefix, build, boards, watermark, replay_id)
+    state.phase = "done"
+    report()
+    log.info(
+        "rebuild finished", rows=state.rows, boards=len(boards),
+        seconds=round(time.monotonic() - state.started, 2), watermark=format_lsn(state.lsn),
+    )
+    return watermark
+
+
+def _snapshot_connection(
+    settings: Settings, state: RebuildProgress
+) -> psycopg.Connection[tuple[object, ...]]:
+    """Create the slot and return a connection inside a transaction on its snapshot."""
+    with ReplicationStream(settings.pg_dsn, settings.slot, settings.publication) as stream:
+        consistent_point, snapshot = stream.create_slot()
+        try:
+            conn = psycopg.connect(settings.pg_dsn, autocommit=False)
+        except psycopg.OperationalError as exc:
+            raise ConnectionLost(f"cannot connect to PostgreSQL: {exc}", service="postgres") from exc
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        conn.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))  # type: ignore[arg-type]
+    # The replication connection is closed: the imported snapshot stays with ``conn``.
+    state.lsn = consistent_point
+    log.info("slot created", slot=settings.slot, consistent_point=format_lsn(consistent_point))
+    return conn
+
+
+def _build_boards(
+    settings: Settings,
+    sink: RedisSink,
+    conn: psycopg.Connection[tuple[object, ...]],
+    build: str,
+    state: RebuildProgress,
+    report: Callable[[], None],
+) -> list[tuple[str, int | None]]:
+    """Load every board into ``build``-prefixed keys; return (key suffix, expiry) pairs."""
+    client = sink.client
+    tz = settings.zone
+    now = time.time()
+    boards: list[tuple[str, int | None]] = []
+    loader = _Loader(client, state, report)
+
+    state.phase = "users"
+    with conn.cursor(name="rebuild_users") as cur:
+        cur.itersize = _CHUNK
+        cur.execute(_USERS_QUERY)
+        loader.load_hash(f"{build}users", cur)
+
+    for period in (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR):
+        since = oldest_retained_bucket_start(period, tz, settings.retention)
+        if since is None:
+            continue
+        state.phase = f"{period} boards"
+        report()
+        index = _PERIOD_INDEX[period]
+        bucket_cache: dict[date, tuple[str, int | None] | None] = {}
+
+        def suffix_for(start: date, period: Period = period, index: int = index,
+                       cache: dict[date, tuple[str, int | None] | None] = bucket_cache,
+                       ) -> tuple[str, int | None] | None:
+            if start not in cache:
+                bucket = bucket_ids_for_date(start)[index]
+                expires = expires_at(period, bucket, tz, settings.retention)
+                live = expires is None or expires > now
+                cache[start] = (board_key("", period, bucket), expires) if live else None
+            return cache[start]
+
+        with conn.cursor(name=f"rebuild_{period}") as cur:
+            cur.itersize = _CHUNK * 4
+            cur.execute(_period_query(period), {"tz": settings.timezone, "since": since})
+            for suffix, expires in loader.load_boards(build, cur, suffix_for):
+                boards.append((suffix, expires))
+
+    state.phase = "all-time board"
+    report()
+    with conn.cursor(name="rebuild_all") as cur:
+        cur.itersize = _CHUNK * 4
+        cur.execute(_ALL_QUERY)
+        suffix = board_key("", Period.ALL, "all")
+        loader.load_one(f"{build}{suffix}", cur)
+        boards.append((suffix, None))
+    loader.finish()
+    return boards
+
+
+class _Loader:
+    """Pipelines ZADD/HSET chunks into Redis while counting progress."""
+
+    def __init__(self, client: redis.Redis, state: RebuildProgress, report: Callable[[], None]):
+        self._client = client
+        self._pipe = client.pipeline(transaction=False)
+        self._queued = 0
+        self._state = state
+        self._report = report
+        self._last_report = time.monotonic()
+
+    def load_hash(self, key: str, rows: Any) -> None:
+        chunk: dict[str, str] = {}
+        for user_id, name in rows:
+            chunk[user_id] = name
+            if len(chunk) >= _CHUNK:
+                self._queue("hset", key, chunk)
+                chunk = {}
+        if chunk:
+            self._queue("hset", key, chunk)
+        self._pipe.expire(key, _BUILD_TTL)
+
+    def load_boards(
+        self,
+        build: str,
+        rows: Any,
+        suffix_for: Callable[[date], tuple[str, int | None] | None],
+    ) -> Iterator[tuple[str, int | None]]:
+        current_start: date | None = None
+        target: tuple[str, int | None] | None = None
+        chunk: dict[str, int] = {}
+        for start, user_id, count in rows:
+            self._state.rows += count
+            if start != current_start:
+                if chunk and target is not None:
+                    self._queue("zadd", build + target[0], chunk)
+                chunk = {}
+                current_start = start
+                target = suffix_for(start)
+                if target is not None:
+                    self._state.boards += 1
+                    self._pipe.expire(build + target[0], _BUILD_TTL)
+                    yield target
+            if target is None:
+                continue
+            chunk[user_id] = count
+            if len(chunk) >= _CHUNK:
+                self._queue("zadd", build + target[0], chunk)
+                chunk = {}
+        if chunk and target is not None:
+            self._queue("zadd", build + target[0], chunk)
+
+    def load_one(self, key: str, rows: Any) -> None:
+        chunk: dict[str, int] = {}
+        for user_id, count in rows:
+            self._state.rows += count
+            chunk[user_id] = count
+            if len(chunk) >= _CHUNK:
+                self._queue("zadd", key, chunk)
+                chunk = {}
+        if chunk:
+            self._queue("zadd", key, chunk)
+        self._pipe.expire(key, _BUILD_TTL)
+        self._state.boards += 1
+
+    def finish(self) -> None:
+        self._execute()
+
+    def _queue(self, command: str, key: str, mapping: dict[str, Any]) -> None:
+        if command == "zadd":
+            self._pipe.zadd(key, mapping)
+        else:
+            self._pipe.hset(key, mapping=mapping)
+        self._queued += 1
+        if self._queued >= 20:
+            self._execute()
+        now = time.monotonic()
+        if now - self._last_report >= 2.0:
+            self._last_report = now
+            self._report()
+
+    def _execute(self) -> None:
+        try:
+            self._pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+        self._queued = 0
+
+
+def _swap(
+    sink: RedisSink,
+    prefix: str,
+    build: str,
+    boards: list[tuple[str, int | None]],
+    watermark: Watermark,
+    replay_id: str | None,
+) -> None:
+    args: list[Any] = [prefix, build, replay_id or "", watermark.position]
+    fields = watermark.fields()
+    args.append(len(fields))
+    for item in fields.items():
+        args.extend(item)
+    args.append(len(boards))
+    for suffix, expires in boards:
+        args.extend((suffix, "" if expires is None else expires))
+    try:
+        sink.client.eval(_SWAP_LUA, 0, *args)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+
+
+def _discard_stale_builds(sink: RedisSink) -> None:
+    """Remove build keys a crashed rebuild left behind (they also expire on their own)."""
+    client = sink.client
+    pattern = f"{sink.watermark_key.removesuffix('watermark')}rebuild:*"
+    try:
+        batch: list[Any] = []
+        for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                client.unlink(*batch)
+                batch = []
+        if batch:
+            client.unlink(*batch)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+
+
+def _reporter(
+    sink: RedisSink, replay_id: str | None, state: RebuildProgress, progress: ProgressFn | None
+) -> Callable[[], None]:
+    key = f"{sink.watermark_key.removesuffix('watermark')}replay:progress"
+
+    def report() -> None:
+        log.info(
+            "rebuild progress", phase=state.phase, rows=state.rows, boards=state.boards,
+            rows_per_s=round(state.rate),
+        )
+        if progress is not None:
+            progress(state)
+        if replay_id is not None:
+            try:
+                sink.client.hset(
+                    key,
+                    mapping={
+                        "id": replay_id, "phase": state.phase, "rows": state.rows,
+                        "boards": state.boards, "at": time.time(),
+                    },
+                )
+                sink.client.expire(key, 3600)
+            except redis.RedisError as exc:
+                raise ProjectorError(f"cannot report replay progress: {exc}") from exc
+
+    return report

@@ -1,0 +1,174 @@
+"""The only code that writes the projector's Redis keys.
+
+``RedisSink.apply`` writes a ``BatchDelta`` and the new ``Watermark`` in one Lua script:
+atomic, and guarded by compare-and-set on the watermark's position so a stale or second
+writer, or a Redis that lost data, fails loudly instead of counting twice.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import redis
+
+from projector.errors import ConnectionLost, RebuildRequired
+from projector.lsn import format_lsn
+from projector.projection import BatchDelta
+
+_APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """How far Redis reflects PostgreSQL.
+
+    ``lsn`` is the end LSN of the last transaction applied in full. When a transaction
+    too large to apply atomically is part-way through, ``tx_lsn`` is its commit LSN (from
+    its Begin message) and ``tx_rows`` the number of its row changes already applied.
+    """
+
+    lsn: int
+    system_id: str
+    slot: str
+    commit_time: datetime | None
+    tx_lsn: int = 0
+    tx_rows: int = 0
+
+    @property
+    def position(self) -> str:
+        """The compare-and-set token stored beside the fields."""
+        return f"{self.lsn:016X}:{self.tx_lsn:016X}:{self.tx_rows}"
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "lsn": format_lsn(self.lsn),
+            "system_id": self.system_id,
+            "slot": self.slot,
+            "commit_time": self.commit_time.isoformat() if self.commit_time else "",
+            "tx_lsn": format_lsn(self.tx_lsn),
+            "tx_rows": str(self.tx_rows),
+            "updated_at": datetime.now(UTC).isoformat(),
+        }
+
+    @classmethod
+    def from_fields(cls, raw: dict[str, str]) -> Watermark | None:
+        """Parse the watermark hash; None when it is absent or unreadable."""
+        from projector.lsn import parse_lsn
+
+        try:
+            commit_time = raw.get("commit_time") or ""
+            return cls(
+                lsn=parse_lsn(raw["lsn"]),
+                system_id=raw["system_id"],
+                slot=raw["slot"],
+                commit_time=datetime.fromisoformat(commit_time) if commit_time else None,
+                tx_lsn=parse_lsn(raw.get("tx_lsn", "0/0")),
+                tx_rows=int(raw.get("tx_rows", "0")),
+            )
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    replay_request: str | None
+
+
+class RedisSink:
+    """Writes batches, the watermark and the heartbeat under one key prefix."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._apply = client.register_script(_APPLY_LUA)
+        self.watermark_key = f"{prefix}watermark"
+        self.heartbeat_key = f"{prefix}projector"
+        self.registry_key = f"{prefix}boards"
+        self.users_key = f"{prefix}users"
+        self.replay_request_key = f"{prefix}replay:request"
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    def read_watermark(self) -> Watermark | None:
+        """The stored watermark, or None when Redis has none (lost or never built)."""
+        raw = self._call(self._client.hgetall, self.watermark_key)
+        if not raw:
+            return None
+        return Watermark.from_fields({_text(k): _text(v) for k, v in raw.items()})
+
+    def apply(
+        self, batch: BatchDelta, new: Watermark, expected: Watermark | None
+    ) -> ApplyResult:
+        """Apply ``batch`` and store ``new`` if Redis still holds ``expected``; atomically."""
+        args: list[Any] = [self._prefix, expected.position if expected else "", new.position]
+        wm_fields = new.fields()
+        args.append(len(wm_fields))
+        for item in wm_fields.items():
+            args.extend(item)
+        args.append("1" if batch.clear_boards else "0")
+        args.append("1" if batch.clear_users else "0")
+        args.append(len(batch.names))
+        for user, name in batch.names.items():
+            if name is None:
+                args.extend((user, "d", ""))
+            else:
+                args.extend((user, "s", name))
+        boards = [(key, members) for key, members in batch.deltas.items() if members]
+        args.append(len(boards))
+        expiry = batch.expiry
+        for key, members in boards:
+            nonzero = [(m, d) for m, d in members.items() if d]
+            expires = expiry.get(key)
+            args.extend((key, "" if expires is None else expires, len(nonzero)))
+            for pair in nonzero:
+                args.extend(pair)
+        try:
+            reply = self._apply(args=args)
+        except redis.ResponseError as exc:
+            message = str(exc)
+            if message.startswith("POSITION"):
+                found = message.removeprefix("POSITION").strip()
+                reason = (
+                    "Redis holds no watermark: it lost its data or was flushed"
+                    if not found
+                    else f"Redis watermark moved under us (expected {new.slot} at "
+                    f"{expected.position if expected else 'nothing'}, found {found})"
+                )
+                raise RebuildRequired(reason, slot=new.slot, lsn=new.lsn) from exc
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+        request = _text(reply[1]) if reply and len(reply) > 1 else ""
+        return ApplyResult(replay_request=request or None)
+
+    def beat(self, ttl_seconds: float, info: dict[str, str]) -> None:
+        """Record that the projector is alive (expires unless renewed)."""
+        fields = {"pid": str(os.getpid()), "host": socket.gethostname(), "at": str(time.time())}
+        fields.update(info)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(self.heartbeat_key, mapping=fields)
+        pipe.pexpire(self.heartbeat_key, max(1, int(ttl_seconds * 1000)))
+        self._call(pipe.execute)
+
+    def replay_request(self) -> str | None:
+        """The id of a pending ``projector replay`` request, if any."""
+        value = self._call(self._client.get, self.replay_request_key)
+        return _text(value) if value else None
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
