@@ -163,7 +163,7 @@ def _snapshot_connection(
             raise ConnectionLost(f"cannot connect to PostgreSQL: {exc}", service="postgres") from exc
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        conn.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))  # type: ignore[arg-type]
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
     # The replication connection is closed: the imported snapshot stays with ``conn``.
     state.lsn = consistent_point
     log.info("slot created", slot=settings.slot, consistent_point=format_lsn(consistent_point))

@@ -145,7 +145,7 @@ class Worker:
                     )
                 sink = RedisSink(redis_client(settings), settings.key_prefix)
                 applied = self._check_state(pg, sink)
-                _Session(self, sink, applied).stream()
+                _Session(self, sink, applied).run()
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
         finally:
@@ -212,7 +212,7 @@ class _Session:
         self.last_beat = 0.0
         self.last_idle_advance = 0.0
 
-    def stream(self) -> None:
+    def run(self) -> None:
         log.info(
             "streaming", slot=self.settings.slot, publication=self.settings.publication,
             watermark=format_lsn(self.applied.lsn),
