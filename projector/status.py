@@ -1,0 +1,236 @@
+"""``projector status``: one health report of slot, lag, watermark and Redis.
+
+``collect_status`` gathers it (never raising for an unreachable service: that is part of
+the report), ``print_status`` renders a table or JSON and returns the exit code:
+0 healthy, 1 unhealthy (slot missing or lost, projector not alive, lag too high, Redis
+down or unbuilt).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import redis
+
+from projector.buckets import TIMED_PERIODS, Period, current_bucket
+from projector.lsn import format_lsn, parse_lsn
+from projector.projection import board_key
+from projector.settings import Settings
+from projector.sink import RedisSink, Watermark
+from projector.stream import slot_info, system_identifier
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    """Everything an operator or a probe needs, as plain JSON-able data."""
+    report: dict[str, Any] = {
+        "slot": {"name": settings.slot, "exists": False},
+        "postgres": {"reachable": False, "dsn": settings.redacted_dsn},
+        "redis": {"reachable": False, "url": settings.redacted_redis_url},
+        "watermark": None,
+        "projector": {"alive": False},
+        "lag": {"bytes": None, "seconds": None},
+        "problems": [],
+    }
+    problems: list[str] = report["problems"]
+    server_lsn: int | None = None
+    system_id: str | None = None
+    try:
+        with psycopg.connect(settings.pg_dsn, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()"
+                " ELSE pg_current_wal_lsn() END::text, current_setting('server_version')"
+            ).fetchone()
+            assert row is not None
+            server_lsn = parse_lsn(str(row[0]))
+            system_id = system_identifier(conn)
+            report["postgres"].update(
+                reachable=True, version=str(row[1]), server_lsn=format_lsn(server_lsn),
+                system_id=system_id,
+            )
+            slot = slot_info(conn, settings.slot)
+            if slot is None:
+                problems.append(f"replication slot {settings.slot!r} does not exist")
+            else:
+                report["slot"].update(
+                    exists=True, database=slot.database, active=slot.active,
+                    active_pid=slot.active_pid, wal_status=slot.wal_status,
+                    safe_wal_size=slot.safe_wal_size,
+                    restart_lsn=_lsn(slot.restart_lsn),
+                    confirmed_flush_lsn=_lsn(slot.confirmed_flush_lsn),
+                    retained_wal_bytes=slot.retained_bytes,
+                )
+                if slot.wal_status == "lost":
+                    problems.append(f"replication slot {settings.slot!r} is invalidated (lost)")
+                if (slot.retained_bytes or 0) > settings.wal_warning_bytes:
+                    problems.append(
+                        f"slot retains {slot.retained_bytes} bytes of WAL "
+                        f"(threshold {settings.wal_warning_bytes})"
+                    )
+    except psycopg.Error as exc:
+        report["postgres"]["error"] = _first_line(exc)
+        problems.append("PostgreSQL unreachable")
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    try:
+        info = client.info()
+        sink = RedisSink(client, settings.key_prefix)
+        wm = sink.read_watermark()
+        report["redis"].update(
+            reachable=True, version=info.get("redis_version"),
+            used_memory=info.get("used_memory"),
+            used_memory_human=info.get("used_memory_human"),
+            boards=_board_sizes(client, settings),
+        )
+        beat = {_text(k): _text(v) for k, v in client.hgetall(sink.heartbeat_key).items()}
+        if beat:
+            report["projector"] = {
+                "alive": True, "pid": int(beat.get("pid", "0")), "host": beat.get("host"),
+                "state": beat.get("state"),
+                "seconds_since_heartbeat": round(time.time() - float(beat.get("at", "0")), 3),
+            }
+        else:
+            problems.append("projector is not alive (no heartbeat)")
+        if wm is None:
+            problems.append("Redis holds no watermark (not built, or lost its data)")
+        else:
+            report["watermark"] = _watermark(wm)
+            if system_id is not None and wm.system_id != system_id:
+                problems.append("watermark names another PostgreSQL cluster")
+            if server_lsn is not None:
+                lag_bytes = max(0, server_lsn - wm.lsn)
+                report["lag"]["bytes"] = lag_bytes
+                updated = wm_updated_at(client, sink)
+                lag_seconds = 0.0
+                if lag_bytes > 0 and updated is not None:
+                    lag_seconds = max(0.0, time.time() - updated)
+                report["lag"]["seconds"] = round(lag_seconds, 3)
+                if lag_seconds > settings.lag_unhealthy_seconds:
+                    problems.append(
+                        f"lag {lag_seconds:.0f}s exceeds {settings.lag_unhealthy_seconds:.0f}s"
+                    )
+    except redis.RedisError as exc:
+        report["redis"]["error"] = _first_line(exc)
+        problems.append("Redis unreachable")
+    finally:
+        client.close()
+    report["healthy"] = not problems
+    return report
+
+
+def wm_updated_at(client: redis.Redis, sink: RedisSink) -> float | None:
+    """Unix time the watermark was last written, if recorded."""
+    raw = client.hget(sink.watermark_key, "updated_at")
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(_text(raw)).timestamp()
+    except ValueError:
+        return None
+
+
+def print_status(settings: Settings, *, as_json: bool) -> int:
+    """Print the status report; return 0 when healthy, 1 otherwise."""
+    report = collect_status(settings)
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(render_status(report))
+    return 0 if report["healthy"] else 1
+
+
+def render_status(report: dict[str, Any]) -> str:
+    """A human table of the status report."""
+    slot, pg, rd = report["slot"], report["postgres"], report["redis"]
+    wm, proj, lag = report["watermark"], report["projector"], report["lag"]
+    rows: list[tuple[str, str]] = [
+        ("health", "OK" if report["healthy"] else "UNHEALTHY"),
+        ("postgres", f"{pg['dsn']} " + (f"v{pg.get('version')} at {pg.get('server_lsn')}"
+                                          if pg["reachable"] else f"DOWN: {pg.get('error')}")),
+        ("slot", _slot_line(slot)),
+        ("retained WAL", _bytes(slot.get("retained_wal_bytes"))
+         + (f" (safe_wal_size {_bytes(slot.get('safe_wal_size'))})"
+            if slot.get("safe_wal_size") is not None else "")),
+        ("watermark", f"{wm['lsn']} commit {wm['commit_time'] or '-'}" if wm else "none"),
+        ("lag", f"{_bytes(lag['bytes'])}, {lag['seconds']} s" if lag["bytes"] is not None
+         else "unknown"),
+        ("projector", (f"alive pid {proj.get('pid')} on {proj.get('host')} "
+                       f"({proj.get('state')}, beat {proj.get('seconds_since_heartbeat')} s ago)")
+         if proj["alive"] else "NOT ALIVE"),
+        ("redis", f"{rd['url']} " + (f"v{rd.get('version')}, {rd.get('used_memory_human')} used"
+                                      if rd["reachable"] else f"DOWN: {rd.get('error')}")),
+    ]
+    for name, size in (rd.get("boards") or {}).items():
+        rows.append((f"  board {name}", f"{size['key']}: {size['members']} members"))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
+    lines.extend(f"problem: {p}" for p in report["problems"])
+    return "\n".join(lines)
+
+
+def _board_sizes(client: redis.Redis, settings: Settings) -> dict[str, dict[str, Any]]:
+    tz = settings.zone
+    keys = {
+        str(period): board_key(settings.key_prefix, period, current_bucket(period, tz))
+        for period in TIMED_PERIODS
+    }
+    keys["all"] = board_key(settings.key_prefix, Period.ALL, "all")
+    pipe = client.pipeline(transaction=False)
+    for key in keys.values():
+        pipe.zcard(key)
+    sizes = pipe.execute()
+    return {
+        name: {"key": key, "members": int(size)}
+        for (name, key), size in zip(keys.items(), sizes, strict=True)
+    }
+
+
+def _watermark(wm: Watermark) -> dict[str, Any]:
+    return {
+        "lsn": format_lsn(wm.lsn),
+        "commit_time": wm.commit_time.isoformat() if wm.commit_time else None,
+        "system_id": wm.system_id,
+        "slot": wm.slot,
+        "partial_transaction": (
+            {"commit_lsn": format_lsn(wm.tx_lsn), "rows_applied": wm.tx_rows}
+            if wm.tx_lsn else None
+        ),
+        "age_seconds": (
+            round((datetime.now(UTC) - wm.commit_time).total_seconds(), 3)
+            if wm.commit_time else None
+        ),
+    }
+
+
+def _slot_line(slot: dict[str, Any]) -> str:
+    if not slot["exists"]:
+        return f"{slot['name']}: MISSING"
+    active = f"active (pid {slot['active_pid']})" if slot["active"] else "inactive"
+    return (f"{slot['name']}: {active}, wal_status {slot['wal_status']}, confirmed "
+            f"{slot['confirmed_flush_lsn']}, restart {slot['restart_lsn']}")
+
+
+def _lsn(value: int | None) -> str | None:
+    return format_lsn(value) if value is not None else None
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(size) < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
