@@ -145,8 +145,11 @@ def rebuild(
     state.phase = "done"
     report()
     log.info(
-        "rebuild finished", rows=state.rows, boards=len(boards),
-        seconds=round(time.monotonic() - state.started, 2), watermark=format_lsn(state.lsn),
+        "rebuild finished",
+        rows=state.rows,
+        boards=len(boards),
+        seconds=round(time.monotonic() - state.started, 2),
+        watermark=format_lsn(state.lsn),
     )
     return watermark
 
@@ -160,7 +163,9 @@ def _snapshot_connection(
         try:
             conn = psycopg.connect(settings.pg_dsn, autocommit=False)
         except psycopg.OperationalError as exc:
-            raise ConnectionLost(f"cannot connect to PostgreSQL: {exc}", service="postgres") from exc
+            raise ConnectionLost(
+                f"cannot connect to PostgreSQL: {exc}", service="postgres"
+            ) from exc
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
@@ -200,9 +205,12 @@ def _build_boards(
         index = _PERIOD_INDEX[period]
         bucket_cache: dict[date, tuple[str, int | None] | None] = {}
 
-        def suffix_for(start: date, period: Period = period, index: int = index,
-                       cache: dict[date, tuple[str, int | None] | None] = bucket_cache,
-                       ) -> tuple[str, int | None] | None:
+        def suffix_for(
+            start: date,
+            period: Period = period,
+            index: int = index,
+            cache: dict[date, tuple[str, int | None] | None] = bucket_cache,
+        ) -> tuple[str, int | None] | None:
             if start not in cache:
                 bucket = bucket_ids_for_date(start)[index]
                 expires = expires_at(period, bucket, tz, settings.retention)
@@ -363,7 +371,10 @@ def _reporter(
 
     def report() -> None:
         log.info(
-            "rebuild progress", phase=state.phase, rows=state.rows, boards=state.boards,
+            "rebuild progress",
+            phase=state.phase,
+            rows=state.rows,
+            boards=state.boards,
             rows_per_s=round(state.rate),
         )
         if progress is not None:
@@ -373,8 +384,11 @@ def _reporter(
                 sink.client.hset(
                     key,
                     mapping={
-                        "id": replay_id, "phase": state.phase, "rows": state.rows,
-                        "boards": state.boards, "at": time.time(),
+                        "id": replay_id,
+                        "phase": state.phase,
+                        "rows": state.rows,
+                        "boards": state.boards,
+                        "at": time.time(),
                     },
                 )
                 sink.client.expire(key, 3600)

@@ -48,7 +48,9 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             server_lsn = parse_lsn(str(row[0]))
             system_id = system_identifier(conn)
             report["postgres"].update(
-                reachable=True, version=str(row[1]), server_lsn=format_lsn(server_lsn),
+                reachable=True,
+                version=str(row[1]),
+                server_lsn=format_lsn(server_lsn),
                 system_id=system_id,
             )
             slot = slot_info(conn, settings.slot)
@@ -56,8 +58,11 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                 problems.append(f"replication slot {settings.slot!r} does not exist")
             else:
                 report["slot"].update(
-                    exists=True, database=slot.database, active=slot.active,
-                    active_pid=slot.active_pid, wal_status=slot.wal_status,
+                    exists=True,
+                    database=slot.database,
+                    active=slot.active,
+                    active_pid=slot.active_pid,
+                    wal_status=slot.wal_status,
                     safe_wal_size=slot.safe_wal_size,
                     restart_lsn=_lsn(slot.restart_lsn),
                     confirmed_flush_lsn=_lsn(slot.confirmed_flush_lsn),
@@ -80,7 +85,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         sink = RedisSink(client, settings.key_prefix)
         wm = sink.read_watermark()
         report["redis"].update(
-            reachable=True, version=info.get("redis_version"),
+            reachable=True,
+            version=info.get("redis_version"),
             used_memory=info.get("used_memory"),
             used_memory_human=info.get("used_memory_human"),
             boards=_board_sizes(client, settings),
@@ -88,7 +94,9 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         beat = {_text(k): _text(v) for k, v in client.hgetall(sink.heartbeat_key).items()}
         if beat:
             report["projector"] = {
-                "alive": True, "pid": int(beat.get("pid", "0")), "host": beat.get("host"),
+                "alive": True,
+                "pid": int(beat.get("pid", "0")),
+                "host": beat.get("host"),
                 "state": beat.get("state"),
                 "seconds_since_heartbeat": round(time.time() - float(beat.get("at", "0")), 3),
             }
@@ -148,20 +156,50 @@ def render_status(report: dict[str, Any]) -> str:
     wm, proj, lag = report["watermark"], report["projector"], report["lag"]
     rows: list[tuple[str, str]] = [
         ("health", "OK" if report["healthy"] else "UNHEALTHY"),
-        ("postgres", f"{pg['dsn']} " + (f"v{pg.get('version')} at {pg.get('server_lsn')}"
-                                          if pg["reachable"] else f"DOWN: {pg.get('error')}")),
+        (
+            "postgres",
+            f"{pg['dsn']} "
+            + (
+                f"v{pg.get('version')} at {pg.get('server_lsn')}"
+                if pg["reachable"]
+                else f"DOWN: {pg.get('error')}"
+            ),
+        ),
         ("slot", _slot_line(slot)),
-        ("retained WAL", _bytes(slot.get("retained_wal_bytes"))
-         + (f" (safe_wal_size {_bytes(slot.get('safe_wal_size'))})"
-            if slot.get("safe_wal_size") is not None else "")),
+        (
+            "retained WAL",
+            _bytes(slot.get("retained_wal_bytes"))
+            + (
+                f" (safe_wal_size {_bytes(slot.get('safe_wal_size'))})"
+                if slot.get("safe_wal_size") is not None
+                else ""
+            ),
+        ),
         ("watermark", f"{wm['lsn']} commit {wm['commit_time'] or '-'}" if wm else "none"),
-        ("lag", f"{_bytes(lag['bytes'])}, {lag['seconds']} s" if lag["bytes"] is not None
-         else "unknown"),
-        ("projector", (f"alive pid {proj.get('pid')} on {proj.get('host')} "
-                       f"({proj.get('state')}, beat {proj.get('seconds_since_heartbeat')} s ago)")
-         if proj["alive"] else "NOT ALIVE"),
-        ("redis", f"{rd['url']} " + (f"v{rd.get('version')}, {rd.get('used_memory_human')} used"
-                                      if rd["reachable"] else f"DOWN: {rd.get('error')}")),
+        (
+            "lag",
+            f"{_bytes(lag['bytes'])}, {lag['seconds']} s"
+            if lag["bytes"] is not None
+            else "unknown",
+        ),
+        (
+            "projector",
+            (
+                f"alive pid {proj.get('pid')} on {proj.get('host')} "
+                f"({proj.get('state')}, beat {proj.get('seconds_since_heartbeat')} s ago)"
+            )
+            if proj["alive"]
+            else "NOT ALIVE",
+        ),
+        (
+            "redis",
+            f"{rd['url']} "
+            + (
+                f"v{rd.get('version')}, {rd.get('used_memory_human')} used"
+                if rd["reachable"]
+                else f"DOWN: {rd.get('error')}"
+            ),
+        ),
     ]
     for name, size in (rd.get("boards") or {}).items():
         rows.append((f"  board {name}", f"{size['key']}: {size['members']} members"))
@@ -195,12 +233,12 @@ def _watermark(wm: Watermark) -> dict[str, Any]:
         "system_id": wm.system_id,
         "slot": wm.slot,
         "partial_transaction": (
-            {"commit_lsn": format_lsn(wm.tx_lsn), "rows_applied": wm.tx_rows}
-            if wm.tx_lsn else None
+            {"commit_lsn": format_lsn(wm.tx_lsn), "rows_applied": wm.tx_rows} if wm.tx_lsn else None
         ),
         "age_seconds": (
             round((datetime.now(UTC) - wm.commit_time).total_seconds(), 3)
-            if wm.commit_time else None
+            if wm.commit_time
+            else None
         ),
     }
 
@@ -209,8 +247,10 @@ def _slot_line(slot: dict[str, Any]) -> str:
     if not slot["exists"]:
         return f"{slot['name']}: MISSING"
     active = f"active (pid {slot['active_pid']})" if slot["active"] else "inactive"
-    return (f"{slot['name']}: {active}, wal_status {slot['wal_status']}, confirmed "
-            f"{slot['confirmed_flush_lsn']}, restart {slot['restart_lsn']}")
+    return (
+        f"{slot['name']}: {active}, wal_status {slot['wal_status']}, confirmed "
+        f"{slot['confirmed_flush_lsn']}, restart {slot['restart_lsn']}"
+    )
 
 
 def _lsn(value: int | None) -> str | None:

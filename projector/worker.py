@@ -109,7 +109,9 @@ class Worker:
             except ConnectionLost as exc:
                 wait = min(delay, self.settings.reconnect_max_delay) * random.uniform(0.8, 1.2)
                 log.warning(
-                    "connection lost; retrying", service=exc.service, error=str(exc),
+                    "connection lost; retrying",
+                    service=exc.service,
+                    error=str(exc),
                     retry_in=round(wait, 2),
                 )
                 self.stop.wait(wait)
@@ -211,10 +213,13 @@ class _Session:
         self.last_status = 0.0
         self.last_beat = 0.0
         self.last_idle_advance = 0.0
+        self.idle_end = 0
 
     def run(self) -> None:
         log.info(
-            "streaming", slot=self.settings.slot, publication=self.settings.publication,
+            "streaming",
+            slot=self.settings.slot,
+            publication=self.settings.publication,
             watermark=format_lsn(self.applied.lsn),
         )
         self.stream.open()
@@ -237,6 +242,7 @@ class _Session:
             # The socket ran dry: apply what is complete now, for freshness.
             if self.tx is None and self.pending_end is not None:
                 self._flush()
+            self._advance_idle()
             now = time.monotonic()
             if now - self.last_beat >= self.settings.heartbeat_interval:
                 self._beat(now)
@@ -289,7 +295,8 @@ class _Session:
         elif msg.final_lsn == applied.tx_lsn:
             tx.skip_rows = applied.tx_rows
             log.info(
-                "resuming a large transaction", commit_lsn=format_lsn(msg.final_lsn),
+                "resuming a large transaction",
+                commit_lsn=format_lsn(msg.final_lsn),
                 rows_already_applied=applied.tx_rows,
             )
         self.tx = tx
@@ -346,7 +353,8 @@ class _Session:
         tx.chunk_rows = 0
         log.info(
             "applied a chunk of a large transaction",
-            commit_lsn=format_lsn(tx.begin.final_lsn), rows_applied=tx.rows,
+            commit_lsn=format_lsn(tx.begin.final_lsn),
+            rows_applied=tx.rows,
         )
 
     def _apply(self, new: Watermark) -> None:
@@ -357,28 +365,37 @@ class _Session:
             raise ReplayRequested(result.replay_request)
 
     def _keepalive(self, wal_end: int, reply_requested: bool) -> None:
-        # Nothing in flight: everything before wal_end is applied, so Redis and the slot
-        # may both move there. This keeps an idle publication from retaining WAL. At most
-        # once a second: a database busy with other tables sends many keepalives.
-        now = time.monotonic()
-        if (
-            self.tx is None
-            and self.pending_end is None
-            and wal_end > self.applied.lsn
-            and (reply_requested or now - self.last_idle_advance >= _STATUS_EVERY)
-        ):
-            self.last_idle_advance = now
-            self._apply(
-                Watermark(
-                    lsn=wal_end,
-                    system_id=self.applied.system_id,
-                    slot=self.applied.slot,
-                    commit_time=self.applied.commit_time,
-                )
-            )
-            self._send_status(wal_end)
-        elif reply_requested:
+        # The server has sent everything before wal_end: once nothing is in flight, Redis
+        # and the slot may both move there (see _advance_idle).
+        if wal_end > self.idle_end:
+            self.idle_end = wal_end
+        if reply_requested:
+            self._advance_idle(force=True)
             self._send_status(self.applied.lsn)
+
+    def _advance_idle(self, *, force: bool = False) -> None:
+        """Move the watermark to the last keepalive position when nothing is in flight.
+
+        This keeps an idle publication from retaining WAL. At most once a second unless
+        the server asks: a database busy with other tables sends many keepalives.
+        """
+        if self.tx is not None or self.pending_end is not None:
+            return
+        if self.idle_end <= self.applied.lsn:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_idle_advance < _STATUS_EVERY:
+            return
+        self.last_idle_advance = now
+        self._apply(
+            Watermark(
+                lsn=self.idle_end,
+                system_id=self.applied.system_id,
+                slot=self.applied.slot,
+                commit_time=self.applied.commit_time,
+            )
+        )
+        self._send_status(self.applied.lsn)
 
     def _send_status(self, lsn: int) -> None:
         if lsn < self.confirmed:

@@ -1,0 +1,100 @@
+"""``projector replay``: an operator-triggered rebuild, safe while ``projector run`` runs.
+
+When a projector holds the slot, it is asked (through Redis) to rebuild between two
+batches and this command follows its progress; otherwise this process takes the slot's
+advisory lock and rebuilds itself. Either way readers see the old boards until the new
+ones are swapped in atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+
+import redis
+
+from projector.errors import ConnectionLost, ProjectorError
+from projector.lsn import format_lsn
+from projector.rebuild import RebuildProgress, advisory_lock, rebuild
+from projector.settings import Settings
+from projector.sink import RedisSink
+from projector.stream import connect
+
+_PHASES = (
+    "creating slot",
+    "users",
+    "day boards",
+    "week boards",
+    "month boards",
+    "year boards",
+    "all-time board",
+    "swapping",
+    "done",
+)
+
+
+def replay(settings: Settings, *, timeout: float = 3600.0) -> int:
+    """Rebuild Redis from a consistent snapshot, showing progress on stderr; 0 on success."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    sink = RedisSink(client, settings.key_prefix)
+    pg = connect(settings.pg_dsn)
+    try:
+        with advisory_lock(pg, settings.slot, wait=False) as locked:
+            if locked:
+                print("no projector is running: rebuilding here", file=sys.stderr)
+                wm = rebuild(settings, sink, reason="replay requested by operator", progress=_draw)
+                _finish(f"rebuilt at {format_lsn(wm.lsn)}")
+                return 0
+        pg.close()
+        return _ask_running_projector(sink, client, timeout)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+    finally:
+        if not pg.closed:
+            pg.close()
+        client.close()
+
+
+def _ask_running_projector(sink: RedisSink, client: redis.Redis, timeout: float) -> int:
+    request = uuid.uuid4().hex[:12]
+    progress_key = sink.replay_request_key.removesuffix("request") + "progress"
+    client.set(sink.replay_request_key, request, ex=int(timeout) + 60)
+    print(f"asked the running projector to rebuild (request {request})", file=sys.stderr)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        raw = {k.decode(): v.decode() for k, v in client.hgetall(progress_key).items()}
+        if raw.get("id") == request:
+            state = RebuildProgress(
+                phase=raw.get("phase", "?"),
+                rows=int(raw.get("rows", "0")),
+                boards=int(raw.get("boards", "0")),
+                started=started,
+            )
+            _draw(state)
+            if state.phase == "done":
+                _finish("rebuilt by the running projector")
+                return 0
+        elif client.get(sink.replay_request_key) is None and raw.get("id") != request:
+            raise ProjectorError("the replay request disappeared (Redis flushed?); run again")
+        time.sleep(0.25)
+    client.delete(sink.replay_request_key)
+    raise ProjectorError(f"the projector did not finish the rebuild within {timeout:.0f}s")
+
+
+def _draw(state: RebuildProgress) -> None:
+    index = _PHASES.index(state.phase) if state.phase in _PHASES else 0
+    width = 30
+    filled = int(width * index / (len(_PHASES) - 1))
+    bar = "#" * filled + "-" * (width - filled)
+    line = (
+        f"\r[{bar}] {state.phase:<15} {state.rows:>12,} rows {state.boards:>5} boards "
+        f"{state.rate:>10,.0f} rows/s"
+    )
+    sys.stderr.write(line)
+    sys.stderr.flush()
+
+
+def _finish(message: str) -> None:
+    sys.stderr.write("\n")
+    print(message)

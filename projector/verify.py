@@ -1,0 +1,354 @@
+"""``projector verify``: compare Redis with a recomputation from PostgreSQL, exactly.
+
+Writes may continue meanwhile, so both sides are compared at one position: a temporary
+slot gives a snapshot at its consistent point C; once Redis has passed C, its boards are
+read atomically with their watermark W, and the changes between C and W are streamed
+from the temporary slot and projected onto the recomputed boards before comparing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis
+from psycopg import sql
+
+from projector.buckets import (
+    TIMED_PERIODS,
+    Period,
+    bucket_bounds,
+    bucket_for,
+    current_bucket,
+    expires_at,
+    oldest_retained_bucket_start,
+    previous_bucket,
+)
+from projector.errors import ConnectionLost, ProjectorError
+from projector.lsn import format_lsn
+from projector.pgoutput import Begin, Commit, Decoder, Delete, Insert, Relation, Truncate, Update
+from projector.projection import Projection, board_key
+from projector.replication import PrimaryKeepalive
+from projector.settings import Settings
+from projector.sink import RedisSink, Watermark
+from projector.stream import ReplicationStream
+
+_READ_BOARDS_LUA = """
+local out = {redis.call('HGETALL', KEYS[1])}
+for i = 2, #KEYS do
+  out[#out + 1] = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
+end
+return out
+"""
+
+
+@dataclass(slots=True)
+class BoardDiff:
+    key: str
+    missing: dict[str, int] = field(default_factory=dict)  # in PostgreSQL, not in Redis
+    extra: dict[str, int] = field(default_factory=dict)  # in Redis, not in PostgreSQL
+    wrong: dict[str, tuple[int, int]] = field(default_factory=dict)  # member: (redis, pg)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.extra or self.wrong)
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    position: str
+    boards: int
+    members: int
+    matching: int
+    diffs: list[BoardDiff]
+    seconds: float
+
+    @property
+    def in_sync(self) -> bool:
+        return all(d.clean for d in self.diffs)
+
+    @property
+    def sync_percent(self) -> float:
+        return 100.0 if self.members == 0 else 100.0 * self.matching / self.members
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "in_sync": self.in_sync,
+            "position": self.position,
+            "boards_checked": self.boards,
+            "members_checked": self.members,
+            "sync_percent": round(self.sync_percent, 4),
+            "seconds": round(self.seconds, 3),
+            "drift": [
+                {
+                    "key": d.key,
+                    "missing_in_redis": d.missing,
+                    "extra_in_redis": d.extra,
+                    "wrong_score": {
+                        m: {"redis": r, "postgres": p} for m, (r, p) in d.wrong.items()
+                    },
+                }
+                for d in self.diffs
+                if not d.clean
+            ],
+        }
+
+
+def boards_to_check(settings: Settings, everything: bool) -> list[tuple[Period, str]]:
+    """Current and previous bucket of every period, plus all-time (or all in retention)."""
+    tz = settings.zone
+    now = time.time()
+    chosen: list[tuple[Period, str]] = []
+    for period in TIMED_PERIODS:
+        bucket: str | None = current_bucket(period, tz)
+        if everything:
+            since = oldest_retained_bucket_start(period, tz, settings.retention)
+            oldest = bucket_for(since, period, tz) if since else bucket
+            while bucket is not None:
+                chosen.append((period, bucket))
+                if bucket == oldest:
+                    break
+                bucket = previous_bucket(period, bucket)
+        else:
+            for _ in range(2):
+                if bucket is None:
+                    break
+                expires = expires_at(period, bucket, tz, settings.retention)
+                if expires is None or expires > now:
+                    chosen.append((period, bucket))
+                bucket = previous_bucket(period, bucket)
+    chosen.append((Period.ALL, "all"))
+    return chosen
+
+
+def verify(settings: Settings, *, everything: bool = False, wait: float = 30.0) -> VerifyReport:
+    """Compare the chosen boards in Redis with PostgreSQL at the same position."""
+    started = time.monotonic()
+    boards = boards_to_check(settings, everything)
+    keys = [board_key(settings.key_prefix, p, b) for p, b in boards]
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    sink = RedisSink(client, settings.key_prefix)
+    slot = f"verify_{uuid.uuid4().hex[:16]}"
+    stream = ReplicationStream(settings.pg_dsn, slot, settings.publication)
+    try:
+        if sink.read_watermark() is None:
+            raise ProjectorError("Redis holds no watermark: nothing to verify (is it built?)")
+        stream.open()
+        consistent_point, snapshot = _create_temporary_slot(stream, slot)
+        expected = _recompute(settings, snapshot, boards, keys)
+        _wait_for(sink, consistent_point, wait)
+        redis_wm, actual = _read_boards(client, sink, keys)
+        # Project onto the recomputation the changes Redis already holds beyond C.
+        _roll_forward(settings, stream, consistent_point, redis_wm, expected, set(keys))
+        position = redis_wm.position
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+    finally:
+        stream.close()
+        client.close()
+    diffs, members, matching = _compare(keys, expected, actual)
+    return VerifyReport(position, len(keys), members, matching, diffs, time.monotonic() - started)
+
+
+def _create_temporary_slot(stream: ReplicationStream, slot: str) -> tuple[int, str]:
+    conn = stream._require()
+    from projector.lsn import parse_lsn
+
+    row = conn.execute(
+        sql.SQL("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')").format(
+            sql.Identifier(slot)
+        )
+    ).fetchone()
+    assert row is not None
+    return parse_lsn(str(row[1])), str(row[2])
+
+
+def _recompute(
+    settings: Settings, snapshot: str, boards: list[tuple[Period, str]], keys: list[str]
+) -> dict[str, dict[str, int]]:
+    tz = settings.zone
+    expected: dict[str, dict[str, int]] = {}
+    try:
+        conn = psycopg.connect(settings.pg_dsn, autocommit=False)
+    except psycopg.OperationalError as exc:
+        raise ConnectionLost(f"cannot connect to PostgreSQL: {exc}", service="postgres") from exc
+    with conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        for (period, bucket), key in zip(boards, keys, strict=True):
+            if period is Period.ALL:
+                rows = conn.execute("SELECT user_id, count(*) FROM pomodoros GROUP BY 1")
+            else:
+                start, end = bucket_bounds(period, bucket, tz)
+                rows = conn.execute(
+                    "SELECT user_id, count(*) FROM pomodoros"
+                    " WHERE completed_at >= %s AND (%s::timestamptz IS NULL OR completed_at < %s)"
+                    " GROUP BY 1",
+                    (start, end, end),
+                )
+            expected[key] = {str(u): int(c) for u, c in rows}  # type: ignore[call-overload]
+        conn.rollback()
+    return expected
+
+
+def _wait_for(sink: RedisSink, lsn: int, wait: float) -> Watermark:
+    deadline = time.monotonic() + wait
+    while True:
+        wm = sink.read_watermark()
+        if wm is None:
+            raise ProjectorError("Redis lost its watermark during verify; run verify again")
+        if wm.lsn >= lsn:
+            return wm
+        if time.monotonic() >= deadline:
+            raise ProjectorError(
+                f"Redis did not reach {format_lsn(lsn)} within {wait:.0f}s (it is at "
+                f"{format_lsn(wm.lsn)}): is the projector running?"
+            )
+        time.sleep(0.05)
+
+
+def _read_boards(
+    client: redis.Redis, sink: RedisSink, keys: list[str]
+) -> tuple[Watermark, dict[str, dict[str, int]]]:
+    """The boards and the watermark they stand for, read in one atomic step."""
+    reply = client.eval(_READ_BOARDS_LUA, len(keys) + 1, sink.watermark_key, *keys)
+    flat_wm = reply[0]
+    wm = Watermark.from_fields(
+        {_text(flat_wm[i]): _text(flat_wm[i + 1]) for i in range(0, len(flat_wm), 2)}
+    )
+    if wm is None:
+        raise ProjectorError("Redis lost its watermark during verify; run verify again")
+    actual: dict[str, dict[str, int]] = {}
+    for key, flat in zip(keys, reply[1:], strict=True):
+        actual[key] = {
+            _text(flat[i]): int(float(_text(flat[i + 1]))) for i in range(0, len(flat), 2)
+        }
+    return wm, actual
+
+
+def _roll_forward(
+    settings: Settings,
+    stream: ReplicationStream,
+    start: int,
+    target: Watermark,
+    expected: dict[str, dict[str, int]],
+    keys: set[str],
+) -> None:
+    """Apply to ``expected`` every change Redis holds beyond ``start``, up to ``target``."""
+    if target.lsn <= start and not target.tx_lsn:
+        return
+    projection = Projection(settings.key_prefix, settings.zone, settings.retention)
+    decoder = Decoder(1)
+    stream.start(start)
+    deadline = time.monotonic() + 60.0
+    in_tx: Begin | None = None
+    rows = 0
+    done = False
+    while not done:
+        if time.monotonic() > deadline:
+            raise ProjectorError("verify could not read the changes up to the Redis watermark")
+        for frame in stream.frames(0.5):
+            if isinstance(frame, PrimaryKeepalive):
+                if in_tx is None and frame.wal_end >= target.lsn and not target.tx_lsn:
+                    done = True
+                    break
+                stream.send_status(start)
+                continue
+            msg = decoder.decode(frame.data)
+            if isinstance(msg, Begin):
+                if msg.final_lsn >= target.lsn and msg.final_lsn != target.tx_lsn:
+                    done = True
+                    break
+                in_tx, rows = msg, 0
+            elif isinstance(msg, Relation):
+                projection.on_relation(msg)
+            elif isinstance(msg, Insert | Update | Delete | Truncate):
+                assert in_tx is not None
+                rows += 1
+                if isinstance(msg, Insert):
+                    projection.on_insert(msg)
+                elif isinstance(msg, Update):
+                    projection.on_update(msg)
+                elif isinstance(msg, Delete):
+                    projection.on_delete(msg)
+                else:
+                    projection.on_truncate(msg)
+                if in_tx.final_lsn == target.tx_lsn and rows >= target.tx_rows:
+                    done = True  # the rest of this large transaction is not in Redis yet
+                    break
+            elif isinstance(msg, Commit):
+                in_tx = None
+                if msg.end_lsn >= target.lsn and not target.tx_lsn:
+                    done = True
+                    break
+    batch = projection.take_batch()
+    if batch.clear_boards:
+        for key in keys:
+            expected[key] = {}
+    for key, members in batch.deltas.items():
+        if key not in keys:
+            continue
+        board = expected.setdefault(key, {})
+        for member, delta in members.items():
+            score = board.get(member, 0) + delta
+            if score > 0:
+                board[member] = score
+            else:
+                board.pop(member, None)
+
+
+def _compare(
+    keys: list[str], expected: dict[str, dict[str, int]], actual: dict[str, dict[str, int]]
+) -> tuple[list[BoardDiff], int, int]:
+    diffs: list[BoardDiff] = []
+    members = matching = 0
+    for key in keys:
+        want, have = expected.get(key, {}), actual.get(key, {})
+        diff = BoardDiff(key)
+        for member in want.keys() | have.keys():
+            members += 1
+            w, h = want.get(member), have.get(member)
+            if w == h:
+                matching += 1
+            elif h is None:
+                diff.missing[member] = w or 0
+            elif w is None:
+                diff.extra[member] = h
+            else:
+                diff.wrong[member] = (h, w)
+        diffs.append(diff)
+    return diffs, members, matching
+
+
+def print_verify(settings: Settings, *, as_json: bool, everything: bool) -> int:
+    """Run verify and print its report; return 0 in sync, 1 on drift."""
+    report = verify(settings, everything=everything)
+    if as_json:
+        print(json.dumps(report.as_json(), indent=2, sort_keys=True))
+    else:
+        status = "IN SYNC" if report.in_sync else "DRIFT"
+        print(
+            f"{status}: {report.boards} boards, {report.members} members checked, "
+            f"{report.sync_percent:.4f}% in sync, at position {report.position} "
+            f"({report.seconds:.2f}s)"
+        )
+        for diff in report.diffs:
+            if diff.clean:
+                continue
+            print(f"  {diff.key}:")
+            for member, (have, want) in sorted(diff.wrong.items()):
+                print(f"    {member}: redis {have}, postgres {want}")
+            for member, want in sorted(diff.missing.items()):
+                print(f"    {member}: missing in redis (postgres {want})")
+            for member, have in sorted(diff.extra.items()):
+                print(f"    {member}: extra in redis ({have}; postgres has none)")
+    return 0 if report.in_sync else 1
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
