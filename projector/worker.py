@@ -147,7 +147,7 @@ class Worker:
                     )
                 sink = RedisSink(redis_client(settings), settings.key_prefix)
                 applied = self._check_state(pg, sink)
-                _Session(self, sink, applied).run()
+                _Session(self, sink, applied, pg).run()
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
         finally:
@@ -195,8 +195,15 @@ class Worker:
 class _Session:
     """One connected streaming session; see ``Worker._session``."""
 
-    def __init__(self, worker: Worker, sink: RedisSink, applied: Watermark) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        sink: RedisSink,
+        applied: Watermark,
+        pg: psycopg.Connection[tuple[object, ...]],
+    ) -> None:
         settings = worker.settings
+        self.pg = pg
         self.settings = settings
         self.stop = worker.stop
         self.sink = sink
@@ -214,6 +221,8 @@ class _Session:
         self.last_beat = 0.0
         self.last_idle_advance = 0.0
         self.idle_end = 0
+        self.last_wal_check = 0.0
+        self.last_wal_heartbeat = time.monotonic()
 
     def run(self) -> None:
         log.info(
@@ -248,6 +257,11 @@ class _Session:
                 self._beat(now)
             if now - self.last_status >= self.settings.status_interval:
                 self._send_status(self.applied.lsn)
+            if now - self.last_wal_check >= self.settings.status_interval:
+                self._check_retained_wal(now)
+            interval = self.settings.wal_heartbeat_interval
+            if interval and now - self.last_wal_heartbeat >= interval:
+                self._emit_wal_heartbeat(now)
             if self.stop.is_set():
                 if self.pending_end is not None:
                     self._flush()
@@ -403,6 +417,26 @@ class _Session:
         self.stream.send_status(lsn)
         self.confirmed = lsn
         self.last_status = time.monotonic()
+
+    def _check_retained_wal(self, now: float) -> None:
+        self.last_wal_check = now
+        info = slot_info(self.pg, self.settings.slot)
+        if info is not None and (info.retained_bytes or 0) > self.settings.wal_warning_bytes:
+            log.warning(
+                "slot retains much WAL",
+                slot=self.settings.slot,
+                retained_bytes=info.retained_bytes,
+                threshold=self.settings.wal_warning_bytes,
+                wal_status=info.wal_status,
+            )
+
+    def _emit_wal_heartbeat(self, now: float) -> None:
+        """Write a tiny logical message so even a database idle for hours moves the slot."""
+        self.last_wal_heartbeat = now
+        self.pg.execute(
+            "SELECT pg_logical_emit_message(false, 'projector-heartbeat', %s)",
+            (self.settings.slot,),
+        )
 
     def _beat(self, now: float) -> None:
         self.last_beat = now
