@@ -1,0 +1,35 @@
+# One target per habit. `make test` is what .ci/run runs; `make run` starts the whole system.
+VENV ?= .venv
+PYTHON ?= python3
+SOURCES := projector api tests bench scripts
+
+.PHONY: test lint typecheck bench run down clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest -p no:cacheprovider
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/run_all.py
+
+run: $(VENV)/.installed
+	$(VENV)/bin/python scripts/run_local.py
+
+# Stop the local servers that `make run` started (their data stays in .run/).
+down: $(VENV)/.installed
+	$(VENV)/bin/python scripts/servers.py down --dir .run
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

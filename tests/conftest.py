@@ -1,0 +1,93 @@
+"""Shared pytest fixtures: first the test-server harness, then the project's own fixtures."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+# =============================================================================
+# Test servers (scripts/servers.py). Keep this section first.
+#
+#   postgres_server  session  servers.PostgresServer, wal_level=logical
+#   redis_server     session  servers.RedisServer
+#   pg_dsn           test     DSN of a fresh database, dropped afterwards with its
+#                             sessions and replication slots; settings changed with
+#                             postgres_server.set_config() are reset afterwards
+#   redis_url        test     redis://... of a Redis flushed before the test
+#
+# Servers come from PROJECTOR_TEST_PG_DSN / PROJECTOR_TEST_REDIS_URL, else local
+# binaries, else testcontainers. Only local servers can stop(), restart() or kill9();
+# elsewhere these raise servers.ServerControlUnsupported, which skips the test.
+# A test that stops or kills a server need not start it again: the fixtures do.
+# =============================================================================
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import servers
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[servers.PostgresServer]:
+    """One PostgreSQL for the whole session."""
+    server = servers.postgres_for_tests()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[servers.RedisServer]:
+    """One Redis for the whole session."""
+    server = servers.redis_for_tests()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_dsn(
+    postgres_server: servers.PostgresServer, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """DSN of a database made for this test alone."""
+    postgres_server.start()
+    name = servers.unique_database_name(request.node.name)
+    dsn = postgres_server.create_database(name)
+    yield dsn
+    postgres_server.start()
+    postgres_server.reset_config()
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def redis_url(redis_server: servers.RedisServer) -> str:
+    """URL of the session's Redis, emptied for this test."""
+    redis_server.start()
+    redis_server.flushall()
+    return redis_server.url()
+
+
+def _skip_without_process_control() -> Generator[None, None, None]:
+    try:
+        yield
+    except servers.ServerControlUnsupported as exc:
+        pytest.skip(f"needs a local server process: {exc}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    return (yield from _skip_without_process_control())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    return (yield from _skip_without_process_control())
+
+
+# ============================ end of test servers ============================
