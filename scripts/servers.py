@@ -15,6 +15,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import gc
 import grp
 import hashlib
 import json
@@ -288,14 +289,19 @@ def docker_unavailable_reason() -> str | None:
         import docker  # type: ignore[import-untyped]
     except ImportError:
         return "the docker Python package is not installed"
-    try:
-        client = docker.from_env(timeout=5)
+    # A failed probe leaves its socket to the garbage collector: collect it here, quietly.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
         try:
-            client.ping()
+            client = docker.from_env(timeout=5)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        except Exception as exc:  # any failure means: no usable engine
+            return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         finally:
-            client.close()
-    except Exception as exc:  # any failure means: no usable engine
-        return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            gc.collect()
     return None
 
 
@@ -324,7 +330,9 @@ class PostgresServer(ABC):
 
     @property
     def data_dir(self) -> Path:
-        raise ServerControlUnsupported(f"a {self.kind} PostgreSQL has no local data directory")
+        raise ServerControlUnsupported(
+            f"no data directory for PostgreSQL ({self.kind} server, not a local process)"
+        )
 
     @abstractmethod
     def dsn(self, dbname: str = "postgres") -> str:
@@ -335,13 +343,19 @@ class PostgresServer(ABC):
         """Start the server if it is not running, and wait until it accepts connections."""
 
     def stop(self, mode: StopMode = "fast") -> None:
-        raise ServerControlUnsupported(f"cannot stop a {self.kind} PostgreSQL")
+        raise ServerControlUnsupported(
+            f"cannot stop PostgreSQL ({self.kind} server, not a local process)"
+        )
 
     def restart(self, mode: StopMode = "fast") -> None:
-        raise ServerControlUnsupported(f"cannot restart a {self.kind} PostgreSQL")
+        raise ServerControlUnsupported(
+            f"cannot restart PostgreSQL ({self.kind} server, not a local process)"
+        )
 
     def kill9(self) -> None:
-        raise ServerControlUnsupported(f"cannot kill a {self.kind} PostgreSQL")
+        raise ServerControlUnsupported(
+            f"cannot kill PostgreSQL ({self.kind} server, not a local process)"
+        )
 
     @abstractmethod
     def cleanup(self) -> None:
@@ -374,12 +388,14 @@ class PostgresServer(ABC):
                 with psycopg.connect(self._admin_dsn(), connect_timeout=2) as conn:
                     if self._answers_for_us(conn):
                         return
+                problem = "another server answers on that port"
             except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise HarnessError(
-                        f"PostgreSQL on port {self.port} did not accept connections within "
-                        f"{START_TIMEOUT:.0f} s ({exc}){self._log_hint()}"
-                    ) from exc
+                problem = str(exc).strip()
+            if time.monotonic() > deadline:
+                raise HarnessError(
+                    f"PostgreSQL on port {self.port} was not ready within {START_TIMEOUT:.0f} s "
+                    f"({problem}){self._log_hint()}"
+                )
             time.sleep(0.05)
 
     def create_database(self, name: str, *, exist_ok: bool = False) -> str:
@@ -445,8 +461,8 @@ class PostgresServer(ABC):
             needs_restart = any(contexts[name] == "postmaster" for name in params)
             if needs_restart and not self.process_control:
                 raise ServerControlUnsupported(
-                    f"setting {', '.join(params)} needs a restart, impossible on a {self.kind} "
-                    "PostgreSQL"
+                    f"setting {', '.join(params)} needs a restart, impossible on PostgreSQL "
+                    f"({self.kind} server, not a local process)"
                 )
             try:
                 for name, value in params.items():
@@ -527,6 +543,11 @@ class LocalPostgres(PostgresServer):
         self._base = base_dir.resolve()
         self._base.mkdir(parents=True, exist_ok=True)
         _give_to(self._base, self._user)
+        if not _reachable_by(self.data_dir, self._user):
+            raise HarnessError(
+                f"the postgres OS user cannot reach {self._base}: a directory above it is "
+                "closed to other users (choose a place under /tmp or /var/tmp)"
+            )
         self._persistent = persistent
         self._port_given = port is not None
         self._port = port if port is not None else _free_port()
@@ -825,13 +846,19 @@ class RedisServer(ABC):
         """Start the server if it is not running, and wait until it answers PING."""
 
     def stop(self) -> None:
-        raise ServerControlUnsupported(f"cannot stop a {self.kind} Redis")
+        raise ServerControlUnsupported(
+            f"cannot stop Redis ({self.kind} server, not a local process)"
+        )
 
     def restart(self) -> None:
-        raise ServerControlUnsupported(f"cannot restart a {self.kind} Redis")
+        raise ServerControlUnsupported(
+            f"cannot restart Redis ({self.kind} server, not a local process)"
+        )
 
     def kill9(self) -> None:
-        raise ServerControlUnsupported(f"cannot kill a {self.kind} Redis")
+        raise ServerControlUnsupported(
+            f"cannot kill Redis ({self.kind} server, not a local process)"
+        )
 
     @abstractmethod
     def cleanup(self) -> None:
@@ -864,12 +891,14 @@ class RedisServer(ABC):
                 with self.client() as client:
                     if client.ping() and self._answers_for_us(client):
                         return
+                problem = "another server answers on that port"
             except redis.exceptions.ConnectionError as exc:  # BusyLoadingError is one too
-                if time.monotonic() > deadline:
-                    raise HarnessError(
-                        f"Redis on port {self.port} did not answer PING within "
-                        f"{START_TIMEOUT:.0f} s ({exc}){self._log_hint()}"
-                    ) from exc
+                problem = str(exc).strip()
+            if time.monotonic() > deadline:
+                raise HarnessError(
+                    f"Redis on port {self.port} was not ready within {START_TIMEOUT:.0f} s "
+                    f"({problem}){self._log_hint()}"
+                )
             time.sleep(0.02)
 
 
