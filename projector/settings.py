@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     api_min_lsn_wait: float = Field(0.5, ge=0, le=30)
     api_pg_concurrency: int = Field(8, ge=1, le=1000)
     api_redis_down_cooldown: float = Field(2.0, ge=0, le=300)
+    # Bound on one Redis call from the API; a slower Redis counts as down.
+    api_redis_timeout: float = Field(0.5, gt=0, le=60)
+    # Bound on a fallback statement and on the wait for a pooled PostgreSQL connection.
+    api_pg_timeout: float = Field(5.0, gt=0, le=300)
     api_access_log: bool = True
 
     @field_validator("slot", "publication")

@@ -1,0 +1,68 @@
+"""``python -m api``: serve the read API with uvicorn.
+
+Settings come from ``PROJECTOR_*`` variables; ``--host``, ``--port`` and ``--workers``
+override ``PROJECTOR_API_HOST``, ``PROJECTOR_API_PORT`` and ``PROJECTOR_API_WORKERS``. Each
+worker process builds its own app through the factory ``api.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from projector.errors import ConfigError
+from projector.logs import configure_logging
+from projector.settings import load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m api",
+        description="Serve the pomodoro leaderboards read API (configured by PROJECTOR_* "
+        "environment variables; see README).",
+    )
+    parser.add_argument("--host", help="address to listen on (PROJECTOR_API_HOST, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (PROJECTOR_API_PORT, 8000)")
+    parser.add_argument("--workers", type=int, help="worker processes (PROJECTOR_API_WORKERS, 1)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Validate the settings, then run uvicorn until it is stopped."""
+    args = _parser().parse_args(argv)
+    overrides = {
+        name: value
+        for name, value in (
+            ("api_host", args.host),
+            ("api_port", args.port),
+            ("api_workers", args.workers),
+        )
+        if value is not None
+    }
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"api: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=settings.api_workers,
+        access_log=False,  # the app writes its own structured access log
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

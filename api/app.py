@@ -1,0 +1,286 @@
+"""The ASGI application: a function of ``Settings``, with its clients made at lifespan start-up.
+
+``create_app`` builds an ``App`` and nothing else; the Redis client and the PostgreSQL pool are
+created when the server starts it (or on the first request, under a server without lifespan).
+Each request is routed, validated, answered by ``Sources`` and rendered as JSON; errors become
+JSON bodies with their status, and every request is counted, timed and (optionally) logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from api import routes
+from api.boards import board_json, standing_json, user_json
+from api.errors import ApiError, MethodNotAllowed
+from api.metrics import Metrics
+from api.openapi import openapi_document
+from api.postgres_reader import PostgresReader, configure_connection
+from api.redis_reader import RedisReader
+from api.sources import Sources
+from projector.logs import configure_logging
+from projector.settings import Settings, load_settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = structlog.get_logger("api")
+
+_JSON = b"application/json"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_READY_TIMEOUT = 2.0
+
+
+def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> App:
+    """The read API for ``settings`` (default: from the environment); uvicorn's factory."""
+    settings = settings or load_settings()
+    if configure_logs:
+        configure_logging(settings.log_level, settings.log_format)
+    return App(settings)
+
+
+@dataclass(slots=True)
+class _Running:
+    """What lives from start-up to shutdown."""
+
+    redis: aioredis.Redis
+    pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]
+    sources: Sources
+
+
+class App:
+    """The read API as an ASGI 3 callable."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self._running: _Running | None = None
+        self._starting: asyncio.Lock | None = None
+        self._tz = settings.zone
+        self._openapi = _encode(openapi_document())
+        self._access_log = settings.api_access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await receive()
+            await send({"type": "websocket.close", "code": 1003})
+
+    # -- lifespan ----------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Create the Redis client and open the PostgreSQL pool (without waiting for either)."""
+        if self._running is not None:
+            return
+        s = self.settings
+        client = aioredis.Redis.from_url(
+            s.redis_url,
+            socket_timeout=s.api_redis_timeout,
+            socket_connect_timeout=s.api_redis_timeout,
+            # One retry on a fresh connection hides a pooled connection a restart closed.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            health_check_interval=0,
+            decode_responses=False,
+        )
+        pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            s.pg_dsn,
+            min_size=1,
+            max_size=s.api_pg_concurrency,
+            max_waiting=max(100, 10 * s.api_pg_concurrency),
+            timeout=s.api_pg_timeout,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(s.api_pg_timeout))},
+            configure=partial(configure_connection, timeout=s.api_pg_timeout),
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=0,
+            name="api",
+            open=False,
+        )
+        await pool.open(wait=False)
+        metrics = self.metrics
+        sources = Sources(
+            RedisReader(client, s.key_prefix),
+            PostgresReader(pool, self._tz, s.timezone),
+            tz=self._tz,
+            retention=s.retention,
+            min_lsn_wait=s.api_min_lsn_wait,
+            cooldown=s.api_redis_down_cooldown,
+            metrics=metrics,
+        )
+        metrics.gauge(
+            "api_redis_up",
+            "1 while Redis is believed reachable (breaker closed).",
+            lambda: float(sources.redis_breaker.is_closed),
+        )
+        metrics.gauge(
+            "api_postgres_up",
+            "1 while PostgreSQL is believed reachable (breaker closed).",
+            lambda: float(sources.postgres_breaker.is_closed),
+        )
+        metrics.gauge(
+            "api_postgres_connections_in_use",
+            "Pooled PostgreSQL connections running a query.",
+            lambda: float(_in_use(pool)),
+        )
+        metrics.gauge(
+            "api_postgres_requests_waiting",
+            "Fallback queries waiting for a pooled connection.",
+            lambda: float(pool.get_stats().get("requests_waiting", 0)),
+        )
+        self._running = _Running(client, pool, sources)
+        log.info(
+            "api started",
+            redis=s.redacted_redis_url,
+            postgres=s.redacted_dsn,
+            timezone=s.timezone,
+            prefix=s.key_prefix,
+        )
+
+    async def shutdown(self) -> None:
+        """Close the clients."""
+        running, self._running = self._running, None
+        if running is None:
+            return
+        await running.pool.close()
+        await running.redis.aclose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _sources(self) -> Sources:
+        if self._running is None:
+            # No lifespan (some test clients and servers): start on the first request.
+            if self._starting is None:
+                self._starting = asyncio.Lock()
+            async with self._starting:
+                await self.startup()
+        assert self._running is not None
+        return self._running.sources
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        route = routes.UNMATCHED
+        source: str | None = None
+        content_type = _JSON
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            route, args = routes.resolve(raw_path)
+            if method != "GET" and method != "HEAD":
+                raise MethodNotAllowed(f"{route} answers GET and HEAD only, not {method[:20]}")
+            status = 200
+            body, source, content_type = await self._route(route, args, scope["query_string"])
+            if route == routes.READYZ and source is None:
+                status = 503
+        except ApiError as exc:
+            status = exc.status
+            body = _encode(exc.body())
+            extra = exc.headers()
+        except Exception:
+            log.exception("unexpected error", method=method, path=scope["path"][:200])
+            status = 500
+            body = _encode(
+                {
+                    "error": {
+                        "status": 500,
+                        "code": "internal_error",
+                        "message": "unexpected error; it has been logged",
+                    }
+                }
+            )
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *extra,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(route, method if method in _METHODS else "other", status, elapsed)
+        if self._access_log:
+            query: bytes = scope["query_string"]
+            log.info(
+                "request",
+                method=method[:20],
+                path=scope["path"][:300],
+                query=query[:300].decode("latin-1"),
+                status=status,
+                source=source,
+                ms=round(elapsed * 1000, 2),
+                client=(scope.get("client") or ("", 0))[0],
+            )
+
+    async def _route(
+        self, route: str, args: list[bytes], query_string: bytes
+    ) -> tuple[bytes, str | None, bytes]:
+        """The body, the source that answered, and the content type of a matched route."""
+        if route == routes.HEALTHZ:
+            return b'{"status":"ok"}', None, _JSON
+        if route == routes.OPENAPI:
+            return self._openapi, None, _JSON
+        if route == routes.METRICS:
+            return self.metrics.render().encode(), None, b"text/plain; version=0.0.4; charset=utf-8"
+        params = routes.parse_query_string(query_string, route)
+        sources = await self._sources()
+        if route == routes.READYZ:
+            ready, state = await sources.readiness(_READY_TIMEOUT)
+            return _encode(state), state["source"] if ready else None, _JSON
+        tz = self._tz
+        if route == routes.BOARD:
+            board_query = routes.board_query(args, params, tz)
+            page, source = await sources.board(board_query)
+            body = board_json(board_query, page, source, tz)
+        elif route == routes.STANDING:
+            standing_query = routes.standing_query(args, params, tz)
+            standing, source = await sources.standing(standing_query)
+            body = standing_json(standing_query, standing, source, tz)
+        else:
+            user_query = routes.user_query(args, params)
+            user, source = await sources.user(user_query)
+            body = user_json(user_query, user, source, tz)
+        self.metrics.answered(route, source)
+        return _encode(body), source, _JSON
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _in_use(pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]) -> int:
+    stats = pool.get_stats()
+    return int(stats.get("pool_size", 0)) - int(stats.get("pool_available", 0))

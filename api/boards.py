@@ -1,0 +1,151 @@
+"""What a store answers (``BoardPage``, ``Standing``, ``UserPeriods``) and the JSON built from it.
+
+Both stores return these same values, so Redis and PostgreSQL answers render to identical JSON
+except for ``source`` and ``as_of``. Ranking is competition ranking (1, 2, 2, 4) with ties
+listed by user id in code-point order, which is byte order for UTF-8 as Redis compares members.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from api.routes import BoardQuery, StandingQuery, UserQuery
+from projector.buckets import Period, bucket_bounds
+from projector.lsn import format_lsn
+
+
+@dataclass(frozen=True, slots=True)
+class AsOf:
+    """The state an answer reflects: every commit up to ``lsn``, the last one at ``commit_time``."""
+
+    lsn: int
+    commit_time: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        when = self.commit_time
+        return {
+            "lsn": format_lsn(self.lsn),
+            "commit_time": None if when is None else when.astimezone(UTC).isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One row of a leaderboard."""
+
+    rank: int
+    user_id: str
+    display_name: str | None
+    score: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "user_id": self.user_id,
+            "display_name": self.display_name,
+            "score": self.score,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BoardPage:
+    """A page of one board: ``entries`` in rank order, ``total`` members on the whole board."""
+
+    total: int
+    entries: list[Entry]
+    as_of: AsOf
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A user's place on one board; ``rank`` is None (and score 0) when not on it."""
+
+    total: int
+    display_name: str | None
+    rank: int | None
+    score: int
+    above: list[Entry]
+    below: list[Entry]
+    as_of: AsOf
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodStanding:
+    """A user's score and rank on the current board of one period."""
+
+    period: Period
+    bucket: str
+    total: int
+    rank: int | None
+    score: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserPeriods:
+    """A user's standing in the current bucket of every period."""
+
+    display_name: str | None
+    periods: list[PeriodStanding]
+    as_of: AsOf
+
+
+def board_json(query: BoardQuery, page: BoardPage, source: str, tz: ZoneInfo) -> dict[str, Any]:
+    """The body of ``GET /v1/leaderboards/{period}``."""
+    body = _bucket_json(query.period, query.bucket, tz)
+    body["total"] = page.total
+    body["limit"] = query.limit
+    body["offset"] = query.offset
+    body["entries"] = [entry.to_json() for entry in page.entries]
+    body["source"] = source
+    body["as_of"] = page.as_of.to_json()
+    return body
+
+
+def standing_json(
+    query: StandingQuery, standing: Standing, source: str, tz: ZoneInfo
+) -> dict[str, Any]:
+    """The body of ``GET /v1/leaderboards/{period}/users/{user_id}``."""
+    body = _bucket_json(query.period, query.bucket, tz)
+    body["total"] = standing.total
+    body["user_id"] = query.user_id
+    body["display_name"] = standing.display_name
+    body["rank"] = standing.rank
+    body["score"] = standing.score
+    body["around"] = query.around
+    body["above"] = [entry.to_json() for entry in standing.above]
+    body["below"] = [entry.to_json() for entry in standing.below]
+    body["source"] = source
+    body["as_of"] = standing.as_of.to_json()
+    return body
+
+
+def user_json(query: UserQuery, user: UserPeriods, source: str, tz: ZoneInfo) -> dict[str, Any]:
+    """The body of ``GET /v1/users/{user_id}``."""
+    periods: dict[str, Any] = {}
+    for standing in user.periods:
+        item = _bucket_json(standing.period, standing.bucket, tz)
+        del item["period"]
+        item["total"] = standing.total
+        item["rank"] = standing.rank
+        item["score"] = standing.score
+        periods[standing.period.value] = item
+    return {
+        "user_id": query.user_id,
+        "display_name": user.display_name,
+        "periods": periods,
+        "source": source,
+        "as_of": user.as_of.to_json(),
+    }
+
+
+def _bucket_json(period: Period, bucket: str, tz: ZoneInfo) -> dict[str, Any]:
+    start, end = bucket_bounds(period, bucket, tz)
+    return {
+        "period": period.value,
+        "bucket": bucket,
+        "period_start": None if start is None else start.isoformat(),
+        "period_end": None if end is None else end.isoformat(),
+    }

@@ -1,0 +1,86 @@
+"""The answers the read API gives instead of a leaderboard, each with its HTTP status.
+
+Every ``ApiError`` becomes a JSON body ``{"error": {"status", "code", "message"[, "parameter"]}}``;
+``BadParameter`` names the query or path parameter at fault. ``StoreUnavailable`` is raised by a
+store reader when its server cannot answer; it never reaches a client as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """A request the API answers with an error status and a JSON body."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"status": self.status, "code": self.code, "message": self.message}}
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return []
+
+
+class BadParameter(ApiError):
+    """A path or query parameter is malformed or out of range (400)."""
+
+    status = 400
+    code = "bad_parameter"
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["parameter"] = self.parameter
+        return body
+
+
+class NotFound(ApiError):
+    """No route matches the path (404)."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    """The route exists but answers only GET and HEAD (405)."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", b"GET, HEAD")]
+
+
+class Unavailable(ApiError):
+    """Neither Redis nor PostgreSQL can answer now (503); retrying shortly can succeed."""
+
+    status = 503
+    code = "unavailable"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
+class StoreUnavailable(Exception):
+    """Redis or PostgreSQL could not answer.
+
+    ``down`` tells an unreachable server (worth remembering for a while) from a busy one.
+    """
+
+    def __init__(self, store: str, message: str, *, down: bool = True) -> None:
+        super().__init__(f"{store}: {message}")
+        self.store = store
+        self.down = down
+
+
+class NotBuilt(Exception):
+    """Redis holds no watermark: the projector has not built it (yet, or again)."""

@@ -1,0 +1,424 @@
+"""The OpenAPI 3.1 document of the read API, written by hand and served at ``/openapi.json``.
+
+Bounds come from ``api.routes`` so the document and the validation cannot disagree; the tests
+validate the document and check every answer of a fuzzing run against its response schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api import routes
+from projector import __version__
+
+_LSN_PATTERN = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
+_BUCKET_PATTERN = r"^(all|[0-9]{4}(-W[0-9]{2}|-[0-9]{2}(-[0-9]{2})?)?)$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+_ERRORS = {
+    "400": {"$ref": "#/components/responses/BadParameter"},
+    "503": {"$ref": "#/components/responses/Unavailable"},
+}
+
+_BUCKET_FIELDS: dict[str, Any] = {
+    "bucket": {"type": "string", "examples": ["2026-11-26", "2026-W48", "2026-11", "2026", "all"]},
+    "period_start": {
+        **_nullable({"type": "string", "format": "date-time"}),
+        "description": "First instant of the bucket (ISO 8601 with the configured zone's "
+        "offset); null for the all-time period.",
+    },
+    "period_end": {
+        **_nullable({"type": "string", "format": "date-time"}),
+        "description": "First instant after the bucket; null for the all-time period (and for "
+        "a bucket ending after 9999-12-31).",
+    },
+    "total": {"type": "integer", "minimum": 0, "description": "Members on the whole board."},
+}
+
+_SOURCE = {
+    "type": "string",
+    "enum": ["redis", "postgres"],
+    "description": "The store that answered: the Redis projection, or the PostgreSQL fallback.",
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The whole document, as a JSON-ready dict."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Pomodoro leaderboards",
+            "version": __version__,
+            "description": (
+                "Read-only leaderboards of completed pomodoros, served from a Redis projection "
+                "of PostgreSQL (change-data-capture) with PostgreSQL as the fallback. Every "
+                "route also answers HEAD. Ranking is competition ranking (1, 2, 2, 4); equal "
+                "scores are listed by user id (code-point order). Buckets are computed in the "
+                "configured time zone (PROJECTOR_TIMEZONE). Errors are JSON bodies "
+                '`{"error": {"status", "code", "message", "parameter"?}}`; unknown routes '
+                "answer 404 and methods other than GET and HEAD answer 405."
+            ),
+        },
+        "paths": _paths(),
+        "components": {
+            "parameters": _parameters(),
+            "schemas": _schemas(),
+            "responses": {
+                "BadParameter": _json(
+                    _ref("Error"),
+                    "A parameter is malformed or out of range; `error.parameter` names it.",
+                ),
+                "Unavailable": {
+                    **_json(_ref("Error"), "Neither Redis nor PostgreSQL can answer now."),
+                    "headers": {
+                        "Retry-After": {
+                            "schema": {"type": "integer"},
+                            "description": "Seconds to wait before retrying.",
+                        }
+                    },
+                },
+            },
+        },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    p = "#/components/parameters/"
+    return {
+        routes.BOARD: {
+            "get": {
+                "operationId": "getLeaderboard",
+                "summary": "A page of a leaderboard",
+                "parameters": [
+                    {"$ref": p + name}
+                    for name in ("period", "bucket", "limit", "offset", "min_lsn")
+                ],
+                "responses": {"200": _json(_ref("Leaderboard"), "The page."), **_ERRORS},
+            }
+        },
+        routes.STANDING: {
+            "get": {
+                "operationId": "getStanding",
+                "summary": "A user's rank and score on a leaderboard, with neighbours",
+                "description": "A user without pomodoros in the bucket gets score 0 and rank "
+                "null, not an error.",
+                "parameters": [
+                    {"$ref": p + name}
+                    for name in ("period", "user_id", "bucket", "around", "min_lsn")
+                ],
+                "responses": {"200": _json(_ref("Standing"), "The user's standing."), **_ERRORS},
+            }
+        },
+        routes.USER: {
+            "get": {
+                "operationId": "getUser",
+                "summary": "A user's score and rank in the current bucket of every period",
+                "parameters": [{"$ref": p + name} for name in ("user_id", "min_lsn")],
+                "responses": {
+                    "200": _json(_ref("UserPeriods"), "The user's standings."),
+                    **_ERRORS,
+                },
+            }
+        },
+        routes.HEALTHZ: {
+            "get": {
+                "operationId": "getHealth",
+                "summary": "Liveness: the process answers",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"const": "ok"}},
+                        },
+                        "Alive.",
+                    )
+                },
+            }
+        },
+        routes.READYZ: {
+            "get": {
+                "operationId": "getReadiness",
+                "summary": "Readiness: whether leaderboards can be answered, and from which store",
+                "responses": {
+                    "200": _json(_ref("Readiness"), "Ready; `source` says which store answers."),
+                    "503": _json(_ref("Readiness"), "Neither Redis nor PostgreSQL can answer."),
+                },
+            }
+        },
+        routes.METRICS: {
+            "get": {
+                "operationId": "getMetrics",
+                "summary": "Prometheus metrics of this worker process",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        routes.OPENAPI: {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+            }
+        },
+    }
+
+
+def _parameters() -> dict[str, Any]:
+    return {
+        "period": {
+            "name": "period",
+            "in": "path",
+            "required": True,
+            "description": "day (local midnight), week (ISO 8601, Monday start), month, year, "
+            "or all (all time).",
+            "schema": {"type": "string", "enum": ["day", "week", "month", "year", "all"]},
+        },
+        "user_id": {
+            "name": "user_id",
+            "in": "path",
+            "required": True,
+            "description": f"1 to {routes.MAX_USER_ID} characters without control characters, "
+            "percent-encoded (an encoded / is part of the id).",
+            "schema": {"type": "string", "minLength": 1, "maxLength": routes.MAX_USER_ID},
+        },
+        "bucket": {
+            "name": "bucket",
+            "in": "query",
+            "required": False,
+            "description": "Which bucket of the period, in canonical form: day YYYY-MM-DD, "
+            "week YYYY-Www (ISO week), month YYYY-MM, year YYYY, all `all`. Default: the "
+            "bucket holding now. Buckets expired from Redis are answered by PostgreSQL.",
+            "schema": {"type": "string", "pattern": _BUCKET_PATTERN},
+        },
+        "limit": {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "Entries per page.",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": routes.MAX_LIMIT,
+                "default": routes.DEFAULT_LIMIT,
+            },
+        },
+        "offset": {
+            "name": "offset",
+            "in": "query",
+            "required": False,
+            "description": "Entries to skip (0-based position in rank order).",
+            "schema": {"type": "integer", "minimum": 0, "maximum": routes.MAX_OFFSET, "default": 0},
+        },
+        "around": {
+            "name": "around",
+            "in": "query",
+            "required": False,
+            "description": "Neighbours to list above and below the user.",
+            "schema": {"type": "integer", "minimum": 0, "maximum": routes.MAX_AROUND, "default": 0},
+        },
+        "min_lsn": {
+            "name": "min_lsn",
+            "in": "query",
+            "required": False,
+            "description": "Read-your-writes: an LSN the client read with "
+            "`SELECT pg_current_wal_lsn()` after its commit. The answer reflects a state at or "
+            "past it: Redis once the projector got there (waiting briefly), else PostgreSQL.",
+            "schema": {"type": "string", "pattern": _LSN_PATTERN, "examples": ["0/16B3748"]},
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    entry = {
+        "type": "object",
+        "required": ["rank", "user_id", "display_name", "score"],
+        "properties": {
+            "rank": {"type": "integer", "minimum": 1},
+            "user_id": {"type": "string"},
+            "display_name": _nullable({"type": "string"}),
+            "score": {"type": "integer", "minimum": 1},
+        },
+        "additionalProperties": False,
+    }
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["status", "code", "message"],
+                    "properties": {
+                        "status": {"type": "integer"},
+                        "code": {"type": "string", "examples": ["bad_parameter", "unavailable"]},
+                        "message": {"type": "string"},
+                        "parameter": {
+                            "type": "string",
+                            "description": "The parameter at fault (400 only).",
+                        },
+                    },
+                }
+            },
+        },
+        "AsOf": {
+            "type": "object",
+            "description": "The state the answer reflects: every commit up to `lsn`.",
+            "required": ["lsn", "commit_time"],
+            "properties": {
+                "lsn": {"type": "string", "pattern": _LSN_PATTERN},
+                "commit_time": {
+                    **_nullable({"type": "string", "format": "date-time"}),
+                    "description": "When the last commit included was made (UTC); for "
+                    "PostgreSQL answers, the time of the query.",
+                },
+            },
+            "additionalProperties": False,
+        },
+        "Entry": entry,
+        "Leaderboard": {
+            "type": "object",
+            "required": [
+                "period",
+                "bucket",
+                "period_start",
+                "period_end",
+                "total",
+                "limit",
+                "offset",
+                "entries",
+                "source",
+                "as_of",
+            ],
+            "properties": {
+                "period": {"type": "string"},
+                **_BUCKET_FIELDS,
+                "limit": {"type": "integer"},
+                "offset": {"type": "integer"},
+                "entries": {"type": "array", "items": _ref("Entry")},
+                "source": _SOURCE,
+                "as_of": _ref("AsOf"),
+            },
+            "additionalProperties": False,
+        },
+        "Standing": {
+            "type": "object",
+            "required": [
+                "period",
+                "bucket",
+                "period_start",
+                "period_end",
+                "total",
+                "user_id",
+                "display_name",
+                "rank",
+                "score",
+                "around",
+                "above",
+                "below",
+                "source",
+                "as_of",
+            ],
+            "properties": {
+                "period": {"type": "string"},
+                **_BUCKET_FIELDS,
+                "user_id": {"type": "string"},
+                "display_name": _nullable({"type": "string"}),
+                "rank": {
+                    **_nullable({"type": "integer", "minimum": 1}),
+                    "description": "Null when the user has no pomodoros in the bucket.",
+                },
+                "score": {"type": "integer", "minimum": 0},
+                "around": {"type": "integer"},
+                "above": {
+                    "type": "array",
+                    "items": _ref("Entry"),
+                    "description": "Up to `around` entries just above, in rank order.",
+                },
+                "below": {
+                    "type": "array",
+                    "items": _ref("Entry"),
+                    "description": "Up to `around` entries just below, in rank order.",
+                },
+                "source": _SOURCE,
+                "as_of": _ref("AsOf"),
+            },
+            "additionalProperties": False,
+        },
+        "PeriodStanding": {
+            "type": "object",
+            "required": ["bucket", "period_start", "period_end", "total", "rank", "score"],
+            "properties": {
+                **_BUCKET_FIELDS,
+                "rank": _nullable({"type": "integer", "minimum": 1}),
+                "score": {"type": "integer", "minimum": 0},
+            },
+            "additionalProperties": False,
+        },
+        "UserPeriods": {
+            "type": "object",
+            "required": ["user_id", "display_name", "periods", "source", "as_of"],
+            "properties": {
+                "user_id": {"type": "string"},
+                "display_name": _nullable({"type": "string"}),
+                "periods": {
+                    "type": "object",
+                    "required": ["day", "week", "month", "year", "all"],
+                    "properties": {
+                        name: _ref("PeriodStanding")
+                        for name in ("day", "week", "month", "year", "all")
+                    },
+                    "additionalProperties": False,
+                },
+                "source": _SOURCE,
+                "as_of": _ref("AsOf"),
+            },
+            "additionalProperties": False,
+        },
+        "Readiness": {
+            "type": "object",
+            "required": ["ready", "source", "redis", "postgres"],
+            "properties": {
+                "ready": {"type": "boolean"},
+                "source": {"oneOf": [_SOURCE, {"type": "null"}]},
+                "redis": {
+                    "type": "object",
+                    "required": ["up"],
+                    "properties": {
+                        "up": {"type": "boolean"},
+                        "built": {
+                            "type": "boolean",
+                            "description": "Whether the projector has built Redis.",
+                        },
+                        "as_of": _ref("AsOf"),
+                        "error": {"type": "string"},
+                    },
+                },
+                "postgres": {
+                    "type": "object",
+                    "required": ["up"],
+                    "properties": {
+                        "up": {"type": "boolean"},
+                        "as_of": _ref("AsOf"),
+                        "error": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }

@@ -1,0 +1,234 @@
+"""Which store answers a query: Redis when it can, PostgreSQL otherwise, 503 when neither can.
+
+Redis answers unless it is down (remembered by a ``Breaker`` for a cooldown), not built (no
+watermark), the bucket's board has expired from it, or it is behind the client's ``min_lsn``
+after waiting up to ``api_min_lsn_wait`` for the projector. PostgreSQL then answers the same
+query, at most ``api_pg_concurrency`` statements at once per process; when it cannot either,
+the request gets ``Unavailable`` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from api.boards import AsOf, BoardPage, Standing, UserPeriods
+from api.breaker import Breaker
+from api.errors import NotBuilt, StoreUnavailable, Unavailable
+from api.metrics import Metrics
+from api.postgres_reader import PostgresReader
+from api.redis_reader import RedisReader
+from api.routes import BoardQuery, StandingQuery, UserQuery
+from projector.buckets import (
+    ALL_BUCKET,
+    TIMED_PERIODS,
+    Period,
+    Retention,
+    current_bucket,
+    expires_at,
+)
+
+log = structlog.get_logger("api")
+
+# A board this close to its expiry may already be gone from Redis (clocks differ): ask PostgreSQL.
+_EXPIRY_MARGIN = 60.0
+_POLL_FIRST = 0.002
+_POLL_MAX = 0.025
+
+
+class _Answer(Protocol):
+    @property
+    def as_of(self) -> AsOf: ...
+
+
+T = TypeVar("T", bound=_Answer)
+
+
+class Sources:
+    """Answers queries from the best store available; says which one answered."""
+
+    def __init__(
+        self,
+        redis: RedisReader,
+        postgres: PostgresReader,
+        *,
+        tz: ZoneInfo,
+        retention: Retention,
+        min_lsn_wait: float,
+        cooldown: float,
+        metrics: Metrics,
+    ) -> None:
+        self._redis = redis
+        self._postgres = postgres
+        self._tz = tz
+        self._retention = retention
+        self._min_lsn_wait = min_lsn_wait
+        self._metrics = metrics
+        self.redis_breaker = Breaker(cooldown)
+        self.postgres_breaker = Breaker(cooldown)
+        self._expiry = lru_cache(maxsize=1024)(self._expiry_of)
+
+    async def board(self, query: BoardQuery) -> tuple[BoardPage, str]:
+        """A page of a leaderboard and the store that gave it."""
+        p, b = query.period, query.bucket
+        return await self._answer(
+            query.min_lsn,
+            self._expired(p, b),
+            lambda: self._redis.board(p, b, query.offset, query.limit),
+            lambda: self._postgres.board(p, b, query.offset, query.limit),
+        )
+
+    async def standing(self, query: StandingQuery) -> tuple[Standing, str]:
+        """A user's place on a leaderboard and the store that gave it."""
+        p, b, user, around = query.period, query.bucket, query.user_id, query.around
+        return await self._answer(
+            query.min_lsn,
+            self._expired(p, b),
+            lambda: self._redis.standing(p, b, user, around),
+            lambda: self._postgres.standing(p, b, user, around),
+        )
+
+    async def user(self, query: UserQuery, now: datetime | None = None) -> tuple[UserPeriods, str]:
+        """A user's standing in every current bucket and the store that gave it."""
+        buckets = current_buckets(self._tz, now)
+        user = query.user_id
+        return await self._answer(
+            query.min_lsn,
+            False,
+            lambda: self._redis.user(user, buckets),
+            lambda: self._postgres.user(user, buckets),
+        )
+
+    async def readiness(self, timeout: float) -> tuple[bool, dict[str, Any]]:
+        """Whether a query can be answered now, and by which store, for ``/readyz``."""
+
+        async def check(probe: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await probe()
+            except TimeoutError:
+                return {"up": False, "error": f"no answer within {timeout:g} s"}
+            except StoreUnavailable as exc:
+                return {"up": False, "error": str(exc)}
+
+        redis_state, pg_state = await asyncio.gather(
+            check(self._redis.ping), check(self._postgres.ping)
+        )
+        if redis_state.get("built"):
+            source: str | None = "redis"
+        elif pg_state["up"]:
+            source = "postgres"
+        else:
+            source = None
+        body = {
+            "ready": source is not None,
+            "source": source,
+            "redis": redis_state,
+            "postgres": pg_state,
+        }
+        return source is not None, body
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _answer(
+        self,
+        min_lsn: int | None,
+        expired: bool,
+        from_redis: Callable[[], Awaitable[T]],
+        from_postgres: Callable[[], Awaitable[T]],
+    ) -> tuple[T, str]:
+        if expired:
+            reason = "expired"
+        elif not self.redis_breaker.allow():
+            reason = "redis_down"
+        else:
+            breaker = self.redis_breaker
+            try:
+                answer = await from_redis()
+                if min_lsn is not None and answer.as_of.lsn < min_lsn:
+                    self._metrics.min_lsn_waits += 1
+                    if await self._wait_for(min_lsn):
+                        answer = await from_redis()
+            except StoreUnavailable as exc:
+                breaker.failed()
+                log.warning("redis unavailable; answering from postgres", error=str(exc))
+                reason = "redis_down"
+            except NotBuilt:
+                breaker.succeeded()
+                reason = "not_built"
+            except BaseException:
+                breaker.released()
+                raise
+            else:
+                breaker.succeeded()
+                if min_lsn is None or answer.as_of.lsn >= min_lsn:
+                    return answer, "redis"
+                reason = "min_lsn"
+        return await self._from_postgres(from_postgres, reason), "postgres"
+
+    async def _from_postgres(self, read: Callable[[], Awaitable[T]], reason: str) -> T:
+        self._metrics.fell_back(reason)
+        breaker = self.postgres_breaker
+        if not breaker.allow():
+            raise Unavailable(_unavailable(reason))
+        try:
+            answer = await read()
+        except StoreUnavailable as exc:
+            if exc.down:
+                breaker.failed()
+            else:
+                breaker.succeeded()
+            log.warning("postgres cannot answer", error=str(exc), redis=reason)
+            raise Unavailable(_unavailable(reason)) from exc
+        except BaseException:
+            breaker.released()
+            raise
+        breaker.succeeded()
+        return answer
+
+    async def _wait_for(self, min_lsn: int) -> bool:
+        """Poll the watermark until it reaches ``min_lsn``; False after ``api_min_lsn_wait``."""
+        deadline = time.monotonic() + self._min_lsn_wait
+        delay = _POLL_FIRST
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(delay, left))
+            lsn = await self._redis.watermark_lsn()
+            if lsn is None:
+                raise NotBuilt("Redis lost its watermark while we waited")
+            if lsn >= min_lsn:
+                return True
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _expired(self, period: Period, bucket: str) -> bool:
+        expiry = self._expiry(period, bucket)
+        return expiry is not None and expiry <= time.time() + _EXPIRY_MARGIN
+
+    def _expiry_of(self, period: Period, bucket: str) -> int | None:
+        return expires_at(period, bucket, self._tz, self._retention)
+
+
+def current_buckets(tz: ZoneInfo, now: datetime | None = None) -> list[tuple[Period, str]]:
+    """(period, bucket) of the current bucket of every period, the all-time board last."""
+    buckets = [(period, current_bucket(period, tz, now)) for period in TIMED_PERIODS]
+    buckets.append((Period.ALL, ALL_BUCKET))
+    return buckets
+
+
+def _unavailable(reason: str) -> str:
+    why = {
+        "redis_down": "Redis is unreachable",
+        "not_built": "Redis is not built yet",
+        "expired": "this bucket has expired from Redis",
+        "min_lsn": "Redis has not caught up with min_lsn",
+    }.get(reason, "Redis cannot answer")
+    return f"leaderboards are unavailable: {why} and PostgreSQL cannot answer; retry shortly"
