@@ -22,6 +22,8 @@ import pytest
 # binaries, else testcontainers. Only local servers can stop(), restart() or kill9();
 # elsewhere these raise servers.ServerControlUnsupported, which skips the test.
 # A test that stops or kills a server need not start it again: the fixtures do.
+# This section defines the hooks pytest_runtest_setup and pytest_runtest_call: extend
+# them rather than defining them again below (a second definition would replace them).
 # =============================================================================
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
