@@ -1,72 +1,83 @@
 -- Apply one batch of leaderboard deltas and move the watermark, atomically.
 --
--- ARGV layout (all strings):
---   1 prefix   2 expected position ("" = no watermark may exist)   3 new position
---   4 number of watermark field/value pairs, then the pairs
---   then: clear_boards ("1"/"0"), clear_users ("1"/"0")
---   then: number of names, then user_id, flag ("s" set / "d" delete), value triples
---   then: number of boards, then per board: key, expireat ("" = never), n, member, delta...
--- Returns {status, replay_request}; status "ok", or an error reply
--- "POSITION <found>" when the stored position is not the expected one.
+-- ARGV: 1 prefix, 2 expected position ("" = no watermark may exist), 3 new position,
+--       4 the batch as JSON (one argument: cheap to send, decoded in C by cjson):
+--   {"w": [field, value, ...],            watermark fields
+--    "cb": true|false, "cu": true|false,  clear every board / the name hash first
+--    "ns": [user, name, ...], "nd": [user, ...],   names to set / delete
+--    "b": [[key, expireat or "", [member, delta, ...]], ...]}
+-- Returns {"ok", replay request id or ""}, or the error "POSITION <found>" when the
+-- stored position is not the expected one (lost data or a second writer).
 local prefix = ARGV[1]
 local wm_key = prefix .. 'watermark'
 local registry = prefix .. 'boards'
+local users_key = prefix .. 'users'
 local found = redis.call('HGET', wm_key, 'position')
 if not found then found = '' end
 if found ~= ARGV[2] then
   return redis.error_reply('POSITION ' .. found)
 end
+local batch = cjson.decode(ARGV[4])
+local CHUNK = 2000
 
-local i = 4
-local nfields = tonumber(ARGV[i]); i = i + 1
-local wm_args = {}
-for _ = 1, nfields * 2 do
-  wm_args[#wm_args + 1] = ARGV[i]; i = i + 1
-end
-
-local clear_boards = ARGV[i]; i = i + 1
-local clear_users = ARGV[i]; i = i + 1
-if clear_boards == '1' then
+if batch.cb then
   local keys = redis.call('ZRANGE', registry, 0, -1)
   for k = 1, #keys do redis.call('UNLINK', keys[k]) end
   redis.call('UNLINK', registry)
 end
-if clear_users == '1' then
-  redis.call('UNLINK', prefix .. 'users')
+if batch.cu then
+  redis.call('UNLINK', users_key)
 end
 
-local nnames = tonumber(ARGV[i]); i = i + 1
-local users_key = prefix .. 'users'
-for _ = 1, nnames do
-  local user, flag, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  i = i + 3
-  if flag == 's' then
-    redis.call('HSET', users_key, user, value)
-  else
-    redis.call('HDEL', users_key, user)
-  end
+local ns = batch.ns
+for s = 1, #ns, 2 * CHUNK do
+  local e = math.min(#ns, s + 2 * CHUNK - 1)
+  redis.call('HSET', users_key, unpack(ns, s, e))
+end
+local nd = batch.nd
+for s = 1, #nd, CHUNK do
+  redis.call('HDEL', users_key, unpack(nd, s, math.min(#nd, s + CHUNK - 1)))
 end
 
-local nboards = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nboards do
-  local key, expireat, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
-  for _ = 1, n do
-    local member, delta = ARGV[i], ARGV[i + 1]
-    i = i + 2
-    if tonumber(redis.call('ZINCRBY', key, delta, member)) <= 0 then
-      redis.call('ZREM', key, member)
+local boards = batch.b
+for bi = 1, #boards do
+  local key, expireat, flat = boards[bi][1], boards[bi][2], boards[bi][3]
+  local n = #flat / 2
+  local fresh = true  -- no member had a score: the key may be new and needs its expiry
+  for s = 1, n, CHUNK do
+    local e = math.min(n, s + CHUNK - 1)
+    local members = {}
+    for j = s, e do members[#members + 1] = flat[2 * j - 1] end
+    local scores = redis.call('ZMSCORE', key, unpack(members))
+    local add, rem = {}, {}
+    for j = s, e do
+      local current = scores[j - s + 1]
+      local score = flat[2 * j]
+      if current then
+        fresh = false
+        score = score + tonumber(current)
+      end
+      if score > 0 then
+        add[#add + 1] = score
+        add[#add + 1] = flat[2 * j - 1]
+      else
+        rem[#rem + 1] = flat[2 * j - 1]
+      end
     end
+    if #add > 0 then redis.call('ZADD', key, unpack(add)) end
+    if #rem > 0 then redis.call('ZREM', key, unpack(rem)) end
   end
-  if expireat == '' then
-    redis.call('ZADD', registry, 'inf', key)
-  else
-    redis.call('ZADD', registry, expireat, key)
-    redis.call('EXPIREAT', key, expireat)
+  if fresh then
+    if expireat == '' then
+      redis.call('ZADD', registry, 'inf', key)
+    else
+      redis.call('ZADD', registry, expireat, key)
+      redis.call('EXPIREAT', key, expireat)
+    end
   end
 end
 
 local now = redis.call('TIME')[1]
 redis.call('ZREMRANGEBYSCORE', registry, '-inf', '(' .. now)
-redis.call('HSET', wm_key, 'position', ARGV[3], unpack(wm_args))
+redis.call('HSET', wm_key, 'position', ARGV[3], unpack(batch.w))
 return {'ok', redis.call('GET', prefix .. 'replay:request') or ''}

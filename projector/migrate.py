@@ -23,7 +23,7 @@ _LOCK_KEY = 0x706F6D6F  # advisory lock taken while migrating
 
 
 def migrations_dir() -> Path:
-    """The directory holding the ``NNNN_name.sql`` files (``PROJECTOR_MIGRATIONS_DIR`` overrides)."""
+    """Where the ``NNNN_name.sql`` files are (``PROJECTOR_MIGRATIONS_DIR`` overrides)."""
     override = os.environ.get("PROJECTOR_MIGRATIONS_DIR")
     if override:
         return Path(override)

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     batch_changes: int = Field(20_000, ge=1, le=1_000_000)
     status_interval: float = Field(10.0, gt=0, le=3600)
     heartbeat_interval: float = Field(2.0, gt=0, le=300)
-    # Emit pg_logical_emit_message every N seconds so an idle publication still moves the slot; 0 = off.
+    # pg_logical_emit_message every N seconds, so even an idle publication moves the slot; 0 = off
     wal_heartbeat_interval: float = Field(0.0, ge=0, le=86_400)
     wal_warning_bytes: int = Field(1 << 30, ge=0)
     lag_unhealthy_seconds: float = Field(300.0, gt=0)

@@ -7,6 +7,7 @@ writer, or a Redis that lost data, fails loudly instead of counting twice.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -87,6 +88,8 @@ class RedisSink:
         self._client = client
         self._prefix = prefix
         self._apply = client.register_script(_APPLY_LUA)
+        self._conn: Any = None
+        self._in_flight: tuple[tuple[str, ...], Watermark, Watermark | None] | None = None
         self.watermark_key = f"{prefix}watermark"
         self.heartbeat_key = f"{prefix}projector"
         self.registry_key = f"{prefix}boards"
@@ -104,32 +107,61 @@ class RedisSink:
             return None
         return Watermark.from_fields({_text(k): _text(v) for k, v in raw.items()})
 
-    def apply(self, batch: BatchDelta, new: Watermark, expected: Watermark | None) -> ApplyResult:
+    def apply(
+        self, batch: BatchDelta, new: Watermark, expected: Watermark | None
+    ) -> ApplyResult:
         """Apply ``batch`` and store ``new`` if Redis still holds ``expected``; atomically."""
-        args: list[Any] = [self._prefix, expected.position if expected else "", new.position]
-        wm_fields = new.fields()
-        args.append(len(wm_fields))
-        for item in wm_fields.items():
-            args.extend(item)
-        args.append("1" if batch.clear_boards else "0")
-        args.append("1" if batch.clear_users else "0")
-        args.append(len(batch.names))
-        for user, name in batch.names.items():
-            if name is None:
-                args.extend((user, "d", ""))
-            else:
-                args.extend((user, "s", name))
-        boards = [(key, members) for key, members in batch.deltas.items() if members]
-        args.append(len(boards))
-        expiry = batch.expiry
-        for key, members in boards:
-            nonzero = [(m, d) for m, d in members.items() if d]
-            expires = expiry.get(key)
-            args.extend((key, "" if expires is None else expires, len(nonzero)))
-            for pair in nonzero:
-                args.extend(pair)
+        self.send(batch, new, expected)
+        return self.receive()
+
+    def send(self, batch: BatchDelta, new: Watermark, expected: Watermark | None) -> None:
+        """Start applying ``batch`` without waiting; ``receive`` collects the outcome.
+
+        Redis runs the script while the caller prepares the next batch. One batch at a
+        time may be in flight.
+        """
+        if self._in_flight is not None:
+            raise RuntimeError("a batch is already in flight; receive() it first")
+        args = (
+            self._prefix,
+            expected.position if expected else "",
+            new.position,
+            encode_batch(batch, new),
+        )
+        self._in_flight = (args, new, expected)
         try:
-            reply = self._apply(args=args)
+            self._connection().send_command("EVALSHA", self._apply.sha, 0, *args)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._drop_connection()
+            self._in_flight = None
+            raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+
+    @property
+    def in_flight(self) -> bool:
+        return self._in_flight is not None
+
+    def busy(self) -> bool:
+        """True while Redis has not yet answered the batch in flight (never blocks)."""
+        if self._in_flight is None:
+            return False
+        try:
+            return not self._connection().can_read(timeout=0)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False  # receive() will report it
+
+    def receive(self) -> ApplyResult:
+        """Wait for the batch sent last; raise ``RebuildRequired`` if Redis refused it."""
+        if self._in_flight is None:
+            raise RuntimeError("no batch in flight")
+        args, new, expected = self._in_flight
+        self._in_flight = None
+        try:
+            try:
+                reply = self._connection().read_response()
+            except redis.exceptions.NoScriptError:
+                # Redis restarted or flushed its scripts: load it and run it once more.
+                self._client.script_load(_APPLY_LUA)
+                reply = self._client.evalsha(self._apply.sha, 0, *args)
         except redis.ResponseError as exc:
             message = str(exc)
             if message.startswith("POSITION"):
@@ -137,15 +169,33 @@ class RedisSink:
                 reason = (
                     "Redis holds no watermark: it lost its data or was flushed"
                     if not found
-                    else f"Redis watermark moved under us (expected {new.slot} at "
+                    else f"Redis watermark moved under us (expected "
                     f"{expected.position if expected else 'nothing'}, found {found})"
                 )
                 raise RebuildRequired(reason, slot=new.slot, lsn=new.lsn) from exc
             raise
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
         request = _text(reply[1]) if reply and len(reply) > 1 else ""
         return ApplyResult(replay_request=request or None)
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._client.script_load(_APPLY_LUA)
+            self._conn = self._client.connection_pool.get_connection()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._client.connection_pool.release(self._conn)
+            self._conn = None
+
+    def close(self) -> None:
+        """Give the dedicated connection back; a batch still in flight is abandoned."""
+        self._in_flight = None
+        self._drop_connection()
 
     def beat(self, ttl_seconds: float, info: dict[str, str]) -> None:
         """Record that the projector is alive (expires unless renewed)."""
@@ -166,6 +216,37 @@ class RedisSink:
             return fn(*args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+
+
+def encode_batch(batch: BatchDelta, new: Watermark) -> str:
+    """The JSON argument of apply_batch.lua (see its header for the shape)."""
+    set_names: list[str] = []
+    del_names: list[str] = []
+    for user, name in batch.names.items():
+        if name is None:
+            del_names.append(user)
+        else:
+            set_names.append(user)
+            set_names.append(name)
+    expiry = batch.expiry
+    boards = []
+    for key, members in batch.deltas.items():
+        flat = [x for pair in members.items() if pair[1] for x in pair]
+        if flat:
+            expires = expiry.get(key)
+            boards.append((key, "" if expires is None else expires, flat))
+    return json.dumps(
+        {
+            "w": [x for pair in new.fields().items() for x in pair],
+            "cb": batch.clear_boards,
+            "cu": batch.clear_users,
+            "ns": set_names,
+            "nd": del_names,
+            "b": boards,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
 
 
 def _text(value: bytes | str) -> str:

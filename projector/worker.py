@@ -207,7 +207,10 @@ class _Session:
         self.settings = settings
         self.stop = worker.stop
         self.sink = sink
+        # Sent to Redis (the next compare-and-set expects it) / confirmed by Redis.
         self.applied = applied
+        self.acked = applied
+        self.in_flight: Watermark | None = None
         self.projection = Projection(settings.key_prefix, settings.zone, settings.retention)
         self.decoder = Decoder(1)
         self.stream = ReplicationStream(settings.pg_dsn, settings.slot, settings.publication)
@@ -237,6 +240,7 @@ class _Session:
             self._loop()
         finally:
             self.stream.close()
+            self.sink.close()
 
     def _loop(self) -> None:
         stream = self.stream
@@ -251,12 +255,14 @@ class _Session:
             # The socket ran dry: apply what is complete now, for freshness.
             if self.tx is None and self.pending_end is not None:
                 self._flush()
+            elif self.sink.in_flight:
+                self._receive()
             self._advance_idle()
             now = time.monotonic()
             if now - self.last_beat >= self.settings.heartbeat_interval:
                 self._beat(now)
             if now - self.last_status >= self.settings.status_interval:
-                self._send_status(self.applied.lsn)
+                self._send_status(self.acked.lsn)
             if now - self.last_wal_check >= self.settings.status_interval:
                 self._check_retained_wal(now)
             interval = self.settings.wal_heartbeat_interval
@@ -265,8 +271,10 @@ class _Session:
             if self.stop.is_set():
                 if self.pending_end is not None:
                     self._flush()
-                self._send_status(self.applied.lsn)
-                log.info("stopped", watermark=format_lsn(self.applied.lsn))
+                if self.sink.in_flight:
+                    self._receive()
+                self._send_status(self.acked.lsn)
+                log.info("stopped", watermark=format_lsn(self.acked.lsn))
                 return
 
     def _handle(self, msg: object) -> None:
@@ -323,10 +331,11 @@ class _Session:
             self.batch_started = time.monotonic()
         self.pending_end = msg.end_lsn
         self.pending_time = msg.commit_time
-        if (
-            self.projection.pending_row_changes >= self.settings.batch_changes
-            or time.monotonic() - self.batch_started >= _MAX_BATCH_DELAY
-        ):
+        if self.projection.pending_row_changes >= self.settings.batch_changes:
+            self._flush()
+        elif time.monotonic() - self.batch_started >= _MAX_BATCH_DELAY and not self.sink.busy():
+            # While Redis still works on the previous batch, this one keeps growing:
+            # bigger batches when Redis is the bottleneck, tiny ones when it is not.
             self._flush()
 
     def _flush(self) -> None:
@@ -342,7 +351,7 @@ class _Session:
         )
         self.pending_end = None
         if time.monotonic() - self.last_status >= _STATUS_EVERY:
-            self._send_status(self.applied.lsn)
+            self._send_status(self.acked.lsn)
 
     def _flush_chunk(self, tx: _Tx) -> None:
         """Apply part of a transaction too large to apply at once, and record how far."""
@@ -372,9 +381,23 @@ class _Session:
         )
 
     def _apply(self, new: Watermark) -> None:
+        """Send the accumulated batch with ``new``; Redis runs it while we decode on.
+
+        The previous batch's outcome is collected first, so at most one is in flight.
+        """
         batch = self.projection.take_batch()
-        result = self.sink.apply(batch, new, self.applied)
+        if self.sink.in_flight:
+            self._receive()
+        self.sink.send(batch, new, self.applied)
         self.applied = new
+        self.in_flight = new
+
+    def _receive(self) -> None:
+        """Collect the batch in flight: only now may its position be confirmed."""
+        result = self.sink.receive()
+        assert self.in_flight is not None
+        self.acked = self.in_flight
+        self.in_flight = None
         if result.replay_request:
             raise ReplayRequested(result.replay_request)
 
@@ -385,7 +408,7 @@ class _Session:
             self.idle_end = wal_end
         if reply_requested:
             self._advance_idle(force=True)
-            self._send_status(self.applied.lsn)
+            self._send_status(self.acked.lsn)
 
     def _advance_idle(self, *, force: bool = False) -> None:
         """Move the watermark to the last keepalive position when nothing is in flight.
@@ -409,7 +432,8 @@ class _Session:
                 commit_time=self.applied.commit_time,
             )
         )
-        self._send_status(self.applied.lsn)
+        self._receive()
+        self._send_status(self.acked.lsn)
 
     def _send_status(self, lsn: int) -> None:
         if lsn < self.confirmed:
@@ -443,7 +467,7 @@ class _Session:
         ttl = max(3 * self.settings.heartbeat_interval, 5.0)
         self.sink.beat(
             ttl,
-            {"slot": self.settings.slot, "lsn": format_lsn(self.applied.lsn), "state": "streaming"},
+            {"slot": self.settings.slot, "lsn": format_lsn(self.acked.lsn), "state": "streaming"},
         )
         request = self.sink.replay_request()
         if request:

@@ -1,0 +1,245 @@
+"""Projector benchmarks: catch-up throughput, commit-to-visible latency, memory.
+
+Run: ``.venv/bin/python bench/bench_projector.py`` (or ``make bench``). Starts its own
+PostgreSQL and Redis, prints the numbers and saves ``bench/results/projector.json``.
+
+- catch-up: a backlog of 10,000 transactions x 100 rows (100,000 users, timestamps over
+  400 days) is written while the projector is stopped; then the projector starts and the
+  clock runs until the Redis watermark passes the backlog's last LSN.
+- freshness: 1,000 single-row commits/s; latency from each commit returning to the
+  pomodoro being visible in Redis (a probe member's all-time score reaching it).
+- memory: peak RSS of the projector while it applies one 1,000,000-row transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, percentile, save, throwaway_servers  # noqa: E402
+
+PROJECTOR = [sys.executable, "-m", "projector", "run"]
+
+
+def _env(pg_dsn: str, redis_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PROJECTOR_PG_DSN=pg_dsn, PROJECTOR_REDIS_URL=redis_url, PROJECTOR_SLOT="bench",
+        PROJECTOR_PUBLICATION="bench", PROJECTOR_LOG_LEVEL="warning",
+        # Keep every board of the 400-day backlog: the benchmark measures all the writes.
+        PROJECTOR_RETENTION_DAY_DAYS="800", PROJECTOR_RETENTION_WEEK_WEEKS="120",
+    )
+    env.update(extra)
+    return env
+
+
+def _start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(PROJECTOR, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=log.open("ab"))
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _watermark_lsn(client: redis.Redis, prefix: str = "pomo:") -> int:
+    raw = client.hget(f"{prefix}watermark", "lsn")
+    if not raw:
+        return -1
+    hi, lo = raw.decode().split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def _current_lsn(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    hi, lo = str(row[0]).split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def _wait_for(client: redis.Redis, lsn: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while _watermark_lsn(client) < lsn:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"projector did not reach {lsn:X}")
+        time.sleep(0.002)
+    return time.monotonic()
+
+
+def _bootstrap(pg_dsn: str, env: dict[str, str], client: redis.Redis, log: Path) -> None:
+    subprocess.run([sys.executable, "-m", "projector", "migrate"], env=env, cwd=ROOT,
+                   check=True, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    proc = _start_projector(env, log)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _wait_for(client, _current_lsn(conn), 60)
+    _stop(proc)
+
+
+def catch_up(pg_dsn: str, redis_url: str, log: Path, txs: int, rows_per_tx: int) -> dict[str, Any]:
+    env = _env(pg_dsn, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    _bootstrap(pg_dsn, env, client, log)
+    print(f"writing backlog: {txs:,} transactions x {rows_per_tx} rows ...", flush=True)
+    started = time.monotonic()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for i in range(txs):
+            conn.execute(
+                "INSERT INTO pomodoros (user_id, completed_at)"
+                " SELECT 'user' || (random() * 99999)::int,"
+                "        now() - random() * interval '400 days'"
+                " FROM generate_series(1, %s)",
+                (rows_per_tx,),
+            )
+            if i % 2000 == 0:
+                print(f"  {i:,} transactions", flush=True)
+        target = _current_lsn(conn)
+    print(f"backlog written in {time.monotonic() - started:.1f}s; projecting ...", flush=True)
+    t0 = time.monotonic()
+    proc = _start_projector(env, log)
+    t1 = _wait_for(client, target, 600)
+    _stop(proc)
+    rows = txs * rows_per_tx
+    seconds = t1 - t0
+    print(f"catch-up: {rows:,} rows in {seconds:.2f}s = {rows / seconds:,.0f} rows/s")
+    return {"rows": rows, "transactions": txs, "seconds": round(seconds, 3),
+            "rows_per_second": round(rows / seconds)}
+
+
+def freshness(pg_dsn: str, redis_url: str, log: Path, rate: int, seconds: float) -> dict[str, Any]:
+    env = _env(pg_dsn, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    proc = _start_projector(env, log)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _wait_for(client, _current_lsn(conn), 60)
+    probe = f"probe-{os.getpid()}"
+    commits: list[float] = []
+    visible: dict[int, float] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        reader = redis.Redis.from_url(redis_url)
+        seen = 0
+        while not done.is_set() or seen < len(commits):
+            score = reader.zscore("pomo:lb:all:all", probe)
+            now = time.monotonic()
+            count = int(score or 0)
+            while seen < count:
+                seen += 1
+                visible[seen] = now
+            if done.is_set() and now - (commits[-1] if commits else now) > 5:
+                break
+            time.sleep(0.0001)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    total = int(rate * seconds)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        start = time.monotonic()
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            conn.execute("INSERT INTO pomodoros (user_id) VALUES (%s)", (probe,))
+            commits.append(time.monotonic())
+        achieved = total / (time.monotonic() - start)
+    done.set()
+    watcher.join(30)
+    _stop(proc)
+    latencies = [
+        (visible[i + 1] - commits[i]) * 1000 for i in range(len(commits)) if i + 1 in visible
+    ]
+    result = {
+        "target_commits_per_second": rate, "achieved_commits_per_second": round(achieved),
+        "commits": total, "observed": len(latencies),
+        "p50_ms": round(percentile(latencies, 50), 3), "p90_ms": round(percentile(latencies, 90), 3),
+        "p99_ms": round(percentile(latencies, 99), 3), "max_ms": round(max(latencies), 3),
+    }
+    print(f"freshness at {achieved:,.0f} commits/s: p50 {result['p50_ms']} ms, "
+          f"p99 {result['p99_ms']} ms, max {result['max_ms']} ms")
+    return result
+
+
+def memory(pg_dsn: str, redis_url: str, log: Path, rows: int) -> dict[str, Any]:
+    env = _env(pg_dsn, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        print(f"writing one transaction of {rows:,} rows ...", flush=True)
+        conn.execute(
+            "INSERT INTO pomodoros (user_id, completed_at)"
+            " SELECT 'user' || (random() * 99999)::int, now() - random() * interval '400 days'"
+            " FROM generate_series(1, %s)",
+            (rows,),
+        )
+        target = _current_lsn(conn)
+    proc = _start_projector(env, log)
+    peak = 0
+    t0 = time.monotonic()
+    status = Path(f"/proc/{proc.pid}/status")
+    while _watermark_lsn(client) < target:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            break
+        if time.monotonic() - t0 > 600:
+            raise TimeoutError("large transaction not applied")
+        time.sleep(0.05)
+    seconds = time.monotonic() - t0
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = max(peak, int(line.split()[1]))
+    _stop(proc)
+    print(f"memory: one {rows:,}-row transaction applied in {seconds:.1f}s, "
+          f"projector peak RSS {peak / 1024:.1f} MB")
+    return {"rows": rows, "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 1024, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transactions", type=int, default=10_000)
+    parser.add_argument("--rows-per-tx", type=int, default=100)
+    parser.add_argument("--rate", type=int, default=1_000)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--big-tx", type=int, default=1_000_000)
+    parser.add_argument("--only", choices=("catch-up", "freshness", "memory"))
+    args = parser.parse_args()
+    log = ROOT / "bench" / "results" / "projector.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    results: dict[str, Any] = {}
+    with throwaway_servers() as (pg, rd):
+        dsn, url = pg.dsn(), rd.url()
+        if args.only in (None, "catch-up"):
+            results["catch_up"] = catch_up(dsn, url, log, args.transactions, args.rows_per_tx)
+        else:
+            _bootstrap(dsn, _env(dsn, url), redis.Redis.from_url(url), log)
+        if args.only in (None, "freshness"):
+            results["freshness"] = freshness(dsn, url, log, args.rate, args.seconds)
+        if args.only in (None, "memory"):
+            results["memory"] = memory(dsn, url, log, args.big_tx)
+    results["targets"] = {"catch_up_rows_per_second": 75_000, "freshness_p50_ms": 2,
+                          "freshness_p99_ms": 10, "memory_peak_rss_mb": 200}
+    save("projector" if args.only is None else f"projector-{args.only}", results)
+
+
+if __name__ == "__main__":
+    main()

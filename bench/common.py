@@ -1,0 +1,84 @@
+"""Shared benchmark plumbing: throwaway servers, the machine description, saving results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import servers  # noqa: E402
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    pg = subprocess.run(
+        [str((servers.find_postgres_bindir() or Path("/usr/bin")) / "postgres"), "--version"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()
+    rd = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                        check=False).stdout.strip()
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(), "postgres": pg, "redis": rd.split(" sha=")[0],
+        "platform": platform.platform(),
+    }
+
+
+@contextmanager
+def throwaway_servers() -> Iterator[tuple[servers.PostgresServer, servers.RedisServer]]:
+    """A PostgreSQL (wal_level=logical) and a Redis for one benchmark run."""
+    pg = servers.postgres_for_tests()
+    rd = servers.redis_for_tests()
+    pg.start()
+    rd.start()
+    try:
+        yield pg, rd
+    finally:
+        pg.cleanup()
+        rd.cleanup()
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    """Write ``bench/results/<name>.json`` and print where."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": machine(), **result}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {path.relative_to(ROOT)}")
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by nearest rank."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
