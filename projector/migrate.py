@@ -60,7 +60,7 @@ def migrate(dsn: str, publication: str, directory: Path | None = None) -> list[s
             if version in done:
                 continue
             with conn.transaction():
-                conn.execute(path.read_text())  # type: ignore[call-overload]
+                conn.execute(sql.SQL(path.read_text()))  # type: ignore[arg-type,unused-ignore]
                 conn.execute(
                     sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(
                         sql.Identifier(_VERSION_TABLE)

@@ -264,8 +264,8 @@ class Projection:
         # when every instant of that hour falls on the same local date.
         if text[-3:] == b"+00" and text[4:5] == b"-" and text[10:11] == b" ":
             hour = text[:13]
-            cached = self._hour_cache.get(hour, False)
-            if cached is not False:
+            if hour in self._hour_cache:
+                cached = self._hour_cache[hour]
                 if cached is not None:
                     return cached
             else:

@@ -308,7 +308,7 @@ class _Loader:
         if command == "zadd":
             self._pipe.zadd(key, mapping)
         else:
-            self._pipe.hset(key, mapping=mapping)
+            self._pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
         self._queued += 1
         if self._queued >= 20:
             self._execute()

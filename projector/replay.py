@@ -63,7 +63,7 @@ def _ask_running_projector(sink: RedisSink, client: redis.Redis, timeout: float)
     print(f"asked the running projector to rebuild (request {request})", file=sys.stderr)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        raw = {k.decode(): v.decode() for k, v in client.hgetall(progress_key).items()}
+        raw = {_text(k): _text(v) for k, v in client.hgetall(progress_key).items()}
         if raw.get("id") == request:
             state = RebuildProgress(
                 phase=raw.get("phase", "?"),
@@ -98,3 +98,7 @@ def _draw(state: RebuildProgress) -> None:
 def _finish(message: str) -> None:
     sys.stderr.write("\n")
     print(message)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

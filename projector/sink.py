@@ -199,7 +199,11 @@ class RedisSink:
 
     def beat(self, ttl_seconds: float, info: dict[str, str]) -> None:
         """Record that the projector is alive (expires unless renewed)."""
-        fields = {"pid": str(os.getpid()), "host": socket.gethostname(), "at": str(time.time())}
+        fields: dict[str | bytes | bytearray | memoryview[int] | int | float, str | bytes] = {
+            "pid": str(os.getpid()),
+            "host": socket.gethostname(),
+            "at": str(time.time()),
+        }
         fields.update(info)
         pipe = self._client.pipeline(transaction=True)
         pipe.hset(self.heartbeat_key, mapping=fields)

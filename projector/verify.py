@@ -191,7 +191,7 @@ def _recompute(
                     " GROUP BY 1",
                     (start, end, end),
                 )
-            expected[key] = {str(u): int(c) for u, c in rows}  # type: ignore[call-overload]
+            expected[key] = {str(u): int(str(c)) for u, c in rows}
         conn.rollback()
     return expected
 
