@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProjectorError as exc:
         print(f"projector: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("projector: interrupted", file=sys.stderr)
+        return 130
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,6 +8,7 @@ Changes committed meanwhile wait in the new slot, so none is lost or counted twi
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +40,10 @@ _CHUNK = 5_000
 _PERIOD_INDEX = {Period.DAY: 0, Period.WEEK: 1, Period.MONTH: 2, Period.YEAR: 3}
 
 ProgressFn = Callable[["RebuildProgress"], None]
+
+
+class RebuildInterrupted(ProjectorError):
+    """The process was asked to stop during a rebuild (the next start rebuilds again)."""
 
 
 @dataclass(slots=True)
@@ -102,23 +107,27 @@ def rebuild(
     reason: str,
     replay_id: str | None = None,
     progress: ProgressFn | None = None,
+    stop: threading.Event | None = None,
 ) -> Watermark:
     """Recreate the slot and rebuild every board from its snapshot; return the new watermark.
 
     The caller must hold ``advisory_lock`` for the slot: nobody else may stream from it.
     """
     state = RebuildProgress()
-    report = _reporter(sink, replay_id, state, progress)
+    report = _reporter(sink, replay_id, state, progress, stop)
     log.info("rebuild started", reason=reason, slot=settings.slot)
     pg = connect(settings.pg_dsn)
     try:
         system_id = system_identifier(pg)
-        existing = slot_info(pg, settings.slot)
-        if existing is not None and existing.active:
-            raise ConnectionLost(
-                f"replication slot {settings.slot!r} is in use by PID {existing.active_pid}",
-                service="postgres",
-            )
+        # A walsender we just left may need a moment to let go of the slot.
+        deadline = time.monotonic() + 10.0
+        while (existing := slot_info(pg, settings.slot)) is not None and existing.active:
+            if time.monotonic() > deadline:
+                raise ConnectionLost(
+                    f"replication slot {settings.slot!r} is in use by PID {existing.active_pid}",
+                    service="postgres",
+                )
+            time.sleep(0.1)
         drop_slot(pg, settings.slot)
     finally:
         pg.close()
@@ -365,11 +374,17 @@ def _discard_stale_builds(sink: RedisSink) -> None:
 
 
 def _reporter(
-    sink: RedisSink, replay_id: str | None, state: RebuildProgress, progress: ProgressFn | None
+    sink: RedisSink,
+    replay_id: str | None,
+    state: RebuildProgress,
+    progress: ProgressFn | None,
+    stop: threading.Event | None,
 ) -> Callable[[], None]:
     key = f"{sink.watermark_key.removesuffix('watermark')}replay:progress"
 
     def report() -> None:
+        if stop is not None and stop.is_set():
+            raise RebuildInterrupted("rebuild interrupted by a stop request; it restarts next time")
         log.info(
             "rebuild progress",
             phase=state.phase,

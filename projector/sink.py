@@ -107,9 +107,7 @@ class RedisSink:
             return None
         return Watermark.from_fields({_text(k): _text(v) for k, v in raw.items()})
 
-    def apply(
-        self, batch: BatchDelta, new: Watermark, expected: Watermark | None
-    ) -> ApplyResult:
+    def apply(self, batch: BatchDelta, new: Watermark, expected: Watermark | None) -> ApplyResult:
         """Apply ``batch`` and store ``new`` if Redis still holds ``expected``; atomically."""
         self.send(batch, new, expected)
         return self.receive()

@@ -34,7 +34,7 @@ from projector.pgoutput import (
     pg_time_to_datetime,
 )
 from projector.projection import Projection
-from projector.rebuild import advisory_lock, rebuild
+from projector.rebuild import RebuildInterrupted, advisory_lock, rebuild
 from projector.replication import PrimaryKeepalive
 from projector.settings import Settings
 from projector.sink import RedisSink, Watermark
@@ -98,6 +98,9 @@ class Worker:
                     reason, replay_id = None, None
                 self._session()
                 return
+            except RebuildInterrupted as exc:
+                log.warning("stopped during a rebuild", error=str(exc))
+                return
             except RebuildRequired as exc:
                 log.warning("rebuilding Redis from PostgreSQL", reason=exc.reason)
                 reason = exc.reason
@@ -129,7 +132,7 @@ class Worker:
                         f"another process holds slot {settings.slot!r}", service="postgres"
                     )
                 sink = RedisSink(redis_client(settings), settings.key_prefix)
-                rebuild(settings, sink, reason=reason, replay_id=replay_id)
+                rebuild(settings, sink, reason=reason, replay_id=replay_id, stop=self.stop)
         finally:
             pg.close()
 
