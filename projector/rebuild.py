@@ -8,10 +8,12 @@ Changes committed meanwhile wait in the new slot, so none is lost or counted twi
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -55,6 +57,7 @@ class RebuildProgress:
     boards: int = 0
     started: float = field(default_factory=time.monotonic)
     lsn: int | None = None
+    last_report: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -135,13 +138,14 @@ def rebuild(
     build = f"{settings.key_prefix}rebuild:{uuid.uuid4().hex[:12]}:"
     state.phase = "creating slot"
     report()
-    snapshot_conn = _snapshot_connection(settings, state)
+    conns = _snapshot_connections(settings, state, settings.rebuild_parallelism)
     try:
         assert state.lsn is not None
-        boards = _build_boards(settings, sink, snapshot_conn, build, state, report)
-        snapshot_time = snapshot_conn.execute("SELECT now()").fetchone()
+        snapshot_time = conns[0].execute("SELECT now()").fetchone()
+        boards = _build_boards(settings, sink, conns, build, state, report)
     finally:
-        snapshot_conn.close()
+        for conn in conns:
+            conn.close()
     watermark = Watermark(
         lsn=state.lsn,
         system_id=system_id,
@@ -163,63 +167,69 @@ def rebuild(
     return watermark
 
 
-def _snapshot_connection(
-    settings: Settings, state: RebuildProgress
-) -> psycopg.Connection[tuple[object, ...]]:
-    """Create the slot and return a connection inside a transaction on its snapshot."""
+def _snapshot_connections(
+    settings: Settings, state: RebuildProgress, count: int
+) -> list[psycopg.Connection[tuple[object, ...]]]:
+    """Create the slot; return ``count`` connections inside transactions on its snapshot."""
+    conns: list[psycopg.Connection[tuple[object, ...]]] = []
     with ReplicationStream(settings.pg_dsn, settings.slot, settings.publication) as stream:
         consistent_point, snapshot = stream.create_slot()
         try:
-            conn = psycopg.connect(settings.pg_dsn, autocommit=False)
+            for _ in range(count):
+                conn = psycopg.connect(settings.pg_dsn, autocommit=False)
+                conns.append(conn)
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         except psycopg.OperationalError as exc:
+            for conn in conns:
+                conn.close()
             raise ConnectionLost(
                 f"cannot connect to PostgreSQL: {exc}", service="postgres"
             ) from exc
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-    # The replication connection is closed: the imported snapshot stays with ``conn``.
+    # The replication connection is closed: each imported snapshot stays with its connection.
     state.lsn = consistent_point
     log.info("slot created", slot=settings.slot, consistent_point=format_lsn(consistent_point))
-    return conn
+    return conns
 
 
 def _build_boards(
     settings: Settings,
     sink: RedisSink,
-    conn: psycopg.Connection[tuple[object, ...]],
+    conns: list[psycopg.Connection[tuple[object, ...]]],
     build: str,
     state: RebuildProgress,
     report: Callable[[], None],
 ) -> list[tuple[str, int | None]]:
-    """Load every board into ``build``-prefixed keys; return (key suffix, expiry) pairs."""
+    """Load every board into ``build``-prefixed keys; return (key suffix, expiry) pairs.
+
+    Each query runs on its own connection (same snapshot) so PostgreSQL aggregates one
+    period while this process loads another into Redis.
+    """
     client = sink.client
     tz = settings.zone
     now = time.time()
-    boards: list[tuple[str, int | None]] = []
-    loader = _Loader(client, state, report)
+    lock = threading.Lock()
 
-    state.phase = "users"
-    with conn.cursor(name="rebuild_users") as cur:
-        cur.itersize = _CHUNK
-        cur.execute(_USERS_QUERY)
-        loader.load_hash(f"{build}users", cur)
+    def users(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[str, int | None]]:
+        with conn.cursor(name="rebuild_users") as cur:
+            cur.itersize = _CHUNK
+            cur.execute(_USERS_QUERY)
+            loader = _Loader(client, state, report, lock)
+            loader.load_hash(f"{build}users", cur)
+            loader.finish()
+        return []
 
-    for period in (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR):
+    def period_boards(
+        period: Period, conn: psycopg.Connection[tuple[object, ...]]
+    ) -> list[tuple[str, int | None]]:
         since = oldest_retained_bucket_start(period, tz, settings.retention)
         if since is None:
-            continue
-        state.phase = f"{period} boards"
-        report()
+            return []
         index = _PERIOD_INDEX[period]
-        bucket_cache: dict[date, tuple[str, int | None] | None] = {}
+        cache: dict[date, tuple[str, int | None] | None] = {}
 
-        def suffix_for(
-            start: date,
-            period: Period = period,
-            index: int = index,
-            cache: dict[date, tuple[str, int | None] | None] = bucket_cache,
-        ) -> tuple[str, int | None] | None:
+        def suffix_for(start: date) -> tuple[str, int | None] | None:
             if start not in cache:
                 bucket = bucket_ids_for_date(start)[index]
                 expires = expires_at(period, bucket, tz, settings.retention)
@@ -227,34 +237,70 @@ def _build_boards(
                 cache[start] = (board_key("", period, bucket), expires) if live else None
             return cache[start]
 
+        loader = _Loader(client, state, report, lock)
         with conn.cursor(name=f"rebuild_{period}") as cur:
             cur.itersize = _CHUNK * 4
             cur.execute(_period_query(period), {"tz": settings.timezone, "since": since})
-            for suffix, expires in loader.load_boards(build, cur, suffix_for):
-                boards.append((suffix, expires))
+            found = list(loader.load_boards(build, cur, suffix_for))
+        loader.finish()
+        return found
 
-    state.phase = "all-time board"
-    report()
-    with conn.cursor(name="rebuild_all") as cur:
-        cur.itersize = _CHUNK * 4
-        cur.execute(_ALL_QUERY)
+    def all_time(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[str, int | None]]:
         suffix = board_key("", Period.ALL, "all")
-        loader.load_one(f"{build}{suffix}", cur)
-        boards.append((suffix, None))
-    loader.finish()
+        loader = _Loader(client, state, report, lock)
+        with conn.cursor(name="rebuild_all") as cur:
+            cur.itersize = _CHUNK * 4
+            cur.execute(_ALL_QUERY)
+            loader.load_one(f"{build}{suffix}", cur)
+        loader.finish()
+        return [(suffix, None)]
+
+    # Longest first: all-time and year read every row, the day boards only the last weeks.
+    tasks: list[Callable[[psycopg.Connection[tuple[object, ...]]], list[tuple[str, int | None]]]]
+    tasks = [
+        all_time,
+        functools.partial(period_boards, Period.YEAR),
+        functools.partial(period_boards, Period.MONTH),
+        functools.partial(period_boards, Period.WEEK),
+        functools.partial(period_boards, Period.DAY),
+        users,
+    ]
+    state.phase = "loading boards"
+    report()
+    idle = list(conns)
+    boards: list[tuple[str, int | None]] = []
+    with ThreadPoolExecutor(max_workers=len(conns), thread_name_prefix="rebuild") as pool:
+        pending: dict[Future[list[tuple[str, int | None]]], Any] = {}
+        for task in tasks:
+            if not idle:
+                done_future = next(as_completed(pending))
+                idle.append(pending.pop(done_future))
+                boards.extend(done_future.result())
+            conn = idle.pop()
+            pending[pool.submit(task, conn)] = conn
+        for future in as_completed(pending):
+            boards.extend(future.result())
     return boards
 
 
 class _Loader:
-    """Pipelines ZADD/HSET chunks into Redis while counting progress."""
+    """Pipelines ZADD/HSET chunks into Redis while counting progress (one per thread)."""
 
-    def __init__(self, client: redis.Redis, state: RebuildProgress, report: Callable[[], None]):
+    def __init__(
+        self,
+        client: redis.Redis,
+        state: RebuildProgress,
+        report: Callable[[], None],
+        lock: threading.Lock,
+    ) -> None:
         self._client = client
         self._pipe = client.pipeline(transaction=False)
         self._queued = 0
         self._state = state
         self._report = report
-        self._last_report = time.monotonic()
+        self._lock = lock
+        self._rows = 0
+        self._boards = 0
 
     def load_hash(self, key: str, rows: Any) -> None:
         chunk: dict[str, str] = {}
@@ -277,7 +323,6 @@ class _Loader:
         target: tuple[str, int | None] | None = None
         chunk: dict[str, int] = {}
         for start, user_id, count in rows:
-            self._state.rows += count
             if start != current_start:
                 if chunk and target is not None:
                     self._queue("zadd", build + target[0], chunk)
@@ -285,7 +330,7 @@ class _Loader:
                 current_start = start
                 target = suffix_for(start)
                 if target is not None:
-                    self._state.boards += 1
+                    self._boards += 1
                     self._pipe.expire(build + target[0], _BUILD_TTL)
                     yield target
             if target is None:
@@ -300,7 +345,7 @@ class _Loader:
     def load_one(self, key: str, rows: Any) -> None:
         chunk: dict[str, int] = {}
         for user_id, count in rows:
-            self._state.rows += count
+            self._rows += count
             chunk[user_id] = count
             if len(chunk) >= _CHUNK:
                 self._queue("zadd", key, chunk)
@@ -308,7 +353,7 @@ class _Loader:
         if chunk:
             self._queue("zadd", key, chunk)
         self._pipe.expire(key, _BUILD_TTL)
-        self._state.boards += 1
+        self._boards += 1
 
     def finish(self) -> None:
         self._execute()
@@ -321,10 +366,6 @@ class _Loader:
         self._queued += 1
         if self._queued >= 20:
             self._execute()
-        now = time.monotonic()
-        if now - self._last_report >= 2.0:
-            self._last_report = now
-            self._report()
 
     def _execute(self) -> None:
         try:
@@ -332,6 +373,16 @@ class _Loader:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
         self._queued = 0
+        with self._lock:
+            self._state.rows += self._rows
+            self._state.boards += self._boards
+            self._rows = self._boards = 0
+            now = time.monotonic()
+            due = now - self._state.last_report >= 2.0
+            if due:
+                self._state.last_report = now
+        if due:
+            self._report()
 
 
 def _swap(

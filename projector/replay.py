@@ -21,17 +21,7 @@ from projector.settings import Settings
 from projector.sink import RedisSink
 from projector.stream import connect
 
-_PHASES = (
-    "creating slot",
-    "users",
-    "day boards",
-    "week boards",
-    "month boards",
-    "year boards",
-    "all-time board",
-    "swapping",
-    "done",
-)
+_PHASES = ("starting", "creating slot", "loading boards", "swapping", "done")
 
 
 def replay(settings: Settings, *, timeout: float = 3600.0) -> int:

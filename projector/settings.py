@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     retention_month_months: int = Field(13, ge=0, le=1_200)
     retention_year_years: int = Field(5, ge=0, le=100)
 
+    # Connections (sharing one snapshot) that aggregate periods in parallel during a rebuild.
+    rebuild_parallelism: int = Field(3, ge=1, le=6)
     reconnect_max_delay: float = Field(30.0, gt=0, le=3600)
     log_level: str = "info"
     log_format: str = "console"

@@ -472,6 +472,17 @@ class _Session:
             ttl,
             {"slot": self.settings.slot, "lsn": format_lsn(self.acked.lsn), "state": "streaming"},
         )
+        if not self.sink.in_flight:
+            # Otherwise a flush of Redis goes unnoticed until the publication's next write.
+            stored = self.sink.read_watermark()
+            if stored is None or stored.position != self.acked.position:
+                raise RebuildRequired(
+                    "Redis holds no watermark: it lost its data or was flushed"
+                    if stored is None
+                    else f"Redis watermark moved under us (expected {self.acked.position}, "
+                    f"found {stored.position})",
+                    slot=self.settings.slot,
+                )
         request = self.sink.replay_request()
         if request:
             raise ReplayRequested(request)
