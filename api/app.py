@@ -108,7 +108,11 @@ class App:
             max_size=s.api_pg_concurrency,
             max_waiting=max(100, 10 * s.api_pg_concurrency),
             timeout=s.api_pg_timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(s.api_pg_timeout))},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, round(s.api_pg_timeout)),
+                "application_name": "pomodoro-api",
+            },
             configure=partial(configure_connection, timeout=s.api_pg_timeout),
             check=AsyncConnectionPool.check_connection,
             reconnect_timeout=0,
@@ -255,23 +259,23 @@ class App:
             return self._openapi, None, _JSON
         if route == routes.METRICS:
             return self.metrics.render().encode(), None, b"text/plain; version=0.0.4; charset=utf-8"
-        params = routes.parse_query_string(query_string, route)
-        sources = await self._sources()
         if route == routes.READYZ:
-            ready, state = await sources.readiness(_READY_TIMEOUT)
+            ready, state = await (await self._sources()).readiness(_READY_TIMEOUT)
             return _encode(state), state["source"] if ready else None, _JSON
+        # Every parameter is validated before a store is touched.
+        params = routes.parse_query_string(query_string, route)
         tz = self._tz
         if route == routes.BOARD:
             board_query = routes.board_query(args, params, tz)
-            page, source = await sources.board(board_query)
+            page, source = await (await self._sources()).board(board_query)
             body = board_json(board_query, page, source, tz)
         elif route == routes.STANDING:
             standing_query = routes.standing_query(args, params, tz)
-            standing, source = await sources.standing(standing_query)
+            standing, source = await (await self._sources()).standing(standing_query)
             body = standing_json(standing_query, standing, source, tz)
         else:
             user_query = routes.user_query(args, params)
-            user, source = await sources.user(user_query)
+            user, source = await (await self._sources()).user(user_query)
             body = user_json(user_query, user, source, tz)
         self.metrics.answered(route, source)
         return _encode(body), source, _JSON

@@ -1,0 +1,145 @@
+"""Pure parts of the read API: breaker, metrics text, routes, OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from openapi_spec_validator import validate
+
+from api import routes
+from api.breaker import Breaker
+from api.errors import BadParameter, NotFound
+from api.metrics import Metrics
+from api.openapi import openapi_document
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_on_failure_and_lets_one_probe_after_the_cooldown() -> None:
+    """After a failure the store is skipped for the cooldown, then exactly one caller probes."""
+    clock = FakeClock()
+    breaker = Breaker(2.0, clock)
+    assert breaker.allow() and breaker.is_closed
+    breaker.failed()
+    assert not breaker.is_closed and not breaker.allow()
+    clock.now += 2.1
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # everyone else keeps skipping while it runs
+    breaker.failed()
+    assert not breaker.allow()
+    clock.now += 2.1
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.is_closed and breaker.allow() and breaker.allow()
+    assert breaker.trips == 2
+
+
+def test_breaker_probe_that_gives_up_lets_another_probe() -> None:
+    """A probe cancelled without a verdict does not leave the store skipped forever."""
+    clock = FakeClock()
+    breaker = Breaker(1.0, clock)
+    breaker.failed()
+    clock.now += 1.5
+    assert breaker.allow()
+    breaker.released()
+    assert breaker.allow()
+
+
+def test_metrics_render_prometheus_text() -> None:
+    """Counters and the cumulative histogram render in the exposition format."""
+    metrics = Metrics()
+    metrics.observe("/v1/users/{user_id}", "GET", 200, 0.0007)
+    metrics.observe("/v1/users/{user_id}", "GET", 200, 0.2)
+    metrics.observe("/v1/users/{user_id}", "GET", 400, 9.0)
+    metrics.answered("/v1/users/{user_id}", "redis")
+    metrics.fell_back("redis_down")
+    metrics.gauge("api_redis_up", "help", lambda: 1.0)
+    lines = metrics.render().splitlines()
+    worker = f'worker="{__import__("os").getpid()}"'
+    route = 'route="/v1/users/{user_id}"'
+    assert f'api_requests_total{{{worker},{route},method="GET",status="200"}} 2' in lines
+    assert f'api_requests_total{{{worker},{route},method="GET",status="400"}} 1' in lines
+    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="0.0005"}} 0' in lines
+    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="0.001"}} 1' in lines
+    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="2.5"}} 2' in lines
+    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="+Inf"}} 3' in lines
+    assert f"api_request_duration_seconds_count{{{worker},{route}}} 3" in lines
+    assert f'api_fallbacks_total{{{worker},reason="redis_down"}} 1' in lines
+    assert f"api_redis_up{{{worker}}} 1" in lines
+    assert "# TYPE api_request_duration_seconds histogram" in lines
+
+
+@pytest.mark.parametrize(
+    ("path", "route", "args"),
+    [
+        (b"/v1/leaderboards/day", routes.BOARD, [b"day"]),
+        (b"/v1/leaderboards/week/users/a%2Fb", routes.STANDING, [b"week", b"a%2Fb"]),
+        (b"/v1/users/%C3%A9", routes.USER, [b"%C3%A9"]),
+        (b"/metrics", routes.METRICS, []),
+    ],
+)
+def test_paths_resolve_to_routes_before_decoding(
+    path: bytes, route: str, args: list[bytes]
+) -> None:
+    """Paths split on literal slashes; arguments stay encoded until validated."""
+    assert routes.resolve(path) == (route, args)
+
+
+def test_queries_are_typed_with_defaults() -> None:
+    """Defaults: the current bucket in the zone, limit 10, offset 0, around 0, no min_lsn."""
+    berlin = ZoneInfo("Europe/Berlin")
+    late = datetime(2026, 3, 28, 23, 30, tzinfo=UTC)  # already 2026-03-29 in Berlin
+    query = routes.board_query([b"day"], {}, berlin, late)
+    assert query == routes.BoardQuery(routes.Period.DAY, "2026-03-29", 10, 0, None)
+    params = {"bucket": "2026-W01", "around": "7", "min_lsn": "16/B374D848"}
+    standing = routes.standing_query([b"week", b"a%2Fb"], params, berlin)
+    assert standing == routes.StandingQuery(
+        routes.Period.WEEK, "2026-W01", "a/b", 7, (0x16 << 32) | 0xB374D848
+    )
+    assert routes.parse_query_string(b"limit=5&&offset=2", routes.BOARD) == {
+        "limit": "5",
+        "offset": "2",
+    }
+
+
+def test_errors_name_the_parameter() -> None:
+    """Bad parameters and unknown paths raise the API's own errors."""
+    with pytest.raises(BadParameter) as caught:
+        routes.parse_query_string(b"bucket=1&bucket=2", routes.BOARD)
+    assert caught.value.parameter == "bucket"
+    with pytest.raises(NotFound):
+        routes.resolve(b"/v1/leaderboards")
+
+
+def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> None:
+    """The document validates as OpenAPI 3.1 and names every route and accepted parameter."""
+    document = openapi_document()
+    validate(document)  # type: ignore[arg-type]
+    paths = document["paths"]
+    assert set(paths) == {
+        routes.BOARD,
+        routes.STANDING,
+        routes.USER,
+        routes.HEALTHZ,
+        routes.READYZ,
+        routes.METRICS,
+        routes.OPENAPI,
+    }
+    components = document["components"]["parameters"]
+    for route, allowed in routes._ALLOWED.items():
+        names = {
+            components[ref["$ref"].rsplit("/", 1)[1]]["name"]
+            for ref in paths[route]["get"]["parameters"]
+        }
+        path_names = {part[1:-1] for part in route.split("/") if part.startswith("{")}
+        assert names == set(allowed) | path_names, route
+    assert components["limit"]["schema"]["maximum"] == routes.MAX_LIMIT
+    assert components["user_id"]["schema"]["maxLength"] == routes.MAX_USER_ID
