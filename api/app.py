@@ -95,7 +95,8 @@ class App:
         s = self.settings
         client = aioredis.Redis.from_url(
             s.redis_url,
-            socket_timeout=s.api_redis_timeout,
+            # RedisReader bounds each call by api_redis_timeout as a whole.
+            socket_timeout=None,
             socket_connect_timeout=s.api_redis_timeout,
             # One retry on a fresh connection hides a pooled connection a restart closed.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -122,7 +123,7 @@ class App:
         await pool.open(wait=False)
         metrics = self.metrics
         sources = Sources(
-            RedisReader(client, s.key_prefix),
+            RedisReader(client, s.key_prefix, s.api_redis_timeout),
             PostgresReader(pool, self._tz, s.timezone),
             tz=self._tz,
             retention=s.retention,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from api.routes import BoardQuery, StandingQuery, UserQuery
@@ -32,9 +33,8 @@ class AsOf:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One row of a leaderboard."""
+class Entry(NamedTuple):
+    """One row of a leaderboard (a tuple: boards are built on the hot path)."""
 
     rank: int
     user_id: str
@@ -142,10 +142,15 @@ def user_json(query: UserQuery, user: UserPeriods, source: str, tz: ZoneInfo) ->
 
 
 def _bucket_json(period: Period, bucket: str, tz: ZoneInfo) -> dict[str, Any]:
+    return dict(_bucket_fields(period, bucket, tz))
+
+
+@lru_cache(maxsize=4096)
+def _bucket_fields(period: Period, bucket: str, tz: ZoneInfo) -> tuple[tuple[str, Any], ...]:
     start, end = bucket_bounds(period, bucket, tz)
-    return {
-        "period": period.value,
-        "bucket": bucket,
-        "period_start": None if start is None else start.isoformat(),
-        "period_end": None if end is None else end.isoformat(),
-    }
+    return (
+        ("period", period.value),
+        ("bucket", bucket),
+        ("period_start", None if start is None else start.isoformat()),
+        ("period_end", None if end is None else end.isoformat()),
+    )

@@ -9,12 +9,14 @@ user id ascending and ranks are competition ranks (1 + members with a higher sco
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
@@ -135,31 +137,38 @@ _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class RedisReader:
-    """Answers from the boards under ``prefix``; raises ``NotBuilt`` or ``StoreUnavailable``."""
+    """Answers from the boards under ``prefix``; raises ``NotBuilt`` or ``StoreUnavailable``.
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    Every call is bounded by ``timeout`` as a whole (the client itself has no socket timeout:
+    redis-py would pay for a timer task per socket operation); a call cut short drops its
+    connection, so no reply is ever read by the wrong caller.
+    """
+
+    def __init__(self, client: aioredis.Redis, prefix: str, timeout: float) -> None:
         self._client = client
-        self._prefix = prefix
-        self._users = f"{prefix}users"
-        self._watermark = f"{prefix}watermark"
-        self._board = client.register_script(_BOARD_LUA)
-        self._standing = client.register_script(_STANDING_LUA)
-        self._user = client.register_script(_USER_LUA)
+        self._prefix = prefix.encode()
+        self._users = self._prefix + b"users"
+        self._watermark = self._prefix + b"watermark"
+        self._timeout = timeout
+        self._scripts = {
+            script: hashlib.sha1(script.encode()).hexdigest()
+            for script in (_BOARD_LUA, _STANDING_LUA, _USER_LUA)
+        }
 
-    def board_key(self, period: Period, bucket: str) -> str:
-        return f"{self._prefix}lb:{period.value}:{bucket}"
+    def board_key(self, period: Period, bucket: str) -> bytes:
+        return b"%slb:%s:%s" % (self._prefix, period.value.encode(), bucket.encode())
 
     async def board(self, period: Period, bucket: str, offset: int, limit: int) -> BoardPage:
         """A page of ``limit`` entries from position ``offset`` (0-based) in rank order."""
-        keys = [self.board_key(period, bucket), self._users, self._watermark]
-        reply = await self._run(self._board, keys, [offset, limit])
+        keys = (self.board_key(period, bucket), self._users, self._watermark)
+        reply = await self._run(_BOARD_LUA, keys, b"%d" % offset, b"%d" % limit)
         lsn, commit_time, total, rows = reply
         return BoardPage(total=int(total), entries=_entries(rows), as_of=_as_of(lsn, commit_time))
 
     async def standing(self, period: Period, bucket: str, user_id: str, around: int) -> Standing:
         """``user_id``'s rank and score with up to ``around`` neighbours either side."""
-        keys = [self.board_key(period, bucket), self._users, self._watermark]
-        reply = await self._run(self._standing, keys, [user_id, around])
+        keys = (self.board_key(period, bucket), self._users, self._watermark)
+        reply = await self._run(_STANDING_LUA, keys, user_id.encode(), b"%d" % around)
         lsn, commit_time, total, name, position, first, rows = reply
         as_of = _as_of(lsn, commit_time)
         display_name = _text_or_none(name)
@@ -180,9 +189,12 @@ class RedisReader:
 
     async def user(self, user_id: str, buckets: list[tuple[Period, str]]) -> UserPeriods:
         """``user_id``'s score and rank on the board of each (period, bucket)."""
-        keys = [self._users, self._watermark]
-        keys.extend(self.board_key(period, bucket) for period, bucket in buckets)
-        reply = await self._run(self._user, keys, [user_id])
+        keys = (
+            self._users,
+            self._watermark,
+            *(self.board_key(period, bucket) for period, bucket in buckets),
+        )
+        reply = await self._run(_USER_LUA, keys, user_id.encode())
         lsn, commit_time, name, stats = reply
         periods = []
         for index, (period, bucket) in enumerate(buckets):
@@ -200,36 +212,46 @@ class RedisReader:
 
     async def watermark_lsn(self) -> int | None:
         """The watermark's LSN, or None when Redis holds none."""
-        try:
-            value = await self._client.hget(self._watermark, "lsn")
-        except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable("redis", str(exc) or type(exc).__name__) from exc
-        except RedisError as exc:
-            raise StoreUnavailable("redis", f"{type(exc).__name__}: {exc}") from exc
+        value = await self._call("HGET", self._watermark, b"lsn")
         return None if value is None else _as_of(value, b"").lsn
 
     async def ping(self) -> dict[str, Any]:
         """Whether Redis answers and holds a watermark, for ``/readyz``."""
+        raw = await self._call("HMGET", self._watermark, b"lsn", b"commit_time")
         try:
-            raw = await self._client.hmget(self._watermark, ["lsn", "commit_time"])
-        except (*_CONNECTION_ERRORS, RedisError) as exc:
-            raise StoreUnavailable("redis", str(exc) or type(exc).__name__) from exc
-        if raw[0] is None:
+            as_of = None if raw[0] is None else _as_of(raw[0], raw[1] or b"")
+        except NotBuilt:
+            as_of = None
+        if as_of is None:
             return {"up": True, "built": False}
-        return {"up": True, "built": True, "as_of": _as_of(raw[0], raw[1] or b"").to_json()}
+        return {"up": True, "built": True, "as_of": as_of.to_json()}
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
+    async def _run(self, script: str, keys: tuple[bytes, ...], *args: bytes) -> list[Any]:
+        """EVALSHA ``script`` (loading it after a Redis restart); NotBuilt on a nil reply."""
+        sha = self._scripts[script]
         try:
-            reply = await script(keys=keys, args=args)
-        except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable("redis", str(exc) or type(exc).__name__) from exc
-        except RedisError as exc:
-            # Busy loading, read-only replica without the script, OOM...: Redis cannot answer.
-            raise StoreUnavailable("redis", f"{type(exc).__name__}: {exc}") from exc
+            reply = await self._call("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._call("SCRIPT", "LOAD", script)
+            reply = await self._call("EVALSHA", sha, len(keys), *keys, *args)
         if reply is None:
             raise NotBuilt("Redis holds no watermark")
         result: list[Any] = reply
         return result
+
+    async def _call(self, *command: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+        except NoScriptError:
+            raise
+        except TimeoutError as exc:
+            raise StoreUnavailable("redis", f"no answer within {self._timeout:g} s") from exc
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable("redis", str(exc) or type(exc).__name__) from exc
+        except RedisError as exc:
+            # Busy loading, out of memory, a replica that refuses...: Redis cannot answer.
+            raise StoreUnavailable("redis", f"{type(exc).__name__}: {exc}") from exc
 
 
 def _entries(rows: list[Any]) -> list[Entry]:
