@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import psycopg
@@ -79,6 +81,33 @@ class _Tx:
     chunk_rows: int = 0  # row changes projected since the last chunk was applied
 
 
+@contextmanager
+def _beating(sink: RedisSink, settings: Settings) -> Iterator[None]:
+    """Keep the heartbeat alive (state "rebuilding") while the block runs.
+
+    A rebuild can outlast the heartbeat's TTL many times over (large tables, or a slot
+    waiting for old transactions); status must not then call the projector dead.
+    """
+    done = threading.Event()
+    ttl = max(3 * settings.heartbeat_interval, 5.0)
+
+    def beat() -> None:
+        while True:
+            # An unreachable Redis fails, and is reported by, the rebuild itself.
+            with suppress(ConnectionLost):
+                sink.beat(ttl, {"slot": settings.slot, "state": "rebuilding"})
+            if done.wait(settings.heartbeat_interval):
+                return
+
+    thread = threading.Thread(target=beat, name="rebuild-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5.0)
+
+
 class Worker:
     """Runs the projector until ``stop`` is set."""
 
@@ -132,7 +161,8 @@ class Worker:
                         f"another process holds slot {settings.slot!r}", service="postgres"
                     )
                 sink = RedisSink(redis_client(settings), settings.key_prefix)
-                rebuild(settings, sink, reason=reason, replay_id=replay_id, stop=self.stop)
+                with _beating(sink, settings):
+                    rebuild(settings, sink, reason=reason, replay_id=replay_id, stop=self.stop)
         finally:
             pg.close()
 
