@@ -302,7 +302,9 @@ class _Session:
             if interval and now - self.last_wal_heartbeat >= interval:
                 self._emit_wal_heartbeat(now)
             if self.stop.is_set():
-                if self.pending_end is not None:
+                # Not while a transaction is part-received: the batch holds some of its
+                # rows, and the slot will send it again whole.
+                if self.pending_end is not None and self.tx is None:
                     self._flush()
                 if self.sink.in_flight:
                     self._receive()
