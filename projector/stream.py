@@ -8,6 +8,7 @@ standby status updates. Connection failures surface as ``ConnectionLost``.
 from __future__ import annotations
 
 import select
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -226,6 +227,30 @@ class ReplicationStream:
                     f"cannot send status update: {pgconn.error_message.decode(errors='replace')}",
                     service="postgres",
                 )
+        except psycopg.OperationalError as exc:
+            raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
+
+    def end_copy(self, timeout: float = 5.0) -> None:
+        """End streaming so that the server has read every status update sent before.
+
+        Closing a socket that still holds unread WAL data resets the connection, and the
+        server can then lose the last status update unread. After our CopyDone, the
+        server's own CopyDone (or the end of the connection) shows it read everything.
+        """
+        pgconn = self._require_pgconn()
+        deadline = time.monotonic() + timeout
+        try:
+            if pgconn.put_copy_end() != 1 or pgconn.flush() < 0:
+                return
+            while True:
+                nbytes, _ = pgconn.get_copy_data(1)
+                if nbytes < 0:
+                    return  # the server ended COPY too, or the connection failed
+                if nbytes == 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._wait_readable(remaining):
+                        return
+                    pgconn.consume_input()
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
 

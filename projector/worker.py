@@ -309,6 +309,7 @@ class _Session:
                 if self.sink.in_flight:
                     self._receive()
                 self._send_status(self.acked.lsn)
+                self.stream.end_copy()
                 log.info("stopped", watermark=format_lsn(self.acked.lsn))
                 return
 
