@@ -26,6 +26,7 @@ class Metrics:
         self._answers: dict[tuple[str, str], int] = {}
         self._fallbacks: dict[str, int] = {}
         self.min_lsn_waits = 0
+        self.fallbacks_shared = 0
         self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -98,6 +99,10 @@ class Metrics:
             "# HELP api_min_lsn_waits_total Requests that waited for the projector (min_lsn).",
             "# TYPE api_min_lsn_waits_total counter",
             f"api_min_lsn_waits_total{{worker={w}}} {self.min_lsn_waits}",
+            "# HELP api_fallbacks_shared_total Fallback queries answered by an identical query "
+            "already running.",
+            "# TYPE api_fallbacks_shared_total counter",
+            f"api_fallbacks_shared_total{{worker={w}}} {self.fallbacks_shared}",
         ]
         for name, (help_text, read) in sorted(self._gauges.items()):
             lines += [

@@ -197,10 +197,12 @@ class PostgresReader:
 
 
 async def configure_connection(conn: AsyncConnection[tuple[Any, ...]], timeout: float) -> None:
-    """Session settings of every pooled connection: read-only, bounded, no JIT stalls."""
+    """Session settings of every pooled connection: read-only, bounded, no JIT stalls, and
+    room to aggregate a busy day's board in memory rather than in temporary files."""
     await conn.execute(
         "SELECT set_config('statement_timeout', %s, false),"
         " set_config('default_transaction_read_only', 'on', false),"
-        " set_config('jit', 'off', false)",
+        " set_config('jit', 'off', false),"
+        " set_config('work_mem', '32MB', false)",
         [str(max(1, int(timeout * 1000)))],
     )

@@ -3,8 +3,9 @@
 Redis answers unless it is down (remembered by a ``Breaker`` for a cooldown), not built (no
 watermark), the bucket's board has expired from it, or it is behind the client's ``min_lsn``
 after waiting up to ``api_min_lsn_wait`` for the projector. PostgreSQL then answers the same
-query, at most ``api_pg_concurrency`` statements at once per process; when it cannot either,
-the request gets ``Unavailable`` (503).
+query, at most ``api_pg_concurrency`` statements at once per process, and identical queries
+running at the same time share one statement; when it cannot answer either, the request gets
+``Unavailable`` (503).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -74,6 +75,7 @@ class Sources:
         self.redis_breaker = Breaker(cooldown)
         self.postgres_breaker = Breaker(cooldown)
         self._expiry = lru_cache(maxsize=1024)(self._expiry_of)
+        self._in_flight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
 
     async def board(self, query: BoardQuery) -> tuple[BoardPage, str]:
         """A page of a leaderboard and the store that gave it."""
@@ -81,6 +83,7 @@ class Sources:
         return await self._answer(
             query.min_lsn,
             self._expired(p, b),
+            ("board", p, b, query.offset, query.limit),
             lambda: self._redis.board(p, b, query.offset, query.limit),
             lambda: self._postgres.board(p, b, query.offset, query.limit),
         )
@@ -91,6 +94,7 @@ class Sources:
         return await self._answer(
             query.min_lsn,
             self._expired(p, b),
+            ("standing", p, b, user, around),
             lambda: self._redis.standing(p, b, user, around),
             lambda: self._postgres.standing(p, b, user, around),
         )
@@ -102,6 +106,7 @@ class Sources:
         return await self._answer(
             query.min_lsn,
             False,
+            ("user", user, *buckets),
             lambda: self._redis.user(user, buckets),
             lambda: self._postgres.user(user, buckets),
         )
@@ -141,6 +146,7 @@ class Sources:
         self,
         min_lsn: int | None,
         expired: bool,
+        key: tuple[Any, ...],
         from_redis: Callable[[], Awaitable[T]],
         from_postgres: Callable[[], Awaitable[T]],
     ) -> tuple[T, str]:
@@ -171,10 +177,37 @@ class Sources:
                 if min_lsn is None or answer.as_of.lsn >= min_lsn:
                     return answer, "redis"
                 reason = "min_lsn"
-        return await self._from_postgres(from_postgres, reason), "postgres"
+        self._metrics.fell_back(reason)
+        if min_lsn is not None:
+            # A query already running may have taken its snapshot before this client's
+            # commit: read-your-writes needs a snapshot of its own.
+            return await self._from_postgres(from_postgres, reason), "postgres"
+        return await self._shared(key, lambda: self._from_postgres(from_postgres, reason)), (
+            "postgres"
+        )
+
+    async def _shared(self, key: tuple[Any, ...], read: Callable[[], Awaitable[T]]) -> T:
+        """Run ``read`` once for all concurrent callers with the same ``key`` (single flight).
+
+        While Redis is down, a thousand clients asking for the same top 10 cost PostgreSQL one
+        query at a time, not a thousand. A caller that goes away does not cancel the others'.
+        """
+        task = self._in_flight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(read())
+            self._in_flight[key] = task
+            task.add_done_callback(partial(self._landed, key))
+        else:
+            self._metrics.fallbacks_shared += 1
+        answer: T = await asyncio.shield(task)
+        return answer
+
+    def _landed(self, key: tuple[Any, ...], task: asyncio.Future[Any]) -> None:
+        self._in_flight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone
 
     async def _from_postgres(self, read: Callable[[], Awaitable[T]], reason: str) -> T:
-        self._metrics.fell_back(reason)
         breaker = self.postgres_breaker
         if not breaker.allow():
             raise Unavailable(_unavailable(reason))

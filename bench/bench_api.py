@@ -348,6 +348,27 @@ def scenario(
     return {"path": path, "throughput": throughput, "steady": latency}
 
 
+def _summary(results: dict[str, Any]) -> str:
+    lines = [
+        f"\n{results['users']:,} users, {results['workers']} uvicorn worker(s), "
+        f"{results['connections']} connections; load average before "
+        f"{results['load_average_before'][0]}, after {results['load_average_after'][0]}",
+        f"{'scenario':<34} {'req/s (wrk)':>12} {'steady rate':>12} {'p50 ms':>8} {'p99 ms':>8}",
+    ]
+    for key, label in (
+        ("top10", "top 10, Redis"),
+        ("user_rank", "user rank +-5, Redis"),
+        ("fallback_top10", "top 10, PostgreSQL fallback"),
+    ):
+        if key in results:
+            t, s = results[key]["throughput"], results[key]["steady"]
+            lines.append(
+                f"{label:<34} {t['requests_per_s']:>12,} {s['target_rate']:>12g} "
+                f"{s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f}"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -376,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(machine(), indent=2))
     logs = Path(tempfile.mkdtemp(prefix="bench-api-"))
     results: dict[str, Any] = {
+        # Other work on the machine skews every number: say how busy it was.
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "users": args.users,
         "workers": args.workers,
         "connections": args.connections,
@@ -467,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
             results["fallback_top10"] = {"path": TOP10, "throughput": throughput, "steady": latency}
         finally:
             server.stop()
+    results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     save(args.output, results)
+    print(_summary(results))
     print(f"logs in {logs}")
     return 0
 

@@ -233,12 +233,13 @@ def test_fallback_concurrency_is_bounded(settings_for: Callable[..., Settings]) 
     with serve(settings) as api:
         statuses: list[int] = []
 
-        def fetch() -> None:
-            statuses.append(api.get(BOARD).status_code)
+        def fetch(limit: int) -> None:
+            # Different limits: identical queries would share one statement.
+            statuses.append(api.get(BOARD, limit=limit).status_code)
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        workers = [threading.Thread(target=fetch) for _ in range(24)]
+        workers = [threading.Thread(target=fetch, args=(n,)) for n in range(1, 25)]
         for worker in workers:
             worker.start()
         for worker in workers:
@@ -247,3 +248,30 @@ def test_fallback_concurrency_is_bounded(settings_for: Callable[..., Settings]) 
         sampler.join()
     assert statuses == [200] * 24
     assert max(seen) <= 2 and max(seen) >= 1
+
+
+def test_identical_fallback_queries_share_one_statement(
+    settings_for: Callable[..., Settings],
+) -> None:
+    """Concurrent identical fallback requests are answered by one query, all alike."""
+    settings = settings_for(redis_url=unreachable_redis_url())
+    with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO pomodoros (user_id, completed_at)"
+            " SELECT 'u' || (i % 5000), now() FROM generate_series(1, 60000) AS i"
+        )
+    with serve(settings) as api:
+        bodies: list[dict[str, Any]] = []
+        threads = [
+            threading.Thread(target=lambda: bodies.append(api.json(BOARD))) for _ in range(16)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        metrics = api.client.get("/metrics").text
+    assert len(bodies) == 16 and all(b["entries"] == bodies[0]["entries"] for b in bodies)
+    shared = next(
+        line for line in metrics.splitlines() if line.startswith("api_fallbacks_shared_total{")
+    )
+    assert int(shared.rsplit(" ", 1)[1]) > 0
