@@ -275,3 +275,32 @@ def test_identical_fallback_queries_share_one_statement(
         line for line in metrics.splitlines() if line.startswith("api_fallbacks_shared_total{")
     )
     assert int(shared.rsplit(" ", 1)[1]) > 0
+
+
+def test_both_down_is_503_then_postgres_back_answers(
+    settings_for: Callable[..., Settings], postgres_server: servers.PostgresServer
+) -> None:
+    """Redis unreachable and PostgreSQL stopped: 503 JSON, fast; PostgreSQL back: answers."""
+    settings = settings_for(
+        redis_url=unreachable_redis_url(), api_pg_timeout=1.0, api_redis_down_cooldown=0.2
+    )
+    insert_rows(settings.pg_dsn, TODAY)
+    with serve(settings) as api:
+        assert scores(api.json(BOARD)) == {"ann": 3, "bob": 2, "cy": 1}
+        postgres_server.stop("fast")
+        try:
+            started = time.monotonic()
+            for _ in range(5):
+                response = api.get(BOARD)
+                assert response.status_code == 503 and response.headers["retry-after"] == "1"
+                assert response.json()["error"]["code"] == "unavailable"
+            assert time.monotonic() - started < 5
+            assert api.get("/readyz").status_code == 503
+        finally:
+            postgres_server.start()
+        deadline = time.monotonic() + 30
+        while (response := api.get(BOARD)).status_code != 200:
+            assert time.monotonic() < deadline, "PostgreSQL did not answer again"
+            time.sleep(0.1)
+        body = response.json()
+        assert body["source"] == "postgres" and scores(body) == {"ann": 3, "bob": 2, "cy": 1}

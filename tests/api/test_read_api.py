@@ -226,3 +226,26 @@ def test_metrics_count_requests_latency_and_fallbacks(dataset: Dataset) -> None:
 def _lsn(text: str) -> int:
     high, low = text.split("/")
     return (int(high, 16) << 32) | int(low, 16)
+
+
+@pytest.mark.parametrize(
+    ("period", "bucket"),
+    [
+        ("day", "0001-01-01"),
+        ("day", "9999-12-31"),
+        ("week", "0001-W01"),
+        ("week", "9999-W52"),
+        ("month", "0001-01"),
+        ("month", "9999-12"),
+        ("year", "0001"),
+        ("year", "9999"),
+    ],
+)
+def test_buckets_at_the_ends_of_the_calendar(dataset: Dataset, period: str, bucket: str) -> None:
+    """The first and last representable buckets answer (empty) from both stores alike."""
+    for path in (f"/v1/leaderboards/{period}", f"/v1/leaderboards/{period}/users/bob"):
+        body = dataset.postgres_api.json(path, bucket=bucket)
+        assert body["total"] == 0 and body["source"] == "postgres"
+        assert body["period_start"] is not None
+        from_redis = dataset.redis_api.json(path, bucket=bucket)
+        assert without_source(from_redis) == without_source(body)
