@@ -1,0 +1,226 @@
+"""The sink contract, run against fakeredis (with Lua) and the harness's real Redis.
+
+`RedisSink.apply` writes a batch and the watermark atomically, guarded by compare-and-set;
+`read_watermark` reads it back. Both backends must behave the same.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import fakeredis
+import pytest
+import redis
+
+from projector.errors import RebuildRequired
+from projector.projection import BatchDelta
+from projector.sink import RedisSink, Watermark
+
+PREFIX = "t:"
+ALL = f"{PREFIX}lb:all:all"
+DAY = f"{PREFIX}lb:day:2026-11-26"
+WEEK = f"{PREFIX}lb:week:2026-W48"
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """A Redis client: fakeredis with Lua, or the harness's real server (flushed)."""
+    if request.param == "fakeredis":
+        fake = fakeredis.FakeRedis()
+        yield fake
+        fake.close()
+    else:
+        real = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        yield real
+        real.close()
+
+
+@pytest.fixture
+def sink(client: redis.Redis) -> RedisSink:
+    return RedisSink(client, PREFIX)
+
+
+def mark(lsn: int, *, tx_lsn: int = 0, tx_rows: int = 0) -> Watermark:
+    return Watermark(
+        lsn=lsn,
+        system_id="7311111111111111111",
+        slot="projector",
+        commit_time=datetime(2026, 11, 26, 12, 0, tzinfo=UTC),
+        tx_lsn=tx_lsn,
+        tx_rows=tx_rows,
+    )
+
+
+def batch(
+    deltas: dict[str, dict[str, int]] | None = None,
+    expiry: dict[str, int | None] | None = None,
+    **kwargs: object,
+) -> BatchDelta:
+    deltas = deltas or {}
+    expiry = expiry if expiry is not None else dict.fromkeys(deltas)
+    return BatchDelta(deltas=deltas, expiry=expiry, **kwargs)  # type: ignore[arg-type]
+
+
+def scores(client: redis.Redis, key: str) -> dict[str, float]:
+    return {m.decode(): s for m, s in client.zrange(key, 0, -1, withscores=True)}
+
+
+def test_read_watermark_is_none_when_redis_holds_none(sink: RedisSink) -> None:
+    """An empty Redis has no watermark: read_watermark returns None."""
+    assert sink.read_watermark() is None
+
+
+def test_first_apply_writes_boards_names_and_watermark(
+    sink: RedisSink, client: redis.Redis
+) -> None:
+    """Applying onto an empty Redis (expected None) stores deltas, names and the watermark."""
+    new = mark(0x1_0000_0100, tx_lsn=0x1_0000_0200, tx_rows=7)
+    sink.apply(
+        batch({ALL: {"alice": 2, "bob": 1}}, names={"alice": "Alice"}),
+        new,
+        None,
+    )
+    assert scores(client, ALL) == {"alice": 2.0, "bob": 1.0}
+    assert client.hgetall(f"{PREFIX}users") == {b"alice": b"Alice"}
+    assert sink.read_watermark() == new
+    fields = client.hgetall(f"{PREFIX}watermark")
+    assert fields[b"lsn"] == b"1/100" and fields[b"tx_lsn"] == b"1/200"
+    assert fields[b"position"] == new.position.encode()
+
+
+def test_apply_chains_on_the_expected_watermark(sink: RedisSink, client: redis.Redis) -> None:
+    """Each apply names the previous watermark; deltas accumulate across applies."""
+    first, second = mark(100), mark(200)
+    sink.apply(batch({ALL: {"alice": 1}}), first, None)
+    sink.apply(batch({ALL: {"alice": 2, "bob": 1}}), second, first)
+    assert scores(client, ALL) == {"alice": 3.0, "bob": 1.0}
+    assert sink.read_watermark() == second
+
+
+def test_cas_mismatch_raises_rebuild_required_and_changes_nothing(
+    sink: RedisSink, client: redis.Redis
+) -> None:
+    """A stale expected watermark (another writer moved it) is refused and writes nothing."""
+    sink.apply(batch({ALL: {"alice": 1}}), mark(100), None)
+    sink.apply(batch({ALL: {"alice": 1}}), mark(200), mark(100))
+    with pytest.raises(RebuildRequired, match="moved under us"):
+        sink.apply(batch({ALL: {"alice": 5}}, names={"x": "X"}), mark(300), mark(100))
+    assert scores(client, ALL) == {"alice": 2.0}
+    assert sink.read_watermark() == mark(200)
+    assert client.exists(f"{PREFIX}users") == 0
+
+
+def test_mid_transaction_position_is_part_of_the_cas(sink: RedisSink) -> None:
+    """Watermarks differing only in tx_rows are different positions for compare-and-set."""
+    sink.apply(batch({ALL: {"a": 1}}), mark(100, tx_lsn=500, tx_rows=1000), None)
+    with pytest.raises(RebuildRequired):
+        sink.apply(batch({ALL: {"a": 1}}), mark(100, tx_lsn=500, tx_rows=2000), mark(100))
+    sink.apply(
+        batch({ALL: {"a": 1}}),
+        mark(100, tx_lsn=500, tx_rows=2000),
+        mark(100, tx_lsn=500, tx_rows=1000),
+    )
+    assert sink.read_watermark() == mark(100, tx_lsn=500, tx_rows=2000)
+
+
+def test_missing_watermark_raises_rebuild_required(sink: RedisSink, client: redis.Redis) -> None:
+    """When Redis lost its watermark (flush, restart), an apply expecting one is refused."""
+    sink.apply(batch({ALL: {"alice": 1}}), mark(100), None)
+    client.flushall()
+    with pytest.raises(RebuildRequired, match="no watermark"):
+        sink.apply(batch({ALL: {"alice": 1}}), mark(200), mark(100))
+    assert client.exists(ALL) == 0
+
+
+def test_apply_expecting_nothing_is_refused_when_a_watermark_exists(sink: RedisSink) -> None:
+    """A second writer that believes Redis is empty cannot overwrite a live watermark."""
+    sink.apply(batch({ALL: {"alice": 1}}), mark(100), None)
+    with pytest.raises(RebuildRequired):
+        sink.apply(batch({ALL: {"alice": 1}}), mark(200), None)
+
+
+def test_members_at_or_below_zero_are_removed(sink: RedisSink, client: redis.Redis) -> None:
+    """A member whose count reaches 0 (or would go negative) is removed; empty boards vanish."""
+    sink.apply(batch({ALL: {"alice": 2, "bob": 1}, DAY: {"bob": 1}}), mark(100), None)
+    sink.apply(batch({ALL: {"alice": -2, "bob": 0}, DAY: {"bob": -1}}), mark(200), mark(100))
+    assert scores(client, ALL) == {"bob": 1.0}
+    assert client.exists(DAY) == 0
+    sink.apply(batch({ALL: {"carol": -1}}), mark(300), mark(200))
+    assert scores(client, ALL) == {"bob": 1.0}
+
+
+def test_expiry_is_set_on_finished_boards_only(sink: RedisSink, client: redis.Redis) -> None:
+    """Boards with an expiry get EXPIREAT and a registry entry; the all-time board never expires."""
+    later = int(time.time()) + 3600
+    sink.apply(
+        batch({DAY: {"alice": 1}, ALL: {"alice": 1}}, {DAY: later, ALL: None}), mark(100), None
+    )
+    assert client.expiretime(DAY) == later
+    assert client.ttl(ALL) == -1
+    registry = dict(client.zrange(f"{PREFIX}boards", 0, -1, withscores=True))
+    assert registry == {DAY.encode(): float(later), ALL.encode(): float("inf")}
+
+
+def test_boards_past_their_expiry_are_dropped(sink: RedisSink, client: redis.Redis) -> None:
+    """A board whose expiry has passed is deleted at once and leaves the registry."""
+    past = int(time.time()) - 10
+    sink.apply(
+        batch({DAY: {"alice": 1}, ALL: {"alice": 1}}, {DAY: past, ALL: None}), mark(100), None
+    )
+    assert client.exists(DAY) == 0
+    assert client.zscore(f"{PREFIX}boards", DAY) is None
+    assert scores(client, ALL) == {"alice": 1.0}
+
+
+def test_clear_boards_removes_every_registered_board_before_the_deltas(
+    sink: RedisSink, client: redis.Redis
+) -> None:
+    """clear_boards empties every board (a TRUNCATE), then the batch's own deltas apply."""
+    later = int(time.time()) + 3600
+    sink.apply(
+        batch({DAY: {"a": 3}, WEEK: {"a": 3}, ALL: {"a": 3}}, {DAY: later, WEEK: later, ALL: None}),
+        mark(100),
+        None,
+    )
+    sink.apply(batch({ALL: {"b": 1}}, clear_boards=True), mark(200), mark(100))
+    assert client.exists(DAY, WEEK) == 0
+    assert scores(client, ALL) == {"b": 1.0}
+    assert client.zrange(f"{PREFIX}boards", 0, -1) == [ALL.encode()]
+
+
+def test_clear_users_removes_names_before_setting_new_ones(
+    sink: RedisSink, client: redis.Redis
+) -> None:
+    """clear_users empties the name hash (a TRUNCATE users), then the batch's names apply."""
+    sink.apply(batch(names={"a": "A", "b": "B"}), mark(100), None)
+    sink.apply(batch(names={"c": "C"}, clear_users=True), mark(200), mark(100))
+    assert client.hgetall(f"{PREFIX}users") == {b"c": b"C"}
+    sink.apply(batch(names={"c": None}), mark(300), mark(200))
+    assert client.exists(f"{PREFIX}users") == 0
+
+
+def test_clear_keeps_keys_outside_the_prefix(sink: RedisSink, client: redis.Redis) -> None:
+    """Clearing boards and names touches only the sink's own prefix."""
+    client.zadd("other:lb:all:all", {"x": 1})
+    client.hset("other:users", "x", "X")
+    sink.apply(batch({ALL: {"a": 1}}, names={"a": "A"}), mark(100), None)
+    sink.apply(batch(clear_boards=True, clear_users=True), mark(200), mark(100))
+    assert client.exists("other:lb:all:all", "other:users") == 2
+    assert client.exists(ALL, f"{PREFIX}users") == 0
+
+
+def test_apply_reports_a_pending_replay_request(sink: RedisSink, client: redis.Redis) -> None:
+    """apply returns the id of a pending `projector replay` request, else None."""
+    assert sink.apply(batch(), mark(100), None).replay_request is None
+    client.set(f"{PREFIX}replay:request", "r-1")
+    assert sink.apply(batch(), mark(200), mark(100)).replay_request == "r-1"
+    assert sink.replay_request() == "r-1"
+
+
+def test_watermark_without_commit_time_round_trips(sink: RedisSink) -> None:
+    """A watermark moved by keepalives (no commit time) reads back equal."""
+    new = Watermark(lsn=(5 << 32) | 0xABC, system_id="42", slot="s", commit_time=None)
+    sink.apply(batch(), new, None)
+    assert sink.read_watermark() == new
