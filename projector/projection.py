@@ -176,10 +176,13 @@ class Projection:
             if name is UNCHANGED_TOAST:
                 if msg.old is None or msg.old[ucols.id] == new_id:
                     return  # name untouched and the user kept its id
-                raise SchemaError(
-                    "users row changed id while its display_name was an unchanged TOAST "
-                    "value; set REPLICA IDENTITY FULL on users to project this"
-                )
+                # Only a whole old row (REPLICA IDENTITY FULL) still carries the name.
+                if msg.old_kind != "O" or msg.old[ucols.display_name] is UNCHANGED_TOAST:
+                    raise SchemaError(
+                        "users row changed id while its display_name was an unchanged TOAST "
+                        "value; set REPLICA IDENTITY FULL on users to project this"
+                    )
+                name = msg.old[ucols.display_name]
             self._name(new_id, name)
 
     def on_delete(self, msg: Delete) -> None:
