@@ -233,6 +233,20 @@ def test_unchanged_toast_display_name_survives_update_of_other_column(
     assert projected.assert_exact().names == {"alice": "Alice", "bob": "Bobby"}
 
 
+def test_user_id_change_with_toasted_name_under_replica_identity_full(
+    db: psycopg.Connection[Any], projected: Projected
+) -> None:
+    """Under REPLICA IDENTITY FULL, changing the id of a user with a TOASTed name moves the name."""
+    db.execute("ALTER TABLE users REPLICA IDENTITY FULL")
+    big = os.urandom(12_000).hex()
+    db.execute("INSERT INTO users (id, display_name) VALUES ('alice', %s), ('bob', 'Bob')", (big,))
+    projected.assert_exact()
+    db.execute("UPDATE users SET id = 'alicia' WHERE id = 'alice'")
+    db.execute("UPDATE users SET id = 'robert' WHERE id = 'bob'")
+    db.execute("UPDATE users SET display_name = 'Rob' WHERE id = 'robert'")
+    assert projected.assert_exact().names == {"alicia": big, "robert": "Rob"}
+
+
 def test_pomodoros_with_added_and_dropped_columns_keep_working(
     db: psycopg.Connection[Any], projected: Projected
 ) -> None:
