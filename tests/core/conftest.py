@@ -68,11 +68,21 @@ class Projected:
     """Checks of one test's projection: catch up with PostgreSQL, compare with recomputation."""
 
     def __init__(
-        self, config: dict[str, Any], client: redis.Redis, alive: Callable[[], None] | None
+        self,
+        config: dict[str, Any],
+        client: redis.Redis,
+        alive: Callable[[], None] | None,
+        stop: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.client = client
         self.alive = alive
+        self._stop = stop
+
+    def stop(self) -> None:
+        """Stop the projector (a thread: finishes its batch and returns)."""
+        assert self._stop is not None
+        self._stop()
 
     @property
     def settings(self) -> Settings:
@@ -114,7 +124,7 @@ def start_thread(config: dict[str, Any], rds: redis.Redis) -> Iterator[Callable[
         config.update(overrides)
         runner = ProjectorThread(load_settings(**config)).start()
         running.append(runner)
-        return Projected(config, rds, runner.check)
+        return Projected(config, rds, runner.check, runner.stop)
 
     yield start
     for runner in running:

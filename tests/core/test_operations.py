@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from projector.verify import verify
+
 from .conftest import Projected
 from .support import (
     ProjectorProcess,
@@ -181,3 +183,18 @@ def test_dsn_password_never_appears_in_status_or_logs(
     outputs.append(result.stdout + result.stderr)
     for output in outputs:
         assert secret not in output
+
+
+def test_verify_reports_drift_it_did_not_cause(
+    db: psycopg.Connection[Any], projected: Projected
+) -> None:
+    """verify (the crash tests' second oracle) says in sync when exact and drift when tampered."""
+    db.execute(
+        "INSERT INTO pomodoros (user_id, completed_at) VALUES ('ann', now()), ('bob', now())"
+    )
+    projected.assert_exact()
+    assert verify(projected.settings).in_sync
+    projected.client.zincrby("pomo:lb:all:all", 1, "ann")
+    report = verify(projected.settings)
+    assert not report.in_sync
+    assert [d.key for d in report.diffs if not d.clean] == ["pomo:lb:all:all"]

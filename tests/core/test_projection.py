@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -362,3 +363,34 @@ def test_transaction_becomes_visible_all_at_once(
         watcher.join()
     assert seen <= {0.0, 2000.0, 4000.0, 6000.0}, sorted(seen)
     projected.assert_exact()
+
+
+def test_default_retention_writes_no_expired_board_and_expires_finished_ones(
+    db: psycopg.Connection[Any], start_thread: Callable[..., Projected]
+) -> None:
+    """With default retention, expired buckets get no board (rebuilt or streamed); others expire."""
+    today = datetime.now(UTC).date()
+    ages = [0, 20, 34, 40, 120, 500, 3000]  # days ago: inside and beyond each period's retention
+
+    def write_rows(user: str) -> None:
+        for age in ages:
+            insert(db, user, f"{today - timedelta(days=age)} 12:00+00")
+
+    write_rows("rebuilt")
+    projected = start_thread(
+        retention_day_days=35,
+        retention_week_weeks=13,
+        retention_month_months=13,
+        retention_year_years=5,
+    )
+    projected.caught_up()
+    write_rows("streamed")
+    got = projected.assert_exact()
+    assert got.boards[("all", "all")] == {"rebuilt": len(ages), "streamed": len(ages)}
+    assert (("day", str(today - timedelta(days=40)))) not in got.boards
+    recent = today - timedelta(days=20)
+    assert got.boards[("day", str(recent))] == {"rebuilt": 1, "streamed": 1}
+    # A day board lives until the first instant of the 35th day after its day ends.
+    expires = datetime.combine(recent + timedelta(days=36), datetime.min.time(), UTC)
+    assert projected.client.expiretime(f"pomo:lb:day:{recent}") == int(expires.timestamp())
+    assert projected.client.ttl("pomo:lb:all:all") == -1
