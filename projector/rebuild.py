@@ -26,7 +26,7 @@ import structlog
 from psycopg import sql
 
 from projector.buckets import Period, bucket_ids_for_date, expires_at, oldest_retained_bucket_start
-from projector.errors import ConnectionLost, ProjectorError
+from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
 from projector.lsn import format_lsn
 from projector.projection import board_key
 from projector.settings import Settings
@@ -142,6 +142,7 @@ def rebuild(
     try:
         assert state.lsn is not None
         snapshot_time = conns[0].execute("SELECT now()").fetchone()
+        _mark_started(sink, build)
         boards = _build_boards(settings, sink, conns, build, state, report)
     finally:
         for conn in conns:
@@ -403,6 +404,21 @@ def _swap(
         args.extend((suffix, "" if expires is None else expires))
     try:
         sink.client.eval(_SWAP_LUA, 0, *args)
+    except redis.ResponseError as exc:
+        if str(exc).startswith("BUILD LOST"):
+            raise RebuildRequired(
+                "Redis lost keys of the rebuild in progress (flushed, cleared or restarted)"
+            ) from exc
+        raise
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+
+
+def _mark_started(sink: RedisSink, build: str) -> None:
+    """Set the build's marker before its first key: the swap refuses a build without it,
+    as Redis then lost keys of it (flushed, cleared or restarted) and it is incomplete."""
+    try:
+        sink.client.set(f"{build}started", "1", ex=_BUILD_TTL)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
 

@@ -7,6 +7,13 @@
 local prefix, build = ARGV[1], ARGV[2]
 local registry = prefix .. 'boards'
 local wm_key = prefix .. 'watermark'
+-- The marker is set before the first build key: without it, Redis lost keys of this build
+-- (flushed, cleared or restarted meanwhile) and publishing it would hide the loss.
+if redis.call('EXISTS', build .. 'started') == 0 then
+  return redis.error_reply('BUILD LOST')
+end
+redis.call('UNLINK', build .. 'started')
+
 local i = 5
 local nfields = tonumber(ARGV[i]); i = i + 1
 local wm_args = {}
