@@ -1,0 +1,243 @@
+"""Automatic recovery: whenever Redis and the slot disagree, the projector rebuilds by itself,
+says why in a warning, and ends equal to a recomputation from PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import servers
+
+from .support import (
+    Deployment,
+    ProjectorProcess,
+    event_time,
+    lsn_int,
+    redis_boards,
+    seed,
+    writing,
+)
+
+REBUILDING = "rebuilding Redis from PostgreSQL"
+
+
+def _started(deployment: Deployment, rows: int = 5_000) -> ProjectorProcess:
+    seed(deployment.pg_dsn, rows=rows, users=100, days=60)
+    projector = deployment.start()
+    projector.wait_event("rebuild finished")
+    deployment.wait_caught_up()
+    return projector
+
+
+def _warning(projector: ProjectorProcess, after: int = 0, timeout: float = 60) -> dict[str, Any]:
+    event = projector.wait_event(REBUILDING, after=after, timeout=timeout)
+    assert event["level"] == "warning"
+    return event
+
+
+def test_flushall_while_writes_continue_is_repaired_without_operator(
+    deployment: Deployment,
+) -> None:
+    """FLUSHALL under a write load: a warning names the lost watermark and Redis is rebuilt."""
+    projector = _started(deployment)
+    with writing(deployment.pg_dsn) as writer:
+        writer.wait_commits(50)
+        with deployment.redis() as client:
+            client.flushall()
+        warning = _warning(projector, after=1)
+        projector.wait_event("rebuild finished", after=1)
+        writer.wait_commits(100)
+    assert "watermark" in warning["reason"]
+    deployment.wait_caught_up()
+    deployment.assert_matches_postgres()
+    projector.assert_running()
+
+
+def test_flushall_of_an_idle_database_is_repaired_without_operator(
+    deployment: Deployment,
+) -> None:
+    """FLUSHALL while nothing is written: the projector notices within seconds and rebuilds."""
+    projector = _started(deployment)
+    with deployment.redis() as client:
+        client.flushall()
+    # No WAL need come to reveal the loss: the heartbeat checks the watermark too.
+    warning = _warning(projector, after=1, timeout=5)
+    assert "watermark" in warning["reason"]
+    projector.wait_event("rebuild finished", after=1)
+    deployment.assert_matches_postgres()
+
+
+def test_redis_restarted_empty_is_rebuilt(
+    deployment: Deployment, redis_server: servers.RedisServer
+) -> None:
+    """Redis restarted without persistence on the same port under writes: rebuilt, exact."""
+    projector = _started(deployment)
+    with writing(deployment.pg_dsn) as writer:
+        writer.wait_commits(50)
+        redis_server.restart()
+        warning = _warning(projector, after=1)
+        projector.wait_event("rebuild finished", after=1)
+        writer.wait_commits(100)
+    assert "watermark" in warning["reason"]
+    assert any(e["event"] == "connection lost; retrying" for e in projector.events())
+    deployment.wait_caught_up()
+    deployment.assert_matches_postgres()
+    projector.assert_running()
+
+
+def test_slot_dropped_while_stopped_is_rebuilt_on_start(deployment: Deployment) -> None:
+    """Without its slot the projector rebuilds on start, naming the slot; changes made while
+    it was away are all counted."""
+    projector = _started(deployment)
+    assert projector.stop() == 0
+    deployment.drop_slot()
+    with writing(deployment.pg_dsn) as writer:
+        writer.wait_commits(100)
+    projector = deployment.start()
+    warning = _warning(projector)
+    assert deployment.slot in warning["reason"] and "does not exist" in warning["reason"]
+    deployment.wait_caught_up()
+    deployment.assert_matches_postgres()
+
+
+def _invalidate_slot(deployment: Deployment) -> None:
+    """Write WAL past max_slot_wal_keep_size and checkpoint until the slot is lost."""
+    with deployment.pg() as conn:
+        for _ in range(20):
+            row = deployment.slot_row()
+            assert row is not None
+            if row["wal_status"] == "lost":
+                return
+            for _ in range(3):
+                conn.execute(
+                    "INSERT INTO pomodoros (user_id, completed_at)"
+                    " SELECT 'filler' || (g % 7), now() FROM generate_series(1, 200) g"
+                )
+                conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+    raise AssertionError(f"slot never became lost: {deployment.slot_row()}")
+
+
+def test_slot_invalidated_for_real_is_reported_then_rebuilt(
+    deployment: Deployment, postgres_server: servers.PostgresServer
+) -> None:
+    """A slot lost to max_slot_wal_keep_size: status exits 1 naming it, run rebuilds exactly."""
+    projector = _started(deployment)
+    assert projector.stop() == 0
+    postgres_server.set_config(max_slot_wal_keep_size="1MB")
+    with writing(deployment.pg_dsn) as writer:
+        writer.wait_commits(50)
+    _invalidate_slot(deployment)
+
+    status = deployment.cli("status", "--json")
+    assert status.returncode == 1, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    assert report["slot"]["exists"] is True
+    assert report["slot"]["wal_status"] == "lost"
+    assert any("invalidated" in p and deployment.slot in p for p in report["problems"])
+
+    projector = deployment.start()
+    warning = _warning(projector)
+    assert deployment.slot in warning["reason"] and "lost" in warning["reason"]
+    projector.wait_event("rebuild finished")
+    deployment.wait_caught_up()
+    deployment.assert_matches_postgres()
+    row = deployment.slot_row()
+    assert row is not None and row["wal_status"] != "lost"
+
+
+def test_other_cluster_in_watermark_is_rebuilt_on_start(deployment: Deployment) -> None:
+    """A watermark naming another system identifier (restore, upgrade) makes a rebuild."""
+    projector = _started(deployment)
+    assert projector.stop() == 0
+    real = deployment.watermark()["system_id"]
+    with deployment.redis() as client:
+        client.hset(deployment.watermark_key, "system_id", "1234567890123456789")
+        # Stale boards from "the other cluster" must not survive the rebuild.
+        client.zincrby(f"{deployment.prefix}lb:all:all", 5, "ghost")
+    with writing(deployment.pg_dsn) as writer:
+        writer.wait_commits(30)
+    projector = deployment.start()
+    warning = _warning(projector)
+    assert "different cluster" in warning["reason"] and "1234567890123456789" in warning["reason"]
+    deployment.wait_caught_up()
+    deployment.assert_matches_postgres()
+    assert deployment.watermark()["system_id"] == real
+
+
+def test_watermark_behind_the_slot_is_rebuilt_on_start(deployment: Deployment) -> None:
+    """Redis restored from an older copy (watermark behind confirmed_flush_lsn) is rebuilt."""
+    projector = _started(deployment)
+    with deployment.redis() as client:
+        stale = client.dump(f"{deployment.prefix}lb:all:all")
+        stale_watermark = client.dump(deployment.watermark_key)
+    with writing(deployment.pg_dsn) as writer:
+        writer.wait_commits(50)
+    deployment.wait_caught_up()
+    assert projector.stop() == 0
+    with deployment.redis() as client:  # "failover to a lagging replica"
+        client.restore(f"{deployment.prefix}lb:all:all", 0, stale, replace=True)
+        client.restore(deployment.watermark_key, 0, stale_watermark, replace=True)
+    row = deployment.slot_row()
+    assert row is not None
+    assert lsn_int(deployment.watermark()["lsn"]) < lsn_int(row["confirmed_flush_lsn"])
+    projector = deployment.start()
+    warning = _warning(projector)
+    assert "behind" in warning["reason"]
+    deployment.wait_caught_up()
+    deployment.assert_matches_postgres()
+
+
+def test_projector_killed_mid_rebuild_recovers_exactly(deployment: Deployment) -> None:
+    """kill -9 half-way through a rebuild: readers keep the old boards, the next start
+    rebuilds again (new slot ahead of the old watermark) and discards the orphaned build."""
+    projector = _started(deployment, rows=100_000)
+    old = deployment.assert_matches_postgres()
+    old_watermark = deployment.watermark()
+    assert projector.stop() == 0
+    deployment.drop_slot()
+    deployment.sql(
+        "INSERT INTO pomodoros (user_id) SELECT 'late' || g FROM generate_series(1, 9) g"
+    )
+
+    projector = deployment.start()
+    with deployment.redis() as client:
+        deadline = time.monotonic() + 30
+        while not (orphans := list(client.scan_iter(match=f"{deployment.prefix}rebuild:*:lb:*"))):
+            assert time.monotonic() < deadline, "the rebuild wrote no build key"
+            time.sleep(0.005)
+        projector.kill9()
+        assert all(0 < client.ttl(k) <= 24 * 3600 for k in orphans)
+        assert redis_boards(client, deployment.prefix) == old  # untouched by the half build
+    assert deployment.watermark() == old_watermark, "killed too late: the swap happened"
+    assert projector.count("rebuild finished") == 0
+
+    projector = deployment.start()
+    warning = _warning(projector)
+    assert "behind" in warning["reason"]
+    projector.wait_event("rebuild finished")
+    deployment.wait_caught_up()
+    deployment.assert_matches_postgres()  # also: no build key left
+
+
+def test_redis_flushed_in_the_middle_of_a_rebuild_is_not_swapped_in_partial(
+    deployment: Deployment,
+) -> None:
+    """FLUSHALL while a rebuild is loading: the half-lost build is not published as a full
+    state with a watermark; the projector rebuilds again and ends exact."""
+    seed(deployment.pg_dsn, rows=150_000, users=600, days=40)
+    projector = deployment.start()
+    with deployment.redis() as client:
+        deadline = time.monotonic() + 30
+        while not list(client.scan_iter(match=f"{deployment.prefix}rebuild:*:lb:*")):
+            assert time.monotonic() < deadline, "the rebuild wrote no build key"
+            time.sleep(0.002)
+        client.flushall()
+    flushed_at = time.time()
+    finished = projector.wait_event("rebuild finished")
+    assert event_time(finished) > flushed_at, "flushed too late: the build was complete"
+    warning = _warning(projector, after=1)
+    assert "lost keys of the rebuild" in warning["reason"]
+    deployment.wait_caught_up()
+    deployment.assert_matches_postgres()
