@@ -285,3 +285,30 @@ def test_redis_rolled_back_to_an_older_state_is_detected_and_rebuilt(
         e.get("reason", "") for e in logs if e["event"] == "rebuilding Redis from PostgreSQL"
     ]
     assert reasons and "behind" in reasons[0], reasons
+
+
+def test_kill9_during_rebuild_then_restart_is_exact(
+    migrated_dsn: str, config: dict[str, Any], start_process: StartProcess
+) -> None:
+    """kill -9 in the middle of a rebuild leaves no half-built boards; the next start is exact."""
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO pomodoros (user_id, completed_at)"
+            " SELECT 'u' || (g % 5000), timestamptz '2026-01-01 00:00+00' + g * interval '97 s'"
+            " FROM generate_series(1, 200000) AS g"
+        )
+        conn.execute("INSERT INTO users (id, display_name) VALUES ('u1', 'One')")
+    proc, projected = start_process()
+    deadline = time.monotonic() + 30
+    while slot_confirmed_lsn(migrated_dsn, config["slot"]) is None:
+        proc.check()
+        assert time.monotonic() < deadline, "the rebuild never created its slot"
+        time.sleep(0.002)
+    time.sleep(0.05)  # the rebuild of 200,000 rows takes about a second here
+    proc.kill9()
+    client = projected.client
+    assert not watermark(client), "killed too late: the rebuild had finished"
+    assert not list(client.scan_iter(match="pomo:lb:*")), "half-built boards are visible"
+    proc.start()
+    got = projected.assert_exact()
+    assert sum(got.boards[("all", "all")].values()) == 200_000
