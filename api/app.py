@@ -20,11 +20,9 @@ import redis.asyncio as aioredis
 import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api import routes
+from api.autopipeline import AutoPipeline
 from api.boards import board_json, standing_json, user_json
 from api.errors import ApiError, MethodNotAllowed
 from api.metrics import Metrics
@@ -59,7 +57,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
 class _Running:
     """What lives from start-up to shutdown."""
 
-    redis: aioredis.Redis
+    redis: AutoPipeline
     pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]
     sources: Sources
 
@@ -93,16 +91,15 @@ class App:
         if self._running is not None:
             return
         s = self.settings
-        client = aioredis.Redis.from_url(
+        redis_pool = aioredis.ConnectionPool.from_url(
             s.redis_url,
-            # RedisReader bounds each call by api_redis_timeout as a whole.
+            # Each call is bounded as a whole (RedisReader, AutoPipeline), not per socket
+            # operation: redis-py would pay for a timer task per read and per write.
             socket_timeout=None,
             socket_connect_timeout=s.api_redis_timeout,
-            # One retry on a fresh connection hides a pooled connection a restart closed.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             health_check_interval=0,
-            decode_responses=False,
         )
+        client = AutoPipeline(redis_pool, s.api_redis_timeout)
         pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
             s.pg_dsn,
             min_size=1,

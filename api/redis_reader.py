@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -136,15 +135,20 @@ return {mark[1], mark[2] or '', redis.call('HGET', KEYS[1], user), out}
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+class Commands(Protocol):
+    """What the reader needs of a Redis client."""
+
+    async def execute_command(self, *command: Any) -> Any: ...
+
+
 class RedisReader:
     """Answers from the boards under ``prefix``; raises ``NotBuilt`` or ``StoreUnavailable``.
 
-    Every call is bounded by ``timeout`` as a whole (the client itself has no socket timeout:
-    redis-py would pay for a timer task per socket operation); a call cut short drops its
-    connection, so no reply is ever read by the wrong caller.
+    Commands go through ``client`` (an ``AutoPipeline``); every call is bounded by ``timeout``
+    as a whole, and a call cut short leaves its reply to be read and dropped by its batch.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str, timeout: float) -> None:
+    def __init__(self, client: Commands, prefix: str, timeout: float) -> None:
         self._client = client
         self._prefix = prefix.encode()
         self._users = self._prefix + b"users"
@@ -242,7 +246,7 @@ class RedisReader:
     async def _call(self, *command: Any) -> Any:
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._client.execute_command(*command)  # type: ignore[no-untyped-call]
+                return await self._client.execute_command(*command)
         except NoScriptError:
             raise
         except TimeoutError as exc:
