@@ -84,8 +84,8 @@ def _first_date(period: str, bucket: str) -> date:
 
 # A read of the watermark and of each given board's size and score total, in one atomic step.
 _DIGEST_LUA = """
-local out = {redis.call('HGET', KEYS[1], 'lsn') or ''}
-for i = 2, #KEYS do
+local out = {redis.call('HGET', KEYS[1], 'lsn') or '', tostring(redis.call('HLEN', KEYS[2]))}
+for i = 3, #KEYS do
   local flat = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
   local sum = 0
   for j = 2, #flat, 2 do sum = sum + tonumber(flat[j]) end
@@ -95,8 +95,11 @@ return out
 """
 
 
-def _digest(boards: dict[str, dict[str, int]], keys: list[str]) -> tuple[str, ...]:
-    return tuple(f"{len(boards.get(k, {}))}:{sum(boards.get(k, {}).values())}" for k in keys)
+def _digest(
+    boards: dict[str, dict[str, int]], names: dict[str, str], keys: list[str]
+) -> tuple[str, ...]:
+    sizes = (f"{len(boards.get(k, {}))}:{sum(boards.get(k, {}).values())}" for k in keys)
+    return (str(len(names)), *sizes)
 
 
 def test_readers_never_see_a_half_built_board(deployment: Deployment) -> None:
@@ -107,15 +110,17 @@ def test_readers_never_see_a_half_built_board(deployment: Deployment) -> None:
     projector.wait_event("rebuild finished")
     deployment.wait_caught_up()
     old = deployment.assert_matches_postgres()
+    _, old_names = recompute(pg, deployment.prefix, deployment.timezone)
     old_lsn = lsn_int(deployment.watermark()["lsn"])
     assert projector.stop() == 0
 
     # The rebuild to come must produce a different state: new rows, other users and days.
     deployment.drop_slot()
     seed(pg, rows=100_000, users=600, days=20, user_prefix="b", seed_value=0.17)
-    new, _ = recompute(pg, deployment.prefix, deployment.timezone)
+    new, new_names = recompute(pg, deployment.prefix, deployment.timezone)
     keys = sorted(old.keys() | new.keys())
-    old_digest, new_digest = _digest(old, keys), _digest(new, keys)
+    old_digest, new_digest = _digest(old, old_names, keys), _digest(new, new_names, keys)
+    assert old_digest[0] != new_digest[0]  # the name hash is swapped too
     assert old_digest != new_digest
 
     observations: list[tuple[float, int, tuple[str, ...]]] = []
@@ -125,7 +130,7 @@ def test_readers_never_see_a_half_built_board(deployment: Deployment) -> None:
         with deployment.redis() as client:
             script = client.register_script(_DIGEST_LUA)
             while not stop.is_set():
-                reply = script(keys=[deployment.watermark_key, *keys])
+                reply = script(keys=[deployment.watermark_key, f"{deployment.prefix}users", *keys])
                 lsn = lsn_int(reply[0]) if reply[0] else -1
                 observations.append((time.time(), lsn, tuple(r.decode() for r in reply[1:])))
 
