@@ -9,6 +9,7 @@ JSON bodies with their status, and every request is counted, timed and (optional
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -149,6 +150,10 @@ class App:
             lambda: float(pool.get_stats().get("requests_waiting", 0)),
         )
         self._running = _Running(client, pool, sources)
+        # What is alive now (modules, settings, clients) lives as long as the process: freeze
+        # it, so that the collections every few hundred requests set off do not rescan it all.
+        gc.collect()
+        gc.freeze()
         log.info(
             "api started",
             redis=s.redacted_redis_url,

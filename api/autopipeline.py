@@ -28,10 +28,11 @@ class AutoPipeline:
         self._timeout = timeout
         self._pending: _Batch = []
         self._running: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def execute_command(self, *command: Any) -> Any:
         """Send ``command`` with the others of this turn; return its reply or raise its error."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._bind()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
@@ -43,6 +44,11 @@ class AutoPipeline:
         if self._running:
             await asyncio.wait(self._running, timeout=self._timeout)
         await self._pool.aclose()
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        # Once: on Python 3.11 each get_running_loop() asks the kernel for the PID.
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []

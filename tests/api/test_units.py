@@ -13,6 +13,7 @@ from api.breaker import Breaker
 from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
 from api.openapi import openapi_document
+from projector.buckets import Period
 
 
 class FakeClock:
@@ -98,11 +99,11 @@ def test_queries_are_typed_with_defaults() -> None:
     berlin = ZoneInfo("Europe/Berlin")
     late = datetime(2026, 3, 28, 23, 30, tzinfo=UTC)  # already 2026-03-29 in Berlin
     query = routes.board_query([b"day"], {}, berlin, late)
-    assert query == routes.BoardQuery(routes.Period.DAY, "2026-03-29", 10, 0, None)
+    assert query == routes.BoardQuery(Period.DAY, "2026-03-29", 10, 0, None)
     params = {"bucket": "2026-W01", "around": "7", "min_lsn": "16/B374D848"}
     standing = routes.standing_query([b"week", b"a%2Fb"], params, berlin)
     assert standing == routes.StandingQuery(
-        routes.Period.WEEK, "2026-W01", "a/b", 7, (0x16 << 32) | 0xB374D848
+        Period.WEEK, "2026-W01", "a/b", 7, (0x16 << 32) | 0xB374D848
     )
     assert routes.parse_query_string(b"limit=5&&offset=2", routes.BOARD) == {
         "limit": "5",
