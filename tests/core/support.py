@@ -424,7 +424,8 @@ class Writer:
                 elif kind == "delete":
                     conn.execute("DELETE FROM pomodoros WHERE id = %s", (self._some_id(),))
                 else:
-                    sets, params = [], []
+                    sets: list[str] = []
+                    params: list[object] = []
                     if kind in ("move_user", "move_both"):
                         sets.append("user_id = %s")
                         params.append(rng.choice(self.users))
