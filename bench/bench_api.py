@@ -3,7 +3,9 @@
 Run: ``.venv/bin/python bench/bench_api.py`` (needs ``wrk``: ``apt-get install wrk`` on
 Debian/Ubuntu, ``brew install wrk`` on macOS). Starts its own PostgreSQL and Redis, loads
 100,000 users with pomodoros completed today, lets ``projector run`` build Redis, serves the
-API with ``python -m api`` (uvicorn, ``--workers``), then measures, for each scenario:
+API with ``python -m api`` (uvicorn, ``--workers``, default 2: on two cores wrk and Redis
+share the CPU with the workers, and two workers keep the API's share when other work runs),
+then measures, for each scenario:
 
 - throughput: ``wrk`` with 32 connections (closed loop) for ``--duration`` seconds;
 - latency: an open-loop generator sending 1,000 req/s on a fixed schedule, each latency
@@ -13,7 +15,8 @@ API with ``python -m api`` (uvicorn, ``--workers``), then measures, for each sce
 Scenarios: the current day's top 10, a random user's rank with 5 neighbours, and the same
 top 10 answered by the PostgreSQL fallback (the API started with an unreachable Redis; its
 steady rate is ``--fallback-rate``, since PostgreSQL sustains far less than 1,000 req/s).
-Prints the numbers and the machine, and saves ``bench/results/api.json``.
+Prints the numbers, the machine and its load average (other work on the machine skews
+everything), and saves ``bench/results/api.json``.
 """
 
 from __future__ import annotations
