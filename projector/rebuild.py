@@ -371,6 +371,8 @@ class _Loader:
     def _execute(self) -> None:
         try:
             self._pipe.execute()
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise _out_of_memory(exc) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
         self._queued = 0
@@ -404,6 +406,8 @@ def _swap(
         args.extend((suffix, "" if expires is None else expires))
     try:
         sink.client.eval(_SWAP_LUA, 0, *args)
+    except redis.exceptions.OutOfMemoryError as exc:
+        raise _out_of_memory(exc) from exc
     except redis.ResponseError as exc:
         if str(exc).startswith("BUILD LOST"):
             raise RebuildRequired(
@@ -412,6 +416,15 @@ def _swap(
         raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+
+
+def _out_of_memory(exc: Exception) -> ConnectionLost:
+    """A rebuild needs room for the old and the new boards at once until the swap."""
+    return ConnectionLost(
+        "Redis refused the rebuild: out of memory (maxmemory). A rebuild holds the old and "
+        f"the new boards until the swap; raise maxmemory or free memory ({exc})",
+        service="redis",
+    )
 
 
 def _mark_started(sink: RedisSink, build: str) -> None:

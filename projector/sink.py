@@ -208,6 +208,10 @@ class RedisSink:
         pipe.pexpire(self.heartbeat_key, max(1, int(ttl_seconds * 1000)))
         self._call(pipe.execute)
 
+    def forget_heartbeat(self) -> None:
+        """Say at once that the projector stopped (instead of letting the beat expire)."""
+        self._call(self._client.delete, self.heartbeat_key)
+
     def replay_request(self) -> str | None:
         """The id of a pending ``projector replay`` request, if any."""
         value = self._call(self._client.get, self.replay_request_key)

@@ -9,6 +9,7 @@ from the temporary slot and projected onto the recomputed boards before comparin
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -326,8 +327,14 @@ def _compare(
 
 
 def print_verify(settings: Settings, *, as_json: bool, everything: bool) -> int:
-    """Run verify and print its report; return 0 in sync, 1 on drift."""
-    report = verify(settings, everything=everything)
+    """Run verify and print its report; return 0 in sync, 1 on drift, 2 if it cannot compare."""
+    try:
+        report = verify(settings, everything=everything)
+    except ConnectionLost:
+        raise
+    except ProjectorError as exc:
+        print(f"projector: cannot verify: {exc}", file=sys.stderr)
+        return 2
     if as_json:
         print(json.dumps(report.as_json(), indent=2, sort_keys=True))
     else:

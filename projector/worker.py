@@ -310,6 +310,7 @@ class _Session:
                     self._receive()
                 self._send_status(self.acked.lsn)
                 self.stream.end_copy()
+                self.sink.forget_heartbeat()
                 log.info("stopped", watermark=format_lsn(self.acked.lsn))
                 return
 
