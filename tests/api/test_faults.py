@@ -109,7 +109,7 @@ def test_hung_redis_is_remembered_instead_of_waited_for(
     settings_for: Callable[..., Settings], redis_server: servers.RedisServer
 ) -> None:
     """A Redis that stops answering costs one timeout; then requests skip it for the cooldown."""
-    settings = settings_for(api_redis_timeout=0.5, api_redis_down_cooldown=30)
+    settings = settings_for(api_redis_timeout=1.0, api_redis_down_cooldown=30)
     insert_rows(settings.pg_dsn, TODAY)
     with projector_thread(settings):
         wait_caught_up(settings)
@@ -119,10 +119,10 @@ def test_hung_redis_is_remembered_instead_of_waited_for(
         os.kill(pid, signal.SIGSTOP)
         try:
             body, first = timed(api, BOARD)
-            assert body["source"] == "postgres" and first < 3.0
+            assert body["source"] == "postgres" and 0.9 < first < 3.0
             for _ in range(10):
                 body, elapsed = timed(api, BOARD)
-                assert body["source"] == "postgres" and elapsed < 0.3
+                assert body["source"] == "postgres" and elapsed < 0.5  # no 1 s timeout
         finally:
             os.kill(pid, signal.SIGCONT)
         assert "api_redis_up{" in api.client.get("/metrics").text
