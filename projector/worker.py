@@ -48,6 +48,9 @@ log = structlog.get_logger(__name__)
 # at the latest this long after its first commit arrived.
 _MAX_BATCH_DELAY = 0.010
 _STATUS_EVERY = 1.0
+# Keepalive positions reach the watermark this often at most (read-your-writes clients wait
+# on it when other WAL follows their commit; a busy database sends many keepalives).
+_IDLE_ADVANCE_EVERY = 0.1
 _POLL_TIMEOUT = 0.2
 
 
@@ -450,15 +453,15 @@ class _Session:
     def _advance_idle(self, *, force: bool = False) -> None:
         """Move the watermark to the last keepalive position when nothing is in flight.
 
-        This keeps an idle publication from retaining WAL. At most once a second unless
-        the server asks: a database busy with other tables sends many keepalives.
+        This keeps an idle publication from retaining WAL. At most every
+        ``_IDLE_ADVANCE_EVERY`` unless the server asks.
         """
         if self.tx is not None or self.pending_end is not None:
             return
         if self.idle_end <= self.applied.lsn:
             return
         now = time.monotonic()
-        if not force and now - self.last_idle_advance < _STATUS_EVERY:
+        if not force and now - self.last_idle_advance < _IDLE_ADVANCE_EVERY:
             return
         self.last_idle_advance = now
         self._apply(
