@@ -138,6 +138,12 @@ class RedisSink:
     def in_flight(self) -> bool:
         return self._in_flight is not None
 
+    def reply_fd(self) -> int | None:
+        """The socket that becomes readable when the batch in flight is answered."""
+        if self._in_flight is None or self._conn is None or self._conn._sock is None:
+            return None
+        return int(self._conn._sock.fileno())
+
     def busy(self) -> bool:
         """True while Redis has not yet answered the batch in flight (never blocks)."""
         if self._in_flight is None:

@@ -181,11 +181,14 @@ class ReplicationStream:
             )
             raise ProjectorError(f"START_REPLICATION on slot {self.slot!r} failed: {message}")
 
-    def frames(self, timeout: float) -> Iterator[XLogData | PrimaryKeepalive]:
+    def frames(
+        self, timeout: float, wake: int | None = None
+    ) -> Iterator[XLogData | PrimaryKeepalive]:
         """Yield every frame already received; wait up to ``timeout`` when there is none.
 
         Ends (possibly with nothing) once the socket has no more data right now, so the
-        caller learns when the stream went quiet.
+        caller learns when the stream went quiet, or when the file descriptor ``wake``
+        becomes readable while waiting (the caller's other work is ready).
         """
         pgconn = self._require_pgconn()
         waited = False
@@ -197,7 +200,7 @@ class ReplicationStream:
             if nbytes == 0:
                 if waited:
                     return
-                if not self._wait_readable(timeout):
+                if not self._wait_readable(timeout, wake):
                     return
                 waited = True
                 try:
@@ -254,13 +257,16 @@ class ReplicationStream:
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
 
-    def _wait_readable(self, timeout: float) -> bool:
+    def _wait_readable(self, timeout: float, wake: int | None = None) -> bool:
+        """Wait until the server sent something (True), or ``wake`` is readable (False)."""
         pgconn = self._require_pgconn()
+        sock = pgconn.socket
+        watched = [sock] if wake is None else [sock, wake]
         try:
-            ready, _, _ = select.select([pgconn.socket], [], [], timeout)
+            ready, _, _ = select.select(watched, [], [], timeout)
         except (OSError, ValueError) as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
-        return bool(ready)
+        return sock in ready
 
     def _require(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None:

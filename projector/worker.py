@@ -282,17 +282,21 @@ class _Session:
         stream = self.stream
         decode = self.decoder.decode
         handle = self._handle
+        sink = self.sink
         while True:
-            for frame in stream.frames(_POLL_TIMEOUT):
+            for frame in stream.frames(_POLL_TIMEOUT, sink.reply_fd()):
                 if isinstance(frame, PrimaryKeepalive):
                     self._keepalive(frame.wal_end, frame.reply_requested)
                 else:
                     handle(decode(frame.data))
-            # The socket ran dry: apply what is complete now, for freshness.
-            if self.tx is None and self.pending_end is not None:
-                self._flush()
-            elif self.sink.in_flight:
-                self._receive()
+            # The stream ran dry, or Redis answered: apply what is complete, for freshness.
+            # While Redis still works on the previous batch this one keeps growing (and the
+            # wait above wakes on Redis' answer): big batches when Redis is the bottleneck.
+            if not sink.busy():
+                if self.tx is None and self.pending_end is not None:
+                    self._flush()
+                elif sink.in_flight:
+                    self._receive()
             self._advance_idle()
             now = time.monotonic()
             if now - self.last_beat >= self.settings.heartbeat_interval:
