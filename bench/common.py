@@ -39,13 +39,20 @@ def machine() -> dict[str, Any]:
         pass
     pg = subprocess.run(
         [str((servers.find_postgres_bindir() or Path("/usr/bin")) / "postgres"), "--version"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.strip()
-    rd = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
-                        check=False).stdout.strip()
+    rd = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 1024 / 1024, 1),
-        "python": platform.python_version(), "postgres": pg, "redis": rd.split(" sha=")[0],
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "postgres": pg,
+        "redis": rd.split(" sha=")[0],
         "platform": platform.platform(),
     }
 
@@ -67,8 +74,12 @@ def throwaway_servers() -> Iterator[tuple[servers.PostgresServer, servers.RedisS
 def save(name: str, result: dict[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` and print where."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": name, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": machine(), **result}
+    result = {
+        "benchmark": name,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        **result,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {path.relative_to(ROOT)}")
