@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     # Exactly-once batching: a transaction up to this many row changes is applied atomically.
     max_tx_changes: int = Field(100_000, ge=1, le=10_000_000)
     # Soft cap on the row changes gathered into one Redis round trip across transactions.
-    batch_changes: int = Field(20_000, ge=1, le=1_000_000)
+    batch_changes: int = Field(50_000, ge=1, le=1_000_000)
     status_interval: float = Field(10.0, gt=0, le=3600)
     heartbeat_interval: float = Field(2.0, gt=0, le=300)
     # pg_logical_emit_message every N seconds, so even an idle publication moves the slot; 0 = off

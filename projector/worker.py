@@ -37,7 +37,7 @@ from projector.pgoutput import (
 )
 from projector.projection import Projection
 from projector.rebuild import RebuildInterrupted, advisory_lock, rebuild
-from projector.replication import PrimaryKeepalive
+from projector.replication import PrimaryKeepalive, pg_now_us
 from projector.settings import Settings
 from projector.sink import RedisSink, Watermark
 from projector.stream import ReplicationStream, connect, slot_info, system_identifier
@@ -51,6 +51,10 @@ _STATUS_EVERY = 1.0
 # Keepalive positions reach the watermark this often at most (read-your-writes clients wait
 # on it when other WAL follows their commit; a busy database sends many keepalives).
 _IDLE_ADVANCE_EVERY = 0.1
+# A commit received this long after it happened means a backlog (see _Session._behind).
+_BEHIND_US = 1_000_000
+# Even then (or with clocks that disagree) a batch waits no longer than this.
+_MAX_BEHIND_BATCH_AGE = 1.0
 _POLL_TIMEOUT = 0.2
 
 
@@ -284,7 +288,9 @@ class _Session:
         handle = self._handle
         sink = self.sink
         while True:
+            quiet = True
             for frame in stream.frames(_POLL_TIMEOUT, sink.reply_fd()):
+                quiet = False
                 if isinstance(frame, PrimaryKeepalive):
                     self._keepalive(frame.wal_end, frame.reply_requested)
                 else:
@@ -294,7 +300,12 @@ class _Session:
             # wait above wakes on Redis' answer): big batches when Redis is the bottleneck.
             if not sink.busy():
                 if self.tx is None and self.pending_end is not None:
-                    self._flush()
+                    if (
+                        quiet
+                        or not self._behind()
+                        or time.monotonic() - self.batch_started >= _MAX_BEHIND_BATCH_AGE
+                    ):
+                        self._flush()
                 elif sink.in_flight:
                     self._receive()
             self._advance_idle()
@@ -377,10 +388,22 @@ class _Session:
         self.pending_time = msg.commit_time
         if self.projection.pending_row_changes >= self.settings.batch_changes:
             self._flush()
-        elif time.monotonic() - self.batch_started >= _MAX_BATCH_DELAY and not self.sink.busy():
+        elif not self.sink.busy() and (
+            (age := time.monotonic() - self.batch_started) >= _MAX_BEHIND_BATCH_AGE
+            or (age >= _MAX_BATCH_DELAY and not self._behind())
+        ):
             # While Redis still works on the previous batch, this one keeps growing:
             # bigger batches when Redis is the bottleneck, tiny ones when it is not.
             self._flush()
+
+    def _behind(self) -> bool:
+        """Catching up on a backlog: the newest commit received is old already.
+
+        Then batches fill up to ``batch_changes``: fewer, larger Redis scripts aggregate
+        more (one update per member and board) and cost less per row. Fresh commits are
+        applied at once.
+        """
+        return pg_now_us() - self.pending_time > _BEHIND_US
 
     def _flush(self) -> None:
         """Apply every whole transaction received so far, with its watermark."""
