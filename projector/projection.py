@@ -136,6 +136,17 @@ class Projection:
 
     # -- row changes -----------------------------------------------------------------
 
+    def on_change(self, msg: Insert | Update | Delete | Truncate) -> None:
+        """Project one row change of any kind."""
+        if isinstance(msg, Insert):
+            self.on_insert(msg)
+        elif isinstance(msg, Update):
+            self.on_update(msg)
+        elif isinstance(msg, Delete):
+            self.on_delete(msg)
+        else:
+            self.on_truncate(msg)
+
     def on_insert(self, msg: Insert) -> None:
         """A new row: one more pomodoro, or a display name set."""
         self._batch.row_changes += 1

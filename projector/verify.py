@@ -271,14 +271,7 @@ def _roll_forward(
             elif isinstance(msg, Insert | Update | Delete | Truncate):
                 assert in_tx is not None
                 rows += 1
-                if isinstance(msg, Insert):
-                    projection.on_insert(msg)
-                elif isinstance(msg, Update):
-                    projection.on_update(msg)
-                elif isinstance(msg, Delete):
-                    projection.on_delete(msg)
-                else:
-                    projection.on_truncate(msg)
+                projection.on_change(msg)
                 if in_tx.final_lsn == target.tx_lsn and rows >= target.tx_rows:
                     done = True  # the rest of this large transaction is not in Redis yet
                     break

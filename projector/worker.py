@@ -339,15 +339,7 @@ class _Session:
                 tx.rows += 1
                 if tx.skip_all or tx.rows <= tx.skip_rows:
                     return
-                projection = self.projection
-                if isinstance(msg, Insert):
-                    projection.on_insert(msg)
-                elif isinstance(msg, Update):
-                    projection.on_update(msg)
-                elif isinstance(msg, Delete):
-                    projection.on_delete(msg)
-                else:
-                    projection.on_truncate(msg)
+                self.projection.on_change(msg)
                 tx.chunk_rows += 1
                 if tx.chunk_rows >= self.settings.max_tx_changes:
                     self._flush_chunk(tx)
