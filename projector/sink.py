@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -22,6 +23,9 @@ from projector.errors import ConnectionLost, RebuildRequired
 from projector.lsn import format_lsn
 from projector.projection import BatchDelta
 
+# Batches sent before the oldest is answered: Redis never waits for the next one to be
+# encoded. Two suffice; each is up to PROJECTOR_BATCH_CHANGES row changes.
+MAX_IN_FLIGHT = 2
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
 
 
@@ -89,7 +93,7 @@ class RedisSink:
         self._prefix = prefix
         self._apply = client.register_script(_APPLY_LUA)
         self._conn: Any = None
-        self._in_flight: tuple[tuple[str, ...], Watermark, Watermark | None] | None = None
+        self._in_flight: deque[tuple[tuple[str, ...], Watermark, Watermark | None]] = deque()
         self.watermark_key = f"{prefix}watermark"
         self.heartbeat_key = f"{prefix}projector"
         self.registry_key = f"{prefix}boards"
@@ -115,38 +119,39 @@ class RedisSink:
     def send(self, batch: BatchDelta, new: Watermark, expected: Watermark | None) -> None:
         """Start applying ``batch`` without waiting; ``receive`` collects the outcome.
 
-        Redis runs the script while the caller prepares the next batch. One batch at a
-        time may be in flight.
+        Redis runs the script while the caller prepares the next batch. Up to
+        ``MAX_IN_FLIGHT`` batches may be in flight; each expects the position the previous
+        one sets, so if one is refused every later one is refused too.
         """
-        if self._in_flight is not None:
-            raise RuntimeError("a batch is already in flight; receive() it first")
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            raise RuntimeError("too many batches in flight; receive() one first")
         args = (
             self._prefix,
             expected.position if expected else "",
             new.position,
             encode_batch(batch, new),
         )
-        self._in_flight = (args, new, expected)
         try:
             self._connection().send_command("EVALSHA", self._apply.sha, 0, *args)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
-            self._in_flight = None
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+        self._in_flight.append((args, new, expected))
 
     @property
-    def in_flight(self) -> bool:
-        return self._in_flight is not None
+    def in_flight(self) -> int:
+        """How many batches were sent and not yet received."""
+        return len(self._in_flight)
 
     def reply_fd(self) -> int | None:
-        """The socket that becomes readable when the batch in flight is answered."""
-        if self._in_flight is None or self._conn is None or self._conn._sock is None:
+        """The socket that becomes readable when the oldest batch in flight is answered."""
+        if not self._in_flight or self._conn is None or self._conn._sock is None:
             return None
         return int(self._conn._sock.fileno())
 
     def busy(self) -> bool:
-        """True while Redis has not yet answered the batch in flight (never blocks)."""
-        if self._in_flight is None:
+        """True while Redis has not yet answered the oldest batch in flight (never blocks)."""
+        if not self._in_flight:
             return False
         try:
             return not self._connection().can_read(timeout=0)
@@ -154,11 +159,10 @@ class RedisSink:
             return False  # receive() will report it
 
     def receive(self) -> ApplyResult:
-        """Wait for the batch sent last; raise ``RebuildRequired`` if Redis refused it."""
-        if self._in_flight is None:
+        """Wait for the oldest batch in flight; raise ``RebuildRequired`` if Redis refused it."""
+        if not self._in_flight:
             raise RuntimeError("no batch in flight")
-        args, new, expected = self._in_flight
-        self._in_flight = None
+        args, new, expected = self._in_flight.popleft()
         try:
             try:
                 reply = self._connection().read_response()
@@ -197,8 +201,8 @@ class RedisSink:
             self._conn = None
 
     def close(self) -> None:
-        """Give the dedicated connection back; a batch still in flight is abandoned."""
-        self._in_flight = None
+        """Give the dedicated connection back; batches still in flight are abandoned."""
+        self._in_flight.clear()
         self._drop_connection()
 
     def beat(self, ttl_seconds: float, info: dict[str, str]) -> None:

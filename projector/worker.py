@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from projector.projection import Projection
 from projector.rebuild import RebuildInterrupted, advisory_lock, rebuild
 from projector.replication import PrimaryKeepalive, pg_now_us
 from projector.settings import Settings
-from projector.sink import RedisSink, Watermark
+from projector.sink import MAX_IN_FLIGHT, RedisSink, Watermark
 from projector.stream import ReplicationStream, connect, slot_info, system_identifier
 
 log = structlog.get_logger(__name__)
@@ -250,7 +251,7 @@ class _Session:
         # Sent to Redis (the next compare-and-set expects it) / confirmed by Redis.
         self.applied = applied
         self.acked = applied
-        self.in_flight: Watermark | None = None
+        self.in_flight: deque[Watermark] = deque()
         self.projection = Projection(settings.key_prefix, settings.zone, settings.retention)
         self.decoder = Decoder(1)
         self.stream = ReplicationStream(settings.pg_dsn, settings.slot, settings.publication)
@@ -298,16 +299,18 @@ class _Session:
             # The stream ran dry, or Redis answered: apply what is complete, for freshness.
             # While Redis still works on the previous batch this one keeps growing (and the
             # wait above wakes on Redis' answer): big batches when Redis is the bottleneck.
-            if not sink.busy():
-                if self.tx is None and self.pending_end is not None:
-                    if (
-                        quiet
-                        or not self._behind()
-                        or time.monotonic() - self.batch_started >= _MAX_BEHIND_BATCH_AGE
-                    ):
-                        self._flush()
-                elif sink.in_flight:
-                    self._receive()
+            self._collect()
+            if (
+                not sink.in_flight
+                and self.tx is None
+                and self.pending_end is not None
+                and (
+                    quiet
+                    or not self._behind()
+                    or time.monotonic() - self.batch_started >= _MAX_BEHIND_BATCH_AGE
+                )
+            ):
+                self._flush()
             self._advance_idle()
             now = time.monotonic()
             if now - self.last_beat >= self.settings.heartbeat_interval:
@@ -324,7 +327,7 @@ class _Session:
                 # rows, and the slot will send it again whole.
                 if self.pending_end is not None and self.tx is None:
                     self._flush()
-                if self.sink.in_flight:
+                while self.sink.in_flight:
                     self._receive()
                 self._send_status(self.acked.lsn)
                 self.stream.end_copy()
@@ -380,7 +383,7 @@ class _Session:
         self.pending_time = msg.commit_time
         if self.projection.pending_row_changes >= self.settings.batch_changes:
             self._flush()
-        elif not self.sink.busy() and (
+        elif not self._collect() and (
             (age := time.monotonic() - self.batch_started) >= _MAX_BEHIND_BATCH_AGE
             or (age >= _MAX_BATCH_DELAY and not self._behind())
         ):
@@ -442,23 +445,28 @@ class _Session:
     def _apply(self, new: Watermark) -> None:
         """Send the accumulated batch with ``new``; Redis runs it while we decode on.
 
-        The previous batch's outcome is collected first, so at most one is in flight.
+        When the most batches are in flight already, the oldest is collected first.
         """
         batch = self.projection.take_batch()
-        if self.sink.in_flight:
+        if self.sink.in_flight >= MAX_IN_FLIGHT:
             self._receive()
         self.sink.send(batch, new, self.applied)
         self.applied = new
-        self.in_flight = new
+        self.in_flight.append(new)
 
     def _receive(self) -> None:
-        """Collect the batch in flight: only now may its position be confirmed."""
+        """Collect the oldest batch in flight: only now may its position be confirmed."""
         result = self.sink.receive()
-        assert self.in_flight is not None
-        self.acked = self.in_flight
-        self.in_flight = None
+        self.acked = self.in_flight.popleft()
         if result.replay_request:
             raise ReplayRequested(result.replay_request)
+
+    def _collect(self) -> int:
+        """Collect every batch Redis has answered (never waits); return how many remain."""
+        sink = self.sink
+        while sink.in_flight and not sink.busy():
+            self._receive()
+        return sink.in_flight
 
     def _keepalive(self, wal_end: int, reply_requested: bool) -> None:
         # The server has sent everything before wal_end: once nothing is in flight, Redis
@@ -475,7 +483,7 @@ class _Session:
         This keeps an idle publication from retaining WAL. At most every
         ``_IDLE_ADVANCE_EVERY`` unless the server asks.
         """
-        if self.tx is not None or self.pending_end is not None:
+        if self.tx is not None or self.pending_end is not None or self.sink.in_flight:
             return
         if self.idle_end <= self.applied.lsn:
             return

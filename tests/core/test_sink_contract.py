@@ -224,3 +224,30 @@ def test_watermark_without_commit_time_round_trips(sink: RedisSink) -> None:
     new = Watermark(lsn=(5 << 32) | 0xABC, system_id="42", slot="s", commit_time=None)
     sink.apply(batch(), new, None)
     assert sink.read_watermark() == new
+
+
+def test_two_batches_in_flight_apply_in_order(sink: RedisSink, client: redis.Redis) -> None:
+    """A second batch sent before the first is answered applies after it, both counted."""
+    first, second = mark(0x100), mark(0x200)
+    sink.send(batch({ALL: {"ada": 2}}), first, None)
+    sink.send(batch({ALL: {"ada": 1, "bob": 1}}), second, first)
+    assert sink.in_flight == 2
+    sink.receive()
+    sink.receive()
+    assert sink.in_flight == 0
+    assert scores(client, ALL) == {"ada": 3.0, "bob": 1.0}
+    assert sink.read_watermark() == second
+
+
+def test_a_refused_batch_in_flight_refuses_the_next(sink: RedisSink, client: redis.Redis) -> None:
+    """When the first batch in flight is refused (stale position), the second is too."""
+    sink.apply(batch({ALL: {"ada": 1}}), mark(0x100), None)
+    stale, after = mark(0x50), mark(0x300)
+    sink.send(batch({ALL: {"ada": 5}}), mark(0x200), stale)
+    sink.send(batch({ALL: {"ada": 7}}), after, mark(0x200))
+    with pytest.raises(RebuildRequired):
+        sink.receive()
+    with pytest.raises(RebuildRequired):
+        sink.receive()
+    assert scores(client, ALL) == {"ada": 1.0}
+    assert sink.read_watermark() == mark(0x100)
