@@ -373,8 +373,8 @@ class _Loader:
             self._pipe.execute()
         except redis.exceptions.OutOfMemoryError as exc:
             raise _out_of_memory(exc) from exc
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError) as exc:
+            raise ConnectionLost(f"Redis cannot take writes: {exc}", service="redis") from exc
         self._queued = 0
         with self._lock:
             self._state.rows += self._rows

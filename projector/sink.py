@@ -170,6 +170,11 @@ class RedisSink:
                 # Redis restarted or flushed its scripts: load it and run it once more.
                 self._client.script_load(_APPLY_LUA)
                 reply = self._client.evalsha(self._apply.sha, 0, *args)
+        except redis.exceptions.ReadOnlyError as exc:
+            self._drop_connection()
+            raise ConnectionLost(
+                f"Redis is a read-only replica now (failover?): {exc}", service="redis"
+            ) from exc
         except redis.ResponseError as exc:
             message = str(exc)
             if message.startswith("POSITION"):

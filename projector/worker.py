@@ -57,6 +57,8 @@ _BEHIND_US = 1_000_000
 # Even then (or with clocks that disagree) a batch waits no longer than this.
 _MAX_BEHIND_BATCH_AGE = 1.0
 _POLL_TIMEOUT = 0.2
+# A session that lasted this long resets the reconnect backoff.
+_HEALTHY_SESSION = 60.0
 
 
 class ReplayRequested(ProjectorError):
@@ -129,6 +131,7 @@ class Worker:
         replay_id: str | None = None
         reason: str | None = None
         while not self.stop.is_set():
+            started = time.monotonic()
             try:
                 if reason is not None:
                     self._rebuild(reason, replay_id)
@@ -147,6 +150,8 @@ class Worker:
                 reason, replay_id = "replay requested by operator", exc.request_id
                 delay = 0.5
             except ConnectionLost as exc:
+                if time.monotonic() - started > _HEALTHY_SESSION:
+                    delay = 0.5  # it worked for a while: this is a new outage
                 wait = min(delay, self.settings.reconnect_max_delay) * random.uniform(0.8, 1.2)
                 log.warning(
                     "connection lost; retrying",
@@ -171,6 +176,8 @@ class Worker:
                 sink = RedisSink(redis_client(settings), settings.key_prefix)
                 with _beating(sink, settings):
                     rebuild(settings, sink, reason=reason, replay_id=replay_id, stop=self.stop)
+        except psycopg.OperationalError as exc:
+            raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
         finally:
             pg.close()
 

@@ -251,3 +251,20 @@ def test_a_refused_batch_in_flight_refuses_the_next(sink: RedisSink, client: red
         sink.receive()
     assert scores(client, ALL) == {"ada": 1.0}
     assert sink.read_watermark() == mark(0x100)
+
+
+def test_a_read_only_replica_is_a_lost_connection_not_a_crash(redis_url: str) -> None:
+    """A Redis demoted to a read-only replica (failover) makes apply retryable."""
+    from projector.errors import ConnectionLost
+
+    client = redis.Redis.from_url(redis_url)
+    sink = RedisSink(client, PREFIX)
+    sink.apply(batch({ALL: {"ada": 1}}), mark(0x100), None)
+    client.execute_command("REPLICAOF", "127.0.0.1", "1")  # a master that never answers
+    try:
+        with pytest.raises(ConnectionLost, match="read-only"):
+            sink.apply(batch({ALL: {"ada": 1}}), mark(0x200), mark(0x100))
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        sink.close()
+        client.close()
