@@ -11,7 +11,14 @@ from projector.settings import Settings
 def clear(settings: Settings) -> int:
     """Unlink every key under ``PROJECTOR_KEY_PREFIX``; return how many were removed."""
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5.0)
-    pattern = settings.key_prefix.replace("\\", "\\\\") + "*"
+    try:
+        return unlink_matching(client, settings.key_prefix.replace("\\", "\\\\") + "*")
+    finally:
+        client.close()
+
+
+def unlink_matching(client: redis.Redis, pattern: str) -> int:
+    """Unlink every key matching a SCAN ``pattern``, in small steps; return how many."""
     removed = 0
     try:
         batch: list[bytes] = []
@@ -24,6 +31,4 @@ def clear(settings: Settings) -> int:
             removed += int(client.unlink(*batch))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
-    finally:
-        client.close()
     return removed

@@ -26,6 +26,7 @@ import structlog
 from psycopg import sql
 
 from projector.buckets import Period, bucket_ids_for_date, expires_at, oldest_retained_bucket_start
+from projector.clear import unlink_matching
 from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
 from projector.lsn import format_lsn
 from projector.projection import board_key
@@ -438,19 +439,7 @@ def _mark_started(sink: RedisSink, build: str) -> None:
 
 def _discard_stale_builds(sink: RedisSink) -> None:
     """Remove build keys a crashed rebuild left behind (they also expire on their own)."""
-    client = sink.client
-    pattern = f"{sink.watermark_key.removesuffix('watermark')}rebuild:*"
-    try:
-        batch: list[Any] = []
-        for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                client.unlink(*batch)
-                batch = []
-        if batch:
-            client.unlink(*batch)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+    unlink_matching(sink.client, f"{sink.prefix}rebuild:*")
 
 
 def _reporter(
@@ -460,7 +449,7 @@ def _reporter(
     progress: ProgressFn | None,
     stop: threading.Event | None,
 ) -> Callable[[], None]:
-    key = f"{sink.watermark_key.removesuffix('watermark')}replay:progress"
+    key = sink.replay_progress_key
 
     def report() -> None:
         if stop is not None and stop.is_set():

@@ -18,7 +18,7 @@ from projector.errors import ConnectionLost, ProjectorError
 from projector.lsn import format_lsn
 from projector.rebuild import RebuildProgress, advisory_lock, rebuild
 from projector.settings import Settings
-from projector.sink import RedisSink
+from projector.sink import RedisSink, as_text
 from projector.stream import connect
 
 _PHASES = ("starting", "creating slot", "loading boards", "swapping", "done")
@@ -48,12 +48,12 @@ def replay(settings: Settings, *, timeout: float = 3600.0) -> int:
 
 def _ask_running_projector(sink: RedisSink, client: redis.Redis, timeout: float) -> int:
     request = uuid.uuid4().hex[:12]
-    progress_key = sink.replay_request_key.removesuffix("request") + "progress"
+    progress_key = sink.replay_progress_key
     client.set(sink.replay_request_key, request, ex=int(timeout) + 60)
     print(f"asked the running projector to rebuild (request {request})", file=sys.stderr)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        raw = {_text(k): _text(v) for k, v in client.hgetall(progress_key).items()}
+        raw = {as_text(k): as_text(v) for k, v in client.hgetall(progress_key).items()}
         if raw.get("id") == request:
             state = RebuildProgress(
                 phase=raw.get("phase", "?"),
@@ -88,7 +88,3 @@ def _draw(state: RebuildProgress) -> None:
 def _finish(message: str) -> None:
     sys.stderr.write("\n")
     print(message)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

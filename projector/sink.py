@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from projector.errors import ConnectionLost, RebuildRequired
-from projector.lsn import format_lsn
+from projector.lsn import format_lsn, parse_lsn
 from projector.projection import BatchDelta
 
 # Batches sent before the oldest is answered: Redis never waits for the next one to be
@@ -64,8 +64,6 @@ class Watermark:
     @classmethod
     def from_fields(cls, raw: dict[str, str]) -> Watermark | None:
         """Parse the watermark hash; None when it is absent or unreadable."""
-        from projector.lsn import parse_lsn
-
         try:
             commit_time = raw.get("commit_time") or ""
             return cls(
@@ -98,7 +96,9 @@ class RedisSink:
         self.heartbeat_key = f"{prefix}projector"
         self.registry_key = f"{prefix}boards"
         self.users_key = f"{prefix}users"
+        self.prefix = prefix
         self.replay_request_key = f"{prefix}replay:request"
+        self.replay_progress_key = f"{prefix}replay:progress"
 
     @property
     def client(self) -> redis.Redis:
@@ -109,7 +109,7 @@ class RedisSink:
         raw = self._call(self._client.hgetall, self.watermark_key)
         if not raw:
             return None
-        return Watermark.from_fields({_text(k): _text(v) for k, v in raw.items()})
+        return Watermark.from_fields({as_text(k): as_text(v) for k, v in raw.items()})
 
     def apply(self, batch: BatchDelta, new: Watermark, expected: Watermark | None) -> ApplyResult:
         """Apply ``batch`` and store ``new`` if Redis still holds ``expected``; atomically."""
@@ -190,7 +190,7 @@ class RedisSink:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
-        request = _text(reply[1]) if reply and len(reply) > 1 else ""
+        request = as_text(reply[1]) if reply and len(reply) > 1 else ""
         return ApplyResult(replay_request=request or None)
 
     def _connection(self) -> Any:
@@ -230,7 +230,7 @@ class RedisSink:
     def replay_request(self) -> str | None:
         """The id of a pending ``projector replay`` request, if any."""
         value = self._call(self._client.get, self.replay_request_key)
-        return _text(value) if value else None
+        return as_text(value) if value else None
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -270,5 +270,6 @@ def encode_batch(batch: BatchDelta, new: Watermark) -> str:
     )
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A Redis reply element as text."""
     return value.decode() if isinstance(value, bytes) else value

@@ -20,7 +20,7 @@ from projector.buckets import TIMED_PERIODS, Period, current_bucket
 from projector.lsn import format_lsn, parse_lsn
 from projector.projection import board_key
 from projector.settings import Settings
-from projector.sink import RedisSink, Watermark
+from projector.sink import RedisSink, Watermark, as_text
 from projector.stream import slot_info, system_identifier
 
 
@@ -91,7 +91,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             used_memory_human=info.get("used_memory_human"),
             boards=_board_sizes(client, settings),
         )
-        beat = {_text(k): _text(v) for k, v in client.hgetall(sink.heartbeat_key).items()}
+        beat = {as_text(k): as_text(v) for k, v in client.hgetall(sink.heartbeat_key).items()}
         if beat:
             report["projector"] = {
                 "alive": True,
@@ -135,7 +135,7 @@ def wm_updated_at(client: redis.Redis, sink: RedisSink) -> float | None:
     if not raw:
         return None
     try:
-        return datetime.fromisoformat(_text(raw)).timestamp()
+        return datetime.fromisoformat(as_text(raw)).timestamp()
     except ValueError:
         return None
 
@@ -270,7 +270,3 @@ def _bytes(value: int | None) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

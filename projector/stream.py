@@ -126,17 +126,19 @@ class ReplicationStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_slot(self) -> tuple[int, str]:
+    def create_slot(self, *, temporary: bool = False) -> tuple[int, str]:
         """Create the logical slot; return its consistent point and an exported snapshot.
 
         The snapshot stays importable (``SET TRANSACTION SNAPSHOT``) until this
-        connection runs another command or closes.
+        connection runs another command or closes. A temporary slot goes with the
+        connection.
         """
         conn = self._require()
+        kind = sql.SQL("TEMPORARY LOGICAL" if temporary else "LOGICAL")
         try:
             cur = conn.execute(
-                sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')").format(
-                    sql.Identifier(self.slot)
+                sql.SQL("CREATE_REPLICATION_SLOT {} {} pgoutput (SNAPSHOT 'export')").format(
+                    sql.Identifier(self.slot), kind
                 )
             )
             row = cur.fetchone()

@@ -35,7 +35,7 @@ from projector.pgoutput import Begin, Commit, Decoder, Delete, Insert, Relation,
 from projector.projection import Projection, board_key
 from projector.replication import PrimaryKeepalive
 from projector.settings import Settings
-from projector.sink import RedisSink, Watermark
+from projector.sink import RedisSink, Watermark, as_text
 from projector.stream import ReplicationStream
 
 _READ_BOARDS_LUA = """
@@ -139,7 +139,7 @@ def verify(settings: Settings, *, everything: bool = False, wait: float = 30.0) 
         if sink.read_watermark() is None:
             raise ProjectorError("Redis holds no watermark: nothing to verify (is it built?)")
         stream.open()
-        consistent_point, snapshot = _create_temporary_slot(stream, slot)
+        consistent_point, snapshot = stream.create_slot(temporary=True)
         expected = _recompute(settings, snapshot, boards, keys)
         _wait_for(sink, consistent_point, wait)
         redis_wm, actual = _read_boards(client, sink, keys)
@@ -153,19 +153,6 @@ def verify(settings: Settings, *, everything: bool = False, wait: float = 30.0) 
         client.close()
     diffs, members, matching = _compare(keys, expected, actual)
     return VerifyReport(position, len(keys), members, matching, diffs, time.monotonic() - started)
-
-
-def _create_temporary_slot(stream: ReplicationStream, slot: str) -> tuple[int, str]:
-    conn = stream._require()
-    from projector.lsn import parse_lsn
-
-    row = conn.execute(
-        sql.SQL("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')").format(
-            sql.Identifier(slot)
-        )
-    ).fetchone()
-    assert row is not None
-    return parse_lsn(str(row[1])), str(row[2])
 
 
 def _recompute(
@@ -220,14 +207,14 @@ def _read_boards(
     reply = client.eval(_READ_BOARDS_LUA, len(keys) + 1, sink.watermark_key, *keys)
     flat_wm = reply[0]
     wm = Watermark.from_fields(
-        {_text(flat_wm[i]): _text(flat_wm[i + 1]) for i in range(0, len(flat_wm), 2)}
+        {as_text(flat_wm[i]): as_text(flat_wm[i + 1]) for i in range(0, len(flat_wm), 2)}
     )
     if wm is None:
         raise ProjectorError("Redis lost its watermark during verify; run verify again")
     actual: dict[str, dict[str, int]] = {}
     for key, flat in zip(keys, reply[1:], strict=True):
         actual[key] = {
-            _text(flat[i]): int(float(_text(flat[i + 1]))) for i in range(0, len(flat), 2)
+            as_text(flat[i]): int(float(as_text(flat[i + 1]))) for i in range(0, len(flat), 2)
         }
     return wm, actual
 
@@ -348,7 +335,3 @@ def print_verify(settings: Settings, *, as_json: bool, everything: bool) -> int:
             for member, have in sorted(diff.extra.items()):
                 print(f"    {member}: extra in redis ({have}; postgres has none)")
     return 0 if report.in_sync else 1
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -165,25 +165,21 @@ class Worker:
     # -- rebuild -----------------------------------------------------------------------
 
     def _rebuild(self, reason: str, replay_id: str | None) -> None:
-        settings = self.settings
-        pg = connect(settings.pg_dsn)
-        try:
-            with advisory_lock(pg, settings.slot, wait=False) as locked:
-                if not locked:
-                    raise ConnectionLost(
-                        f"another process holds slot {settings.slot!r}", service="postgres"
-                    )
-                sink = RedisSink(redis_client(settings), settings.key_prefix)
-                with _beating(sink, settings):
-                    rebuild(settings, sink, reason=reason, replay_id=replay_id, stop=self.stop)
-        except psycopg.OperationalError as exc:
-            raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
-        finally:
-            pg.close()
+        with self._driving_slot() as (_pg, sink), _beating(sink, self.settings):
+            rebuild(self.settings, sink, reason=reason, replay_id=replay_id, stop=self.stop)
 
     # -- streaming ---------------------------------------------------------------------
 
     def _session(self) -> None:
+        with self._driving_slot() as (pg, sink):
+            applied = self._check_state(pg, sink)
+            _Session(self, sink, applied, pg).run()
+
+    @contextmanager
+    def _driving_slot(
+        self,
+    ) -> Iterator[tuple[psycopg.Connection[tuple[object, ...]], RedisSink]]:
+        """Hold the slot's advisory lock (one process drives it) and open the sink."""
         settings = self.settings
         pg = connect(settings.pg_dsn)
         try:
@@ -193,9 +189,7 @@ class Worker:
                         f"another projector process holds slot {settings.slot!r}",
                         service="postgres",
                     )
-                sink = RedisSink(redis_client(settings), settings.key_prefix)
-                applied = self._check_state(pg, sink)
-                _Session(self, sink, applied, pg).run()
+                yield pg, RedisSink(redis_client(settings), settings.key_prefix)
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
         finally:
@@ -390,10 +384,10 @@ class _Session:
         self.pending_time = msg.commit_time
         if self.projection.pending_row_changes >= self.settings.batch_changes:
             self._flush()
-        elif not self._collect() and (
+        elif (
             (age := time.monotonic() - self.batch_started) >= _MAX_BEHIND_BATCH_AGE
             or (age >= _MAX_BATCH_DELAY and not self._behind())
-        ):
+        ) and not self._collect():
             # While Redis still works on the previous batch, this one keeps growing:
             # bigger batches when Redis is the bottleneck, tiny ones when it is not.
             self._flush()
