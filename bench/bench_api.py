@@ -44,6 +44,9 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, percentile, save, throwaway_servers
 
+sys.path.insert(0, str(ROOT))
+from projector.lsn import parse_lsn
+
 TOP10 = "/v1/leaderboards/day?limit=10"
 # wrk: summary as one JSON line; latencies in microseconds.
 _WRK_DONE = """
@@ -96,7 +99,7 @@ def build_redis(env: dict[str, str], dsn: str, redis_url: str, log: Path) -> flo
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         assert row is not None
-        target = _lsn(row[0])
+        target = parse_lsn(row[0])
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "projector", "run"],
@@ -109,7 +112,7 @@ def build_redis(env: dict[str, str], dsn: str, redis_url: str, log: Path) -> flo
     try:
         while True:
             lsn = client.hget(f"{env['PROJECTOR_KEY_PREFIX']}watermark", "lsn")
-            if lsn is not None and _lsn(lsn.decode()) >= target:
+            if lsn is not None and parse_lsn(lsn.decode()) >= target:
                 return time.monotonic() - started
             if proc.poll() is not None:
                 raise RuntimeError(f"the projector exited ({proc.returncode}); see {log}")
@@ -121,11 +124,6 @@ def build_redis(env: dict[str, str], dsn: str, redis_url: str, log: Path) -> flo
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         client.close()
-
-
-def _lsn(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 # --- the API under test -----------------------------------------------------------------------

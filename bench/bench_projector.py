@@ -28,6 +28,9 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, percentile, save, throwaway_servers
 
+sys.path.insert(0, str(ROOT))
+from projector.lsn import parse_lsn
+
 PROJECTOR = [sys.executable, "-m", "projector", "run"]
 
 
@@ -66,15 +69,13 @@ def _watermark_lsn(client: redis.Redis, prefix: str = "pomo:") -> int:
     raw = client.hget(f"{prefix}watermark", "lsn")
     if not raw:
         return -1
-    hi, lo = raw.decode().split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
+    return parse_lsn(raw.decode())
 
 
 def _current_lsn(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
     assert row is not None
-    hi, lo = str(row[0]).split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
+    return parse_lsn(str(row[0]))
 
 
 def _wait_for(client: redis.Redis, lsn: int, timeout: float) -> float:
