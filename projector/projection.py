@@ -36,6 +36,14 @@ POMODOROS = "pomodoros"
 USERS = "users"
 SCHEMA = "public"
 
+# Columns whose old values UPDATE and DELETE must carry (the replica identity must cover
+# them), per projected table: without them a retraction or a move cannot be projected.
+IDENTITY_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
+    (SCHEMA, POMODOROS): ("user_id", "completed_at"),
+    (SCHEMA, USERS): ("id",),
+}
+_IS_KEY = 1  # Relation column flag: part of the replica identity
+
 # One board key with its expiry (Unix seconds, None = never).
 BoardSlot = tuple[str, int | None]
 
@@ -83,6 +91,18 @@ class SchemaError(ProjectorError):
     """A projected table lacks a column the projection needs."""
 
 
+class ReplicaIdentityError(ProjectorError):
+    """The stream's changes of a table lack old values the projection needs."""
+
+    def __init__(self, table: str, missing: list[str], identity: str) -> None:
+        super().__init__(
+            f"changes of {table} were logged with a replica identity ({identity!r}) that does "
+            f"not cover {', '.join(missing)}: deletes and moves of its rows cannot be projected"
+        )
+        self.table = table
+        self.missing = missing
+
+
 def _column_index(rel: Relation, name: str) -> int:
     for index, column in enumerate(rel.columns):
         if column.name == name:
@@ -125,6 +145,14 @@ class Projection:
         self._users.pop(rel.relation_id, None)
         if rel.namespace != SCHEMA:
             return
+        needed = IDENTITY_COLUMNS.get((rel.namespace, rel.name))
+        if needed:
+            keys = {column.name for column in rel.columns if column.flags & _IS_KEY}
+            missing = [name for name in needed if name not in keys]
+            if missing:
+                raise ReplicaIdentityError(
+                    f"{rel.namespace}.{rel.name}", missing, rel.replica_identity
+                )
         if rel.name == POMODOROS:
             self._pomodoros[rel.relation_id] = _PomodoroColumns(
                 _column_index(rel, "user_id"), _column_index(rel, "completed_at")

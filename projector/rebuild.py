@@ -28,11 +28,13 @@ from psycopg import sql
 from projector.buckets import Period, bucket_ids_for_date, expires_at, oldest_retained_bucket_start
 from projector.clear import unlink_matching
 from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
+from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn
 from projector.projection import board_key
 from projector.settings import Settings
-from projector.sink import RedisSink, Watermark
-from projector.stream import ReplicationStream, connect, drop_slot, slot_info, system_identifier
+from projector.sink import RedisSink
+from projector.stream import ReplicationStream, ServerPosition, connect, drop_slot, slot_info
+from projector.watermark import Watermark
 
 log = structlog.get_logger(__name__)
 
@@ -120,9 +122,10 @@ def rebuild(
     state = RebuildProgress()
     report = _reporter(sink, replay_id, state, progress, stop)
     log.info("rebuild started", reason=reason, slot=settings.slot)
+    sink.require_no_eviction()
+    config = ProjectionConfig.of(settings)
     pg = connect(settings.pg_dsn)
     try:
-        system_id = system_identifier(pg)
         # A walsender we just left may need a moment to let go of the slot.
         deadline = time.monotonic() + 10.0
         while (existing := slot_info(pg, settings.slot)) is not None and existing.active:
@@ -139,7 +142,7 @@ def rebuild(
     build = f"{settings.key_prefix}rebuild:{uuid.uuid4().hex[:12]}:"
     state.phase = "creating slot"
     report()
-    conns = _snapshot_connections(settings, state, settings.rebuild_parallelism)
+    conns, server = _snapshot_connections(settings, state, settings.rebuild_parallelism)
     try:
         assert state.lsn is not None
         snapshot_time = conns[0].execute("SELECT now()").fetchone()
@@ -150,9 +153,12 @@ def rebuild(
             conn.close()
     watermark = Watermark(
         lsn=state.lsn,
-        system_id=system_id,
+        system_id=server.system_id,
         slot=settings.slot,
         commit_time=snapshot_time[0] if snapshot_time else datetime.now(UTC),  # type: ignore[arg-type]
+        timeline=server.timeline,
+        fingerprint=config.fingerprint,
+        config=config.text,
     )
     state.phase = "swapping"
     report()
@@ -171,10 +177,12 @@ def rebuild(
 
 def _snapshot_connections(
     settings: Settings, state: RebuildProgress, count: int
-) -> list[psycopg.Connection[tuple[object, ...]]]:
-    """Create the slot; return ``count`` connections inside transactions on its snapshot."""
+) -> tuple[list[psycopg.Connection[tuple[object, ...]]], ServerPosition]:
+    """Create the slot; return ``count`` connections inside transactions on its snapshot,
+    and the server's identity and timeline."""
     conns: list[psycopg.Connection[tuple[object, ...]]] = []
     with ReplicationStream(settings.pg_dsn, settings.slot, settings.publication) as stream:
+        server = stream.identify_system()
         consistent_point, snapshot = stream.create_slot()
         try:
             for _ in range(count):
@@ -192,7 +200,7 @@ def _snapshot_connections(
     # The replication connection is closed: each imported snapshot stays with its connection.
     state.lsn = consistent_point
     log.info("slot created", slot=settings.slot, consistent_point=format_lsn(consistent_point))
-    return conns
+    return conns, server
 
 
 def _build_boards(
@@ -253,9 +261,9 @@ def _build_boards(
         with conn.cursor(name="rebuild_all") as cur:
             cur.itersize = _CHUNK * 4
             cur.execute(_ALL_QUERY)
-            loader.load_one(f"{build}{suffix}", cur)
+            members = loader.load_one(f"{build}{suffix}", cur)
         loader.finish()
-        return [(suffix, None)]
+        return [(suffix, None)] if members else []
 
     # Longest first: all-time and year read every row, the day boards only the last weeks.
     tasks: list[Callable[[psycopg.Connection[tuple[object, ...]]], list[tuple[str, int | None]]]]
@@ -313,7 +321,6 @@ class _Loader:
                 chunk = {}
         if chunk:
             self._queue("hset", key, chunk)
-        self._pipe.expire(key, _BUILD_TTL)
 
     def load_boards(
         self,
@@ -333,7 +340,6 @@ class _Loader:
                 target = suffix_for(start)
                 if target is not None:
                     self._boards += 1
-                    self._pipe.expire(build + target[0], _BUILD_TTL)
                     yield target
             if target is None:
                 continue
@@ -344,18 +350,22 @@ class _Loader:
         if chunk and target is not None:
             self._queue("zadd", build + target[0], chunk)
 
-    def load_one(self, key: str, rows: Any) -> None:
+    def load_one(self, key: str, rows: Any) -> int:
+        """Load one board; return how many members it has."""
         chunk: dict[str, int] = {}
+        members = 0
         for user_id, count in rows:
             self._rows += count
+            members += 1
             chunk[user_id] = count
             if len(chunk) >= _CHUNK:
                 self._queue("zadd", key, chunk)
                 chunk = {}
         if chunk:
             self._queue("zadd", key, chunk)
-        self._pipe.expire(key, _BUILD_TTL)
-        self._boards += 1
+        if members:
+            self._boards += 1
+        return members
 
     def finish(self) -> None:
         self._execute()
@@ -365,6 +375,8 @@ class _Loader:
             self._pipe.zadd(key, mapping)
         else:
             self._pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+        # Only now does the key exist: a crashed rebuild's keys then disappear on their own.
+        self._pipe.expire(key, _BUILD_TTL)
         self._queued += 1
         if self._queued >= 20:
             self._execute()

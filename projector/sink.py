@@ -13,69 +13,16 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 import redis
 
-from projector.errors import ConnectionLost, RebuildRequired
-from projector.lsn import format_lsn, parse_lsn
+from projector.errors import ConfigError, ConnectionLost, RebuildRequired
 from projector.projection import BatchDelta
+from projector.watermark import Watermark
 
-# Batches sent before the oldest is answered: Redis never waits for the next one to be
-# encoded. Two suffice; each is up to PROJECTOR_BATCH_CHANGES row changes.
-MAX_IN_FLIGHT = 2
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
-
-
-@dataclass(frozen=True, slots=True)
-class Watermark:
-    """How far Redis reflects PostgreSQL.
-
-    ``lsn`` is the end LSN of the last transaction applied in full. When a transaction
-    too large to apply atomically is part-way through, ``tx_lsn`` is its commit LSN (from
-    its Begin message) and ``tx_rows`` the number of its row changes already applied.
-    """
-
-    lsn: int
-    system_id: str
-    slot: str
-    commit_time: datetime | None
-    tx_lsn: int = 0
-    tx_rows: int = 0
-
-    @property
-    def position(self) -> str:
-        """The compare-and-set token stored beside the fields."""
-        return f"{self.lsn:016X}:{self.tx_lsn:016X}:{self.tx_rows}"
-
-    def fields(self) -> dict[str, str]:
-        return {
-            "lsn": format_lsn(self.lsn),
-            "system_id": self.system_id,
-            "slot": self.slot,
-            "commit_time": self.commit_time.isoformat() if self.commit_time else "",
-            "tx_lsn": format_lsn(self.tx_lsn),
-            "tx_rows": str(self.tx_rows),
-            "updated_at": datetime.now(UTC).isoformat(),
-        }
-
-    @classmethod
-    def from_fields(cls, raw: dict[str, str]) -> Watermark | None:
-        """Parse the watermark hash; None when it is absent or unreadable."""
-        try:
-            commit_time = raw.get("commit_time") or ""
-            return cls(
-                lsn=parse_lsn(raw["lsn"]),
-                system_id=raw["system_id"],
-                slot=raw["slot"],
-                commit_time=datetime.fromisoformat(commit_time) if commit_time else None,
-                tx_lsn=parse_lsn(raw.get("tx_lsn", "0/0")),
-                tx_rows=int(raw.get("tx_rows", "0")),
-            )
-        except (KeyError, ValueError):
-            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +66,10 @@ class RedisSink:
     def send(self, batch: BatchDelta, new: Watermark, expected: Watermark | None) -> None:
         """Start applying ``batch`` without waiting; ``receive`` collects the outcome.
 
-        Redis runs the script while the caller prepares the next batch. Up to
-        ``MAX_IN_FLIGHT`` batches may be in flight; each expects the position the previous
-        one sets, so if one is refused every later one is refused too.
+        Redis runs the script while the caller prepares the next batch. Several batches
+        may be in flight; each expects the position the previous one sets, so if one is
+        refused every later one is refused too.
         """
-        if len(self._in_flight) >= MAX_IN_FLIGHT:
-            raise RuntimeError("too many batches in flight; receive() one first")
         args = (
             self._prefix,
             expected.position if expected else "",
@@ -226,6 +171,22 @@ class RedisSink:
     def forget_heartbeat(self) -> None:
         """Say at once that the projector stopped (instead of letting the beat expire)."""
         self._call(self._client.delete, self.heartbeat_key)
+
+    def eviction_policy(self) -> str:
+        """Redis' ``maxmemory-policy``, read from INFO (which managed services allow)."""
+        info = self._call(self._client.info, "memory")
+        return str(info.get("maxmemory_policy", "unknown"))
+
+    def require_no_eviction(self) -> str:
+        """Refuse a Redis that may evict keys: an evicted board is a silently wrong score."""
+        policy = self.eviction_policy()
+        if policy != "noeviction":
+            raise ConfigError(
+                f"Redis maxmemory-policy is {policy!r}: it may evict boards and silently lose "
+                "scores; set it to noeviction (CONFIG SET maxmemory-policy noeviction, and in "
+                "redis.conf or the managed service's parameter group)"
+            )
+        return policy
 
     def replay_request(self) -> str | None:
         """The id of a pending ``projector replay`` request, if any."""

@@ -20,8 +20,9 @@ from projector.buckets import TIMED_PERIODS, Period, current_bucket
 from projector.lsn import format_lsn, parse_lsn
 from projector.projection import board_key
 from projector.settings import Settings
-from projector.sink import RedisSink, Watermark, as_text
+from projector.sink import RedisSink, as_text
 from projector.stream import slot_info, system_identifier
+from projector.watermark import Watermark
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:

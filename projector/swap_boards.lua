@@ -13,6 +13,19 @@ if redis.call('EXISTS', build .. 'started') == 0 then
   return redis.error_reply('BUILD LOST')
 end
 redis.call('UNLINK', build .. 'started')
+-- Every board the build loaded must still be there (an eviction or a stray UNLINK would
+-- otherwise publish a board as empty): check them all before changing anything.
+do
+  local j = 5
+  j = j + 1 + 2 * tonumber(ARGV[j])
+  local n = tonumber(ARGV[j]); j = j + 1
+  for _ = 1, n do
+    if redis.call('EXISTS', build .. ARGV[j]) == 0 then
+      return redis.error_reply('BUILD LOST ' .. ARGV[j])
+    end
+    j = j + 2
+  end
+end
 
 local i = 5
 local nfields = tonumber(ARGV[i]); i = i + 1
@@ -31,15 +44,13 @@ for _ = 1, nboards do
   i = i + 2
   local final = prefix .. suffix
   redis.call('UNLINK', final)
-  if redis.call('EXISTS', build .. suffix) == 1 then
-    redis.call('RENAME', build .. suffix, final)
-    if expireat == '' then
-      redis.call('PERSIST', final)
-      redis.call('ZADD', registry, 'inf', final)
-    else
-      redis.call('EXPIREAT', final, expireat)
-      redis.call('ZADD', registry, expireat, final)
-    end
+  redis.call('RENAME', build .. suffix, final)
+  if expireat == '' then
+    redis.call('PERSIST', final)
+    redis.call('ZADD', registry, 'inf', final)
+  else
+    redis.call('EXPIREAT', final, expireat)
+    redis.call('ZADD', registry, expireat, final)
   end
 end
 

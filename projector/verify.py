@@ -35,8 +35,9 @@ from projector.pgoutput import Begin, Commit, Decoder, Delete, Insert, Relation,
 from projector.projection import Projection, board_key
 from projector.replication import PrimaryKeepalive
 from projector.settings import Settings
-from projector.sink import RedisSink, Watermark, as_text
+from projector.sink import RedisSink, as_text
 from projector.stream import ReplicationStream
+from projector.watermark import Watermark
 
 _READ_BOARDS_LUA = """
 local out = {redis.call('HGETALL', KEYS[1])}

@@ -16,7 +16,8 @@ import redis
 
 from projector.errors import RebuildRequired
 from projector.projection import BatchDelta
-from projector.sink import RedisSink, Watermark
+from projector.sink import RedisSink
+from projector.watermark import Watermark
 
 PREFIX = "t:"
 ALL = f"{PREFIX}lb:all:all"
