@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from contextlib import suppress
 from collections import deque
 from dataclasses import dataclass
 from importlib import resources
@@ -178,9 +179,15 @@ class RedisSink:
         return str(info.get("maxmemory_policy", "unknown"))
 
     def require_no_eviction(self) -> str:
-        """Refuse a Redis that may evict keys: an evicted board is a silently wrong score."""
+        """Refuse a Redis that may evict keys: an evicted board is a silently wrong score.
+
+        The watermark goes too: boards may have been evicted already, so once the policy
+        is fixed the next start rebuilds instead of trusting them.
+        """
         policy = self.eviction_policy()
         if policy != "noeviction":
+            with suppress(redis.RedisError):
+                self._client.delete(self.watermark_key)
             raise ConfigError(
                 f"Redis maxmemory-policy is {policy!r}: it may evict boards and silently lose "
                 "scores; set it to noeviction (CONFIG SET maxmemory-policy noeviction, and in "

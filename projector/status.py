@@ -17,6 +17,7 @@ import psycopg
 import redis
 
 from projector.buckets import TIMED_PERIODS, Period, current_bucket
+from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn, parse_lsn
 from projector.projection import board_key
 from projector.settings import Settings
@@ -85,13 +86,19 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         info = client.info()
         sink = RedisSink(client, settings.key_prefix)
         wm = sink.read_watermark()
+        policy = str(info.get("maxmemory_policy", "unknown"))
         report["redis"].update(
             reachable=True,
             version=info.get("redis_version"),
             used_memory=info.get("used_memory"),
             used_memory_human=info.get("used_memory_human"),
+            maxmemory_policy=policy,
             boards=_board_sizes(client, settings),
         )
+        if policy != "noeviction":
+            problems.append(
+                f"Redis maxmemory-policy is {policy!r}: boards may be evicted; set noeviction"
+            )
         beat = {as_text(k): as_text(v) for k, v in client.hgetall(sink.heartbeat_key).items()}
         if beat:
             report["projector"] = {
@@ -109,6 +116,14 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             report["watermark"] = _watermark(wm)
             if system_id is not None and wm.system_id != system_id:
                 problems.append("watermark names another PostgreSQL cluster")
+            config = ProjectionConfig.of(settings)
+            report["watermark"]["config_matches"] = wm.fingerprint == config.fingerprint
+            if wm.fingerprint != config.fingerprint:
+                problems.append(
+                    "Redis was built under another configuration ("
+                    + "; ".join(config.changes_since(wm.config))
+                    + "): the projector rebuilds it on start"
+                )
             if server_lsn is not None:
                 lag_bytes = max(0, server_lsn - wm.lsn)
                 report["lag"]["bytes"] = lag_bytes
@@ -196,7 +211,8 @@ def render_status(report: dict[str, Any]) -> str:
             "redis",
             f"{rd['url']} "
             + (
-                f"v{rd.get('version')}, {rd.get('used_memory_human')} used"
+                f"v{rd.get('version')}, {rd.get('used_memory_human')} used, "
+                f"maxmemory-policy {rd.get('maxmemory_policy')}"
                 if rd["reachable"]
                 else f"DOWN: {rd.get('error')}"
             ),
@@ -233,6 +249,8 @@ def _watermark(wm: Watermark) -> dict[str, Any]:
         "commit_time": wm.commit_time.isoformat() if wm.commit_time else None,
         "system_id": wm.system_id,
         "slot": wm.slot,
+        "timeline": wm.timeline,
+        "fingerprint": wm.fingerprint,
         "partial_transaction": (
             {"commit_lsn": format_lsn(wm.tx_lsn), "rows_applied": wm.tx_rows} if wm.tx_lsn else None
         ),
