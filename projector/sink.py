@@ -11,8 +11,8 @@ import json
 import os
 import socket
 import time
-from contextlib import suppress
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
