@@ -16,10 +16,9 @@ from typing import Any
 import psycopg
 import redis
 
-from projector.buckets import TIMED_PERIODS, Period, current_bucket
+from projector.buckets import Period, current_bucket
 from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn, parse_lsn
-from projector.projection import board_key
 from projector.settings import Settings
 from projector.sink import RedisSink, as_text
 from projector.stream import slot_info, system_identifier
@@ -84,7 +83,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
     try:
         info = client.info()
-        sink = RedisSink(client, settings.key_prefix)
+        sink = RedisSink(client, settings.keys)
         wm = sink.read_watermark()
         policy = str(info.get("maxmemory_policy", "unknown"))
         report["redis"].update(
@@ -99,7 +98,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             problems.append(
                 f"Redis maxmemory-policy is {policy!r}: boards may be evicted; set noeviction"
             )
-        beat = {as_text(k): as_text(v) for k, v in client.hgetall(sink.heartbeat_key).items()}
+        beat = {as_text(k): as_text(v) for k, v in client.hgetall(sink.keys.heartbeat).items()}
         if beat:
             report["projector"] = {
                 "alive": True,
@@ -147,7 +146,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
 def wm_updated_at(client: redis.Redis, sink: RedisSink) -> float | None:
     """Unix time the watermark was last written, if recorded."""
-    raw = client.hget(sink.watermark_key, "updated_at")
+    raw = client.hget(sink.keys.watermark, "updated_at")
     if not raw:
         return None
     try:
@@ -227,12 +226,15 @@ def render_status(report: dict[str, Any]) -> str:
 
 
 def _board_sizes(client: redis.Redis, settings: Settings) -> dict[str, dict[str, Any]]:
+    """The size of each board's current bucket, named ``board/period``."""
     tz = settings.zone
     keys = {
-        str(period): board_key(settings.key_prefix, period, current_bucket(period, tz))
-        for period in TIMED_PERIODS
+        f"{board.name}/{period}": settings.keys.board(
+            board.name, period, "all" if period is Period.ALL else current_bucket(period, tz)
+        )
+        for board in settings.boards
+        for period in board.periods
     }
-    keys["all"] = board_key(settings.key_prefix, Period.ALL, "all")
     pipe = client.pipeline(transaction=False)
     for key in keys.values():
         pipe.zcard(key)

@@ -19,14 +19,14 @@ import psycopg
 import redis
 import structlog
 
+from projector.boards import check_publication, check_schema
 from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
 from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn
 from projector.pgoutput import Decoder
-from projector.projection import IDENTITY_COLUMNS, Projection, ReplicaIdentityError
+from projector.projection import Projection, ReplicaIdentityError, identity_columns
 from projector.rebuild import RebuildInterrupted, advisory_lock, rebuild
 from projector.replication import PrimaryKeepalive
-from projector.schema import check_replica_identity
 from projector.session import Actions, Collect, Confirm, Receive, Send, Session
 from projector.settings import Settings
 from projector.sink import RedisSink
@@ -142,7 +142,8 @@ class Worker:
         settings = self.settings
         with self._driving_slot() as (pg, sink):
             sink.require_no_eviction()
-            check_replica_identity(pg, IDENTITY_COLUMNS)
+            check_schema(pg, settings.boards)
+            check_publication(pg, settings.publication, identity_columns(settings.boards))
             stream = ReplicationStream(settings.pg_dsn, settings.slot, settings.publication)
             try:
                 stream.open()
@@ -151,7 +152,7 @@ class Worker:
             except ReplicaIdentityError as exc:
                 # Refused (ConfigError) while the table is still so; once it is fixed, the
                 # changes logged meanwhile still lack old values: only a rebuild is exact.
-                check_replica_identity(pg, IDENTITY_COLUMNS)
+                check_schema(pg, settings.boards)
                 raise RebuildRequired(f"{exc}; the replica identity is fixed now") from exc
             finally:
                 stream.close()
@@ -171,7 +172,7 @@ class Worker:
                         f"another projector process holds slot {settings.slot!r}",
                         service="postgres",
                     )
-                yield pg, RedisSink(redis_client(settings), settings.key_prefix)
+                yield pg, RedisSink(redis_client(settings), settings.keys)
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
         finally:
@@ -263,7 +264,7 @@ class _Streaming:
         self.pg = pg
         self.session = Session(
             applied,
-            Projection(settings.key_prefix, settings.zone, settings.retention),
+            Projection(settings.boards, settings.keys, settings.zone, settings.retention),
             max_tx_changes=settings.max_tx_changes,
             batch_changes=settings.batch_changes,
             status_interval=settings.status_interval,

@@ -18,8 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from projector.boards import DEFAULT_BOARDS
 from projector.buckets import Retention
 from projector.errors import ProtocolError, RebuildRequired
+from projector.keys import Keys
 from projector.pgoutput import (
     Begin,
     Column,
@@ -46,7 +48,7 @@ from projector.session import (
 from projector.watermark import Watermark
 
 REL = 16_384
-ALL = "pomo:lb:all:all"
+ALL = "pomo:lb:pomodoros:all:all"
 NOW_US = 849_000_000_000_000  # 2026-11-25 in PostgreSQL microseconds since 2000
 RELATION = Relation(
     xid=None,
@@ -160,7 +162,9 @@ class Run:
         self.clock = Clock()
         self.session = Session(
             world.redis.watermark,
-            Projection("pomo:", ZoneInfo("UTC"), Retention(36_500, 5_200, 1_200, 100)),
+            Projection(
+                DEFAULT_BOARDS, Keys("pomo:"), ZoneInfo("UTC"), Retention(36_500, 5_200, 1_200, 100)
+            ),
             max_tx_changes=max_tx_changes,
             batch_changes=1_000_000,
             status_interval=10.0,

@@ -226,7 +226,7 @@ def test_the_swap_refuses_a_build_that_lost_a_board(
     publishing the board as empty; build keys carry their safety TTL until then."""
     _insert(migrated_dsn, [("ada", "2026-11-26 10:00+00"), ("bob", "2025-02-01 10:00+00")])
     settings = load_settings(**config)
-    sink = RedisSink(rds, settings.key_prefix)
+    sink = RedisSink(rds, settings.keys)
     ttls: dict[str, int] = {}
 
     def lose_a_board(state: RebuildProgress) -> None:
@@ -267,7 +267,9 @@ def test_a_replica_identity_without_old_values_is_refused_at_start(
     )
     assert run.returncode == 2
     line = run.stderr.strip().splitlines()[-1]
-    assert line.startswith("projector: table public.pomodoros has REPLICA IDENTITY DEFAULT")
+    assert line.startswith(
+        "projector: board 'pomodoros': table public.pomodoros has REPLICA IDENTITY DEFAULT"
+    )
     assert 'ALTER TABLE "public"."pomodoros" REPLICA IDENTITY FULL' in line
 
 
