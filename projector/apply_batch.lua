@@ -7,7 +7,13 @@
 --    "cb": [board key prefix, ...],                 boards to empty first (TRUNCATE)
 --    "cl": [label hash, ...],                       label hashes to empty first
 --    "l": [[label hash, [member, label, ...], [member, ...]], ...]   labels to set / delete
---    "b": [[key, expireat or "", [member, delta, ...]], ...]}       board deltas
+--    "b": [[key, expireat or "", [member, delta, ...], raw], ...],  board deltas; raw = 1:
+--         a key of boards being built: any score kept, no expiry, not registered
+--    "s": {"started": marker, "u": [board key prefix, ...], "x": [key, ...],
+--          "m": [[base, delta, board, expireat or ""], ...]} or absent}
+--         the swap of built boards, applied last: every key in "x" must exist (else the
+--         error "BUILD LOST"); boards under "u" go; each board becomes base + delta
+--         (scores at or below 0 dropped), registered with its expiry.
 -- Returns {"ok", replay request id or ""}, or the error "POSITION <found>" when the
 -- stored position is not the expected one (lost data or a second writer).
 local wm_key, registry = KEYS[1], KEYS[2]
@@ -18,6 +24,17 @@ if found ~= ARGV[1] then
 end
 local batch = cjson.decode(ARGV[3])
 local CHUNK = 2000
+local swap = batch.s
+if swap then
+  if redis.call('EXISTS', swap.started) == 0 then
+    return redis.error_reply('BUILD LOST')
+  end
+  for x = 1, #swap.x do
+    if redis.call('EXISTS', swap.x[x]) == 0 then
+      return redis.error_reply('BUILD LOST ' .. swap.x[x])
+    end
+  end
+end
 
 if #batch.cb > 0 then
   local keys = redis.call('ZRANGE', registry, 0, -1)
@@ -49,6 +66,7 @@ end
 local boards = batch.b
 for bi = 1, #boards do
   local key, expireat, flat = boards[bi][1], boards[bi][2], boards[bi][3]
+  local raw = boards[bi][4] == 1
   local n = #flat / 2
   local fresh = true  -- no member had a score: the key may be new and needs its expiry
   for s = 1, n, CHUNK do
@@ -64,7 +82,7 @@ for bi = 1, #boards do
         fresh = false
         score = score + tonumber(current)
       end
-      if score > 0 then
+      if score > 0 or raw then
         add[#add + 1] = score
         add[#add + 1] = flat[2 * j - 1]
       else
@@ -74,7 +92,7 @@ for bi = 1, #boards do
     if #add > 0 then redis.call('ZADD', key, unpack(add)) end
     if #rem > 0 then redis.call('ZREM', key, unpack(rem)) end
   end
-  if fresh then
+  if fresh and not raw then
     if expireat == '' then
       redis.call('ZADD', registry, 'inf', key)
     else
@@ -82,6 +100,45 @@ for bi = 1, #boards do
       redis.call('EXPIREAT', key, expireat)
     end
   end
+end
+
+if swap then
+  if #swap.u > 0 then
+    local keys = redis.call('ZRANGE', registry, 0, -1)
+    for k = 1, #keys do
+      for p = 1, #swap.u do
+        if string.sub(keys[k], 1, #swap.u[p]) == swap.u[p] then
+          redis.call('UNLINK', keys[k])
+          redis.call('ZREM', registry, keys[k])
+          break
+        end
+      end
+    end
+  end
+  for m = 1, #swap.m do
+    local base, delta, final, expireat = swap.m[m][1], swap.m[m][2], swap.m[m][3], swap.m[m][4]
+    redis.call('UNLINK', final)
+    local has_base, has_delta = redis.call('EXISTS', base), redis.call('EXISTS', delta)
+    if has_base == 1 and has_delta == 1 then
+      redis.call('ZUNIONSTORE', final, 2, base, delta)
+    elseif has_base == 1 then
+      redis.call('RENAME', base, final)
+    elseif has_delta == 1 then
+      redis.call('RENAME', delta, final)
+    end
+    redis.call('UNLINK', base, delta)
+    redis.call('ZREMRANGEBYSCORE', final, '-inf', 0)
+    if redis.call('EXISTS', final) == 1 then
+      if expireat == '' then
+        redis.call('PERSIST', final)
+        redis.call('ZADD', registry, 'inf', final)
+      else
+        redis.call('EXPIREAT', final, expireat)
+        redis.call('ZADD', registry, expireat, final)
+      end
+    end
+  end
+  redis.call('UNLINK', swap.started)
 end
 
 local now = redis.call('TIME')[1]

@@ -103,7 +103,7 @@ def rebuild(
     The caller must hold ``advisory_lock`` for the slot: nobody else may stream from it.
     """
     state = RebuildProgress()
-    report = _reporter(sink, replay_id, state, progress, stop)
+    report = reporter(sink, replay_id, state, progress, stop)
     log.info("rebuild started", reason=reason, slot=settings.slot)
     sink.require_no_eviction()
     config = ProjectionConfig.of(settings)
@@ -121,16 +121,18 @@ def rebuild(
         drop_slot(pg, settings.slot)
     finally:
         pg.close()
-    _discard_stale_builds(sink)
+    discard_stale_builds(sink)
     build = settings.keys.build(uuid.uuid4().hex[:12])
     state.phase = "creating slot"
     report()
-    conns, server = _snapshot_connections(settings, state, settings.rebuild_parallelism)
+    conns, server = snapshot_connections(settings, state, settings.rebuild_parallelism)
     try:
         assert state.lsn is not None
         snapshot_time = conns[0].execute("SELECT now()").fetchone()
-        _mark_started(sink, build)
-        boards, labels = _build_boards(settings, sink, conns, build, state, report)
+        mark_started(sink, build)
+        boards, labels = build_boards(
+            settings, settings.boards, sink, conns, build, state, report, with_labels=True
+        )
     finally:
         for conn in conns:
             conn.close()
@@ -158,15 +160,17 @@ def rebuild(
     return watermark
 
 
-def _snapshot_connections(
-    settings: Settings, state: RebuildProgress, count: int
+def snapshot_connections(
+    settings: Settings, state: RebuildProgress, count: int, *, temporary_slot: str | None = None
 ) -> tuple[list[psycopg.Connection[tuple[object, ...]]], ServerPosition]:
-    """Create the slot; return ``count`` connections inside transactions on its snapshot,
-    and the server's identity and timeline."""
+    """Create the slot (or a temporary one of that name, gone with its connection); return
+    ``count`` connections inside transactions on its snapshot, and the server's identity
+    and timeline. ``state.lsn`` becomes the slot's consistent point."""
     conns: list[psycopg.Connection[tuple[object, ...]]] = []
-    with ReplicationStream(settings.pg_dsn, settings.slot, settings.publication) as stream:
+    slot = temporary_slot or settings.slot
+    with ReplicationStream(settings.pg_dsn, slot, settings.publication) as stream:
         server = stream.identify_system()
-        consistent_point, snapshot = stream.create_slot()
+        consistent_point, snapshot = stream.create_slot(temporary=temporary_slot is not None)
         try:
             for _ in range(count):
                 conn = psycopg.connect(settings.pg_dsn, autocommit=False)
@@ -182,20 +186,23 @@ def _snapshot_connections(
             ) from exc
     # The replication connection is closed: each imported snapshot stays with its connection.
     state.lsn = consistent_point
-    log.info("slot created", slot=settings.slot, consistent_point=format_lsn(consistent_point))
+    log.info("slot created", slot=slot, consistent_point=format_lsn(consistent_point))
     return conns, server
 
 
-def _build_boards(
+def build_boards(
     settings: Settings,
+    boards: tuple[Board, ...],
     sink: RedisSink,
     conns: list[psycopg.Connection[tuple[object, ...]]],
     build: str,
     state: RebuildProgress,
     report: Callable[[], None],
+    *,
+    with_labels: bool,
 ) -> tuple[list[tuple[str, int | None]], list[str]]:
-    """Load every board and label hash into ``build``-prefixed keys; return the boards'
-    (key suffix, expiry) pairs and the label hashes' key suffixes.
+    """Load ``boards`` (and, ``with_labels``, their label hashes) into ``build``-prefixed keys;
+    return the boards' (key suffix, expiry) pairs and the label hashes' key suffixes.
 
     Each query runs on its own connection (same snapshot) so PostgreSQL aggregates one
     period while this process loads another into Redis.
@@ -256,7 +263,7 @@ def _build_boards(
     # Longest first: all-time and year read every row, the day boards only the last weeks.
     tasks: list[Callable[[psycopg.Connection[tuple[object, ...]]], Found]] = []
     for period in (Period.ALL, Period.YEAR, Period.MONTH, Period.WEEK, Period.DAY):
-        for board in settings.boards:
+        for board in boards:
             if period not in board.periods:
                 continue
             if period is Period.ALL:
@@ -264,25 +271,25 @@ def _build_boards(
             else:
                 tasks.append(functools.partial(period_task, board, period))
     label_suffixes = []
-    for labels in label_sources(settings.boards):
+    for labels in label_sources(boards) if with_labels else ():
         tasks.append(functools.partial(labels_task, labels))
         label_suffixes.append(keys.without_prefix(keys.labels(labels)))
     state.phase = "loading boards"
     report()
     idle = list(conns)
-    boards: Found = []
+    found: Found = []
     with ThreadPoolExecutor(max_workers=len(conns), thread_name_prefix="rebuild") as pool:
         pending: dict[Future[Found], Any] = {}
         for task in tasks:
             if not idle:
                 done_future = next(as_completed(pending))
                 idle.append(pending.pop(done_future))
-                boards.extend(done_future.result())
+                found.extend(done_future.result())
             conn = idle.pop()
             pending[pool.submit(task, conn)] = conn
         for future in as_completed(pending):
-            boards.extend(future.result())
-    return boards, label_suffixes
+            found.extend(future.result())
+    return found, label_suffixes
 
 
 class _Loader:
@@ -435,7 +442,7 @@ def _out_of_memory(exc: Exception) -> ConnectionLost:
     )
 
 
-def _mark_started(sink: RedisSink, build: str) -> None:
+def mark_started(sink: RedisSink, build: str) -> None:
     """Set the build's marker before its first key: the swap refuses a build without it,
     as Redis then lost keys of it (flushed, cleared or restarted) and it is incomplete."""
     try:
@@ -444,12 +451,12 @@ def _mark_started(sink: RedisSink, build: str) -> None:
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
 
 
-def _discard_stale_builds(sink: RedisSink) -> None:
+def discard_stale_builds(sink: RedisSink) -> None:
     """Remove build keys a crashed rebuild left behind (they also expire on their own)."""
     unlink_matching(sink.client, sink.keys.builds)
 
 
-def _reporter(
+def reporter(
     sink: RedisSink,
     replay_id: str | None,
     state: RebuildProgress,
