@@ -313,8 +313,8 @@ class _Loader:
 
     def load_hash(self, key: str, rows: Any) -> None:
         chunk: dict[str, str] = {}
-        for user_id, name in rows:
-            chunk[user_id] = name
+        for member, name in rows:
+            chunk[member] = name
             if len(chunk) >= _CHUNK:
                 self._queue("hset", key, chunk)
                 chunk = {}
@@ -330,7 +330,7 @@ class _Loader:
         current_start: date | None = None
         target: tuple[str, int | None] | None = None
         chunk: dict[str, int] = {}
-        for start, user_id, count in rows:
+        for start, member, score in rows:
             if start != current_start:
                 if chunk and target is not None:
                     self._queue("zadd", build + target[0], chunk)
@@ -342,7 +342,7 @@ class _Loader:
                     yield target
             if target is None:
                 continue
-            chunk[user_id] = count
+            chunk[member] = score
             if len(chunk) >= _CHUNK:
                 self._queue("zadd", build + target[0], chunk)
                 chunk = {}
@@ -353,10 +353,10 @@ class _Loader:
         """Load one board; return how many members it has."""
         chunk: dict[str, int] = {}
         members = 0
-        for user_id, count in rows:
-            self._rows += count
+        for member, score in rows:
+            self._rows += score
             members += 1
-            chunk[user_id] = count
+            chunk[member] = score
             if len(chunk) >= _CHUNK:
                 self._queue("zadd", key, chunk)
                 chunk = {}
