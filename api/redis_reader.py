@@ -153,6 +153,8 @@ class RedisReader:
         self._prefix = prefix.encode()
         self._users = self._prefix + b"users"
         self._watermark = self._prefix + b"watermark"
+        # The projector publishes each new watermark LSN here (apply_batch.lua, swap_boards.lua).
+        self.events_channel = self._prefix + b"events"
         self._timeout = timeout
         self._scripts = {
             script: hashlib.sha1(script.encode()).hexdigest()

@@ -80,4 +80,5 @@ end
 local now = redis.call('TIME')[1]
 redis.call('ZREMRANGEBYSCORE', registry, '-inf', '(' .. now)
 redis.call('HSET', wm_key, 'position', ARGV[3], unpack(batch.w))
+for k = 1, #batch.w, 2 do if batch.w[k] == 'lsn' then redis.call('PUBLISH', prefix .. 'events', batch.w[k + 1]) end end
 return {'ok', redis.call('GET', prefix .. 'replay:request') or ''}

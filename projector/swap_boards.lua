@@ -54,4 +54,5 @@ redis.call('HSET', wm_key, 'position', ARGV[4], unpack(wm_args))
 if ARGV[3] ~= '' and redis.call('GET', prefix .. 'replay:request') == ARGV[3] then
   redis.call('DEL', prefix .. 'replay:request')
 end
+for k = 1, #wm_args, 2 do if wm_args[k] == 'lsn' then redis.call('PUBLISH', prefix .. 'events', wm_args[k + 1]) end end
 return 'ok'
