@@ -204,6 +204,11 @@ class App:
         await running.pool.close()
         await running.redis.aclose()
 
+    def close_streams(self) -> None:
+        """End every event stream now (the server is about to stop); new ones get 503."""
+        if self._running is not None:
+            self._running.events.close()
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()

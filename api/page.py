@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 from api.errors import NotFound
 
@@ -58,9 +58,11 @@ class Page:
     """The page and its assets, loaded from the package at start-up."""
 
     def __init__(self) -> None:
-        folder = resources.files("api").joinpath("static")
-        self._assets = {name: _asset(name, folder.joinpath(name).read_bytes()) for name in _ASSETS}
-        html = folder.joinpath("index.html").read_bytes()
+        # Beside this module (not via importlib.resources("api"): the tests' own "api"
+        # package can shadow that name).
+        folder = Path(__file__).resolve().parent / "static"
+        self._assets = {name: _asset(name, (folder / name).read_bytes()) for name in _ASSETS}
+        html = (folder / "index.html").read_bytes()
         for name, asset in self._assets.items():
             html = html.replace(
                 b'"/static/%s"' % name.encode(),
