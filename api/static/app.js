@@ -67,7 +67,7 @@ function entryRow(entry, before, me) {
   const id = document.createElement("span");
   id.className = "id";
   id.textContent = entry.user_id;
-  name.append(id);
+  name.append(" ", id);
   const score = document.createElement("td");
   score.className = "num";
   score.textContent = entry.score.toLocaleString("en");
