@@ -87,8 +87,6 @@ class App:
         self._openapi = _encode(openapi_document())
         self._access_log = settings.api_access_log
         self.page = Page()
-        # Seconds between comments on an idle event stream (proxies close silent ones).
-        self.sse_heartbeat = 15.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -324,7 +322,7 @@ class App:
         """Serve one event stream; errors before the first byte become error responses."""
         running = await self._started()
         try:
-            await running.events.stream(key, receive, send, self.sse_heartbeat)
+            await running.events.stream(key, receive, send)
         except ApiError:
             raise
         except OSError as exc:  # the client went away mid-write

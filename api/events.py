@@ -4,10 +4,13 @@ Clients of ``GET /v1/leaderboards/{period}/events`` subscribe to a board: (perio
 "the current one", limit). On each tick of the ``WatermarkFeed`` every distinct board with
 subscribers is read once, whatever the number of clients, and its JSON (the body of
 ``GET /v1/leaderboards/{period}``) is pushed only to that board's subscribers and only when
-it changed (``as_of`` alone moving is no change). A slow client skips to the newest state
-instead of queueing old ones. The first event is sent on connect, a comment every
-``heartbeat`` seconds keeps proxies from closing an idle stream, and every stream ends
-cleanly when the client goes away or the server shuts down.
+it changed (``as_of`` alone moving is no change). Reads start at most every
+``min_interval`` seconds (ticks meanwhile coalesce): a lone commit is pushed at once, a busy
+board at most ten times a second, which nobody can read faster and which bounds the writes
+a thousand clients cost. A slow client skips to the newest state instead of queueing old
+ones. The first event is sent on connect, a comment keeps a stream that has been silent for
+``heartbeat`` seconds open through proxies, and every stream ends cleanly when the client
+goes away or the server shuts down.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,11 +60,12 @@ class BoardKey:
 class _Subscriber:
     """One stream's mailbox: only the newest frame is kept."""
 
-    __slots__ = ("_wake", "closed", "pending")
+    __slots__ = ("_wake", "closed", "pending", "sent_at")
 
     def __init__(self) -> None:
         self.pending: bytes | None = None
         self.closed = False
+        self.sent_at = time.monotonic()
         self._wake = asyncio.Event()
 
     def push(self, frame: bytes) -> None:
@@ -77,12 +82,10 @@ class _Subscriber:
         frame, self.pending = self.pending, None
         return frame
 
-    async def next(self, timeout: float) -> bytes | None:
-        """The newest frame not yet sent; None after ``timeout`` seconds without one."""
+    async def next(self) -> bytes | None:
+        """The newest frame not yet sent (None once closed)."""
         if self.pending is None and not self.closed:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+            await self._wake.wait()
         return self.take()
 
 
@@ -104,13 +107,18 @@ class BoardEvents:
         read: Callable[[BoardQuery], Awaitable[dict[str, Any]]],
         feed: WatermarkFeed,
         tz: ZoneInfo,
+        *,
+        heartbeat: float = 15.0,
+        min_interval: float = 0.1,
     ) -> None:
         self._read = read
         self._feed = feed
         self._tz = tz
+        self.heartbeat = heartbeat
+        self.min_interval = min_interval
         self._boards: dict[BoardKey, _Board] = {}
         self._seq = itertools.count(1)
-        self._pump_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.reads = 0  # board reads made, for tests and metrics
 
@@ -120,8 +128,11 @@ class BoardEvents:
         return sum(len(board.subscribers) for board in self._boards.values())
 
     def start(self) -> None:
-        if self._pump_task is None:
-            self._pump_task = asyncio.create_task(self._pump(), name="board-events")
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._pump(), name="board-events"),
+                asyncio.create_task(self._beat(), name="board-events-heartbeat"),
+            ]
 
     def close(self) -> None:
         """End every stream (server shutdown) and refuse new ones."""
@@ -132,13 +143,14 @@ class BoardEvents:
 
     async def stop(self) -> None:
         self.close()
-        task, self._pump_task = self._pump_task, None
-        if task is not None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def stream(self, key: BoardKey, receive: Receive, send: Send, heartbeat: float) -> bool:
+    async def stream(self, key: BoardKey, receive: Receive, send: Send) -> bool:
         """Serve one client until it leaves or the server stops; False if it left first.
 
         Raises ``ApiError`` (before anything is sent) when the board cannot be read at all.
@@ -151,16 +163,12 @@ class BoardEvents:
             first = subscriber.take() or b""
             await send({"type": "http.response.body", "body": _RETRY + first, "more_body": True})
             while True:
-                frame = await subscriber.next(heartbeat)
+                frame = await subscriber.next()
                 if subscriber.closed:
                     break
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": _HEARTBEAT if frame is None else frame,
-                        "more_body": True,
-                    }
-                )
+                if frame is not None:
+                    subscriber.sent_at = time.monotonic()
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
             left = watcher.done()
             if not left:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -207,12 +215,27 @@ class BoardEvents:
         """Refresh the watched boards after each tick; ticks during a refresh coalesce."""
         feed = self._feed
         version = feed.version
+        started = 0.0
         while True:
             # The feed ticks at least every poll interval; the timeout only guards a dead feed.
             version = await feed.wait(version, 2 * feed.poll_interval)
+            wait = started + self.min_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            started = time.monotonic()
             boards = list(self._boards.values())
             if boards:
                 await asyncio.gather(*(self._refresh_quietly(board) for board in boards))
+
+    async def _beat(self) -> None:
+        """A comment to every stream silent for ``heartbeat`` seconds."""
+        while True:
+            await asyncio.sleep(min(self.heartbeat / 4, 1.0))
+            silent = time.monotonic() - self.heartbeat
+            for board in self._boards.values():
+                for subscriber in board.subscribers:
+                    if subscriber.sent_at <= silent and subscriber.pending is None:
+                        subscriber.push(_HEARTBEAT)
 
     async def _refresh_quietly(self, board: _Board) -> None:
         try:

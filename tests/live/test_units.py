@@ -70,12 +70,12 @@ def test_each_distinct_board_is_read_once_per_tick_and_pushed_only_on_change() -
     async def scenario() -> None:
         boards = FakeBoards()
         feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
-        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"))
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
         hub.start()
         day = BoardKey(Period.DAY, "2026-11-30", 10)
         week = BoardKey(Period.WEEK, "2026-W49", 3)
         clients = [(Client(), day) for _ in range(30)] + [(Client(), week) for _ in range(5)]
-        tasks = [asyncio.create_task(hub.stream(key, c.receive, c.send, 60)) for c, key in clients]
+        tasks = [asyncio.create_task(hub.stream(key, c.receive, c.send)) for c, key in clients]
         await _settle()
         assert hub.streams == 35
         assert all(len(c.events) == 1 for c, _ in clients)  # the first event at once
@@ -119,11 +119,11 @@ def test_ticks_during_a_read_coalesce_and_slow_clients_skip_to_the_newest() -> N
             return await boards.read(query)
 
         feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
-        hub = BoardEvents(slow_read, feed, ZoneInfo("UTC"))
+        hub = BoardEvents(slow_read, feed, ZoneInfo("UTC"), min_interval=0)
         hub.start()
         key = BoardKey(Period.ALL, None, 10)
         client = Client()
-        task = asyncio.create_task(hub.stream(key, client.receive, client.send, 60))
+        task = asyncio.create_task(hub.stream(key, client.receive, client.send))
         await _settle()
         reads = sum(boards.reads.values())
         gate.clear()
@@ -149,7 +149,7 @@ def test_closing_ends_streams_and_refuses_new_ones() -> None:
     async def scenario() -> None:
         boards = FakeBoards()
         feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
-        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"))
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
         client = Client()
         ended: list[dict[str, Any]] = []
 
@@ -157,9 +157,7 @@ def test_closing_ends_streams_and_refuses_new_ones() -> None:
             ended.append(message)
             await client.send(message)
 
-        task = asyncio.create_task(
-            hub.stream(BoardKey(Period.DAY, None, 5), client.receive, send, 60)
-        )
+        task = asyncio.create_task(hub.stream(BoardKey(Period.DAY, None, 5), client.receive, send))
         await _settle()
         hub.close()
         assert await task is True
@@ -167,7 +165,37 @@ def test_closing_ends_streams_and_refuses_new_ones() -> None:
         from api.errors import Unavailable
 
         with pytest.raises(Unavailable):
-            await hub.stream(BoardKey(Period.DAY, None, 5), client.receive, client.send, 60)
+            await hub.stream(BoardKey(Period.DAY, None, 5), client.receive, client.send)
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_change_is_pushed_at_once_a_busy_board_at_most_every_min_interval() -> None:
+    """The first tick is read at once; ticks right after it wait for min_interval."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0.3)
+        hub.start()
+        client = Client()
+        task = asyncio.create_task(
+            hub.stream(BoardKey(Period.ALL, None, 10), client.receive, client.send)
+        )
+        await asyncio.sleep(0.4)
+        reads = sum(boards.reads.values())
+        feed.heard(2)
+        await asyncio.sleep(0.05)
+        assert sum(boards.reads.values()) == reads + 1  # at once
+        for lsn in range(3, 8):
+            feed.heard(lsn)
+            await asyncio.sleep(0.02)
+        assert sum(boards.reads.values()) == reads + 1  # held back...
+        await asyncio.sleep(0.35)
+        assert sum(boards.reads.values()) == reads + 2  # ...then one read for all five
+        client.hang_up.set()
+        await task
+        await hub.stop()
 
     asyncio.run(scenario())
 
