@@ -23,8 +23,10 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -165,6 +167,20 @@ def client_main(port: int, count: int) -> int:
 # --- the benchmark ----------------------------------------------------------------------------
 
 
+def streams_per_worker(port: int, scrapes: int = 30) -> dict[str, int]:
+    """Open streams by worker PID, from ``/metrics`` scraped until each worker answered."""
+    found: dict[str, int] = {}
+    for _ in range(scrapes):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        for worker, count in re.findall(rb'api_event_streams\{worker="(\d+)"\} (\d+)', data):
+            found[worker.decode()] = int(count)
+    return found
+
+
 def write(dsn: str, rate: float, duration: float) -> list[list[Any]]:
     """Commit ``rate`` pomodoros per second; return [end LSN, time returned] of each."""
     commits: list[list[Any]] = []
@@ -260,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
             assert clients.stdin is not None and clients.stdout is not None
             started = time.monotonic()
             ready = json.loads(clients.stdout.readline())
+            results["connect_s"] = round(time.monotonic() - started, 1)
+            results["streams_per_worker"] = streams_per_worker(server.port)
             print(
-                f"{ready['ready']:,} clients connected in {time.monotonic() - started:.1f} s "
-                f"({ready['failed']} failed)",
+                f"{ready['ready']:,} clients connected in {results['connect_s']} s "
+                f"({ready['failed']} failed); streams per worker "
+                f"{results['streams_per_worker']}",
                 flush=True,
             )
             time.sleep(2)
@@ -274,7 +293,6 @@ def main(argv: list[str] | None = None) -> int:
             clients.stdin.flush()
             measured = json.loads(clients.stdout.readline())
             results["commits"] = len(commits)
-            results["connect_s"] = round(time.monotonic() - started, 1)
             results.update(measured)
         finally:
             if clients.poll() is None:
