@@ -129,8 +129,9 @@ def _paths() -> dict[str, Any]:
                 "of `GET /v1/leaderboards/{period}` with the same `bucket` and `limit` (offset "
                 "0), and its `id` the watermark LSN. The first event is sent at once; the next "
                 "ones when the board's answer changes (pushed when the projector applies a "
-                "batch). A comment line (`: keep-alive`) comes every 15 s while nothing "
-                "changes. Without `bucket` the stream follows the current bucket (a new day at "
+                "batch), at most ten a second (a burst is coalesced into its newest state). A "
+                "comment line (`: keep-alive`) follows 15 s of silence. Without `bucket` the "
+                "stream follows the current bucket (a new day at "
                 "midnight). The stream ends when the server shuts down; EventSource clients "
                 "reconnect by themselves (`retry: 1000`).",
                 "parameters": [{"$ref": p + name} for name in ("period", "bucket", "limit")],

@@ -225,6 +225,11 @@ class DemoWriter:
                 raise ProjectorError(
                     f"the demo needs the schema: run `projector migrate` first ({exc})"
                 ) from exc
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise ProjectorError(
+                    "the demo writes like an app: its role needs INSERT and UPDATE on users "
+                    f"and INSERT, UPDATE and DELETE on pomodoros ({exc})"
+                ) from exc
             except psycopg.OperationalError as exc:
                 self.stats.connection_failures += 1
                 log.warning(

@@ -138,3 +138,25 @@ def test_demo_backs_off_while_postgres_is_down_and_stops_at_once(tmp_path: Path)
     # Waits of 0.5, 1, 2, 2... s: four or five attempts in four seconds, not hundreds.
     assert 3 <= len(retries) <= 5, log.read_text()
     assert [float(r) for r in retries[:4]] == [0.5, 1.0, 2.0, 2.0][: len(retries[:4])]
+
+
+def test_demo_without_the_schema_says_to_migrate(postgres_server: Any, tmp_path: Path) -> None:
+    """Against a database without the tables: one line naming the fix, exit status 1."""
+    postgres_server.start()
+    import servers
+
+    name = servers.unique_database_name("demo_bare")
+    dsn = postgres_server.create_database(name)
+    try:
+        result = subprocess.run(
+            [projector_executable(), "demo"],
+            env=settings_env({"pg_dsn": dsn}),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        postgres_server.drop_database(name)
+    assert result.returncode == 1
+    assert "run `projector migrate` first" in result.stderr
+    assert "Traceback" not in result.stderr
