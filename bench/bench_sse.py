@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return client_main(args.port, args.clients)
 
     _raise_fd_limit()  # inherited by the API workers
+    # Stopped from outside (a timeout): still stop the servers and processes it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     print(json.dumps(machine(), indent=2))
     logs = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     results: dict[str, Any] = {
