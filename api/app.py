@@ -40,6 +40,7 @@ from api.postgres_reader import PostgresReader, configure_connection
 from api.redis_reader import RedisReader
 from api.routes import BoardQuery
 from api.sources import Sources
+from projector.boards import Board
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings
 
@@ -320,15 +321,19 @@ class App:
                 client=(scope.get("client") or ("", 0))[0],
             )
 
+    def _board_of(self, route: str, args: list[bytes]) -> tuple[Board, list[bytes], bool]:
+        """The board a route is about, the rest of its arguments, and whether it is one of
+        the default board's historical (alias) routes."""
+        if route in (routes.BOARD_PAGE, routes.MEMBER, routes.BOARD_EVENTS):
+            return routes.board_named(args[0], self._boards), args[1:], False
+        return self._default, args, True
+
     def _board_key(self, route: str, args: list[bytes], query_string: bytes) -> BoardKey:
         """What ``GET .../events`` watches; without ``bucket``, the current bucket as it
         changes."""
         params = routes.parse_query_string(query_string, route)
-        if route == routes.EVENTS:
-            query = routes.board_query(args, params, self._tz, self._default)
-        else:
-            board = routes.board_named(args[0], self._boards)
-            query = routes.board_query(args[1:], params, self._tz, board, alias=False)
+        board, args, alias = self._board_of(route, args)
+        query = routes.board_query(args, params, self._tz, board, alias=alias)
         bucket = params.get("bucket") and query.bucket
         return BoardKey(query.period, bucket, query.limit, query.board, query.alias)
 
@@ -379,19 +384,13 @@ class App:
         params = routes.parse_query_string(query_string, route)
         tz = self._tz
         if route == routes.BOARD or route == routes.BOARD_PAGE:
-            if route == routes.BOARD:
-                board_query = routes.board_query(args, params, tz, self._default)
-            else:
-                board = routes.board_named(args[0], self._boards)
-                board_query = routes.board_query(args[1:], params, tz, board, alias=False)
+            board, args, alias = self._board_of(route, args)
+            board_query = routes.board_query(args, params, tz, board, alias=alias)
             page, source = await (await self._sources()).board(board_query)
             body = board_json(board_query, page, source, tz)
         elif route == routes.STANDING or route == routes.MEMBER:
-            if route == routes.STANDING:
-                standing_query = routes.standing_query(args, params, tz, self._default)
-            else:
-                board = routes.board_named(args[0], self._boards)
-                standing_query = routes.standing_query(args[1:], params, tz, board, alias=False)
+            board, args, alias = self._board_of(route, args)
+            standing_query = routes.standing_query(args, params, tz, board, alias=alias)
             standing, source = await (await self._sources()).standing(standing_query)
             body = standing_json(standing_query, standing, source, tz)
         else:
