@@ -232,7 +232,8 @@ class Worker:
                 slot=slot_name,
                 lsn=wm.lsn,
             )
-        if wm.timeline != server.timeline:
+        # Timeline 0: recorded by a version before timelines were (its fingerprint differs).
+        if wm.timeline and wm.timeline != server.timeline:
             raise RebuildRequired(
                 f"Redis was built on timeline {wm.timeline}, PostgreSQL is on timeline "
                 f"{server.timeline} (point-in-time recovery or promotion)",

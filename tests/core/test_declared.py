@@ -358,3 +358,38 @@ def test_a_truncate_while_a_board_is_built_builds_it_again(
         projected.assert_exact()
         assert "building boards again" in proc.log_text()
     proc.check()
+
+
+def test_an_upgrade_from_the_layout_without_board_names_rebuilds_and_swaps_atomically(
+    migrated_dsn: str, start_process: StartProcess, rds: redis.Redis
+) -> None:
+    """Redis as the previous version left it (keys pomo:lb:{period}:{bucket}, a watermark
+    without fingerprint): the first start rebuilds once; old keys are gone, new ones exact."""
+    proc, projected = start_process()
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO pomodoros (user_id, completed_at) VALUES"
+            " ('ada', '2026-11-26 10:00+00'), ('bob', '2026-11-27 10:00+00')"
+        )
+    projected.assert_exact()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    # Rewrite Redis into the previous version's shape.
+    for key in list(rds.scan_iter(match="pomo:lb:pomodoros:*")):
+        old = key.decode().replace("lb:pomodoros:", "lb:", 1)
+        rds.rename(key, old)
+        rds.zadd("pomo:boards", {old: "inf"})
+        rds.zrem("pomo:boards", key)
+    for field in ("fingerprint", "config", "timeline"):
+        rds.hdel("pomo:watermark", field)
+    wm = watermark(rds)
+    rds.hset("pomo:watermark", "position", wm["position"].rsplit(":", 1)[0])
+    assert rds.exists("pomo:lb:day:2026-11-26")
+
+    proc, projected = start_process()
+    _wait_log(proc, "rebuild finished")
+    assert "did not record its configuration" in proc.log_text()
+    projected.assert_exact()
+    assert not [
+        k for k in rds.scan_iter(match="pomo:lb:*") if not k.startswith(b"pomo:lb:pomodoros:")
+    ]
