@@ -1,0 +1,447 @@
+"""The nemesis: faults drawn at random and injected while the workload writes.
+
+`plan_faults` picks a round's faults from its seed; the first one cycles through every
+kind with consecutive seeds (so any run of `len(FAULT_KINDS)` rounds exercises them all),
+a second one is random. `Nemesis.run` injects them one after another on the soak's main
+thread (projectors are started from it only); `Nemesis.heal` ends every fault still in
+force. Each injection is recorded with what it actually did (a kill between chunks that
+found no chunk to land between is recorded as missed).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from tests.core.support import parse_lsn, projector_executable, settings_env
+from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, PREFIX, ZONES, Cluster, Projector
+from tests.soak.workload import Instants, ballast, big_transaction_body
+
+FAULT_KINDS = (
+    "kill9",
+    "kill9_mid_chunk",
+    "sigstop",
+    "pg_restart_fast",
+    "pg_restart_immediate",
+    "redis_restart_empty",
+    "redis_restart_old_snapshot",
+    "flushall",
+    "pg_net_stall",
+    "pg_net_cut",
+    "redis_net_stall",
+    "redis_net_cut",
+    "short_wal_sender_timeout",
+    "zombie",
+    "replay",
+    "timezone_change",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A fault to inject ``at`` seconds after the workload started."""
+
+    kind: str
+    at: float
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPlan:
+    faults: tuple[Fault, ...]
+    # When to SAVE the Redis snapshot that redis_restart_old_snapshot restores (if planned),
+    # and whether to SAVE it while a large transaction is part-applied (chunk marker set).
+    snapshot_at: float | None
+    snapshot_mid_chunk: bool = False
+
+
+@dataclass(slots=True)
+class FaultRecord:
+    """What an injection did: when, how long, and the details that tell it apart."""
+
+    kind: str
+    at: float
+    seconds: float = 0.0
+    hit: bool = True  # False: the moment it aimed at never came (recorded, not counted)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "at": round(self.at, 3),
+            "seconds": round(self.seconds, 3),
+            "hit": self.hit,
+            **self.detail,
+        }
+
+    def describe(self) -> str:
+        shown = {k: v for k, v in self.detail.items() if k not in ("stderr",)}
+        extra = ", ".join(f"{k}={v}" for k, v in shown.items())
+        missed = " MISSED" if not self.hit else ""
+        return f"{self.kind}@{self.at:.2f}s{missed}" + (f" ({extra})" if extra else "")
+
+
+def plan_faults(seed: int, rng: random.Random) -> FaultPlan:
+    """One or two faults; the first is ``FAULT_KINDS[seed % len(FAULT_KINDS)]``.
+
+    A short wal_sender_timeout is a condition more than an event: it always comes with a
+    second fault that makes the projector re-read the stream (a restart, a kill between
+    chunks, a cut), which is when keepalives from the walsender matter most.
+    """
+    first = FAULT_KINDS[seed % len(FAULT_KINDS)]
+    kinds = [first]
+    if first == "short_wal_sender_timeout":
+        companions = [kind for kind, _ in _RE_READ_WEIGHTS]
+        kinds += rng.choices(companions, weights=[w for _, w in _RE_READ_WEIGHTS])
+    elif rng.random() < 0.6:
+        kinds.append(rng.choice([k for k in FAULT_KINDS if k != first]))
+    at = rng.uniform(0.05, 0.8)
+    faults = []
+    for kind in kinds:
+        faults.append(Fault(kind, at, rng.randrange(1 << 30)))
+        at += rng.uniform(0.2, 1.0)  # injections are sequential: this is the earliest
+    snapshot_at = None
+    snapshot_mid_chunk = False
+    restore = next((f for f in faults if f.kind == "redis_restart_old_snapshot"), None)
+    if restore is not None:
+        snapshot_at = rng.uniform(0.0, max(0.0, restore.at - 0.2))
+        snapshot_mid_chunk = rng.random() < 0.4
+    return FaultPlan(tuple(faults), snapshot_at, snapshot_mid_chunk)
+
+
+# Faults after which the projector reads the stream again from its watermark.
+_RE_READ_WEIGHTS = (
+    ("kill9_mid_chunk", 4),
+    ("kill9", 1),
+    ("sigstop", 1),
+    ("pg_restart_fast", 1),
+    ("pg_restart_immediate", 1),
+    ("redis_restart_old_snapshot", 2),
+    ("pg_net_cut", 1),
+    ("redis_net_stall", 1),
+)
+
+
+class Nemesis:
+    """Injects a round's faults into the cluster and heals them afterwards."""
+
+    def __init__(self, cluster: Cluster, instants: Instants, workdir: Path) -> None:
+        self.cluster = cluster
+        self.instants = instants
+        self.snapshot_path = workdir / "older.rdb"
+        self.records: list[FaultRecord] = []
+        self._snapshot: dict[str, str] | None = None
+        self._wal_sender_timeout_changed = False
+        self._replay_thread: threading.Thread | None = None
+        self._replay_record: FaultRecord | None = None
+        self._t0 = time.monotonic()
+
+    # -- schedule --------------------------------------------------------------------
+
+    def run(self, plan: FaultPlan, started: float) -> list[FaultRecord]:
+        """Inject the plan's faults at their times (relative to ``started``), in order."""
+        self._t0 = started
+        actions: list[tuple[float, Callable[[], None]]] = []
+        if plan.snapshot_at is not None:
+            save: Callable[[], None] = self._save_snapshot
+            if plan.snapshot_mid_chunk:
+                save = functools.partial(self._save_snapshot_mid_chunk, plan.faults[0].seed)
+            actions.append((plan.snapshot_at, save))
+        for fault in plan.faults:
+            actions.append((fault.at, functools.partial(self._inject, fault)))
+        actions.sort(key=lambda action: action[0])
+        for at, action in actions:
+            delay = started + at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            action()
+        return self.records
+
+    def _inject(self, fault: Fault) -> None:
+        record = FaultRecord(fault.kind, time.monotonic() - self._t0)
+        self.records.append(record)
+        began = time.monotonic()
+        getattr(self, f"_{fault.kind}")(random.Random(fault.seed), record)
+        record.seconds = time.monotonic() - began
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _restart_projector_if_none(self, rng: random.Random) -> None:
+        time.sleep(rng.uniform(0.0, 0.4))
+        if not self.cluster.running():
+            self.cluster.spawn_projector()
+
+    def _victim(self, record: FaultRecord) -> Projector | None:
+        victim = self.cluster.active()
+        if victim is None:
+            record.hit = False
+            record.detail["why"] = "no projector running"
+        return victim
+
+    # -- the faults ------------------------------------------------------------------
+
+    def _kill9(self, rng: random.Random, record: FaultRecord) -> None:
+        victim = self._victim(record)
+        if victim is not None:
+            victim.kill9()
+        self._restart_projector_if_none(rng)
+
+    def _kill9_mid_chunk(self, rng: random.Random, record: FaultRecord) -> None:
+        """Commit a transaction over the atomic limit and kill -9 once a chunk is applied."""
+        for attempt in range(1, 4):
+            victim = self._victim(record)
+            if victim is None:
+                break
+            rows = self._between_chunks(rng, victim.kill9, victim)
+            record.detail["attempts"] = attempt
+            if rows:
+                record.hit = True
+                record.detail["tx_rows"] = rows
+                break
+            record.hit = False
+            record.detail["why"] = "every chunk was applied before a poll saw one"
+        self._restart_projector_if_none(rng)
+
+    def _between_chunks(
+        self, rng: random.Random, action: Callable[[], None], victim: Projector | None
+    ) -> int:
+        """Commit a large transaction; run ``action`` as soon as Redis shows it part-applied.
+
+        Returns the chunk marker (``tx_rows``) seen then, or 0 when every chunk was applied
+        between two polls (or the victim died first). Most of these transactions first
+        write a table outside the publication (see ``workload.ballast``).
+        """
+        committed: list[int] = []
+        failure: list[BaseException] = []
+        with_ballast = rng.random() < 0.7
+        rows = rng.randint(1_800, 3_000)
+        tx_rng = random.Random(rng.randrange(1 << 30))
+
+        def write() -> None:
+            try:
+                with psycopg.connect(self.cluster.dsn, autocommit=True) as conn:
+                    with conn.transaction():
+                        if with_ballast:
+                            ballast(conn, tx_rng.randint(30_000, 80_000))
+                        big_transaction_body(conn, tx_rng, self.instants, rows=rows)
+                    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+                    assert row is not None
+                    committed.append(parse_lsn(row[0]))
+            except BaseException as exc:
+                failure.append(exc)
+
+        writer = threading.Thread(target=write, name="big-transaction", daemon=True)
+        writer.start()
+        deadline = time.monotonic() + 15
+        seen = 0
+        with self.cluster.client() as client:
+            key = f"{PREFIX}watermark"
+            while time.monotonic() < deadline and (victim is None or victim.running):
+                tx_rows, lsn = client.hmget(key, "tx_rows", "lsn")
+                if tx_rows is not None and int(tx_rows) > 0:
+                    action()
+                    seen = int(tx_rows)
+                    break
+                if committed and lsn is not None and parse_lsn(lsn.decode()) >= committed[0]:
+                    break  # applied in full between two polls
+                if failure:
+                    break
+                time.sleep(0.0003)
+        writer.join(30)
+        return seen
+
+    def _sigstop(self, rng: random.Random, record: FaultRecord) -> None:
+        victim = self._victim(record)
+        if victim is None:
+            return
+        hold = self.cluster.wal_sender_timeout() + rng.uniform(0.3, 1.0)
+        record.detail["stopped_for"] = round(hold, 2)
+        victim.pause()
+        time.sleep(hold)
+        victim.resume()
+
+    def _pg_restart_fast(self, rng: random.Random, record: FaultRecord) -> None:
+        self.cluster.pg.restart("fast")
+
+    def _pg_restart_immediate(self, rng: random.Random, record: FaultRecord) -> None:
+        self.cluster.pg.restart("immediate")
+
+    def _redis_restart_empty(self, rng: random.Random, record: FaultRecord) -> None:
+        self.cluster.redis.restart_from(None)
+
+    def _save_snapshot(self) -> None:
+        """SAVE Redis now and keep the file, for redis_restart_old_snapshot to restore."""
+        with self.cluster.client() as client:
+            client.save()
+            self._snapshot = _watermark_summary(client)
+        shutil.copyfile(self.cluster.redis.rdb_path, self.snapshot_path)
+
+    def _save_snapshot_mid_chunk(self, seed: int) -> None:
+        """SAVE while a large transaction is part-applied (the snapshot holds its marker)."""
+        if not self._between_chunks(random.Random(seed + 1), self._save_snapshot, None):
+            self._save_snapshot()
+
+    def _redis_restart_old_snapshot(self, rng: random.Random, record: FaultRecord) -> None:
+        """Restart Redis holding the snapshot SAVEd earlier in the round: an older state."""
+        if self._snapshot is None:
+            self._save_snapshot()  # not planned earlier (cannot happen with plan_faults)
+        assert self._snapshot is not None
+        older = self._snapshot.get("lsn")
+        deadline = time.monotonic() + 3.0
+        nudged = False
+        with self.cluster.client() as client:
+            # The point is an older state: if the workload wrote nothing since, write a row.
+            while (now := _watermark_summary(client)).get("lsn") == older:
+                if time.monotonic() > deadline:
+                    break
+                if not nudged and time.monotonic() > deadline - 2.5:
+                    nudged = True
+                    with self.cluster.connect() as conn:
+                        conn.execute(
+                            "INSERT INTO pomodoros (user_id, completed_at) VALUES ('u00', %s)",
+                            (self.instants.pick(rng),),
+                        )
+                time.sleep(0.02)
+        record.detail["from"] = f"{now.get('lsn', '-')}+{now.get('tx_rows', '-')}"
+        record.detail["to"] = f"{older or '-'}+{self._snapshot.get('tx_rows', '-')}"
+        record.hit = now.get("lsn") != older or now.get("tx_rows") != self._snapshot.get("tx_rows")
+        self.cluster.redis.restart_from(self.snapshot_path)
+
+    def _flushall(self, rng: random.Random, record: FaultRecord) -> None:
+        with self.cluster.client() as client:
+            client.flushall()
+
+    def _net(self, proxy: Any, how: str, rng: random.Random, record: FaultRecord) -> None:
+        record.detail["connections"] = proxy.connections
+        if how == "stall":
+            hold = rng.uniform(0.5, 3.0)
+            proxy.stall()
+        else:
+            hold = rng.uniform(0.2, 1.5)
+            proxy.cut()
+        record.detail["held"] = round(hold, 2)
+        time.sleep(hold)
+        proxy.heal()
+
+    def _pg_net_stall(self, rng: random.Random, record: FaultRecord) -> None:
+        self._net(self.cluster.pg_proxy, "stall", rng, record)
+
+    def _pg_net_cut(self, rng: random.Random, record: FaultRecord) -> None:
+        self._net(self.cluster.pg_proxy, "cut", rng, record)
+
+    def _redis_net_stall(self, rng: random.Random, record: FaultRecord) -> None:
+        self._net(self.cluster.redis_proxy, "stall", rng, record)
+
+    def _redis_net_cut(self, rng: random.Random, record: FaultRecord) -> None:
+        self._net(self.cluster.redis_proxy, "cut", rng, record)
+
+    def _short_wal_sender_timeout(self, rng: random.Random, record: FaultRecord) -> None:
+        """Lower wal_sender_timeout for the rest of the round (heal restores it)."""
+        value = rng.choices(("250ms", "500ms", "1s", "2s"), weights=(3, 3, 2, 1))[0]
+        record.detail["wal_sender_timeout"] = value
+        self.cluster.set_wal_sender_timeout(value)
+        self._wal_sender_timeout_changed = True
+
+    def _zombie(self, rng: random.Random, record: FaultRecord) -> None:
+        """A second `projector run` on the same slot and Redis; only one may ever write.
+
+        standby: the second waits beside the first (which is killed, or not).
+        paused: the first is frozen and cut off from PostgreSQL (losing its lock), the
+        second takes over, then the first wakes up with its Redis connection intact.
+        """
+        first = self.cluster.active()
+        variant = rng.choice(("standby", "paused"))
+        record.detail["variant"] = variant
+        if variant == "standby" or first is None:
+            self.cluster.spawn_projector()
+            time.sleep(rng.uniform(0.3, 1.2))
+            if first is not None and rng.random() < 0.5:
+                first.kill9()
+                record.detail["first"] = "killed"
+            return
+        first.pause()
+        self.cluster.pg_proxy.cut()
+        time.sleep(0.3)
+        self.cluster.pg_proxy.heal()
+        self.cluster.spawn_projector()
+        time.sleep(rng.uniform(1.0, 2.0))
+        first.resume()
+        time.sleep(0.3)
+
+    def _replay(self, rng: random.Random, record: FaultRecord) -> None:
+        """`projector replay` in the background, as an operator would run it."""
+        env = settings_env(self.cluster.projector_config(self.cluster.timezone, proxied=False))
+        self._replay_record = record
+
+        def run() -> None:
+            began = time.monotonic()
+            try:
+                done = subprocess.run(
+                    [projector_executable(), "replay", "--timeout", "25"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=45,
+                    check=False,
+                )
+                record.detail["exit"] = done.returncode
+                if done.returncode != 0:
+                    record.detail["stderr"] = done.stderr.strip().splitlines()[-1:]
+            except subprocess.TimeoutExpired:
+                record.detail["exit"] = "timeout"
+            record.detail["took"] = round(time.monotonic() - began, 2)
+
+        self._replay_thread = threading.Thread(target=run, name="replay", daemon=True)
+        self._replay_thread.start()
+
+    def _timezone_change(self, rng: random.Random, record: FaultRecord) -> None:
+        """Restart the projector in another zone: every board's buckets move."""
+        new = rng.choice([zone for zone in ZONES if zone != self.cluster.timezone])
+        how = rng.choice(("sigterm", "kill9"))
+        record.detail["zone"] = f"{self.cluster.timezone} -> {new}"
+        record.detail["restart"] = how
+        for projector in self.cluster.running():
+            if how == "sigterm":
+                projector.terminate()
+            else:
+                projector.kill9()
+        self.cluster.timezone = new
+        time.sleep(rng.uniform(0.0, 0.3))
+        self.cluster.spawn_projector()
+
+    # -- healing ---------------------------------------------------------------------
+
+    def heal(self) -> None:
+        """End every fault still in force (the projectors are the runner's business)."""
+        cluster = self.cluster
+        cluster.pg_proxy.heal()
+        cluster.redis_proxy.heal()
+        for projector in cluster.projectors:
+            projector.resume()
+        if not cluster.pg.is_running():
+            cluster.pg.start()
+        if not cluster.redis.is_running():
+            cluster.redis.start()
+        if self._wal_sender_timeout_changed:
+            cluster.set_wal_sender_timeout(BASE_WAL_SENDER_TIMEOUT)
+            self._wal_sender_timeout_changed = False
+        if self._replay_thread is not None:
+            self._replay_thread.join(60)
+            self._replay_thread = None
+
+
+def _watermark_summary(client: redis.Redis) -> dict[str, str]:
+    raw = client.hmget(f"{PREFIX}watermark", "lsn", "tx_rows")
+    return {k: v.decode() for k, v in zip(("lsn", "tx_rows"), raw, strict=True) if v is not None}
