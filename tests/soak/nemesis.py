@@ -61,9 +61,9 @@ class Fault:
 class FaultPlan:
     faults: tuple[Fault, ...]
     # When to SAVE the Redis snapshot that redis_restart_old_snapshot restores (if planned),
-    # and whether to SAVE it while a large transaction is part-applied (chunk marker set).
+    # and which kind of moment it catches.
     snapshot_at: float | None
-    snapshot_mid_chunk: bool = False
+    snapshot: str = "older"  # "older", "mid_chunk" or "mid_rebuild" (see the fault)
 
 
 @dataclass(slots=True)
@@ -112,12 +112,13 @@ def plan_faults(seed: int, rng: random.Random) -> FaultPlan:
         faults.append(Fault(kind, at, rng.randrange(1 << 30)))
         at += rng.uniform(0.2, 1.0)  # injections are sequential: this is the earliest
     snapshot_at = None
-    snapshot_mid_chunk = False
+    snapshot = "older"
     restore = next((f for f in faults if f.kind == "redis_restart_old_snapshot"), None)
     if restore is not None:
-        snapshot_at = rng.uniform(0.0, max(0.0, restore.at - 0.2))
-        snapshot_mid_chunk = rng.random() < 0.4
-    return FaultPlan(tuple(faults), snapshot_at, snapshot_mid_chunk)
+        snapshot = rng.choices(("older", "mid_chunk", "mid_rebuild"), weights=(4, 3, 3))[0]
+        if snapshot != "mid_rebuild":  # that one saves and restores at once
+            snapshot_at = rng.uniform(0.0, max(0.0, restore.at - 0.2))
+    return FaultPlan(tuple(faults), snapshot_at, snapshot)
 
 
 # Faults after which the projector reads the stream again from its watermark.
@@ -142,6 +143,7 @@ class Nemesis:
         self.snapshot_path = workdir / "older.rdb"
         self.records: list[FaultRecord] = []
         self._snapshot: dict[str, str] | None = None
+        self._snapshot_kind = "older"
         self._wal_sender_timeout_changed = False
         self._replay_thread: threading.Thread | None = None
         self._replay_record: FaultRecord | None = None
@@ -153,9 +155,10 @@ class Nemesis:
         """Inject the plan's faults at their times (relative to ``started``), in order."""
         self._t0 = started
         actions: list[tuple[float, Callable[[], None]]] = []
+        self._snapshot_kind = plan.snapshot
         if plan.snapshot_at is not None:
             save: Callable[[], None] = self._save_snapshot
-            if plan.snapshot_mid_chunk:
+            if plan.snapshot == "mid_chunk":
                 save = functools.partial(self._save_snapshot_mid_chunk, plan.faults[0].seed)
             actions.append((plan.snapshot_at, save))
         for fault in plan.faults:
@@ -203,7 +206,9 @@ class Nemesis:
             victim = self._victim(record)
             if victim is None:
                 break
-            rows = self._between_chunks(rng, victim.kill9, victim)
+            # Mostly right after the first chunk; sometimes a few chunks in.
+            chunks = 1 if attempt > 1 else rng.choice((1, 1, 2, 3, 5))
+            rows = self._between_chunks(rng, victim.kill9, victim, chunks)
             record.detail["attempts"] = attempt
             if rows:
                 record.hit = True
@@ -214,9 +219,13 @@ class Nemesis:
         self._restart_projector_if_none(rng)
 
     def _between_chunks(
-        self, rng: random.Random, action: Callable[[], None], victim: Projector | None
+        self,
+        rng: random.Random,
+        action: Callable[[], None],
+        victim: Projector | None,
+        chunks: int = 1,
     ) -> int:
-        """Commit a large transaction; run ``action`` as soon as Redis shows it part-applied.
+        """Commit a large transaction; run ``action`` once Redis shows ``chunks`` of it applied.
 
         Returns the chunk marker (``tx_rows``) seen then, or 0 when every chunk was applied
         between two polls (or the victim died first). Most of these transactions first
@@ -245,11 +254,12 @@ class Nemesis:
         writer.start()
         deadline = time.monotonic() + 15
         seen = 0
+        enough = chunks * self.cluster.max_tx_changes
         with self.cluster.client() as client:
             key = f"{PREFIX}watermark"
             while time.monotonic() < deadline and (victim is None or victim.running):
                 tx_rows, lsn = client.hmget(key, "tx_rows", "lsn")
-                if tx_rows is not None and int(tx_rows) > 0:
+                if tx_rows is not None and int(tx_rows) >= enough:
                     action()
                     seen = int(tx_rows)
                     break
@@ -293,7 +303,13 @@ class Nemesis:
             self._save_snapshot()
 
     def _redis_restart_old_snapshot(self, rng: random.Random, record: FaultRecord) -> None:
-        """Restart Redis holding the snapshot SAVEd earlier in the round: an older state."""
+        """Restart Redis holding an older state: a snapshot SAVEd earlier in the round (at
+        any moment, or while a large transaction was part-applied), or one SAVEd while a
+        rebuild was loading its boards (see ``_restore_mid_rebuild``)."""
+        record.detail["snapshot"] = self._snapshot_kind
+        if self._snapshot_kind == "mid_rebuild":
+            self._restore_mid_rebuild(rng, record)
+            return
         if self._snapshot is None:
             self._save_snapshot()  # not planned earlier (cannot happen with plan_faults)
         assert self._snapshot is not None
@@ -317,6 +333,40 @@ class Nemesis:
         record.detail["to"] = f"{older or '-'}+{self._snapshot.get('tx_rows', '-')}"
         record.hit = now.get("lsn") != older or now.get("tx_rows") != self._snapshot.get("tx_rows")
         self.cluster.redis.restart_from(self.snapshot_path)
+
+    def _restore_mid_rebuild(self, rng: random.Random, record: FaultRecord) -> None:
+        """Ask for a rebuild (as `projector replay` does), SAVE as soon as it has marked its
+        build started, let it load a moment longer, then restart Redis from that snapshot
+        while the projector's connections are held (so it reconnects to the older state).
+
+        An RDB snapshot taken while a long rebuild loads is an ordinary thing to restart
+        from; the boards loaded after it are gone.
+        """
+        cluster = self.cluster
+        with cluster.client() as client:
+            client.set(f"{PREFIX}replay:request", f"soak-{rng.randrange(1 << 30):x}", ex=120)
+            deadline = time.monotonic() + 15
+            marker = None
+            while marker is None and time.monotonic() < deadline:
+                marker = next(client.scan_iter(match=f"{PREFIX}rebuild:*:started"), None)
+                if marker is None:
+                    time.sleep(0.001)
+            if marker is None:
+                record.hit = False
+                record.detail["why"] = "no rebuild started within 15 s"
+                return
+            client.save()
+            shutil.copyfile(cluster.redis.rdb_path, self.snapshot_path)
+            build_keys = sum(1 for _ in client.scan_iter(match=f"{PREFIX}rebuild:*"))
+        gap = rng.uniform(0.0, 0.04)
+        time.sleep(gap)
+        cluster.redis_proxy.stall()
+        try:
+            cluster.redis.restart_from(self.snapshot_path)
+        finally:
+            cluster.redis_proxy.resume()
+        record.detail["build_keys_saved"] = build_keys
+        record.detail["gap"] = round(gap, 3)
 
     def _flushall(self, rng: random.Random, record: FaultRecord) -> None:
         with self.cluster.client() as client:

@@ -95,8 +95,8 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Reset every connection and refuse new ones until ``heal``."""
-        self._refusing.set()
         with self._lock:
+            self._refusing.set()
             links = list(self._links)
             self._links.clear()
         for link in links:
@@ -136,9 +136,14 @@ class TcpProxy:
                 sock.settimeout(None)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             link = _Link(client, server)
-            with self._lock:
-                self._links.add(link)
-                self.accepted += 1
+            with self._lock:  # a cut may have come while connecting to the target
+                refused = self._refusing.is_set()
+                if not refused:
+                    self._links.add(link)
+                    self.accepted += 1
+            if refused:
+                link.close()
+                continue
             for src, dst, way in ((client, server, "up"), (server, client, "down")):
                 threading.Thread(
                     target=self._pump,
