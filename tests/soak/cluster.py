@@ -140,6 +140,20 @@ class Projector:
                     events.append(json.loads(line))
         return events
 
+    def wait_logged(self, event: str, timeout: float) -> bool:
+        """Wait until the process has logged ``event`` (not consuming it); False on timeout
+        or when the process exited."""
+        deadline = time.monotonic() + timeout
+        needle = f'"event": "{event}"'.encode()
+        while time.monotonic() < deadline and self.running:
+            try:
+                if needle in self.log_path.read_bytes():
+                    return True
+            except FileNotFoundError:
+                pass
+            time.sleep(0.02)
+        return False
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

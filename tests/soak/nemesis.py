@@ -26,7 +26,7 @@ import redis
 
 from tests.core.support import parse_lsn, projector_executable, settings_env
 from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, PREFIX, ZONES, Cluster, Projector
-from tests.soak.workload import Instants, ballast, big_transaction_body
+from tests.soak.workload import Instants, Workload, ballast, big_transaction_body
 
 FAULT_KINDS = (
     "kill9",
@@ -148,12 +148,14 @@ class Nemesis:
         self._replay_thread: threading.Thread | None = None
         self._replay_record: FaultRecord | None = None
         self._t0 = time.monotonic()
+        self._workload: Workload | None = None
 
     # -- schedule --------------------------------------------------------------------
 
-    def run(self, plan: FaultPlan, started: float) -> list[FaultRecord]:
+    def run(self, plan: FaultPlan, started: float, workload: Workload) -> list[FaultRecord]:
         """Inject the plan's faults at their times (relative to ``started``), in order."""
         self._t0 = started
+        self._workload = workload
         actions: list[tuple[float, Callable[[], None]]] = []
         self._snapshot_kind = plan.snapshot
         if plan.snapshot_at is not None:
@@ -169,6 +171,9 @@ class Nemesis:
             if delay > 0:
                 time.sleep(delay)
             action()
+        if self._wal_sender_timeout_changed:
+            # A condition, not an event: leave the projector a moment to live under it.
+            time.sleep(random.Random(plan.faults[0].seed).uniform(0.3, 1.0))
         return self.records
 
     def _inject(self, fault: Fault) -> None:
@@ -181,9 +186,16 @@ class Nemesis:
     # -- helpers ---------------------------------------------------------------------
 
     def _restart_projector_if_none(self, rng: random.Random) -> None:
+        """Start a projector again after a short while, and let it reconnect (or begin a
+        rebuild) before the next fault or the heal: recovery happens under the faults."""
         time.sleep(rng.uniform(0.0, 0.4))
         if not self.cluster.running():
-            self.cluster.spawn_projector()
+            self._start_and_wait()
+
+    def _start_and_wait(self) -> Projector:
+        projector = self.cluster.spawn_projector()
+        projector.wait_logged("streaming", 5.0) or projector.wait_logged("rebuild started", 0.1)
+        return projector
 
     def _victim(self, record: FaultRecord) -> Projector | None:
         victim = self.cluster.active()
@@ -201,7 +213,25 @@ class Nemesis:
         self._restart_projector_if_none(rng)
 
     def _kill9_mid_chunk(self, rng: random.Random, record: FaultRecord) -> None:
-        """Commit a transaction over the atomic limit and kill -9 once a chunk is applied."""
+        """Commit a transaction over the atomic limit and kill -9 once a chunk is applied.
+
+        Half the time the workload holds still meanwhile: then no other commit lands
+        between the large transaction's changes and its Commit, so after the restart the
+        walsender decodes past the watermark for a while before that transaction's Begin.
+        """
+        quiet = self._workload is not None and rng.random() < 0.5
+        record.detail["quiet"] = quiet
+        if quiet:
+            assert self._workload is not None
+            self._workload.hold()
+        try:
+            self._kill_mid_chunk_attempts(rng, record)
+        finally:
+            if quiet:
+                assert self._workload is not None
+                self._workload.release()
+
+    def _kill_mid_chunk_attempts(self, rng: random.Random, record: FaultRecord) -> None:
         for attempt in range(1, 4):
             victim = self._victim(record)
             if victim is None:
@@ -228,8 +258,10 @@ class Nemesis:
         """Commit a large transaction; run ``action`` once Redis shows ``chunks`` of it applied.
 
         Returns the chunk marker (``tx_rows``) seen then, or 0 when every chunk was applied
-        between two polls (or the victim died first). Most of these transactions first
-        write a table outside the publication (see ``workload.ballast``).
+        between two polls (or the victim died first). Most of these transactions come after
+        one that only writes a table outside the publication, and start by writing that
+        table too (see ``workload.ballast``): after a restart the walsender then reads and
+        decodes for a while before the large transaction's Begin reaches the projector.
         """
         committed: list[int] = []
         failure: list[BaseException] = []
@@ -240,9 +272,12 @@ class Nemesis:
         def write() -> None:
             try:
                 with psycopg.connect(self.cluster.dsn, autocommit=True) as conn:
+                    if with_ballast:  # WAL the walsender reads again after a restart
+                        with conn.transaction():
+                            ballast(conn, tx_rng.randint(20_000, 100_000))
                     with conn.transaction():
                         if with_ballast:
-                            ballast(conn, tx_rng.randint(30_000, 80_000))
+                            ballast(conn, tx_rng.randint(10_000, 120_000))
                         big_transaction_body(conn, tx_rng, self.instants, rows=rows)
                     row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
                     assert row is not None
@@ -469,7 +504,7 @@ class Nemesis:
                 projector.kill9()
         self.cluster.timezone = new
         time.sleep(rng.uniform(0.0, 0.3))
-        self.cluster.spawn_projector()
+        self._start_and_wait()
 
     # -- healing ---------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ class Soak:
             nemesis = Nemesis(self.cluster, instants, self.workdir)
             try:
                 result.faults = nemesis.records
-                nemesis.run(plan, time.monotonic())
+                nemesis.run(plan, time.monotonic(), workload)
             finally:
                 try:
                     workload.join()

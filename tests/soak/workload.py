@@ -161,6 +161,9 @@ class Workload:
         self.failed: Counter[str] = Counter()
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self._go = threading.Event()  # cleared by hold(): no step starts until release()
+        self._go.set()
+        self._between_steps = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self._thread: threading.Thread | None = None
 
@@ -188,17 +191,33 @@ class Workload:
     def done(self) -> bool:
         return self._thread is not None and not self._thread.is_alive()
 
+    def hold(self, timeout: float = 5.0) -> None:
+        """Start no further step until ``release``; wait (up to ``timeout``) for the current
+        one to end. The nemesis uses it to act on a quiet database."""
+        self._go.clear()
+        self._between_steps.wait(timeout)
+
+    def release(self) -> None:
+        self._go.set()
+
     def _run(self, steps: list[Step], seed: int) -> None:
         pacing = random.Random(seed)
         try:
             for step in steps:
+                self._between_steps.set()
+                while not self._go.wait(0.05):
+                    if self._stop.is_set():
+                        return
                 if self._stop.is_set():
                     break
+                self._between_steps.clear()
                 self.run_step(step)
+                self._between_steps.set()
                 self._stop.wait(pacing.uniform(0, self.pause))
         except BaseException as exc:  # reported by join()
             self.error = exc
         finally:
+            self._between_steps.set()
             self.close()
 
     def close(self) -> None:
