@@ -1,47 +1,72 @@
--- Apply one batch of leaderboard deltas and move the watermark, atomically.
+-- Apply one batch of board deltas and move the watermark, atomically.
 --
--- ARGV: 1 prefix, 2 expected position ("" = no watermark may exist), 3 new position,
---       4 the batch as JSON (one argument: cheap to send, decoded in C by cjson):
---   {"w": [field, value, ...],            watermark fields
---    "cb": true|false, "cu": true|false,  clear every board / the name hash first
---    "ns": [user, name, ...], "nd": [user, ...],   names to set / delete
---    "b": [[key, expireat or "", [member, delta, ...]], ...]}
+-- KEYS: 1 watermark, 2 registry of board keys, 3 replay request.
+-- ARGV: 1 expected position ("" = no watermark may exist), 2 new position,
+--       3 the batch as JSON (one argument: cheap to send, decoded in C by cjson):
+--   {"w": [field, value, ...],                      watermark fields
+--    "cb": [board key prefix, ...],                 boards to empty first (TRUNCATE)
+--    "cl": [label hash, ...],                       label hashes to empty first
+--    "l": [[label hash, [member, label, ...], [member, ...]], ...]   labels to set / delete
+--    "b": [[key, expireat or "", [member, delta, ...], raw], ...],  board deltas; raw = 1:
+--         a key of boards being built: any score kept, no expiry, not registered
+--    "s": {"started": marker, "u": [board key prefix, ...], "x": [key, ...],
+--          "m": [[base, delta, board, expireat or ""], ...]} or absent}
+--         the swap of built boards, applied last: every key in "x" must exist (else the
+--         error "BUILD LOST"); boards under "u" go; each board becomes base + delta
+--         (scores at or below 0 dropped), registered with its expiry.
 -- Returns {"ok", replay request id or ""}, or the error "POSITION <found>" when the
 -- stored position is not the expected one (lost data or a second writer).
-local prefix = ARGV[1]
-local wm_key = prefix .. 'watermark'
-local registry = prefix .. 'boards'
-local users_key = prefix .. 'users'
+local wm_key, registry = KEYS[1], KEYS[2]
 local found = redis.call('HGET', wm_key, 'position')
 if not found then found = '' end
-if found ~= ARGV[2] then
+if found ~= ARGV[1] then
   return redis.error_reply('POSITION ' .. found)
 end
-local batch = cjson.decode(ARGV[4])
+local batch = cjson.decode(ARGV[3])
 local CHUNK = 2000
+local swap = batch.s
+if swap then
+  if redis.call('EXISTS', swap.started) == 0 then
+    return redis.error_reply('BUILD LOST')
+  end
+  for x = 1, #swap.x do
+    if redis.call('EXISTS', swap.x[x]) == 0 then
+      return redis.error_reply('BUILD LOST ' .. swap.x[x])
+    end
+  end
+end
 
-if batch.cb then
+if #batch.cb > 0 then
   local keys = redis.call('ZRANGE', registry, 0, -1)
-  for k = 1, #keys do redis.call('UNLINK', keys[k]) end
-  redis.call('UNLINK', registry)
+  for k = 1, #keys do
+    for p = 1, #batch.cb do
+      local prefix = batch.cb[p]
+      if string.sub(keys[k], 1, #prefix) == prefix then
+        redis.call('UNLINK', keys[k])
+        redis.call('ZREM', registry, keys[k])
+        break
+      end
+    end
+  end
 end
-if batch.cu then
-  redis.call('UNLINK', users_key)
+for c = 1, #batch.cl do
+  redis.call('UNLINK', batch.cl[c])
 end
 
-local ns = batch.ns
-for s = 1, #ns, 2 * CHUNK do
-  local e = math.min(#ns, s + 2 * CHUNK - 1)
-  redis.call('HSET', users_key, unpack(ns, s, e))
-end
-local nd = batch.nd
-for s = 1, #nd, CHUNK do
-  redis.call('HDEL', users_key, unpack(nd, s, math.min(#nd, s + CHUNK - 1)))
+for li = 1, #batch.l do
+  local hash, set, del = batch.l[li][1], batch.l[li][2], batch.l[li][3]
+  for s = 1, #set, 2 * CHUNK do
+    redis.call('HSET', hash, unpack(set, s, math.min(#set, s + 2 * CHUNK - 1)))
+  end
+  for s = 1, #del, CHUNK do
+    redis.call('HDEL', hash, unpack(del, s, math.min(#del, s + CHUNK - 1)))
+  end
 end
 
 local boards = batch.b
 for bi = 1, #boards do
   local key, expireat, flat = boards[bi][1], boards[bi][2], boards[bi][3]
+  local raw = boards[bi][4] == 1
   local n = #flat / 2
   local fresh = true  -- no member had a score: the key may be new and needs its expiry
   for s = 1, n, CHUNK do
@@ -57,7 +82,7 @@ for bi = 1, #boards do
         fresh = false
         score = score + tonumber(current)
       end
-      if score > 0 then
+      if score > 0 or raw then
         add[#add + 1] = score
         add[#add + 1] = flat[2 * j - 1]
       else
@@ -67,7 +92,7 @@ for bi = 1, #boards do
     if #add > 0 then redis.call('ZADD', key, unpack(add)) end
     if #rem > 0 then redis.call('ZREM', key, unpack(rem)) end
   end
-  if fresh then
+  if fresh and not raw then
     if expireat == '' then
       redis.call('ZADD', registry, 'inf', key)
     else
@@ -77,7 +102,46 @@ for bi = 1, #boards do
   end
 end
 
+if swap then
+  if #swap.u > 0 then
+    local keys = redis.call('ZRANGE', registry, 0, -1)
+    for k = 1, #keys do
+      for p = 1, #swap.u do
+        if string.sub(keys[k], 1, #swap.u[p]) == swap.u[p] then
+          redis.call('UNLINK', keys[k])
+          redis.call('ZREM', registry, keys[k])
+          break
+        end
+      end
+    end
+  end
+  for m = 1, #swap.m do
+    local base, delta, final, expireat = swap.m[m][1], swap.m[m][2], swap.m[m][3], swap.m[m][4]
+    redis.call('UNLINK', final)
+    local has_base, has_delta = redis.call('EXISTS', base), redis.call('EXISTS', delta)
+    if has_base == 1 and has_delta == 1 then
+      redis.call('ZUNIONSTORE', final, 2, base, delta)
+    elseif has_base == 1 then
+      redis.call('RENAME', base, final)
+    elseif has_delta == 1 then
+      redis.call('RENAME', delta, final)
+    end
+    redis.call('UNLINK', base, delta)
+    redis.call('ZREMRANGEBYSCORE', final, '-inf', 0)
+    if redis.call('EXISTS', final) == 1 then
+      if expireat == '' then
+        redis.call('PERSIST', final)
+        redis.call('ZADD', registry, 'inf', final)
+      else
+        redis.call('EXPIREAT', final, expireat)
+        redis.call('ZADD', registry, expireat, final)
+      end
+    end
+  end
+  redis.call('UNLINK', swap.started)
+end
+
 local now = redis.call('TIME')[1]
 redis.call('ZREMRANGEBYSCORE', registry, '-inf', '(' .. now)
-redis.call('HSET', wm_key, 'position', ARGV[3], unpack(batch.w))
-return {'ok', redis.call('GET', prefix .. 'replay:request') or ''}
+redis.call('HSET', wm_key, 'position', ARGV[2], unpack(batch.w))
+return {'ok', redis.call('GET', KEYS[3]) or ''}

@@ -112,7 +112,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "migrate":
         from projector.migrate import migrate
 
-        applied = migrate(settings.pg_dsn, settings.publication)
+        applied = migrate(settings.pg_dsn, settings.publication, settings.boards)
         print(
             f"applied {len(applied)} migration(s)"
             + (f": {', '.join(applied)}" if applied else "; schema up to date")
