@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import redis
 
+from projector.keys import Keys
 from tests.core.support import WIDE_RETENTION, projector_executable, settings_env, watermark
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import servers  # noqa: E402
 
 PREFIX = "pomo:"
+# The projector's own key names (watermark, heartbeat, replay request, build keys); the
+# boards are read through read_redis alone.
+KEYS = Keys(PREFIX)
 SLOT = "soak"
 PUBLICATION = "projector"
 DATABASE = "soak"
@@ -262,7 +266,7 @@ class Cluster:
         if not running:
             return None
         with contextlib.suppress(redis.RedisError), self.client() as client:
-            pid = client.hget(f"{PREFIX}projector", "pid")
+            pid = client.hget(KEYS.heartbeat, "pid")
             for projector in running:
                 if pid is not None and int(pid) == projector.pid:
                     return projector

@@ -25,7 +25,7 @@ import psycopg
 import redis
 
 from tests.core.support import parse_lsn, projector_executable, settings_env
-from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, PREFIX, ZONES, Cluster, Projector
+from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, KEYS, ZONES, Cluster, Projector
 from tests.soak.workload import Instants, Workload, ballast, big_transaction_body
 
 FAULT_KINDS = (
@@ -291,7 +291,7 @@ class Nemesis:
         seen = 0
         enough = chunks * self.cluster.max_tx_changes
         with self.cluster.client() as client:
-            key = f"{PREFIX}watermark"
+            key = KEYS.watermark
             while time.monotonic() < deadline and (victim is None or victim.running):
                 tx_rows, lsn = client.hmget(key, "tx_rows", "lsn")
                 if tx_rows is not None and int(tx_rows) >= enough:
@@ -379,20 +379,21 @@ class Nemesis:
         """
         cluster = self.cluster
         with cluster.client() as client:
-            client.set(f"{PREFIX}replay:request", f"soak-{rng.randrange(1 << 30):x}", ex=120)
+            client.set(KEYS.replay_request, f"soak-{rng.randrange(1 << 30):x}", ex=120)
             deadline = time.monotonic() + 15
             marker = None
             while marker is None and time.monotonic() < deadline:
-                marker = next(client.scan_iter(match=f"{PREFIX}rebuild:*:started"), None)
+                marker = next(client.scan_iter(match=KEYS.build("*") + "started"), None)
                 if marker is None:
                     time.sleep(0.001)
             if marker is None:
                 record.hit = False
                 record.detail["why"] = "no rebuild started within 15 s"
                 return
+            time.sleep(rng.uniform(0.0, 0.08))  # anywhere in the loading, not only its start
             client.save()
             shutil.copyfile(cluster.redis.rdb_path, self.snapshot_path)
-            build_keys = sum(1 for _ in client.scan_iter(match=f"{PREFIX}rebuild:*"))
+            build_keys = sum(1 for _ in client.scan_iter(match=KEYS.builds))
         gap = rng.uniform(0.0, 0.04)
         time.sleep(gap)
         cluster.redis_proxy.stall()
@@ -528,5 +529,5 @@ class Nemesis:
 
 
 def _watermark_summary(client: redis.Redis) -> dict[str, str]:
-    raw = client.hmget(f"{PREFIX}watermark", "lsn", "tx_rows")
+    raw = client.hmget(KEYS.watermark, "lsn", "tx_rows")
     return {k: v.decode() for k, v in zip(("lsn", "tx_rows"), raw, strict=True) if v is not None}

@@ -20,6 +20,7 @@ from tests.core.support import (
     recompute,
     slot_confirmed_lsn,
     wait_until_caught_up,
+    watermark,
 )
 from tests.soak.cluster import PREFIX, SLOT, Cluster
 
@@ -57,7 +58,7 @@ def check(cluster: Cluster, *, deadline: float, alive: Callable[[], None]) -> Ve
             if message.startswith("display names differ"):
                 message = _name_diff(message, actual.names, expected.names)
             return Verdict("drift", message, caught_up)
-        applied = parse_lsn(client.hget(f"{PREFIX}watermark", "lsn").decode())  # type: ignore[union-attr]
+        applied = parse_lsn(watermark(client, PREFIX)["lsn"])
     lag_deadline = time.monotonic() + SLOT_LAG_DEADLINE
     while True:
         confirmed = slot_confirmed_lsn(cluster.dsn, SLOT)
