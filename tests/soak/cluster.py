@@ -22,7 +22,10 @@ import psycopg
 import redis
 
 from projector.keys import Keys
+from projector.logs import configure_logging
+from projector.migrate import migrate
 from tests.core.support import WIDE_RETENTION, projector_executable, settings_env, watermark
+from tests.soak.proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -175,8 +178,10 @@ class Cluster:
         self.max_tx_changes = max_tx_changes
         self.pg = servers.LocalPostgres()
         self.redis = servers.LocalRedis()
-        self.pg_proxy: Any = None
-        self.redis_proxy: Any = None
+        # Set by start(): they forward to the servers' ports, known once they run.
+        self.pg_proxy: TcpProxy
+        self.redis_proxy: TcpProxy
+        self._proxies: list[TcpProxy] = []
         self.timezone = "UTC"
         self.projectors: list[Projector] = []
         self._spawned = 0
@@ -184,29 +189,24 @@ class Cluster:
     # -- life cycle ------------------------------------------------------------------
 
     def start(self) -> None:
-        from tests.soak.proxy import TcpProxy
-
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pg.start()
         self.redis.start()
         self.pg.set_config(wal_sender_timeout=BASE_WAL_SENDER_TIMEOUT)
         self.pg.create_database(DATABASE, exist_ok=True)
-        from projector.logs import configure_logging
-        from projector.migrate import migrate
-
         configure_logging("warning")  # the soak prints its own progress, not migrate's
         migrate(self.dsn, PUBLICATION)
         with self.connect() as conn:
             conn.execute(_BALLAST_DDL)
         self.pg_proxy = TcpProxy("127.0.0.1", self.pg.port, "postgres").start()
         self.redis_proxy = TcpProxy("127.0.0.1", self.redis.port, "redis").start()
+        self._proxies = [self.pg_proxy, self.redis_proxy]
 
     def close(self) -> None:
         for projector in self.projectors:
             projector.kill9()
-        for proxy in (self.pg_proxy, self.redis_proxy):
-            if proxy is not None:
-                proxy.close()
+        for proxy in self._proxies:
+            proxy.close()
         self.pg.cleanup()
         self.redis.cleanup()
 
@@ -215,12 +215,12 @@ class Cluster:
     @property
     def dsn(self) -> str:
         """PostgreSQL, directly (workload, nemesis, oracle)."""
-        return self.pg.dsn(DATABASE)
+        return str(self.pg.dsn(DATABASE))
 
     @property
     def redis_url(self) -> str:
         """Redis, directly (nemesis, oracle, `projector replay`)."""
-        return self.redis.url()
+        return str(self.redis.url())
 
     def projector_config(self, timezone: str, *, proxied: bool = True) -> dict[str, Any]:
         """Settings (field names) of a projector; through the proxies unless told otherwise."""

@@ -26,6 +26,7 @@ import redis
 
 from tests.core.support import parse_lsn, projector_executable, settings_env
 from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, KEYS, ZONES, Cluster, Projector
+from tests.soak.proxy import TcpProxy
 from tests.soak.workload import Instants, Workload, ballast, big_transaction_body
 
 FAULT_KINDS = (
@@ -298,7 +299,7 @@ class Nemesis:
                     action()
                     seen = int(tx_rows)
                     break
-                if committed and lsn is not None and parse_lsn(lsn.decode()) >= committed[0]:
+                if committed and lsn is not None and parse_lsn(as_text(lsn)) >= committed[0]:
                     break  # applied in full between two polls
                 if failure:
                     break
@@ -408,7 +409,7 @@ class Nemesis:
         with self.cluster.client() as client:
             client.flushall()
 
-    def _net(self, proxy: Any, how: str, rng: random.Random, record: FaultRecord) -> None:
+    def _net(self, proxy: TcpProxy, how: str, rng: random.Random, record: FaultRecord) -> None:
         record.detail["connections"] = proxy.connections
         if how == "stall":
             hold = rng.uniform(0.5, 3.0)
@@ -530,4 +531,8 @@ class Nemesis:
 
 def _watermark_summary(client: redis.Redis) -> dict[str, str]:
     raw = client.hmget(KEYS.watermark, "lsn", "tx_rows")
-    return {k: v.decode() for k, v in zip(("lsn", "tx_rows"), raw, strict=True) if v is not None}
+    return {k: as_text(v) for k, v in zip(("lsn", "tx_rows"), raw, strict=True) if v is not None}
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

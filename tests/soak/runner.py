@@ -29,6 +29,7 @@ from tests.soak.workload import Instants, Workload, load_base_data, plan_steps
 MAX_TX_CHANGES = 300
 QUIESCENCE_DEADLINE = 60.0
 _OTHER_ZONE_ROUNDS = 0.15  # rounds that start in a zone other than UTC
+_WORKDIR_MARKER = ".soak-workdir"
 
 
 class Soak:
@@ -48,9 +49,15 @@ class Soak:
         self._hard_reset_due = True
 
     def __enter__(self) -> Soak:
-        if self.workdir.exists():
+        marker = self.workdir / _WORKDIR_MARKER
+        if self.workdir.exists() and any(self.workdir.iterdir()):
+            if not marker.exists():
+                raise RuntimeError(
+                    f"{self.workdir} is not empty and is no soak work directory: not wiping it"
+                )
             shutil.rmtree(self.workdir)
-        self.workdir.mkdir(parents=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        marker.write_text("logs and evidence of `python -m tests.soak`; wiped by the next run\n")
         self.cluster.start()
         return self
 
@@ -141,7 +148,7 @@ class Soak:
         for projector in cluster.running():
             projector.kill9()
         self._drain_events()
-        self._forget_exited(keep_logs=False)
+        self._forget_exited()
         cluster.pg_proxy.heal()
         cluster.redis_proxy.heal()
         cluster.pg.start()
@@ -194,16 +201,16 @@ class Soak:
         if not result.ok:
             result.log_file = str(self._keep_evidence(result))
             self._hard_reset_due = True
-        self._forget_exited(keep_logs=False)
+        self._forget_exited()
 
     def _drain_events(self) -> None:
         for projector in self.cluster.projectors:
             projector.new_events()
 
-    def _forget_exited(self, *, keep_logs: bool) -> None:
+    def _forget_exited(self) -> None:
+        """Drop exited processes and their logs (a failed round copied them first)."""
         for projector in self.cluster.forget_exited():
-            if not keep_logs:
-                projector.log_path.unlink(missing_ok=True)
+            projector.log_path.unlink(missing_ok=True)
 
     def _keep_evidence(self, result: RoundResult) -> Path:
         """Copy the round's projector logs and the servers' log tails next to its failures."""

@@ -276,7 +276,8 @@ class Workload:
     def _move(
         self, conn: psycopg.Connection[Any], rng: random.Random, total: int, what: str
     ) -> None:
-        sets, params = [], []
+        sets: list[str] = []
+        params: list[object] = []
         if what in ("user", "both"):
             sets.append("user_id = %s")
             params.append(rng.choice(USER_IDS))
