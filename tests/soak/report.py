@@ -25,7 +25,8 @@ RECONNECT_EVENT = "connection lost; retrying"
 RESUME_EVENT = "resuming a large transaction"
 CHUNK_EVENT = "applied a chunk of a large transaction"
 
-_POSITION = re.compile(r"\b[0-9A-F]{16}:[0-9A-F]{16}:\d+\b")
+# A compare-and-set position: LSN, chunked transaction, rows applied (, fingerprint).
+_POSITION = re.compile(r"\b[0-9A-F]{16}:[0-9A-F]{16}:\d+(?::[0-9a-f]+)?\b")
 _LSN = re.compile(r"\b[0-9A-F]{1,8}/[0-9A-F]{1,8}\b")
 _NUMBER = re.compile(r"\b\d+\b")
 
@@ -243,6 +244,11 @@ def save(path: Path, run: dict[str, Any], machine: dict[str, Any]) -> dict[str, 
     except (FileNotFoundError, ValueError):
         runs = []
     runs.append(run)
+    for saved_run in runs:  # causes saved by older versions group with today's
+        causes: Counter[str] = Counter()
+        for cause, count in saved_run.get("recoveries", {}).items():
+            causes[recovery_cause(cause)] += count
+        saved_run["recoveries"] = dict(causes.most_common())
     totals: dict[str, Any] = {
         "runs": len(runs),
         "rounds": sum(r["rounds"] for r in runs),

@@ -51,7 +51,8 @@ class Soak:
     def __enter__(self) -> Soak:
         marker = self.workdir / _WORKDIR_MARKER
         if self.workdir.exists() and any(self.workdir.iterdir()):
-            if not marker.exists():
+            ours = {_WORKDIR_MARKER, "logs", "failures", "older.rdb"}
+            if not {path.name for path in self.workdir.iterdir()} <= ours:
                 raise RuntimeError(
                     f"{self.workdir} is not empty and is no soak work directory: not wiping it"
                 )
