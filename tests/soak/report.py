@@ -244,11 +244,6 @@ def save(path: Path, run: dict[str, Any], machine: dict[str, Any]) -> dict[str, 
     except (FileNotFoundError, ValueError):
         runs = []
     runs.append(run)
-    for saved_run in runs:  # causes saved by older versions group with today's
-        causes: Counter[str] = Counter()
-        for cause, count in saved_run.get("recoveries", {}).items():
-            causes[recovery_cause(cause)] += count
-        saved_run["recoveries"] = dict(causes.most_common())
     totals: dict[str, Any] = {
         "runs": len(runs),
         "rounds": sum(r["rounds"] for r in runs),
