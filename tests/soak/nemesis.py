@@ -391,7 +391,7 @@ class Nemesis:
                 record.hit = False
                 record.detail["why"] = "no rebuild started within 15 s"
                 return
-            time.sleep(rng.uniform(0.0, 0.08))  # anywhere in the loading, not only its start
+            time.sleep(rng.uniform(0.0, 0.04))  # anywhere in the loading, not only its start
             client.save()
             shutil.copyfile(cluster.redis.rdb_path, self.snapshot_path)
             build_keys = sum(1 for _ in client.scan_iter(match=KEYS.builds))
