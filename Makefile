@@ -5,8 +5,14 @@ SOURCES := projector api tests bench scripts
 
 .PHONY: test lint typecheck bench soak run down clean
 
-$(VENV)/.installed: pyproject.toml
+# `make run` needs the runtime dependencies only (a fresh clone is up in seconds, not after
+# installing the test tools); every other habit needs the dev extras too.
+$(VENV)/.installed-run: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -32,11 +38,11 @@ soak: $(VENV)/.installed
 	$(VENV)/bin/python -m tests.soak --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED)) \
 		--out bench/results/soak.json
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed-run
 	$(VENV)/bin/python scripts/run_local.py
 
 # Stop the local servers that `make run` started (their data stays in .run/).
-down: $(VENV)/.installed
+down: $(VENV)/.installed-run
 	$(VENV)/bin/python scripts/servers.py down --dir .run
 
 clean:

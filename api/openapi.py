@@ -121,6 +121,34 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Standing"), "The user's standing."), **_ERRORS},
             }
         },
+        routes.EVENTS: {
+            "get": {
+                "operationId": "streamLeaderboard",
+                "summary": "A leaderboard's top entries, live (Server-Sent Events)",
+                "description": "An endless `text/event-stream`. Each event's `data` is the JSON "
+                "of `GET /v1/leaderboards/{period}` with the same `bucket` and `limit` (offset "
+                "0), and its `id` the watermark LSN. The first event is sent at once; the next "
+                "ones when the board's answer changes (pushed when the projector applies a "
+                "batch), at most ten a second (a burst is coalesced into its newest state). A "
+                "comment line (`: keep-alive`) follows 15 s of silence. Without `bucket` the "
+                "stream follows the current bucket (a new day at "
+                "midnight). The stream ends when the server shuts down; EventSource clients "
+                "reconnect by themselves (`retry: 1000`).",
+                "parameters": [{"$ref": p + name} for name in ("period", "bucket", "limit")],
+                "responses": {
+                    "200": {
+                        "description": "The stream.",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "x-event-data": _ref("Leaderboard"),
+                            }
+                        },
+                    },
+                    **_ERRORS,
+                },
+            }
+        },
         routes.USER: {
             "get": {
                 "operationId": "getUser",
@@ -131,6 +159,37 @@ def _paths() -> dict[str, Any]:
                     **_ERRORS,
                 },
             }
+        },
+        routes.PAGE: {
+            "get": {
+                "operationId": "getPage",
+                "summary": "The live leaderboard page (HTML)",
+                "description": "Revalidated on each visit (`Cache-Control: no-cache`, `ETag`); "
+                "its assets are referred to by content hash and cached for a year.",
+                "responses": {
+                    "200": {"description": "The page.", "content": {"text/html": {}}},
+                    "304": {"description": "Not modified (`If-None-Match`)."},
+                },
+            }
+        },
+        **{
+            f"/static/{name}": {
+                "get": {
+                    "operationId": f"getAsset{name.split('.')[1].upper()}",
+                    "summary": f"The page's {kind}",
+                    "description": "Cached for a year when asked for with the current `?v=` "
+                    "content hash (as the page does), else revalidated.",
+                    "responses": {
+                        "200": {"description": kind, "content": {media: {}}},
+                        "304": {"description": "Not modified (`If-None-Match`)."},
+                    },
+                }
+            }
+            for name, kind, media in (
+                ("app.css", "style sheet", "text/css"),
+                ("app.js", "script", "text/javascript"),
+                ("favicon.svg", "icon", "image/svg+xml"),
+            )
         },
         routes.HEALTHZ: {
             "get": {

@@ -157,6 +157,8 @@ class RedisReader:
         assert labels is not None
         self._users = self._keys.labels(labels).encode()
         self._watermark = self._keys.watermark.encode()
+        # The projector publishes each new watermark LSN here (apply_batch.lua, swap_boards.lua).
+        self.events_channel = self._keys.events.encode()
         self._timeout = timeout
         self._scripts = {
             script: hashlib.sha1(script.encode()).hexdigest()

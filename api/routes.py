@@ -19,11 +19,14 @@ from projector.lsn import parse_lsn
 # Route templates: the names used in metrics, logs and the OpenAPI document.
 BOARD = "/v1/leaderboards/{period}"
 STANDING = "/v1/leaderboards/{period}/users/{user_id}"
+EVENTS = "/v1/leaderboards/{period}/events"
 USER = "/v1/users/{user_id}"
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
 METRICS = "/metrics"
 OPENAPI = "/openapi.json"
+PAGE = "/"
+STATIC = "/static/{asset}"
 UNMATCHED = "unmatched"
 
 MAX_LIMIT = 1000
@@ -37,10 +40,12 @@ _OPERATIONS = {
     b"/readyz": READYZ,
     b"/metrics": METRICS,
     b"/openapi.json": OPENAPI,
+    b"/": PAGE,
 }
 _ALLOWED = {
     BOARD: frozenset({"bucket", "limit", "offset", "min_lsn"}),
     STANDING: frozenset({"bucket", "around", "min_lsn"}),
+    EVENTS: frozenset({"bucket", "limit"}),
     USER: frozenset({"min_lsn"}),
 }
 _DIGITS = re.compile(r"[0-9]{1,12}")
@@ -86,6 +91,8 @@ def resolve(raw_path: bytes) -> tuple[str, list[bytes]]:
     if operation is not None:
         return operation, []
     parts = raw_path.split(b"/")
+    if len(parts) == 3 and parts[1] == b"static" and parts[2]:
+        return STATIC, [parts[2]]
     # parts[0] is the empty string before the leading slash
     if len(parts) >= 4 and parts[0] == b"" and parts[1] == b"v1":
         if parts[2] == b"leaderboards":
@@ -93,6 +100,8 @@ def resolve(raw_path: bytes) -> tuple[str, list[bytes]]:
                 return BOARD, [parts[3]]
             if len(parts) == 6 and parts[4] == b"users":
                 return STANDING, [parts[3], parts[5]]
+            if len(parts) == 5 and parts[4] == b"events":
+                return EVENTS, [parts[3]]
         elif parts[2] == b"users" and len(parts) == 4:
             return USER, [parts[3]]
     raise NotFound(f"no route for {_shown(raw_path)}; see /openapi.json")

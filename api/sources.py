@@ -5,7 +5,8 @@ watermark), the bucket's board has expired from it, or it is behind the client's
 after waiting up to ``api_min_lsn_wait`` for the projector. PostgreSQL then answers the same
 query, at most ``api_pg_concurrency`` statements at once per process, and identical queries
 running at the same time share one statement; when it cannot answer either, the request gets
-``Unavailable`` (503).
+``Unavailable`` (503). A ``min_lsn`` wait wakes on the projector's watermark events (the
+``WatermarkFeed``), with a slow read of the watermark as a safety net.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import structlog
 from api.boards import AsOf, BoardPage, Standing, UserPeriods
 from api.breaker import Breaker
 from api.errors import NotBuilt, StoreUnavailable, Unavailable
+from api.feed import WatermarkFeed
 from api.metrics import Metrics
 from api.postgres_reader import PostgresReader
 from api.redis_reader import RedisReader
@@ -40,6 +42,7 @@ log = structlog.get_logger("api")
 
 # A board this close to its expiry may already be gone from Redis (clocks differ): ask PostgreSQL.
 _EXPIRY_MARGIN = 60.0
+# Without events (no feed, or its subscription is down) a min_lsn wait polls the watermark.
 _POLL_FIRST = 0.002
 _POLL_MAX = 0.025
 
@@ -65,8 +68,13 @@ class Sources:
         min_lsn_wait: float,
         cooldown: float,
         metrics: Metrics,
+        feed: WatermarkFeed | None = None,
+        safety_poll: float = 0.1,
     ) -> None:
         self._redis = redis
+        self._feed = feed
+        # With events, how often a waiter still reads the watermark in case one was missed.
+        self.safety_poll = safety_poll
         self._postgres = postgres
         self._tz = tz
         self._retention = retention
@@ -227,20 +235,35 @@ class Sources:
         return answer
 
     async def _wait_for(self, min_lsn: int) -> bool:
-        """Poll the watermark until it reaches ``min_lsn``; False after ``api_min_lsn_wait``."""
+        """Wait until the watermark reaches ``min_lsn``; False after ``api_min_lsn_wait``.
+
+        Woken by the feed's events; the watermark is read only every ``safety_poll`` seconds
+        (or, while no subscription is live, polled quickly as it was before events).
+        """
+        feed = self._feed
         deadline = time.monotonic() + self._min_lsn_wait
         delay = _POLL_FIRST
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            await asyncio.sleep(min(delay, left))
+            if feed is not None and feed.live:
+                version = feed.version
+                if feed.lsn >= min_lsn:
+                    return True
+                await feed.wait(version, min(self.safety_poll, left))
+                if feed.lsn >= min_lsn:
+                    return True
+                if feed.version != version:
+                    continue  # an event, not the timeout: no need to read
+            else:
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, _POLL_MAX)
             lsn = await self._redis.watermark_lsn()
             if lsn is None:
                 raise NotBuilt("Redis lost its watermark while we waited")
             if lsn >= min_lsn:
                 return True
-            delay = min(delay * 2, _POLL_MAX)
 
     def _expired(self, period: Period, bucket: str) -> bool:
         expiry = self._expiry(period, bucket)

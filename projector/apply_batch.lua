@@ -14,6 +14,7 @@
 --         the swap of built boards, applied last: every key in "x" must exist (else the
 --         error "BUILD LOST"); boards under "u" go; each board becomes base + delta
 --         (scores at or below 0 dropped), registered with its expiry.
+-- ARGV 4 is the channel that hears each new watermark LSN (readers' live updates).
 -- Returns {"ok", replay request id or ""}, or the error "POSITION <found>" when the
 -- stored position is not the expected one (lost data or a second writer).
 local wm_key, registry = KEYS[1], KEYS[2]
@@ -144,4 +145,5 @@ end
 local now = redis.call('TIME')[1]
 redis.call('ZREMRANGEBYSCORE', registry, '-inf', '(' .. now)
 redis.call('HSET', wm_key, 'position', ARGV[2], unpack(batch.w))
+for k = 1, #batch.w, 2 do if batch.w[k] == 'lsn' then redis.call('PUBLISH', ARGV[4], batch.w[k + 1]) end end
 return {'ok', redis.call('GET', KEYS[3]) or ''}

@@ -42,6 +42,12 @@ class Keys:
         return f"{self.prefix}replay:progress"
 
     @property
+    def events(self) -> str:
+        """The channel on which each new watermark LSN is published (swap_boards.lua spells
+        it from the prefix too)."""
+        return f"{self.prefix}events"
+
+    @property
     def builds(self) -> str:
         """SCAN pattern of every rebuild's keys."""
         return f"{self.prefix}rebuild:*"

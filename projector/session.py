@@ -143,6 +143,8 @@ class Session:
         self._open_marker = applied.tx_lsn
         # Boards being built (projector.backfill) take transactions from this LSN on.
         self.build_from: int | None = None
+        # Every transaction committed before this position has been received.
+        self._received = applied.lsn
         self._idle_end = 0
         self._last_idle_advance = 0.0
         self._last_status = clock()
@@ -186,7 +188,10 @@ class Session:
             return self._begin(msg)
         if isinstance(msg, Relation):
             self.projection.on_relation(msg)
-        elif isinstance(msg, LogicalMessage | Origin | Type):
+        elif isinstance(msg, LogicalMessage):
+            if not msg.transactional and msg.lsn > self._received:
+                self._received = msg.lsn
+        elif isinstance(msg, Origin | Type):
             pass
         else:
             raise ProtocolError(f"unexpected message {type(msg).__name__} in the stream")
@@ -196,6 +201,8 @@ class Session:
         """A primary keepalive: the server has sent everything before ``wal_end``."""
         if wal_end > self._idle_end:
             self._idle_end = wal_end
+        if self.tx is None and wal_end > self._received:
+            self._received = wal_end
         marker = self._open_marker
         if marker and wal_end > marker and self.tx is None:
             # The server re-reads a part-applied transaction before anything after it, and
@@ -239,8 +246,15 @@ class Session:
         return self._flush()
 
     def can_swap(self) -> bool:
-        """Between transactions, with no large one part-applied: built boards may go live."""
-        return self.tx is None and not self._open_marker
+        """Built boards may go live: between transactions, none part-applied, and every
+        transaction the build's snapshot holds received (else, live, they would count
+        those a second time)."""
+        return (
+            self.tx is None
+            and not self._open_marker
+            and self.build_from is not None
+            and self._received >= self.build_from
+        )
 
     def swap(self, spec: Any, fingerprint: str, config: str) -> Actions:
         """Send whole transactions received so far with ``spec`` (the swap of built boards)
@@ -296,6 +310,8 @@ class Session:
 
     def _commit(self, tx: _Tx, msg: Commit) -> Actions:
         self.tx = None
+        if msg.end_lsn > self._received:
+            self._received = msg.end_lsn
         if tx.skip_all:
             return _NOTHING
         if tx.begin.final_lsn == self._open_marker:

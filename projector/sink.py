@@ -74,6 +74,7 @@ class RedisSink:
             expected.position if expected else "",
             new.position,
             encode_batch(batch, new),
+            keys.events,
         )
         try:
             self._connection().send_command("EVALSHA", self._apply.sha, *args)

@@ -63,4 +63,5 @@ redis.call('HSET', wm_key, 'position', ARGV[4], unpack(wm_args))
 if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
   redis.call('DEL', KEYS[3])
 end
+for k = 1, #wm_args, 2 do if wm_args[k] == 'lsn' then redis.call('PUBLISH', prefix .. 'events', wm_args[k + 1]) end end
 return 'ok'

@@ -305,6 +305,9 @@ class _Streaming:
         )
         if self.backfill is not None:
             session.build_from = self.backfill.start()
+            # A message after the build's snapshot: once it arrives, every transaction the
+            # snapshot holds has arrived too, even on an idle database.
+            self._emit_wal_heartbeat(time.monotonic())
         try:
             self._stream()
         finally:

@@ -2,8 +2,9 @@
 
 Without ``PROJECTOR_PG_DSN`` / ``PROJECTOR_REDIS_URL`` it starts (or reuses) a local
 PostgreSQL and Redis under ``.run/`` (``make down`` stops them). Then it applies the
-migrations and runs the projector and the read API side by side until Ctrl-C/SIGTERM,
-which stops both cleanly.
+migrations and runs the projector, the read API (the live page at ``/``) and, unless
+``DEMO=0``, the demo writer (``projector demo``) side by side until Ctrl-C/SIGTERM, which
+stops them all cleanly. ``DEMO_RATE`` sets the demo's writes per second (default 3).
 """
 
 from __future__ import annotations
@@ -31,13 +32,20 @@ def main() -> int:
     subprocess.run([python, "-m", "projector", "migrate"], env=env, cwd=ROOT, check=True)
     host = env.get("PROJECTOR_API_HOST", "127.0.0.1")
     port = env.get("PROJECTOR_API_PORT", "8000")
-    children = [
-        subprocess.Popen([python, "-m", "projector", "run"], env=env, cwd=ROOT),
-        subprocess.Popen([python, "-m", "api", "--host", host, "--port", port], env=env, cwd=ROOT),
-    ]
+    commands = {
+        "projector": [python, "-m", "projector", "run"],
+        "api": [python, "-m", "api", "--host", host, "--port", port],
+    }
+    demo = env.get("DEMO", "1").strip().lower() not in ("0", "false", "no", "off")
+    if demo:
+        rate = env.get("DEMO_RATE") or "3"
+        commands["demo"] = [python, "-m", "projector", "demo", "--rate", rate]
+    children = {name: subprocess.Popen(argv, env=env, cwd=ROOT) for name, argv in commands.items()}
     print(
-        f"projector running; API on http://{host}:{port}/v1/leaderboards/day "
-        "(Ctrl-C stops both; `make down` stops the local servers)",
+        f"\n  the live leaderboard: http://{host}:{port}/"
+        f"\n  the API:              http://{host}:{port}/v1/leaderboards/day"
+        f"\n  {'a demo writer adds pomodoros (DEMO=0 turns it off)' if demo else 'no demo writer'}"
+        "; Ctrl-C stops everything, `make down` the local servers\n",
         file=sys.stderr,
     )
     stopping = False
@@ -50,17 +58,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     status = 0
     while not stopping:
-        for child in children:
+        for name, child in children.items():
             code = child.poll()
             if code is not None:
-                print(f"{child.args[2]} exited with {code}; stopping", file=sys.stderr)
+                print(f"{name} exited with {code}; stopping", file=sys.stderr)
                 status = code or 1
                 stopping = True
         time.sleep(0.2)
-    for child in children:
+    for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    for child in children:
+    for child in children.values():
         try:
             child.wait(30)
         except subprocess.TimeoutExpired:

@@ -28,7 +28,12 @@ DOCUMENT = openapi_document()
 REGISTRY = Registry().with_resource(
     "urn:openapi", Resource.from_contents(DOCUMENT, default_specification=DRAFT202012)
 )
-OPERATIONS = [(path, item["get"]) for path, item in DOCUMENT["paths"].items() if "{" in path]
+# The data operations answering JSON (event streams never end: tests/live covers them).
+OPERATIONS = [
+    (path, item["get"])
+    for path, item in DOCUMENT["paths"].items()
+    if "{" in path and "application/json" in item["get"]["responses"]["200"]["content"]
+]
 FUZZ = settings(
     max_examples=100,
     deadline=None,
@@ -178,4 +183,6 @@ def test_every_documented_route_answers(dataset: Dataset, method: str) -> None:
     for template in DOCUMENT["paths"]:
         path = template.replace("{period}", "week").replace("{user_id}", "bob")
         for api in (dataset.redis_api, dataset.postgres_api):
-            assert api.client.request(method, path).status_code == 200, path
+            # An event stream never ends: its status line is enough.
+            with api.client.stream(method, path) as response:
+                assert response.status_code == 200, path

@@ -133,6 +133,11 @@ def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> Non
         routes.READYZ,
         routes.METRICS,
         routes.OPENAPI,
+        routes.EVENTS,
+        routes.PAGE,
+        "/static/app.css",
+        "/static/app.js",
+        "/static/favicon.svg",
     }
     components = document["components"]["parameters"]
     for route, allowed in routes._ALLOWED.items():

@@ -301,6 +301,14 @@ def test_an_added_board_is_built_beside_the_others_while_they_stream(
         projected.assert_exact()
         proc.signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+        # A backlog the stream must work through before it reaches the build's snapshot:
+        # the build may only go live once the stream is past it.
+        for _ in range(10):
+            conn.execute(
+                "INSERT INTO pomodoros (user_id, completed_at, minutes)"
+                " SELECT 'u' || (g % 12), timestamptz '2026-10-01 00:00+00'"
+                "   + (g % 60) * interval '1 day', g % 50 FROM generate_series(1, 10000) AS g"
+            )
         both = _partial_boards(tmp_path, "pomodoros", "focus-minutes")
         proc, projected = start_process(boards_file=both)
         for _ in range(30):  # writes while the new board is built
