@@ -147,7 +147,6 @@ class Nemesis:
         self._snapshot_kind = "older"
         self._wal_sender_timeout_changed = False
         self._replay_thread: threading.Thread | None = None
-        self._replay_record: FaultRecord | None = None
         self._t0 = time.monotonic()
         self._workload: Workload | None = None
 
@@ -195,7 +194,7 @@ class Nemesis:
 
     def _start_and_wait(self) -> Projector:
         projector = self.cluster.spawn_projector()
-        projector.wait_logged("streaming", 5.0) or projector.wait_logged("rebuild started", 0.1)
+        projector.wait_logged("streaming", 5.0)  # a rebuild first, if it needs one
         return projector
 
     def _victim(self, record: FaultRecord) -> Projector | None:
@@ -469,7 +468,6 @@ class Nemesis:
     def _replay(self, rng: random.Random, record: FaultRecord) -> None:
         """`projector replay` in the background, as an operator would run it."""
         env = settings_env(self.cluster.projector_config(self.cluster.timezone, proxied=False))
-        self._replay_record = record
 
         def run() -> None:
             began = time.monotonic()
