@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 import structlog
@@ -29,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import routes
 from api.autopipeline import AutoPipeline
-from api.boards import board_json, standing_json, user_json
+from api.boards import board_json, boards_json, standing_json, user_json
 from api.errors import ApiError, MethodNotAllowed
 from api.events import HEADERS as EVENT_HEADERS
 from api.events import BoardEvents, BoardKey
@@ -41,6 +40,7 @@ from api.postgres_reader import PostgresReader, configure_connection
 from api.redis_reader import RedisReader
 from api.routes import BoardQuery
 from api.sources import Sources
+from projector.boards import Board
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings
 
@@ -84,7 +84,10 @@ class App:
         self._running: _Running | None = None
         self._starting: asyncio.Lock | None = None
         self._tz = settings.zone
-        self._openapi = _encode(openapi_document())
+        self._boards = {board.name: board for board in settings.boards}
+        self._default = settings.boards[0]
+        self._boards_body = _encode(boards_json(settings.boards))
+        self._openapi = _encode(openapi_document(settings.boards))
         self._access_log = settings.api_access_log
         self.page = Page()
 
@@ -257,8 +260,8 @@ class App:
             if method != "GET" and method != "HEAD":
                 raise MethodNotAllowed(f"{route} answers GET and HEAD only, not {method[:20]}")
             status = 200
-            if route == routes.EVENTS:
-                key = _board_key(args, scope["query_string"], self._tz)
+            if route == routes.EVENTS or route == routes.BOARD_EVENTS:
+                key = self._board_key(route, args, scope["query_string"])
                 if method == "GET":
                     await self._stream(key, receive, send)
                     self._finished(scope, route, started, 200, None)
@@ -318,6 +321,22 @@ class App:
                 client=(scope.get("client") or ("", 0))[0],
             )
 
+    def _board_of(self, route: str, args: list[bytes]) -> tuple[Board, list[bytes], bool]:
+        """The board a route is about, the rest of its arguments, and whether it is one of
+        the default board's historical (alias) routes."""
+        if route in (routes.BOARD_PAGE, routes.MEMBER, routes.BOARD_EVENTS):
+            return routes.board_named(args[0], self._boards), args[1:], False
+        return self._default, args, True
+
+    def _board_key(self, route: str, args: list[bytes], query_string: bytes) -> BoardKey:
+        """What ``GET .../events`` watches; without ``bucket``, the current bucket as it
+        changes."""
+        params = routes.parse_query_string(query_string, route)
+        board, args, alias = self._board_of(route, args)
+        query = routes.board_query(args, params, self._tz, board, alias=alias)
+        bucket = params.get("bucket") and query.bucket
+        return BoardKey(query.period, bucket, query.limit, query.board, query.alias)
+
     async def _stream(self, key: BoardKey, receive: Receive, send: Send) -> None:
         """Serve one event stream; errors before the first byte become error responses."""
         running = await self._started()
@@ -358,30 +377,28 @@ class App:
         if route == routes.READYZ:
             ready, state = await (await self._sources()).readiness(_READY_TIMEOUT)
             return _encode(state), state["source"] if ready else None, _JSON
+        if route == routes.BOARDS:
+            routes.parse_query_string(query_string, route)
+            return self._boards_body, None, _JSON
         # Every parameter is validated before a store is touched.
         params = routes.parse_query_string(query_string, route)
         tz = self._tz
-        if route == routes.BOARD:
-            board_query = routes.board_query(args, params, tz)
+        if route == routes.BOARD or route == routes.BOARD_PAGE:
+            board, args, alias = self._board_of(route, args)
+            board_query = routes.board_query(args, params, tz, board, alias=alias)
             page, source = await (await self._sources()).board(board_query)
             body = board_json(board_query, page, source, tz)
-        elif route == routes.STANDING:
-            standing_query = routes.standing_query(args, params, tz)
+        elif route == routes.STANDING or route == routes.MEMBER:
+            board, args, alias = self._board_of(route, args)
+            standing_query = routes.standing_query(args, params, tz, board, alias=alias)
             standing, source = await (await self._sources()).standing(standing_query)
             body = standing_json(standing_query, standing, source, tz)
         else:
-            user_query = routes.user_query(args, params)
+            user_query = routes.user_query(args, params, self._default)
             user, source = await (await self._sources()).user(user_query)
             body = user_json(user_query, user, source, tz)
         self.metrics.answered(route, source)
         return _encode(body), source, _JSON
-
-
-def _board_key(args: list[bytes], query_string: bytes, tz: ZoneInfo) -> BoardKey:
-    """What ``GET .../events`` watches; without ``bucket``, the current bucket as it changes."""
-    params = routes.parse_query_string(query_string, routes.EVENTS)
-    query = routes.board_query(args, params, tz)
-    return BoardKey(query.period, params.get("bucket") and query.bucket, query.limit)
 
 
 def _end_streams_on_exit_signals(end: Callable[[], None]) -> None:

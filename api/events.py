@@ -30,6 +30,7 @@ import structlog
 from api.errors import ApiError, Unavailable
 from api.feed import WatermarkFeed
 from api.routes import BoardQuery
+from projector.boards import Board
 from projector.buckets import ALL_BUCKET, Period, current_bucket
 
 log = structlog.get_logger("api")
@@ -55,6 +56,8 @@ class BoardKey:
     period: Period
     bucket: str | None
     limit: int
+    board: Board
+    alias: bool = True
 
 
 class _Subscriber:
@@ -253,7 +256,9 @@ class BoardEvents:
             ALL_BUCKET if key.period == Period.ALL else current_bucket(key.period, self._tz)
         )
         self.reads += 1
-        body = await self._read(BoardQuery(key.period, bucket, key.limit, 0, None))
+        body = await self._read(
+            BoardQuery(key.period, bucket, key.limit, 0, None, key.board, key.alias)
+        )
         if seq < board.seq:
             return
         board.seq = seq

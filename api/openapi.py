@@ -6,10 +6,14 @@ validate the document and check every answer of a fuzzing run against its respon
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from api import routes
 from projector import __version__
+from projector.boards import DEFAULT_BOARDS, Board
 
 _LSN_PATTERN = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
 _BUCKET_PATTERN = r"^(all|[0-9]{4}(-W[0-9]{2}|-[0-9]{2}(-[0-9]{2})?)?)$"
@@ -54,8 +58,10 @@ _SOURCE = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The whole document, as a JSON-ready dict."""
+def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]:
+    """The whole document for the declared ``boards``, as a JSON-ready dict. Each board's
+    routes are listed with their own path, so each period parameter lists exactly the
+    periods that board keeps; the first board is the default the other routes answer for."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -71,10 +77,10 @@ def openapi_document() -> dict[str, Any]:
                 "answer 404 and methods other than GET and HEAD answer 405."
             ),
         },
-        "paths": _paths(),
+        "paths": {**_paths(), **_board_paths(boards)},
         "components": {
-            "parameters": _parameters(),
-            "schemas": _schemas(),
+            "parameters": _parameters(boards[0]),
+            "schemas": {**_schemas(), **_member_schemas(_schemas())},
             "responses": {
                 "BadParameter": _json(
                     _ref("Error"),
@@ -239,16 +245,142 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def _parameters() -> dict[str, Any]:
+def _period_parameter(board: Board) -> dict[str, Any]:
     return {
-        "period": {
-            "name": "period",
-            "in": "path",
-            "required": True,
-            "description": "day (local midnight), week (ISO 8601, Monday start), month, year, "
-            "or all (all time).",
-            "schema": {"type": "string", "enum": ["day", "week", "month", "year", "all"]},
+        "name": "period",
+        "in": "path",
+        "required": True,
+        "description": "day (local midnight), week (ISO 8601, Monday start), month, year, "
+        f"or all (all time): the periods board {board.name!r} keeps.",
+        "schema": {"type": "string", "enum": [p.value for p in board.periods]},
+    }
+
+
+def _board_paths(boards: Sequence[Board]) -> dict[str, Any]:
+    """``GET /v1/boards`` and, per declared board, its page, member and events routes."""
+    p = "#/components/parameters/"
+    paths: dict[str, Any] = {
+        routes.BOARDS: {
+            "get": {
+                "operationId": "listBoards",
+                "summary": "The declared boards (the first is the default)",
+                "responses": {"200": _json(_ref("Boards"), "The boards."), **_ERRORS},
+            }
+        }
+    }
+    member = {
+        "name": "member",
+        "in": "path",
+        "required": True,
+        "description": f"1 to {routes.MAX_USER_ID} characters without control characters, "
+        "percent-encoded.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": routes.MAX_USER_ID},
+    }
+    for board in boards:
+        base = f"/v1/boards/{board.name}/{{period}}"
+        period = _period_parameter(board)
+        ident = "".join(part.capitalize() for part in re.split(r"[-_]", board.name))
+        paths[base] = {
+            "get": {
+                "operationId": f"getBoard{ident}",
+                "summary": f"A page of board {board.name!r}",
+                "parameters": [
+                    period,
+                    *({"$ref": p + name} for name in ("bucket", "limit", "offset", "min_lsn")),
+                ],
+                "responses": {"200": _json(_ref("BoardPage"), "The page."), **_ERRORS},
+            }
+        }
+        paths[f"{base}/members/{{member}}"] = {
+            "get": {
+                "operationId": f"getMember{ident}",
+                "summary": f"A member's rank and score on board {board.name!r}, with neighbours",
+                "description": "A member without rows in the bucket gets score 0 and rank null.",
+                "parameters": [
+                    period,
+                    member,
+                    *({"$ref": p + name} for name in ("bucket", "around", "min_lsn")),
+                ],
+                "responses": {"200": _json(_ref("MemberStanding"), "The standing."), **_ERRORS},
+            }
+        }
+        paths[f"{base}/events"] = {
+            "get": {
+                "operationId": f"streamBoard{ident}",
+                "summary": f"Board {board.name!r}'s top entries, live (Server-Sent Events)",
+                "description": "As `/v1/leaderboards/{period}/events`, with events carrying "
+                "the JSON of this board's page.",
+                "parameters": [period, *({"$ref": p + name} for name in ("bucket", "limit"))],
+                "responses": {
+                    "200": {
+                        "description": "The stream.",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "x-event-data": _ref("BoardPage"),
+                            }
+                        },
+                    },
+                    **_ERRORS,
+                },
+            }
+        }
+    return paths
+
+
+def _member_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
+    """The declared boards' schemas: the default board's, with ``member`` and ``label`` for
+    ``user_id`` and ``display_name``, and the board's name."""
+
+    def renamed(schema: dict[str, Any]) -> dict[str, Any]:
+        names = {"user_id": "member", "display_name": "label"}
+        text = json.dumps(schema)
+        for old, new in names.items():
+            text = text.replace(f'"{old}"', f'"{new}"')
+        return dict(
+            json.loads(
+                text.replace('"#/components/schemas/Entry"', '"#/components/schemas/MemberEntry"')
+            )
+        )
+
+    page = renamed(schemas["Leaderboard"])
+    standing = renamed(schemas["Standing"])
+    for schema in (page, standing):
+        schema["required"] = ["board", *schema["required"]]
+        schema["properties"] = {"board": {"type": "string"}, **schema["properties"]}
+    return {
+        "MemberEntry": renamed(schemas["Entry"]),
+        "BoardPage": page,
+        "MemberStanding": standing,
+        "Boards": {
+            "type": "object",
+            "required": ["boards"],
+            "properties": {
+                "boards": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "default", "periods", "score", "labels", "url"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "default": {"type": "boolean"},
+                            "periods": {"type": "array", "items": {"type": "string"}},
+                            "score": {"type": "string", "enum": ["count", "sum"]},
+                            "labels": {"type": "boolean"},
+                            "url": {"type": "string"},
+                        },
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "additionalProperties": False,
         },
+    }
+
+
+def _parameters(default: Board) -> dict[str, Any]:
+    return {
+        "period": _period_parameter(default),
         "user_id": {
             "name": "user_id",
             "in": "path",

@@ -87,36 +87,38 @@ class Sources:
 
     async def board(self, query: BoardQuery) -> tuple[BoardPage, str]:
         """A page of a leaderboard and the store that gave it."""
-        p, b = query.period, query.bucket
+        board, p, b = query.board, query.period, query.bucket
         return await self._answer(
             query.min_lsn,
             self._expired(p, b),
-            ("board", p, b, query.offset, query.limit),
-            lambda: self._redis.board(p, b, query.offset, query.limit),
-            lambda: self._postgres.board(p, b, query.offset, query.limit),
+            ("board", board.name, p, b, query.offset, query.limit),
+            lambda: self._redis.board(board, p, b, query.offset, query.limit),
+            lambda: self._postgres.board(board, p, b, query.offset, query.limit),
         )
 
     async def standing(self, query: StandingQuery) -> tuple[Standing, str]:
         """A user's place on a leaderboard and the store that gave it."""
-        p, b, user, around = query.period, query.bucket, query.user_id, query.around
+        board, p, b = query.board, query.period, query.bucket
+        user, around = query.user_id, query.around
         return await self._answer(
             query.min_lsn,
             self._expired(p, b),
-            ("standing", p, b, user, around),
-            lambda: self._redis.standing(p, b, user, around),
-            lambda: self._postgres.standing(p, b, user, around),
+            ("standing", board.name, p, b, user, around),
+            lambda: self._redis.standing(board, p, b, user, around),
+            lambda: self._postgres.standing(board, p, b, user, around),
         )
 
     async def user(self, query: UserQuery, now: datetime | None = None) -> tuple[UserPeriods, str]:
         """A user's standing in every current bucket and the store that gave it."""
-        buckets = current_buckets(self._tz, now)
+        board = query.board
+        buckets = [(p, b) for p, b in current_buckets(self._tz, now) if p in board.periods]
         user = query.user_id
         return await self._answer(
             query.min_lsn,
             False,
-            ("user", user, *buckets),
-            lambda: self._redis.user(user, buckets),
-            lambda: self._postgres.user(user, buckets),
+            ("user", board.name, user, *buckets),
+            lambda: self._redis.user(board, user, buckets),
+            lambda: self._postgres.user(board, user, buckets),
         )
 
     async def readiness(self, timeout: float) -> tuple[bool, dict[str, Any]]:

@@ -37,12 +37,13 @@ if swap then
   end
 end
 
-if #batch.cb > 0 then
+-- Remove every registered board key that starts with one of ``prefixes``.
+local function unlink_boards(prefixes)
+  if #prefixes == 0 then return end
   local keys = redis.call('ZRANGE', registry, 0, -1)
   for k = 1, #keys do
-    for p = 1, #batch.cb do
-      local prefix = batch.cb[p]
-      if string.sub(keys[k], 1, #prefix) == prefix then
+    for p = 1, #prefixes do
+      if string.sub(keys[k], 1, #prefixes[p]) == prefixes[p] then
         redis.call('UNLINK', keys[k])
         redis.call('ZREM', registry, keys[k])
         break
@@ -50,6 +51,8 @@ if #batch.cb > 0 then
     end
   end
 end
+
+unlink_boards(batch.cb)
 for c = 1, #batch.cl do
   redis.call('UNLINK', batch.cl[c])
 end
@@ -104,18 +107,7 @@ for bi = 1, #boards do
 end
 
 if swap then
-  if #swap.u > 0 then
-    local keys = redis.call('ZRANGE', registry, 0, -1)
-    for k = 1, #keys do
-      for p = 1, #swap.u do
-        if string.sub(keys[k], 1, #swap.u[p]) == swap.u[p] then
-          redis.call('UNLINK', keys[k])
-          redis.call('ZREM', registry, keys[k])
-          break
-        end
-      end
-    end
-  end
+  unlink_boards(swap.u)
   for m = 1, #swap.m do
     local base, delta, final, expireat = swap.m[m][1], swap.m[m][2], swap.m[m][3], swap.m[m][4]
     redis.call('UNLINK', final)

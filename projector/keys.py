@@ -68,5 +68,10 @@ class Keys:
         """The hash of one label source: member -> label."""
         return f"{self.prefix}{label_key_name(labels.table)}"
 
+    @property
+    def no_labels(self) -> str:
+        """A hash never written: the labels of a board without labels."""
+        return f"{self.prefix}labels:none"
+
     def without_prefix(self, key: str) -> str:
         return key.removeprefix(self.prefix)

@@ -42,7 +42,9 @@ FUZZ = settings(
 )
 
 
-def _parameter(ref: dict[str, str]) -> dict[str, Any]:
+def _parameter(ref: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" not in ref:
+        return ref  # declared inline (each board's own period parameter)
     name = ref["$ref"].rsplit("/", 1)[1]
     parameter: dict[str, Any] = DOCUMENT["components"]["parameters"][name]
     return parameter

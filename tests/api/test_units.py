@@ -13,6 +13,7 @@ from api.breaker import Breaker
 from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
 from api.openapi import openapi_document
+from projector.boards import DEFAULT_BOARDS
 from projector.buckets import Period
 
 
@@ -98,12 +99,13 @@ def test_queries_are_typed_with_defaults() -> None:
     """Defaults: the current bucket in the zone, limit 10, offset 0, around 0, no min_lsn."""
     berlin = ZoneInfo("Europe/Berlin")
     late = datetime(2026, 3, 28, 23, 30, tzinfo=UTC)  # already 2026-03-29 in Berlin
-    query = routes.board_query([b"day"], {}, berlin, late)
-    assert query == routes.BoardQuery(Period.DAY, "2026-03-29", 10, 0, None)
+    board = DEFAULT_BOARDS[0]
+    query = routes.board_query([b"day"], {}, berlin, board, late)
+    assert query == routes.BoardQuery(Period.DAY, "2026-03-29", 10, 0, None, board)
     params = {"bucket": "2026-W01", "around": "7", "min_lsn": "16/B374D848"}
-    standing = routes.standing_query([b"week", b"a%2Fb"], params, berlin)
+    standing = routes.standing_query([b"week", b"a%2Fb"], params, berlin, board)
     assert standing == routes.StandingQuery(
-        Period.WEEK, "2026-W01", "a/b", 7, (0x16 << 32) | 0xB374D848
+        Period.WEEK, "2026-W01", "a/b", 7, (0x16 << 32) | 0xB374D848, board
     )
     assert routes.parse_query_string(b"limit=5&&offset=2", routes.BOARD) == {
         "limit": "5",
@@ -138,14 +140,20 @@ def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> Non
         "/static/app.css",
         "/static/app.js",
         "/static/favicon.svg",
+        routes.BOARDS,
+        "/v1/boards/pomodoros/{period}",
+        "/v1/boards/pomodoros/{period}/members/{member}",
+        "/v1/boards/pomodoros/{period}/events",
     }
     components = document["components"]["parameters"]
     for route, allowed in routes._ALLOWED.items():
+        # A declared board's routes are listed per board, with the board's name in the path.
+        listed = route.replace("{board}", "pomodoros")
         names = {
-            components[ref["$ref"].rsplit("/", 1)[1]]["name"]
-            for ref in paths[route]["get"]["parameters"]
+            components[ref["$ref"].rsplit("/", 1)[1]]["name"] if "$ref" in ref else ref["name"]
+            for ref in paths[listed]["get"]["parameters"]
         }
-        path_names = {part[1:-1] for part in route.split("/") if part.startswith("{")}
+        path_names = {part[1:-1] for part in listed.split("/") if part.startswith("{")}
         assert names == set(allowed) | path_names, route
     assert components["limit"]["schema"]["maximum"] == routes.MAX_LIMIT
     assert components["user_id"]["schema"]["maxLength"] == routes.MAX_USER_ID

@@ -15,7 +15,11 @@ from api.events import BoardEvents, BoardKey
 from api.feed import WatermarkFeed
 from api.page import Page
 from api.routes import BoardQuery
+from projector.boards import DEFAULT_BOARDS
 from projector.buckets import Period
+
+DAY_KEY = BoardKey(Period.DAY, None, 5, DEFAULT_BOARDS[0])
+ALL_KEY = BoardKey(Period.ALL, None, 10, DEFAULT_BOARDS[0])
 
 
 class FakeBoards:
@@ -72,8 +76,8 @@ def test_each_distinct_board_is_read_once_per_tick_and_pushed_only_on_change() -
         feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
         hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
         hub.start()
-        day = BoardKey(Period.DAY, "2026-11-30", 10)
-        week = BoardKey(Period.WEEK, "2026-W49", 3)
+        day = BoardKey(Period.DAY, "2026-11-30", 10, DEFAULT_BOARDS[0])
+        week = BoardKey(Period.WEEK, "2026-W49", 3, DEFAULT_BOARDS[0])
         clients = [(Client(), day) for _ in range(30)] + [(Client(), week) for _ in range(5)]
         tasks = [asyncio.create_task(hub.stream(key, c.receive, c.send)) for c, key in clients]
         await _settle()
@@ -121,7 +125,7 @@ def test_ticks_during_a_read_coalesce_and_slow_clients_skip_to_the_newest() -> N
         feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
         hub = BoardEvents(slow_read, feed, ZoneInfo("UTC"), min_interval=0)
         hub.start()
-        key = BoardKey(Period.ALL, None, 10)
+        key = ALL_KEY
         client = Client()
         task = asyncio.create_task(hub.stream(key, client.receive, client.send))
         await _settle()
@@ -157,7 +161,7 @@ def test_closing_ends_streams_and_refuses_new_ones() -> None:
             ended.append(message)
             await client.send(message)
 
-        task = asyncio.create_task(hub.stream(BoardKey(Period.DAY, None, 5), client.receive, send))
+        task = asyncio.create_task(hub.stream(DAY_KEY, client.receive, send))
         await _settle()
         hub.close()
         assert await task is True
@@ -165,7 +169,7 @@ def test_closing_ends_streams_and_refuses_new_ones() -> None:
         from api.errors import Unavailable
 
         with pytest.raises(Unavailable):
-            await hub.stream(BoardKey(Period.DAY, None, 5), client.receive, client.send)
+            await hub.stream(DAY_KEY, client.receive, client.send)
 
     asyncio.run(scenario())
 
@@ -179,9 +183,7 @@ def test_a_lone_change_is_pushed_at_once_a_busy_board_at_most_every_min_interval
         hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0.3)
         hub.start()
         client = Client()
-        task = asyncio.create_task(
-            hub.stream(BoardKey(Period.ALL, None, 10), client.receive, client.send)
-        )
+        task = asyncio.create_task(hub.stream(ALL_KEY, client.receive, client.send))
         await asyncio.sleep(0.4)
         reads = sum(boards.reads.values())
         feed.heard(2)
