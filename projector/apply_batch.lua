@@ -9,10 +9,10 @@
 --    "l": [[label hash, [member, label, ...], [member, ...]], ...]   labels to set / delete
 --    "b": [[key, expireat or "", [member, delta, ...], raw], ...],  board deltas; raw = 1:
 --         a key of boards being built: any score kept, no expiry, not registered
---    "s": {"started": marker, "u": [board key prefix, ...], "x": [key, ...],
+--    "s": {"started": marker, "u": [board key prefix, ...], "x": [[key, members], ...],
 --          "m": [[base, delta, board, expireat or ""], ...]} or absent}
---         the swap of built boards, applied last: every key in "x" must exist (else the
---         error "BUILD LOST"); boards under "u" go; each board becomes base + delta
+--         the swap of built boards, applied last: every key in "x" must hold its members
+--         (else the error "BUILD LOST"); boards under "u" go; each board becomes base + delta
 --         (scores at or below 0 dropped), registered with its expiry.
 -- ARGV 4 is the channel that hears each new watermark LSN (readers' live updates).
 -- Returns {"ok", replay request id or ""}, or the error "POSITION <found>" when the
@@ -31,8 +31,8 @@ if swap then
     return redis.error_reply('BUILD LOST')
   end
   for x = 1, #swap.x do
-    if redis.call('EXISTS', swap.x[x]) == 0 then
-      return redis.error_reply('BUILD LOST ' .. swap.x[x])
+    if redis.call('ZCARD', swap.x[x][1]) ~= swap.x[x][2] then
+      return redis.error_reply('BUILD LOST ' .. swap.x[x][1])
     end
   end
 end

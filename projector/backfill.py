@@ -54,6 +54,7 @@ class Backfill:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._loaded: dict[str, int | None] = {}
+        self._counts: dict[str, int] = {}
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.consistent_point = 0
@@ -90,7 +91,7 @@ class Backfill:
         report: Any,
     ) -> None:
         try:
-            boards, _ = build_boards(
+            built = build_boards(
                 self.settings,
                 self.change.build,
                 self._sink,
@@ -100,7 +101,8 @@ class Backfill:
                 report,
                 with_labels=False,
             )
-            self._loaded = dict(boards)
+            self._loaded = dict(built.boards)
+            self._counts = built.counts
         except BaseException as exc:  # reported to the stream's thread by ``ready``
             self._error = exc
         finally:
@@ -136,7 +138,7 @@ class Backfill:
         return {
             "started": f"{self._build}started",
             "u": [keys.board_prefix(b.name) for b in self.change.live if b.name not in keep],
-            "x": [self._base + suffix for suffix in sorted(self._loaded)],
+            "x": [[self._base + suffix, self._counts[suffix]] for suffix in sorted(self._loaded)],
             "m": merges,
         }
 

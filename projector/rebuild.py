@@ -130,7 +130,7 @@ def rebuild(
         assert state.lsn is not None
         snapshot_time = conns[0].execute("SELECT now()").fetchone()
         mark_started(sink, build)
-        boards, labels = build_boards(
+        built = build_boards(
             settings, settings.boards, sink, conns, build, state, report, with_labels=True
         )
     finally:
@@ -147,13 +147,13 @@ def rebuild(
     )
     state.phase = "swapping"
     report()
-    _swap(sink, build, boards, labels, watermark, replay_id)
+    _swap(sink, build, built, watermark, replay_id)
     state.phase = "done"
     report()
     log.info(
         "rebuild finished",
         rows=state.rows,
-        boards=len(boards),
+        boards=len(built.boards),
         seconds=round(time.monotonic() - state.started, 2),
         watermark=format_lsn(state.lsn),
     )
@@ -190,6 +190,16 @@ def snapshot_connections(
     return conns, server
 
 
+@dataclass(frozen=True, slots=True)
+class Built:
+    """What a build loaded: each board's key suffix and expiry, the label hashes' suffixes,
+    and how many members or fields it wrote per key suffix (the swap checks them all)."""
+
+    boards: list[tuple[str, int | None]]
+    labels: list[str]
+    counts: dict[str, int]
+
+
 def build_boards(
     settings: Settings,
     boards: tuple[Board, ...],
@@ -200,9 +210,9 @@ def build_boards(
     report: Callable[[], None],
     *,
     with_labels: bool,
-) -> tuple[list[tuple[str, int | None]], list[str]]:
+) -> Built:
     """Load ``boards`` (and, ``with_labels``, their label hashes) into ``build``-prefixed keys;
-    return the boards' (key suffix, expiry) pairs and the label hashes' key suffixes.
+    return what was loaded.
 
     Each query runs on its own connection (same snapshot) so PostgreSQL aggregates one
     period while this process loads another into Redis.
@@ -212,13 +222,14 @@ def build_boards(
     tz = settings.zone
     now = time.time()
     lock = threading.Lock()
+    counts: dict[str, int] = {}
     Found = list[tuple[str, int | None]]
 
     def labels_task(labels: Labels, conn: psycopg.Connection[tuple[object, ...]]) -> Found:
         with conn.cursor(name="rebuild_labels") as cur:
             cur.itersize = _CHUNK
             cur.execute(queries.all_labels(labels))
-            loader = _Loader(client, state, report, lock)
+            loader = _Loader(client, state, report, lock, counts)
             loader.load_hash(build + keys.without_prefix(keys.labels(labels)), cur)
             loader.finish()
         return []
@@ -240,7 +251,7 @@ def build_boards(
                 cache[start] = (suffix, expires) if live else None
             return cache[start]
 
-        loader = _Loader(client, state, report, lock)
+        loader = _Loader(client, state, report, lock, counts)
         with conn.cursor(name="rebuild_period") as cur:
             cur.itersize = _CHUNK * 4
             cur.execute(
@@ -252,7 +263,7 @@ def build_boards(
 
     def all_time_task(board: Board, conn: psycopg.Connection[tuple[object, ...]]) -> Found:
         suffix = keys.without_prefix(keys.board(board.name, Period.ALL, "all"))
-        loader = _Loader(client, state, report, lock)
+        loader = _Loader(client, state, report, lock, counts)
         with conn.cursor(name="rebuild_all") as cur:
             cur.itersize = _CHUNK * 4
             cur.execute(queries.all_time_scores(board))
@@ -289,7 +300,7 @@ def build_boards(
             pending[pool.submit(task, conn)] = conn
         for future in as_completed(pending):
             found.extend(future.result())
-    return found, label_suffixes
+    return Built(found, label_suffixes, {key.removeprefix(build): n for key, n in counts.items()})
 
 
 class _Loader:
@@ -301,6 +312,7 @@ class _Loader:
         state: RebuildProgress,
         report: Callable[[], None],
         lock: threading.Lock,
+        counts: dict[str, int],
     ) -> None:
         self._client = client
         self._pipe = client.pipeline(transaction=False)
@@ -308,6 +320,7 @@ class _Loader:
         self._state = state
         self._report = report
         self._lock = lock
+        self._counts = counts
         self._rows = 0
         self._boards = 0
 
@@ -370,6 +383,8 @@ class _Loader:
         self._execute()
 
     def _queue(self, command: str, key: str, mapping: dict[str, Any]) -> None:
+        # Members or fields per key (each task loads keys of its own): the swap checks them.
+        self._counts[key] = self._counts.get(key, 0) + len(mapping)
         if command == "zadd":
             self._pipe.zadd(key, mapping)
         else:
@@ -401,12 +416,7 @@ class _Loader:
 
 
 def _swap(
-    sink: RedisSink,
-    build: str,
-    boards: list[tuple[str, int | None]],
-    labels: list[str],
-    watermark: Watermark,
-    replay_id: str | None,
+    sink: RedisSink, build: str, built: Built, watermark: Watermark, replay_id: str | None
 ) -> None:
     keys = sink.keys
     args: list[Any] = [keys.prefix, build, replay_id or "", watermark.position]
@@ -414,11 +424,12 @@ def _swap(
     args.append(len(fields))
     for item in fields.items():
         args.extend(item)
-    args.append(len(boards))
-    for suffix, expires in boards:
-        args.extend((suffix, "" if expires is None else expires))
-    args.append(len(labels))
-    args.extend(labels)
+    args.append(len(built.boards))
+    for suffix, expires in built.boards:
+        args.extend((suffix, "" if expires is None else expires, built.counts[suffix]))
+    args.append(len(built.labels))
+    for suffix in built.labels:
+        args.extend((suffix, built.counts.get(suffix, 0)))
     try:
         sink.client.eval(_SWAP_LUA, 3, keys.watermark, keys.registry, keys.replay_request, *args)
     except redis.exceptions.OutOfMemoryError as exc:
@@ -490,6 +501,10 @@ def reporter(
                     },
                 )
                 sink.client.expire(key, 3600)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise ConnectionLost(
+                    f"cannot report replay progress: {exc}", service="redis"
+                ) from exc
             except redis.RedisError as exc:
                 raise ProjectorError(f"cannot report replay progress: {exc}") from exc
 
