@@ -114,6 +114,13 @@ def _bootstrap(pg_dsn: str, env: dict[str, str], client: redis.Redis, log: Path)
     _stop(proc)
 
 
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used: less sensitive than wall time to
+    other load on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -151,13 +158,15 @@ def catch_up(
     t0 = time.monotonic()
     proc = _start_projector(env, log)
     t1 = _wait_for(client, target, 600)
+    projector_cpu = _process_cpu(proc.pid)
     _stop(proc)
     cpu = _redis_cpu(client) - cpu0
     rows = txs * rows_per_tx
     seconds = t1 - t0
     print(
         f"catch-up ({'three example boards' if focus else 'default board'}): {rows:,} rows in "
-        f"{seconds:.2f}s = {rows / seconds:,.0f} rows/s; Redis CPU {cpu * 1e6 / rows:.1f} us/row"
+        f"{seconds:.2f}s = {rows / seconds:,.0f} rows/s; Redis CPU {cpu * 1e6 / rows:.1f} us/row,"
+        f" projector CPU {projector_cpu * 1e6 / rows:.1f} us/row"
     )
     return {
         "boards": "examples/focus_minutes.toml" if focus else "default",
@@ -166,6 +175,7 @@ def catch_up(
         "seconds": round(seconds, 3),
         "rows_per_second": round(rows / seconds),
         "redis_cpu_us_per_row": round(cpu * 1e6 / rows, 2),
+        "projector_cpu_us_per_row": round(projector_cpu * 1e6 / rows, 2),
     }
 
 
