@@ -26,13 +26,14 @@ from api import routes
 from api.autopipeline import AutoPipeline
 from api.boards import board_json, standing_json, user_json
 from api.errors import ApiError, MethodNotAllowed
+from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.metrics import Metrics
 from api.openapi import openapi_document
 from api.postgres_reader import PostgresReader, configure_connection
 from api.redis_reader import RedisReader
 from api.sources import Sources
 from projector.logs import configure_logging
-from projector.settings import Settings, load_settings
+from projector.settings import Settings, load_settings, redact_dsn, redact_url
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,6 +45,7 @@ log = structlog.get_logger("api")
 _JSON = b"application/json"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _READY_TIMEOUT = 2.0
+_GAUGE_REFRESH = 1.0
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> App:
@@ -61,6 +63,7 @@ class _Running:
     redis: AutoPipeline
     pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]
     sources: Sources
+    refresher: asyncio.Task[None] | None
 
 
 class App:
@@ -93,7 +96,7 @@ class App:
             return
         s = self.settings
         redis_pool = aioredis.ConnectionPool.from_url(
-            s.redis_url,
+            s.api_redis,
             # Each call is bounded as a whole (RedisReader, AutoPipeline), not per socket
             # operation: redis-py would pay for a timer task per read and per write.
             socket_timeout=None,
@@ -102,7 +105,7 @@ class App:
         )
         client = AutoPipeline(redis_pool, s.api_redis_timeout)
         pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
-            s.pg_dsn,
+            s.api_dsn,
             min_size=1,
             max_size=s.api_pg_concurrency,
             max_waiting=max(100, 10 * s.api_pg_concurrency),
@@ -131,13 +134,15 @@ class App:
         )
         metrics.gauge(
             "api_redis_up",
-            "1 while Redis is believed reachable (breaker closed).",
+            "1 while every worker believes Redis reachable (breaker closed).",
             lambda: float(sources.redis_breaker.is_closed),
+            mode="livemin",
         )
         metrics.gauge(
             "api_postgres_up",
-            "1 while PostgreSQL is believed reachable (breaker closed).",
+            "1 while every worker believes PostgreSQL reachable (breaker closed).",
             lambda: float(sources.postgres_breaker.is_closed),
+            mode="livemin",
         )
         metrics.gauge(
             "api_postgres_connections_in_use",
@@ -149,15 +154,21 @@ class App:
             "Fallback queries waiting for a pooled connection.",
             lambda: float(pool.get_stats().get("requests_waiting", 0)),
         )
-        self._running = _Running(client, pool, sources)
+        # A scrape reaches one worker: the others' gauges must be fresh in their files.
+        refresher = (
+            asyncio.get_running_loop().create_task(self._refresh_gauges())
+            if metrics.multiprocess
+            else None
+        )
+        self._running = _Running(client, pool, sources, refresher)
         # What is alive now (modules, settings, clients) lives as long as the process: freeze
         # it, so that the collections every few hundred requests set off do not rescan it all.
         gc.collect()
         gc.freeze()
         log.info(
             "api started",
-            redis=s.redacted_redis_url,
-            postgres=s.redacted_dsn,
+            redis=redact_url(s.api_redis),
+            postgres=redact_dsn(s.api_dsn),
             timezone=s.timezone,
             prefix=s.key_prefix,
         )
@@ -167,8 +178,16 @@ class App:
         running, self._running = self._running, None
         if running is None:
             return
+        if running.refresher is not None:
+            running.refresher.cancel()
+        self.metrics.close()
         await running.pool.close()
         await running.redis.aclose()
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            await asyncio.sleep(_GAUGE_REFRESH)
+            self.metrics.refresh()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -261,7 +280,7 @@ class App:
         if route == routes.OPENAPI:
             return self._openapi, None, _JSON
         if route == routes.METRICS:
-            return self.metrics.render().encode(), None, b"text/plain; version=0.0.4; charset=utf-8"
+            return self.metrics.render().encode(), None, METRICS_CONTENT_TYPE
         if route == routes.READYZ:
             ready, state = await (await self._sources()).readiness(_READY_TIMEOUT)
             return _encode(state), state["source"] if ready else None, _JSON

@@ -159,7 +159,7 @@ class Sources:
             try:
                 answer = await from_redis()
                 if min_lsn is not None and answer.as_of.lsn < min_lsn:
-                    self._metrics.min_lsn_waits += 1
+                    self._metrics.min_lsn_waited()
                     if await self._wait_for(min_lsn):
                         answer = await from_redis()
             except StoreUnavailable as exc:
@@ -198,7 +198,7 @@ class Sources:
             self._in_flight[key] = task
             task.add_done_callback(partial(self._landed, key))
         else:
-            self._metrics.fallbacks_shared += 1
+            self._metrics.fallback_shared()
         answer: T = await asyncio.shield(task)
         return answer
 
