@@ -55,7 +55,7 @@ class Metrics:
     def __init__(self) -> None:
         # A *_created sample per series is noise for these dashboards; and multiprocess mode
         # has none, so both modes show the same families.
-        prometheus_client.disable_created_metrics()
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self._dir = multiprocess_dir()
         # Multiprocess values live in files, not in a registry: register nothing then.
         self._registry: CollectorRegistry | None = None if self._dir else CollectorRegistry()
@@ -160,13 +160,13 @@ class Metrics:
             return generate_latest(self._registry).decode()
         forget_dead_workers(self._dir)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(self._dir))
+        multiprocess.MultiProcessCollector(registry, path=str(self._dir))  # type: ignore[no-untyped-call]
         return generate_latest(registry).decode()
 
     def close(self) -> None:
         """This worker is exiting: its gauges no longer count (its counters still do)."""
         if self._dir is not None:
-            multiprocess.mark_process_dead(os.getpid(), str(self._dir))
+            multiprocess.mark_process_dead(os.getpid(), str(self._dir))  # type: ignore[no-untyped-call]
 
 
 def forget_dead_workers(directory: Path) -> None:
@@ -178,7 +178,7 @@ def forget_dead_workers(directory: Path) -> None:
             pids.add(int(match.group(1)))
     for pid in pids:
         if not _alive(pid):
-            multiprocess.mark_process_dead(pid, str(directory))
+            multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
 def _alive(pid: int) -> bool:
