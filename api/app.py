@@ -19,7 +19,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+import psycopg
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from api import routes
@@ -125,12 +127,13 @@ class App:
         metrics = self.metrics
         sources = Sources(
             RedisReader(client, s.key_prefix, s.api_redis_timeout),
-            PostgresReader(pool, self._tz, s.timezone),
+            PostgresReader(pool, self._tz, s.timezone, role=_pg_user(s.api_dsn)),
             tz=self._tz,
             retention=s.retention,
             min_lsn_wait=s.api_min_lsn_wait,
             cooldown=s.api_redis_down_cooldown,
             metrics=metrics,
+            redact=s.redact,
         )
         metrics.gauge(
             "api_redis_up",
@@ -305,6 +308,14 @@ class App:
 
 def _encode(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _pg_user(dsn: str) -> str | None:
+    try:
+        user = conninfo_to_dict(dsn).get("user")
+    except psycopg.ProgrammingError:
+        return None
+    return str(user) if user else None
 
 
 def _in_use(pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]) -> int:

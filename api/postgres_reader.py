@@ -9,10 +9,12 @@ Concurrency is bounded by the pool size, so a Redis outage cannot flood PostgreS
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
+import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
@@ -20,6 +22,16 @@ from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPer
 from api.errors import StoreUnavailable
 from projector.buckets import Period, bucket_bounds
 from projector.lsn import parse_lsn
+from projector.privileges import privilege_denial
+
+log = structlog.get_logger("api")
+
+# The primary's WAL position (what a client's pg_current_wal_lsn() can have returned at most).
+_SERVER_LSN_SQL = (
+    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END"
+)
+
+OnStart = Callable[[], None] | None
 
 # The position the answer includes: on a standby, what it has replayed.
 _AS_OF = (
@@ -71,17 +83,21 @@ class PostgresReader:
         pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]],
         tz: ZoneInfo,
         timezone: str,
+        role: str | None = None,
     ) -> None:
         self._pool = pool
+        self._role = role
         self._tz = tz
         self._timezone = timezone
 
-    async def board(self, period: Period, bucket: str, offset: int, limit: int) -> BoardPage:
+    async def board(
+        self, period: Period, bucket: str, offset: int, limit: int, on_start: OnStart = None
+    ) -> BoardPage:
         """A page of ``limit`` entries from position ``offset`` (0-based) in rank order."""
         params = self._bounds("", period, bucket)
         params.update(limit=limit, offset=offset)
         statement = _BOARD_SQL.format(scores=self._scores("", period, bucket), as_of=_AS_OF)
-        rows = await self._fetch(statement, params)
+        rows = await self._fetch(statement, params, on_start)
         total, lsn, now = rows[0][:3]
         entries = [
             Entry(rank=int(rank), user_id=user_id, display_name=name, score=int(score))
@@ -90,12 +106,14 @@ class PostgresReader:
         ]
         return BoardPage(total=int(total), entries=entries, as_of=AsOf(parse_lsn(lsn), now))
 
-    async def standing(self, period: Period, bucket: str, user_id: str, around: int) -> Standing:
+    async def standing(
+        self, period: Period, bucket: str, user_id: str, around: int, on_start: OnStart = None
+    ) -> Standing:
         """``user_id``'s rank and score with up to ``around`` neighbours either side."""
         params = self._bounds("", period, bucket)
         params.update(user=user_id, around=around)
         statement = _STANDING_SQL.format(scores=self._scores("", period, bucket), as_of=_AS_OF)
-        rows = await self._fetch(statement, params)
+        rows = await self._fetch(statement, params, on_start)
         total, lsn, now, display_name = rows[0][:4]
         as_of = AsOf(parse_lsn(lsn), now)
         entries: list[Entry] = []
@@ -120,7 +138,9 @@ class PostgresReader:
             as_of=as_of,
         )
 
-    async def user(self, user_id: str, buckets: list[tuple[Period, str]]) -> UserPeriods:
+    async def user(
+        self, user_id: str, buckets: list[tuple[Period, str]], on_start: OnStart = None
+    ) -> UserPeriods:
         """``user_id``'s score and rank on the board of each (period, bucket)."""
         params: dict[str, Any] = {"user": user_id}
         ctes, selects = [], []
@@ -138,7 +158,7 @@ class PostgresReader:
             f" SELECT b.*, {_AS_OF}, (SELECT display_name FROM users WHERE id = %(user)s)"
             f" FROM ({' UNION ALL '.join(selects)}) AS b ORDER BY b.i"
         )
-        rows = await self._fetch(statement, params)
+        rows = await self._fetch(statement, params, on_start)
         periods = []
         for (period, bucket), (_, total, score, rank, *_rest) in zip(buckets, rows, strict=True):
             periods.append(
@@ -157,6 +177,12 @@ class PostgresReader:
         """Whether PostgreSQL answers, for ``/readyz``."""
         rows = await self._fetch(f"SELECT {_AS_OF}", {})
         return {"up": True, "as_of": AsOf(parse_lsn(rows[0][0]), rows[0][1]).to_json()}
+
+    async def server_lsn(self, on_start: OnStart = None) -> int | None:
+        """The primary's current WAL position; None on a standby (it cannot tell)."""
+        rows = await self._fetch(_SERVER_LSN_SQL, {}, on_start)
+        value = rows[0][0]
+        return None if value is None else parse_lsn(value)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -178,9 +204,13 @@ class PostgresReader:
         start, end = bucket_bounds(period, bucket, self._tz)
         return {f"{name}start": start, f"{name}end": end, "tz": self._timezone}
 
-    async def _fetch(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _fetch(
+        self, statement: str, params: dict[str, Any], on_start: OnStart = None
+    ) -> list[tuple[Any, ...]]:
         try:
             async with self._pool.connection() as conn:
+                if on_start is not None:
+                    on_start()  # the statement's snapshot is taken after this instant
                 cursor = await conn.execute(statement, params)
                 rows = await cursor.fetchall()
         except TooManyRequests as exc:
@@ -189,6 +219,10 @@ class PostgresReader:
             # An empty pool cannot connect at all; a full one is only busy.
             down = self._pool.get_stats().get("pool_size", 0) == 0
             raise StoreUnavailable("postgres", str(exc), down=down) from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            denial = privilege_denial(exc, role=self._role)
+            log.error("postgres refused the fallback query", error=str(denial or exc))
+            raise StoreUnavailable("postgres", "permission denied", down=False) from exc
         except psycopg.errors.QueryCanceled as exc:
             raise StoreUnavailable("postgres", f"statement timed out: {exc}", down=False) from exc
         except psycopg.OperationalError as exc:

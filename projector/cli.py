@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _failure(exc: Exception, settings: Settings, command: str) -> tuple[int | None, str]:
     """The exit code and the one line for a failure; None for a bug (keep its traceback)."""
-    from projector.roles import privilege_denial
+    from projector.privileges import privilege_denial
 
     if isinstance(exc, MissingPrivilege):
         return EXIT_PRIVILEGE, str(exc)
