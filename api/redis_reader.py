@@ -2,9 +2,10 @@
 
 Every answer is one read-only Lua script (``EVALSHA_RO``, flagged ``no-writes``: Redis 7)
 reading the board, the names and the watermark together, so it reflects exactly the state
-at the watermark (the projector applies each batch atomically). A sorted set lists equal scores by member, descending under ``REV``; the script
-re-reads each tie group that a page cuts in ascending member order, so ties are listed by
-user id ascending and ranks are competition ranks (1 + members with a higher score).
+at the watermark (the projector applies each batch atomically). A sorted set lists equal
+scores by member, descending under ``REV``; the script re-reads each tie group that a page
+cuts in ascending member order, so ties are listed by user id ascending and ranks are
+competition ranks (1 + members with a higher score).
 """
 
 from __future__ import annotations
