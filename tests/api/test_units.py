@@ -62,20 +62,24 @@ def test_metrics_render_prometheus_text() -> None:
     metrics.observe("/v1/users/{user_id}", "GET", 400, 9.0)
     metrics.answered("/v1/users/{user_id}", "redis")
     metrics.fell_back("redis_down")
+    metrics.min_lsn_waited()
+    metrics.fallback_shared()
     metrics.gauge("api_redis_up", "help", lambda: 1.0)
     lines = metrics.render().splitlines()
-    worker = f'worker="{__import__("os").getpid()}"'
     route = 'route="/v1/users/{user_id}"'
-    assert f'api_requests_total{{{worker},{route},method="GET",status="200"}} 2' in lines
-    assert f'api_requests_total{{{worker},{route},method="GET",status="400"}} 1' in lines
-    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="0.0005"}} 0' in lines
-    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="0.001"}} 1' in lines
-    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="2.5"}} 2' in lines
-    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="+Inf"}} 3' in lines
-    assert f"api_request_duration_seconds_count{{{worker},{route}}} 3" in lines
-    assert f'api_fallbacks_total{{{worker},reason="redis_down"}} 1' in lines
-    assert f"api_redis_up{{{worker}}} 1" in lines
+    assert f'api_requests_total{{method="GET",{route},status="200"}} 2.0' in lines
+    assert f'api_requests_total{{method="GET",{route},status="400"}} 1.0' in lines
+    assert f'api_request_duration_seconds_bucket{{le="0.0005",{route}}} 0.0' in lines
+    assert f'api_request_duration_seconds_bucket{{le="0.001",{route}}} 1.0' in lines
+    assert f'api_request_duration_seconds_bucket{{le="2.5",{route}}} 2.0' in lines
+    assert f'api_request_duration_seconds_bucket{{le="+Inf",{route}}} 3.0' in lines
+    assert f"api_request_duration_seconds_count{{{route}}} 3.0" in lines
+    assert 'api_fallbacks_total{reason="redis_down"} 1.0' in lines
+    assert "api_min_lsn_waits_total 1.0" in lines
+    assert "api_fallbacks_shared_total 1.0" in lines
+    assert "api_redis_up 1.0" in lines
     assert "# TYPE api_request_duration_seconds histogram" in lines
+    assert not any("_created" in line for line in lines)
 
 
 @pytest.mark.parametrize(
