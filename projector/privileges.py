@@ -77,7 +77,8 @@ def _redis_denial(exc: BaseException, user: str | None) -> MissingPrivilege | No
     # NoPermissionError for a command refused outright; a ResponseError naming NOPERM for
     # one refused inside a script.
     refused = isinstance(exc, redis.exceptions.NoPermissionError) or (
-        isinstance(exc, redis.ResponseError) and "NOPERM" in str(exc)
+        isinstance(exc, redis.ResponseError)
+        and ("NOPERM" in str(exc) or "user executing the script can't" in str(exc))
     )
     if not refused:
         return None
@@ -86,6 +87,8 @@ def _redis_denial(exc: BaseException, user: str | None) -> MissingPrivilege | No
     command = _REDIS_COMMAND.search(text)
     if command:
         needed = f"ACL SETUSER {who} +{command.group(1).lower()}"
+    elif "run this command" in text:
+        needed = f"ACL SETUSER {who} +<the command in the script>"
     elif "channel" in text:
         needed = f"ACL SETUSER {who} &<prefix>*"
     elif "key" in text:

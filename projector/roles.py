@@ -33,7 +33,7 @@ _NAME = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
 # to the projector must be added here; the least-privilege tests run each command as this user.
 REDIS_PROJECTOR_COMMANDS = (
     # connection
-    "ping", "select", "client|setinfo", "client|setname",
+    "ping", "select",
     # scripts and transactions
     "eval", "evalsha", "eval_ro", "evalsha_ro", "script|load", "script|exists",
     "multi", "exec", "discard",
@@ -48,7 +48,7 @@ REDIS_PROJECTOR_COMMANDS = (
 )  # fmt: skip
 # The read API: read-only scripts over the boards, the watermark, and its channel.
 REDIS_API_COMMANDS = (
-    "ping", "select", "client|setinfo", "client|setname",
+    "ping", "select",
     "evalsha_ro", "eval_ro",
     "get", "exists", "type", "ttl", "hget", "hmget", "hgetall",
     "zcard", "zcount", "zrange", "zrank", "zscore", "zmscore",

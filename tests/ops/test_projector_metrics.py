@@ -221,7 +221,8 @@ def test_taken_port_is_a_clear_config_error() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ConfigError, match=rf"PROJECTOR_METRICS_PORT: cannot listen on .*:{port}"):
+        expected = rf"PROJECTOR_METRICS_PORT: cannot listen on .*:{port}"
+        with pytest.raises(ConfigError, match=expected):
             MetricsServer(ProjectorMetrics(), "127.0.0.1", port)
 
 
