@@ -1,18 +1,63 @@
 """The OpenAPI 3.1 document of the read API, written by hand and served at ``/openapi.json``.
 
-Bounds come from ``api.routes`` so the document and the validation cannot disagree; the tests
-validate the document and check every answer of a fuzzing run against its response schemas.
+It describes exactly what the API accepts: one path per period, each with the pattern of that
+period's real bucket ids (no 2026-02-30, no 2025-W53, no year 0000), user ids without control
+characters, integer ranges. Bounds come from ``api.routes`` and the calendar from
+``projector.buckets``, so the document and the validation cannot disagree; the tests validate
+the document, fuzz the API from it (hypothesis, schemathesis) and check every answer against
+its response schemas.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from api import routes
 from projector import __version__
+from projector.buckets import Period, parse_bucket
 
 _LSN_PATTERN = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
-_BUCKET_PATTERN = r"^(all|[0-9]{4}(-W[0-9]{2}|-[0-9]{2}(-[0-9]{2})?)?)$"
+# Years 0001 to 9999 (there is no year 0000).
+_YEAR = r"(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+# Leap years: divisible by 4, and centuries only when divisible by 400.
+_LEAP_YEAR = r"([0-9]{2}(0[48]|[2468][048]|[13579][26])|([02468][48]|[13579][26]|[2468]0)00)"
+_DAY_OF_MONTH = (
+    r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])"
+    r"|(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+    r"|02-(0[1-9]|1[0-9]|2[0-8]))"
+)
+_WEEK_1_TO_52 = r"(0[1-9]|[1-4][0-9]|5[0-2])"
+# Characters a user id may not hold: C0 and C1 controls.
+_USER_ID_PATTERN = rf"^[^\u0000-\u001f\u007f-\u009f]{{1,{routes.MAX_USER_ID}}}$"
+
+
+@cache
+def bucket_pattern(period: Period) -> str:
+    """The regular expression of every bucket id of ``period`` that the API accepts."""
+    if period == Period.ALL:
+        return "^all$"
+    if period == Period.YEAR:
+        return f"^{_YEAR}$"
+    if period == Period.MONTH:
+        return f"^{_YEAR}-(0[1-9]|1[0-2])$"
+    if period == Period.DAY:
+        return f"^({_YEAR}-{_DAY_OF_MONTH}|{_LEAP_YEAR}-02-29)$"
+    return f"^({_YEAR}-W{_WEEK_1_TO_52}|{_long_iso_years()}-W53)$"
+
+
+def _long_iso_years() -> str:
+    """The ISO years with a week 53, as a regular expression grouped by century."""
+    by_century: dict[str, list[str]] = {}
+    for year in range(1, 10_000):
+        text = f"{year:04d}"
+        try:
+            parse_bucket(Period.WEEK, f"{text}-W53")
+        except ValueError:
+            continue
+        by_century.setdefault(text[:2], []).append(text[2:])
+    groups = [f"{century}({'|'.join(ends)})" for century, ends in sorted(by_century.items())]
+    return f"({'|'.join(groups)})"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -94,33 +139,54 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+_EXAMPLE_BUCKETS = {
+    Period.DAY: "2026-11-26",
+    Period.WEEK: "2026-W48",
+    Period.MONTH: "2026-11",
+    Period.YEAR: "2026",
+    Period.ALL: "all",
+}
+_PERIOD_TEXT = {
+    Period.DAY: "the day (local midnight to midnight)",
+    Period.WEEK: "the ISO 8601 week (Monday start; years can have week 53)",
+    Period.MONTH: "the month",
+    Period.YEAR: "the year",
+    Period.ALL: "all time",
+}
+
+
 def _paths() -> dict[str, Any]:
     p = "#/components/parameters/"
-    return {
-        routes.BOARD: {
+    paths: dict[str, Any] = {}
+    for period in Period:
+        board = routes.BOARD.replace("{period}", period.value)
+        standing = routes.STANDING.replace("{period}", period.value)
+        bucket = f"bucket_{period.value}"
+        paths[board] = {
             "get": {
-                "operationId": "getLeaderboard",
-                "summary": "A page of a leaderboard",
+                "operationId": f"getLeaderboard{period.value.title()}",
+                "summary": f"A page of the leaderboard of {_PERIOD_TEXT[period]}",
                 "parameters": [
-                    {"$ref": p + name}
-                    for name in ("period", "bucket", "limit", "offset", "min_lsn")
+                    {"$ref": p + name} for name in (bucket, "limit", "offset", "min_lsn")
                 ],
                 "responses": {"200": _json(_ref("Leaderboard"), "The page."), **_ERRORS},
             }
-        },
-        routes.STANDING: {
+        }
+        paths[standing] = {
             "get": {
-                "operationId": "getStanding",
-                "summary": "A user's rank and score on a leaderboard, with neighbours",
+                "operationId": f"getStanding{period.value.title()}",
+                "summary": f"A user's rank and score on the leaderboard of {_PERIOD_TEXT[period]}, "
+                "with neighbours",
                 "description": "A user without pomodoros in the bucket gets score 0 and rank "
                 "null, not an error.",
                 "parameters": [
-                    {"$ref": p + name}
-                    for name in ("period", "user_id", "bucket", "around", "min_lsn")
+                    {"$ref": p + name} for name in ("user_id", bucket, "around", "min_lsn")
                 ],
                 "responses": {"200": _json(_ref("Standing"), "The user's standing."), **_ERRORS},
             }
-        },
+        }
+    return {
+        **paths,
         routes.USER: {
             "get": {
                 "operationId": "getUser",
@@ -181,31 +247,38 @@ def _paths() -> dict[str, Any]:
 
 
 def _parameters() -> dict[str, Any]:
+    buckets = {
+        f"bucket_{period.value}": {
+            "name": "bucket",
+            "in": "query",
+            "required": False,
+            "description": "Which bucket, in canonical form (zero-padded; weeks with an upper-case "
+            "W): day YYYY-MM-DD, week YYYY-Www (ISO week), month YYYY-MM, year YYYY, all `all`. "
+            "It must exist in the calendar (years 0001 to 9999). Default: the bucket holding "
+            "now, in the configured time zone. Buckets expired from Redis are answered by "
+            "PostgreSQL.",
+            "schema": {
+                "type": "string",
+                "pattern": bucket_pattern(period),
+                "examples": [_EXAMPLE_BUCKETS[period]],
+            },
+        }
+        for period in Period
+    }
     return {
-        "period": {
-            "name": "period",
-            "in": "path",
-            "required": True,
-            "description": "day (local midnight), week (ISO 8601, Monday start), month, year, "
-            "or all (all time).",
-            "schema": {"type": "string", "enum": ["day", "week", "month", "year", "all"]},
-        },
+        **buckets,
         "user_id": {
             "name": "user_id",
             "in": "path",
             "required": True,
             "description": f"1 to {routes.MAX_USER_ID} characters without control characters, "
             "percent-encoded (an encoded / is part of the id).",
-            "schema": {"type": "string", "minLength": 1, "maxLength": routes.MAX_USER_ID},
-        },
-        "bucket": {
-            "name": "bucket",
-            "in": "query",
-            "required": False,
-            "description": "Which bucket of the period, in canonical form: day YYYY-MM-DD, "
-            "week YYYY-Www (ISO week), month YYYY-MM, year YYYY, all `all`. Default: the "
-            "bucket holding now. Buckets expired from Redis are answered by PostgreSQL.",
-            "schema": {"type": "string", "pattern": _BUCKET_PATTERN},
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": routes.MAX_USER_ID,
+                "pattern": _USER_ID_PATTERN,
+            },
         },
         "limit": {
             "name": "limit",
@@ -239,7 +312,9 @@ def _parameters() -> dict[str, Any]:
             "required": False,
             "description": "Read-your-writes: an LSN the client read with "
             "`SELECT pg_current_wal_lsn()` after its commit. The answer reflects a state at or "
-            "past it: Redis once the projector got there (waiting briefly), else PostgreSQL.",
+            "past it: Redis once the projector got there (waiting briefly), else PostgreSQL. "
+            "An LSN ahead of the server's current WAL position (no commit can have returned "
+            "it) is answered 400.",
             "schema": {"type": "string", "pattern": _LSN_PATTERN, "examples": ["0/16B3748"]},
         },
     }

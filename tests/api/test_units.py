@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -12,8 +13,8 @@ from api import routes
 from api.breaker import Breaker
 from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
-from api.openapi import openapi_document
-from projector.buckets import Period
+from api.openapi import bucket_pattern, openapi_document
+from projector.buckets import Period, parse_bucket
 
 
 class FakeClock:
@@ -125,13 +126,17 @@ def test_errors_name_the_parameter() -> None:
 
 
 def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> None:
-    """The document validates as OpenAPI 3.1 and names every route and accepted parameter."""
+    """The document validates as OpenAPI 3.1 and names every route (one path per period)
+    and every accepted parameter."""
     document = openapi_document()
     validate(document)  # type: ignore[arg-type]
     paths = document["paths"]
-    assert set(paths) == {
-        routes.BOARD,
-        routes.STANDING,
+    per_period = {
+        template.replace("{period}", period.value)
+        for template in (routes.BOARD, routes.STANDING)
+        for period in Period
+    }
+    assert set(paths) == per_period | {
         routes.USER,
         routes.HEALTHZ,
         routes.READYZ,
@@ -139,12 +144,43 @@ def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> Non
         routes.OPENAPI,
     }
     components = document["components"]["parameters"]
-    for route, allowed in routes._ALLOWED.items():
+    for path, item in paths.items():
+        route = routes.resolve(path.replace("{user_id}", "x").encode())[0]
         names = {
             components[ref["$ref"].rsplit("/", 1)[1]]["name"]
-            for ref in paths[route]["get"]["parameters"]
+            for ref in item["get"].get("parameters", [])
         }
-        path_names = {part[1:-1] for part in route.split("/") if part.startswith("{")}
-        assert names == set(allowed) | path_names, route
+        path_names = {
+            part[1:-1] for part in route.split("/") if part.startswith("{") and part != "{period}"
+        }
+        assert names == set(routes._ALLOWED.get(route, ())) | path_names, path
     assert components["limit"]["schema"]["maximum"] == routes.MAX_LIMIT
     assert components["user_id"]["schema"]["maxLength"] == routes.MAX_USER_ID
+
+
+def _accepted(period: Period, text: str) -> bool:
+    try:
+        return parse_bucket(period, text) == text
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("period", list(Period))
+def test_bucket_patterns_are_exactly_the_buckets_the_api_accepts(period: Period) -> None:
+    """Each period's documented bucket pattern matches a candidate iff the API accepts it:
+    every year with every month and day 00-39, week 00-54 of every year, and odd shapes."""
+    pattern = re.compile(bucket_pattern(period))
+    years = [f"{y:04d}" for y in range(0, 10_000)]
+    if period == Period.DAY:
+        sample = [*years[:30], *years[95:105], *years[395:405], *years[1895:1905]]
+        sample += [*years[1996:2030], *years[9990:]]
+        candidates = [f"{y}-{m:02d}-{d:02d}" for y in sample for m in range(14) for d in range(40)]
+    elif period == Period.WEEK:
+        candidates = [f"{y}-W{w:02d}" for y in years for w in (0, 1, 9, 10, 52, 53, 54)]
+    elif period == Period.MONTH:
+        candidates = [f"{y}-{m:02d}" for y in years[:200] + years[-200:] for m in range(14)]
+    else:
+        candidates = years
+    candidates += ["all", "2026-W5", "2026-w05", "2026-1-01", "12026", "2026\n", " 2026", ""]
+    for text in candidates:
+        assert bool(pattern.fullmatch(text)) == _accepted(period, text), text
