@@ -30,7 +30,9 @@ DOCUMENT = openapi_document()
 REGISTRY = Registry().with_resource(
     "urn:openapi", Resource.from_contents(DOCUMENT, default_specification=DRAFT202012)
 )
-OPERATIONS = [(path, item["get"]) for path, item in DOCUMENT["paths"].items() if path.startswith("/v1/")]
+OPERATIONS = [
+    (path, item["get"]) for path, item in DOCUMENT["paths"].items() if path.startswith("/v1/")
+]
 FUZZ = settings(
     max_examples=100,
     deadline=None,
