@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
@@ -215,12 +215,13 @@ def redact_url(url: str) -> str:
     """Return a URL with the password of its authority and any ``password=`` query masked."""
     parts = urlsplit(url)
     if parts.query:
-        parts = parts._replace(query=_QUERY_PASSWORD.sub(r"\1***", parts.query))
+        query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+        url = url.replace(f"?{parts.query}", f"?{query}", 1)
     if parts.password is not None:
-        user = parts.username or ""
-        host = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=f"{user}:***@{host}")
-    return urlunsplit(parts)
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        url = url.replace(f"//{parts.netloc}", f"//{user}:***@{host}", 1)
+    return url
 
 
 def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
