@@ -103,7 +103,7 @@ def test_min_lsn_ahead_of_the_server_is_400_and_the_position_is_cached() -> None
         # Behind Redis: no question asked at all.
         assert (await sources.board(_query(SERVER_LSN - 200)))[1] == "redis"
         # Ahead of Redis but not of the cached position: no new position query.
-        page, source = await sources.board(_query(SERVER_LSN - 50))
+        _, source = await sources.board(_query(SERVER_LSN - 50))
         assert source == "postgres" and postgres.position_queries == 1
         # Many bad requests at once share one position query (once the cache is stale).
         sources._server_lsn_until = 0.0
