@@ -10,8 +10,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +49,7 @@ _PROMETHEUS_SERIES = {"up"}
 def _exposed_names() -> set[str]:
     """Sample names in the live registries of a ProjectorMetrics and a started API app."""
     names = {
-        sample.name
-        for family in ProjectorMetrics().registry.collect()
-        for sample in family.samples
+        sample.name for family in ProjectorMetrics().registry.collect() for sample in family.samples
     }
     settings = load_settings(
         pg_dsn="postgresql://nobody@127.0.0.1:1/none?connect_timeout=1",
@@ -248,12 +248,12 @@ def test_compose_acl_file_is_what_projector_roles_prints(tmp_path: Path) -> None
     assert lines[0].startswith("user default on #") and lines[1:] == printed
     server = shutil.which("redis-server")
     assert server is not None
-    with __import__("socket").socket() as sock:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir"]
     proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
-        + ["--aclfile", str(DEPLOY / "redis/users.acl")],
+        [*argv, str(tmp_path), "--aclfile", str(DEPLOY / "redis/users.acl")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -265,7 +265,7 @@ def test_compose_acl_file_is_what_projector_roles_prints(tmp_path: Path) -> None
                 assert client.ping()
                 break
             except redis.ConnectionError:
-                __import__("time").sleep(0.05)
+                time.sleep(0.05)
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.set("pomo:x", "1")
         client.close()
