@@ -3,14 +3,21 @@ VENV ?= .venv
 PYTHON ?= python3
 SOURCES := projector api tests bench scripts
 
-.PHONY: test lint typecheck bench run down clean
+.PHONY: test lint typecheck bench run down clean system-run system-test
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: $(VENV)/.installed
+# Server binaries and tools first (apt-get as root; otherwise the one command to run).
+system-run:
+	@bash scripts/ensure_system.sh run
+
+system-test:
+	@bash scripts/ensure_system.sh test
+
+test: system-test $(VENV)/.installed
 	$(VENV)/bin/pytest -p no:cacheprovider
 
 lint: $(VENV)/.installed
@@ -23,7 +30,7 @@ typecheck: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/run_all.py
 
-run: $(VENV)/.installed
+run: system-run $(VENV)/.installed
 	$(VENV)/bin/python scripts/run_local.py
 
 # Stop the local servers that `make run` started (their data stays in .run/).
