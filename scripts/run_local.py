@@ -1,9 +1,10 @@
 """``make run``: the whole system on this machine.
 
 Without ``PROJECTOR_PG_DSN`` / ``PROJECTOR_REDIS_URL`` it starts (or reuses) a local
-PostgreSQL and Redis under ``.run/`` (``make down`` stops them). Then it applies the
-migrations and runs the projector and the read API side by side until Ctrl-C/SIGTERM,
-which stops both cleanly.
+PostgreSQL and Redis under ``.run/`` (``make down`` stops them), applies the migrations as
+the owner and creates the least-privilege roles and Redis users (``servers.roles``) that the
+projector and the read API then log in as. Both run side by side until Ctrl-C/SIGTERM, which
+stops both cleanly.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import servers  # noqa: E402
 
 def main() -> int:
     env = dict(os.environ)
-    if not env.get("PROJECTOR_PG_DSN") or not env.get("PROJECTOR_REDIS_URL"):
-        local = servers.up(ROOT / ".run", "pomodoro")
-        for name, value in local.items():
+    local = not env.get("PROJECTOR_PG_DSN") or not env.get("PROJECTOR_REDIS_URL")
+    if local:
+        for name, value in servers.up(ROOT / ".run", "pomodoro").items():
             env.setdefault(name, value)
     python = sys.executable
     subprocess.run([python, "-m", "projector", "migrate"], env=env, cwd=ROOT, check=True)
+    if local:
+        # Migrations need the owner; the projector and the API run as least-privilege roles.
+        env.update(servers.roles(ROOT / ".run", env))
     host = env.get("PROJECTOR_API_HOST", "127.0.0.1")
     port = env.get("PROJECTOR_API_PORT", "8000")
     children = [
