@@ -21,7 +21,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
 from api.errors import NotBuilt, StoreUnavailable
+from projector.boards import DEFAULT_BOARDS
 from projector.buckets import Period
+from projector.keys import Keys
 from projector.lsn import parse_lsn
 
 # page(board, offset, count) -> {member, score, rank, ...} in rank order, ties by member.
@@ -151,9 +153,11 @@ class RedisReader:
 
     def __init__(self, client: Commands, prefix: str, timeout: float) -> None:
         self._client = client
-        self._prefix = prefix.encode()
-        self._users = self._prefix + b"users"
-        self._watermark = self._prefix + b"watermark"
+        self._keys = Keys(prefix)
+        labels = DEFAULT_BOARDS[0].labels
+        assert labels is not None
+        self._users = self._keys.labels(labels).encode()
+        self._watermark = self._keys.watermark.encode()
         self._timeout = timeout
         self._scripts = {
             script: hashlib.sha1(script.encode()).hexdigest()
@@ -161,7 +165,7 @@ class RedisReader:
         }
 
     def board_key(self, period: Period, bucket: str) -> bytes:
-        return b"%slb:%s:%s" % (self._prefix, period.value.encode(), bucket.encode())
+        return self._keys.board(DEFAULT_BOARDS[0].name, period, bucket).encode()
 
     async def board(self, period: Period, bucket: str, offset: int, limit: int) -> BoardPage:
         """A page of ``limit`` entries from position ``offset`` (0-based) in rank order."""

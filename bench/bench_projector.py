@@ -139,7 +139,8 @@ def catch_up(pg_dsn: str, redis_url: str, log: Path, txs: int, rows_per_tx: int)
 _WATCHER = """
 import sys, time, redis
 r = redis.Redis.from_url(sys.argv[1])
-key, member, total, deadline = "pomo:lb:all:all", sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+key = "pomo:lb:pomodoros:all:all"
+member, total, deadline = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 seen = 0
 out = []
 while seen < total and time.monotonic() < deadline:

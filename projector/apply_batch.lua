@@ -1,42 +1,49 @@
--- Apply one batch of leaderboard deltas and move the watermark, atomically.
+-- Apply one batch of board deltas and move the watermark, atomically.
 --
--- ARGV: 1 prefix, 2 expected position ("" = no watermark may exist), 3 new position,
---       4 the batch as JSON (one argument: cheap to send, decoded in C by cjson):
---   {"w": [field, value, ...],            watermark fields
---    "cb": true|false, "cu": true|false,  clear every board / the name hash first
---    "ns": [user, name, ...], "nd": [user, ...],   names to set / delete
---    "b": [[key, expireat or "", [member, delta, ...]], ...]}
+-- KEYS: 1 watermark, 2 registry of board keys, 3 replay request.
+-- ARGV: 1 expected position ("" = no watermark may exist), 2 new position,
+--       3 the batch as JSON (one argument: cheap to send, decoded in C by cjson):
+--   {"w": [field, value, ...],                      watermark fields
+--    "cb": [board key prefix, ...],                 boards to empty first (TRUNCATE)
+--    "cl": [label hash, ...],                       label hashes to empty first
+--    "l": [[label hash, [member, label, ...], [member, ...]], ...]   labels to set / delete
+--    "b": [[key, expireat or "", [member, delta, ...]], ...]}       board deltas
 -- Returns {"ok", replay request id or ""}, or the error "POSITION <found>" when the
 -- stored position is not the expected one (lost data or a second writer).
-local prefix = ARGV[1]
-local wm_key = prefix .. 'watermark'
-local registry = prefix .. 'boards'
-local users_key = prefix .. 'users'
+local wm_key, registry = KEYS[1], KEYS[2]
 local found = redis.call('HGET', wm_key, 'position')
 if not found then found = '' end
-if found ~= ARGV[2] then
+if found ~= ARGV[1] then
   return redis.error_reply('POSITION ' .. found)
 end
-local batch = cjson.decode(ARGV[4])
+local batch = cjson.decode(ARGV[3])
 local CHUNK = 2000
 
-if batch.cb then
+if #batch.cb > 0 then
   local keys = redis.call('ZRANGE', registry, 0, -1)
-  for k = 1, #keys do redis.call('UNLINK', keys[k]) end
-  redis.call('UNLINK', registry)
+  for k = 1, #keys do
+    for p = 1, #batch.cb do
+      local prefix = batch.cb[p]
+      if string.sub(keys[k], 1, #prefix) == prefix then
+        redis.call('UNLINK', keys[k])
+        redis.call('ZREM', registry, keys[k])
+        break
+      end
+    end
+  end
 end
-if batch.cu then
-  redis.call('UNLINK', users_key)
+for c = 1, #batch.cl do
+  redis.call('UNLINK', batch.cl[c])
 end
 
-local ns = batch.ns
-for s = 1, #ns, 2 * CHUNK do
-  local e = math.min(#ns, s + 2 * CHUNK - 1)
-  redis.call('HSET', users_key, unpack(ns, s, e))
-end
-local nd = batch.nd
-for s = 1, #nd, CHUNK do
-  redis.call('HDEL', users_key, unpack(nd, s, math.min(#nd, s + CHUNK - 1)))
+for li = 1, #batch.l do
+  local hash, set, del = batch.l[li][1], batch.l[li][2], batch.l[li][3]
+  for s = 1, #set, 2 * CHUNK do
+    redis.call('HSET', hash, unpack(set, s, math.min(#set, s + 2 * CHUNK - 1)))
+  end
+  for s = 1, #del, CHUNK do
+    redis.call('HDEL', hash, unpack(del, s, math.min(#del, s + CHUNK - 1)))
+  end
 end
 
 local boards = batch.b
@@ -79,5 +86,5 @@ end
 
 local now = redis.call('TIME')[1]
 redis.call('ZREMRANGEBYSCORE', registry, '-inf', '(' .. now)
-redis.call('HSET', wm_key, 'position', ARGV[3], unpack(batch.w))
-return {'ok', redis.call('GET', prefix .. 'replay:request') or ''}
+redis.call('HSET', wm_key, 'position', ARGV[2], unpack(batch.w))
+return {'ok', redis.call('GET', KEYS[3]) or ''}

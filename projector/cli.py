@@ -181,7 +181,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "migrate":
         from projector.migrate import migrate
 
-        applied = migrate(settings.pg_dsn, settings.publication)
+        applied = migrate(settings.pg_dsn, settings.publication, settings.boards)
         print(
             f"applied {len(applied)} migration(s)"
             + (f": {', '.join(applied)}" if applied else "; schema up to date")
@@ -248,12 +248,13 @@ def _roles(args: argparse.Namespace, settings: Settings) -> int:
             print(roles.redis_script(settings.key_prefix, run, api))
         return EXIT_OK
     if args.apply:
-        database = roles.apply_postgres(settings.pg_dsn, [run, api])
+        tables = roles.source_tables(settings.boards)
+        database = roles.apply_postgres(settings.pg_dsn, [run, api], tables)
         print(f"roles {run.name} (replication) and {api.name} (read-only) set on {database!r}")
         return EXIT_OK
     dbname = conninfo_to_dict(settings.pg_dsn).get("dbname")
     database = str(dbname) if dbname else _pg_user(settings.pg_dsn) or "postgres"
-    print(roles.postgres_script(database, [run, api]))
+    print(roles.postgres_script(database, [run, api], roles.source_tables(settings.boards)))
     return EXIT_OK
 
 

@@ -1,23 +1,26 @@
 """Schema migrations: plain SQL files applied in name order, each once, recorded in a table.
 
 ``migrate`` also makes the publication (``PROJECTOR_PUBLICATION``) cover exactly the
-projected tables. Running it twice, or from two processes at once, is safe.
+tables the boards read (their own tables and their label tables). Running it twice, or
+from two processes at once, is safe.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import psycopg
 import structlog
 from psycopg import sql
 
+from projector.boards import DEFAULT_BOARDS, Board, Table
 from projector.errors import ConfigError, ConnectionLost
+from projector.projection import identity_columns
 
 log = structlog.get_logger(__name__)
 
-PROJECTED_TABLES = ("pomodoros", "users")
 _VERSION_TABLE = "projector_schema_migrations"
 _LOCK_KEY = 0x706F6D6F  # advisory lock taken while migrating
 
@@ -30,7 +33,12 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "migrations"
 
 
-def migrate(dsn: str, publication: str, directory: Path | None = None) -> list[str]:
+def migrate(
+    dsn: str,
+    publication: str,
+    boards: Iterable[Board] = DEFAULT_BOARDS,
+    directory: Path | None = None,
+) -> list[str]:
     """Apply pending migrations and ensure the publication; return the versions applied now."""
     directory = directory or migrations_dir()
     files = sorted(directory.glob("*.sql"))
@@ -69,24 +77,40 @@ def migrate(dsn: str, publication: str, directory: Path | None = None) -> list[s
                 )
             log.info("migration applied", version=version)
             applied.append(version)
-        ensure_publication(conn, publication)
+        ensure_publication(conn, publication, list(identity_columns(boards)))
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied
 
 
-def ensure_publication(conn: psycopg.Connection[tuple[object, ...]], publication: str) -> None:
-    """Create the publication, or set its tables, so it publishes exactly the projected ones."""
-    tables = sql.SQL(", ").join(sql.Identifier(t) for t in PROJECTED_TABLES)
+def ensure_publication(
+    conn: psycopg.Connection[tuple[object, ...]], publication: str, tables: Sequence[Table]
+) -> None:
+    """Create the publication, or set its tables, so it publishes exactly ``tables``."""
+    missing = [t for t in tables if not _exists(conn, t)]
+    if missing:
+        raise ConfigError(
+            f"table {missing[0]} does not exist: create it (see the board definitions) "
+            "before `projector migrate`"
+        )
+    names = sql.SQL(", ").join(t.identifier() for t in tables)
     exists = conn.execute(
         "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
     ).fetchone()
     if exists:
         conn.execute(
-            sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(publication), tables)
+            sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(publication), names)
         )
     else:
         conn.execute(
-            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                sql.Identifier(publication), tables
-            )
+            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(publication), names)
         )
+
+
+def _exists(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s",
+            (table.schema, table.name),
+        ).fetchone()
+        is not None
+    )

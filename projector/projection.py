@@ -1,20 +1,23 @@
 """The projection: decoded row changes in, a description of what Redis must do out.
 
-``Projection`` is pure. It maps ``pomodoros`` changes to count deltas per leaderboard
-key and member, and ``users`` changes to display-name writes, aggregating as rows arrive
-so memory grows with distinct (board, member) pairs, never with rows. ``take_batch``
-hands the accumulated ``BatchDelta`` to the sink and starts afresh.
+``Projection`` is pure. Each Relation message becomes a per-table plan (which boards read
+the table, at which column positions; which label source it is), so a row change costs a
+lookup and, per board, a score delta for the member in each live bucket of the row's
+instant. Deltas aggregate as rows arrive: memory grows with distinct (board key, member)
+pairs, never with rows. ``take_batch`` hands the accumulated ``BatchDelta`` to the sink.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from projector.boards import Board, Table, label_sources
 from projector.buckets import (
+    TIMED_PERIODS,
     Period,
     Retention,
     bucket_ids_for_date,
@@ -22,6 +25,7 @@ from projector.buckets import (
     local_date,
 )
 from projector.errors import ProjectorError
+from projector.keys import Keys
 from projector.pgoutput import (
     UNCHANGED_TOAST,
     ColumnValue,
@@ -32,9 +36,7 @@ from projector.pgoutput import (
     Update,
 )
 
-POMODOROS = "pomodoros"
-USERS = "users"
-SCHEMA = "public"
+_IS_KEY = 1  # Relation column flag: part of the replica identity
 
 # One board key with its expiry (Unix seconds, None = never).
 BoardSlot = tuple[str, int | None]
@@ -44,43 +46,88 @@ BoardSlot = tuple[str, int | None]
 class BatchDelta:
     """What Redis must do for a run of changes, in this order.
 
-    1. if ``clear_boards``: remove every leaderboard; if ``clear_users``: the name hash;
+    1. remove every board key starting with a prefix in ``clear_boards`` (a TRUNCATE) and
+       every label hash in ``clear_labels``;
     2. add ``deltas[key][member]`` to each board member (dropping members at or below 0)
        and set each touched board's expiry from ``expiry``;
-    3. set or delete (``None``) each display name in ``names``.
+    3. set or delete (``None``) each label in ``labels[hash key][member]``.
     """
 
-    clear_boards: bool = False
-    clear_users: bool = False
+    clear_boards: set[str] = field(default_factory=set)
+    clear_labels: set[str] = field(default_factory=set)
     deltas: dict[str, dict[str, int]] = field(default_factory=dict)
     expiry: dict[str, int | None] = field(default_factory=dict)
-    names: dict[str, str | None] = field(default_factory=dict)
+    labels: dict[str, dict[str, str | None]] = field(default_factory=dict)
     row_changes: int = 0
 
     def is_noop(self) -> bool:
         """True when applying it would change no key (a watermark may still move)."""
         return not (
             self.clear_boards
-            or self.clear_users
-            or self.names
+            or self.clear_labels
+            or any(self.labels.values())
             or any(any(v for v in members.values()) for members in self.deltas.values())
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _PomodoroColumns:
-    user_id: int
-    completed_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class _UserColumns:
-    id: int
-    display_name: int
-
-
 class SchemaError(ProjectorError):
     """A projected table lacks a column the projection needs."""
+
+
+class ReplicaIdentityError(ProjectorError):
+    """The stream's changes of a table lack old values the projection needs."""
+
+    def __init__(self, table: str, missing: list[str], identity: str) -> None:
+        super().__init__(
+            f"changes of {table} were logged with a replica identity ({identity!r}) that does "
+            f"not cover {', '.join(missing)}: deletes and changes of its rows cannot be projected"
+        )
+        self.table = table
+        self.missing = missing
+
+
+def identity_columns(boards: Iterable[Board]) -> dict[Table, tuple[str, ...]]:
+    """Per table, the columns whose old values UPDATE and DELETE must carry."""
+    needed: dict[Table, list[str]] = {}
+    for board in boards:
+        columns = needed.setdefault(board.table, [])
+        columns.extend(c for c in board.columns if c not in columns)
+        if board.labels is not None:
+            label_columns = needed.setdefault(board.labels.table, [])
+            if board.labels.key not in label_columns:
+                label_columns.append(board.labels.key)
+    return {table: tuple(columns) for table, columns in needed.items()}
+
+
+class _BoardPlan:
+    """One board over one relation: column positions and cached bucket keys per date."""
+
+    __slots__ = ("all_key", "board", "dates", "member", "prefix", "time", "timed", "value")
+
+    def __init__(self, board: Board, rel: Relation, keys: Keys) -> None:
+        self.board = board
+        self.member = _column_index(rel, board.member)
+        self.time = _column_index(rel, board.time)
+        self.value = _column_index(rel, board.sum) if board.sum else -1
+        self.prefix = keys.board_prefix(board.name)
+        self.all_key = (
+            keys.board(board.name, Period.ALL, "all") if Period.ALL in board.periods else ""
+        )
+        self.timed = tuple(p for p in TIMED_PERIODS if p in board.periods)
+        self.dates: dict[date, tuple[BoardSlot, ...]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class _LabelPlan:
+    key: int
+    column: int
+    hash_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _TablePlan:
+    boards: tuple[_BoardPlan, ...]
+    labels: _LabelPlan | None
 
 
 def _column_index(rel: Relation, name: str) -> int:
@@ -90,30 +137,26 @@ def _column_index(rel: Relation, name: str) -> int:
     raise SchemaError(f"table {rel.namespace}.{rel.name} has no column {name!r}")
 
 
-def board_key(prefix: str, period: Period | str, bucket: str) -> str:
-    """The Redis key of one leaderboard, e.g. ``pomo:lb:week:2026-W48``."""
-    return f"{prefix}lb:{period}:{bucket}"
-
-
 class Projection:
-    """Accumulates the effect of row changes on leaderboards and display names."""
+    """Accumulates the effect of row changes on the declared boards and their labels."""
 
     def __init__(
         self,
-        prefix: str,
+        boards: Iterable[Board],
+        keys: Keys,
         tz: ZoneInfo,
         retention: Retention,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._prefix = prefix
+        self._boards = tuple(boards)
+        self._keys = keys
         self._tz = tz
         self._retention = retention
         self._clock = clock
-        self._all_key = board_key(prefix, Period.ALL, "all")
-        self._pomodoros: dict[int, _PomodoroColumns] = {}
-        self._users: dict[int, _UserColumns] = {}
-        self._hour_cache: dict[bytes, tuple[BoardSlot, ...] | None] = {}
-        self._date_cache: dict[date, tuple[BoardSlot, ...]] = {}
+        self._identity = identity_columns(self._boards)
+        self._labels = {labels.table: labels for labels in label_sources(self._boards)}
+        self._plans: dict[int, _TablePlan] = {}
+        self._hour_cache: dict[bytes, date | None] = {}
         self._now = clock()
         self._batch = BatchDelta()
 
@@ -121,18 +164,27 @@ class Projection:
 
     def on_relation(self, rel: Relation) -> None:
         """Learn a table's column layout (sent before its first change and after DDL)."""
-        self._pomodoros.pop(rel.relation_id, None)
-        self._users.pop(rel.relation_id, None)
-        if rel.namespace != SCHEMA:
+        self._plans.pop(rel.relation_id, None)
+        table = Table(rel.namespace, rel.name)
+        needed = self._identity.get(table)
+        if needed is None:
             return
-        if rel.name == POMODOROS:
-            self._pomodoros[rel.relation_id] = _PomodoroColumns(
-                _column_index(rel, "user_id"), _column_index(rel, "completed_at")
+        keys = {column.name for column in rel.columns if column.flags & _IS_KEY}
+        missing = [name for name in needed if name not in keys]
+        if missing:
+            raise ReplicaIdentityError(str(table), missing, rel.replica_identity)
+        boards = tuple(_BoardPlan(b, rel, self._keys) for b in self._boards if b.table == table)
+        labels = self._labels.get(table)
+        label_plan = (
+            _LabelPlan(
+                _column_index(rel, labels.key),
+                _column_index(rel, labels.column),
+                self._keys.labels(labels),
             )
-        elif rel.name == USERS:
-            self._users[rel.relation_id] = _UserColumns(
-                _column_index(rel, "id"), _column_index(rel, "display_name")
-            )
+            if labels is not None
+            else None
+        )
+        self._plans[rel.relation_id] = _TablePlan(boards, label_plan)
 
     # -- row changes -----------------------------------------------------------------
 
@@ -148,79 +200,75 @@ class Projection:
             self.on_truncate(msg)
 
     def on_insert(self, msg: Insert) -> None:
-        """A new row: one more pomodoro, or a display name set."""
+        """A new row: its contribution to each board, or a label set."""
         self._batch.row_changes += 1
-        cols = self._pomodoros.get(msg.relation_id)
-        if cols is not None:
-            self._count(msg.new[cols.user_id], msg.new[cols.completed_at], 1)
+        plan = self._plans.get(msg.relation_id)
+        if plan is None:
             return
-        ucols = self._users.get(msg.relation_id)
-        if ucols is not None:
-            self._name(msg.new[ucols.id], msg.new[ucols.display_name])
+        new = msg.new
+        for board in plan.boards:
+            self._score(board, new[board.member], new[board.time], _value(board, new), 1)
+        if plan.labels is not None:
+            self._label(plan.labels, new[plan.labels.key], new[plan.labels.column])
 
     def on_update(self, msg: Update) -> None:
-        """A changed row: move a pomodoro between members/buckets, or rename a user."""
+        """A changed row: its old contribution out, its new one in; or a label changed."""
         self._batch.row_changes += 1
-        cols = self._pomodoros.get(msg.relation_id)
-        if cols is not None:
-            old = msg.old
-            if old is None:
-                return  # replica identity columns (user_id, completed_at, id) unchanged
-            new = msg.new
-            old_user, old_ts = old[cols.user_id], old[cols.completed_at]
-            new_user, new_ts = new[cols.user_id], new[cols.completed_at]
-            if new_user is UNCHANGED_TOAST:
-                new_user = old_user
-            if new_ts is UNCHANGED_TOAST:
-                new_ts = old_ts
-            self._count(old_user, old_ts, -1)
-            self._count(new_user, new_ts, 1)
+        plan = self._plans.get(msg.relation_id)
+        if plan is None:
             return
-        ucols = self._users.get(msg.relation_id)
-        if ucols is not None:
-            new_id = msg.new[ucols.id]
-            if msg.old is not None:
-                old_id = msg.old[ucols.id]
-                if old_id != new_id and isinstance(old_id, bytes):
-                    self._batch.names[old_id.decode()] = None
-            name = msg.new[ucols.display_name]
-            if name is UNCHANGED_TOAST:
-                if msg.old is None or msg.old[ucols.id] == new_id:
-                    return  # name untouched and the user kept its id
-                # Only a whole old row (REPLICA IDENTITY FULL) still carries the name.
-                if msg.old_kind != "O" or msg.old[ucols.display_name] is UNCHANGED_TOAST:
-                    raise SchemaError(
-                        "users row changed id while its display_name was an unchanged TOAST "
-                        "value; set REPLICA IDENTITY FULL on users to project this"
-                    )
-                name = msg.old[ucols.display_name]
-            self._name(new_id, name)
+        old, new = msg.old, msg.new
+        if old is not None:
+            # Without an old tuple no identity column changed, and every column a board
+            # reads is an identity column: the row's contributions stay as they were.
+            for board in plan.boards:
+                old_member, old_time = old[board.member], old[board.time]
+                new_member, new_time = new[board.member], new[board.time]
+                if new_member is UNCHANGED_TOAST:
+                    new_member = old_member
+                if new_time is UNCHANGED_TOAST:
+                    new_time = old_time
+                old_value, new_value = _value(board, old), _value(board, new)
+                if new_value is UNCHANGED_TOAST:
+                    new_value = old_value
+                if (old_member, old_time, old_value) == (new_member, new_time, new_value):
+                    continue
+                self._score(board, old_member, old_time, old_value, -1)
+                self._score(board, new_member, new_time, new_value, 1)
+        labels = plan.labels
+        if labels is not None:
+            self._relabel(msg, labels)
 
     def on_delete(self, msg: Delete) -> None:
-        """A removed row: one pomodoro retracted, or a display name removed."""
+        """A removed row: its contribution retracted, or a label removed."""
         self._batch.row_changes += 1
-        cols = self._pomodoros.get(msg.relation_id)
-        if cols is not None:
-            self._count(msg.old[cols.user_id], msg.old[cols.completed_at], -1)
+        plan = self._plans.get(msg.relation_id)
+        if plan is None:
             return
-        ucols = self._users.get(msg.relation_id)
-        if ucols is not None:
-            user = msg.old[ucols.id]
-            if isinstance(user, bytes):
-                self._batch.names[user.decode()] = None
+        old = msg.old
+        for board in plan.boards:
+            self._score(board, old[board.member], old[board.time], _value(board, old), -1)
+        if plan.labels is not None:
+            member = old[plan.labels.key]
+            if isinstance(member, bytes):
+                self._labels_of(plan.labels.hash_key)[member.decode()] = None
 
     def on_truncate(self, msg: Truncate) -> None:
-        """Emptied tables: every board, or every display name, starts from nothing."""
+        """Emptied tables: their boards, or their labels, start from nothing."""
         self._batch.row_changes += 1
         batch = self._batch
         for relation_id in msg.relation_ids:
-            if relation_id in self._pomodoros:
-                batch.clear_boards = True
-                batch.deltas.clear()
-                batch.expiry.clear()
-            elif relation_id in self._users:
-                batch.clear_users = True
-                batch.names.clear()
+            plan = self._plans.get(relation_id)
+            if plan is None:
+                continue
+            for board in plan.boards:
+                batch.clear_boards.add(board.prefix)
+                for key in [k for k in batch.deltas if k.startswith(board.prefix)]:
+                    del batch.deltas[key]
+                    batch.expiry.pop(key, None)
+            if plan.labels is not None:
+                batch.clear_labels.add(plan.labels.hash_key)
+                batch.labels.pop(plan.labels.hash_key, None)
 
     # -- batches ---------------------------------------------------------------------
 
@@ -240,40 +288,85 @@ class Projection:
         # Entries cache expiries relative to "now"; drop them when the day may have turned.
         if int(now // 3600) != int(self._now // 3600):
             self._hour_cache.clear()
-            self._date_cache.clear()
+            for plan in self._plans.values():
+                for board in plan.boards:
+                    board.dates.clear()
         self._now = now
 
     # -- internals -------------------------------------------------------------------
 
-    def _name(self, user: ColumnValue, name: ColumnValue) -> None:
-        if isinstance(user, bytes):
-            self._batch.names[user.decode()] = name.decode() if isinstance(name, bytes) else None
+    def _labels_of(self, hash_key: str) -> dict[str, str | None]:
+        labels = self._batch.labels.get(hash_key)
+        if labels is None:
+            labels = self._batch.labels[hash_key] = {}
+        return labels
 
-    def _count(self, user: ColumnValue, completed_at: ColumnValue, delta: int) -> None:
-        if not isinstance(user, bytes):
+    def _label(self, plan: _LabelPlan, member: ColumnValue, label: ColumnValue) -> None:
+        if isinstance(member, bytes):
+            self._labels_of(plan.hash_key)[member.decode()] = (
+                label.decode() if isinstance(label, bytes) else None
+            )
+
+    def _relabel(self, msg: Update, plan: _LabelPlan) -> None:
+        new_member = msg.new[plan.key]
+        if msg.old is not None:
+            old_member = msg.old[plan.key]
+            if old_member != new_member and isinstance(old_member, bytes):
+                self._labels_of(plan.hash_key)[old_member.decode()] = None
+        label = msg.new[plan.column]
+        if label is UNCHANGED_TOAST:
+            if msg.old is None or msg.old[plan.key] == new_member:
+                return  # label untouched and the member kept its key
+            # Only a whole old row (REPLICA IDENTITY FULL) still carries the label.
+            if msg.old_kind != "O" or msg.old[plan.column] is UNCHANGED_TOAST:
+                raise SchemaError(
+                    f"a {msg.relation_id} row changed its key while its label was an unchanged "
+                    "TOAST value; set REPLICA IDENTITY FULL on the label table to project this"
+                )
+            label = msg.old[plan.column]
+        self._label(plan, new_member, label)
+
+    def _score(
+        self,
+        board: _BoardPlan,
+        member_value: ColumnValue,
+        instant: ColumnValue,
+        value: ColumnValue,
+        sign: int,
+    ) -> None:
+        if not isinstance(member_value, bytes):
+            return  # a NULL member is not ranked
+        if value is None:
+            return  # a NULL summed value contributes nothing
+        delta = sign if board.value < 0 else sign * int(value)  # type: ignore[arg-type]
+        if not delta:
             return
-        member = user.decode()
+        member = member_value.decode()
         deltas = self._batch.deltas
-        members = deltas.get(self._all_key)
-        if members is None:
-            members = deltas[self._all_key] = {}
-            self._batch.expiry[self._all_key] = None
-        members[member] = members.get(member, 0) + delta
-        if not isinstance(completed_at, bytes):
+        if board.all_key:
+            members = deltas.get(board.all_key)
+            if members is None:
+                members = deltas[board.all_key] = {}
+                self._batch.expiry[board.all_key] = None
+            members[member] = members.get(member, 0) + delta
+        if not board.timed or not isinstance(instant, bytes):
             return
-        slots = self._slots_for(completed_at)
-        if not slots:
+        day = self._date_for(instant)
+        if day is None:
             return
+        slots = board.dates.get(day)
+        if slots is None:
+            slots = self._slots_for_date(board, day)
         expiry = self._batch.expiry
-        for key, _expires in slots:
+        for key, expires in slots:
             members = deltas.get(key)
             if members is None:
                 members = deltas[key] = {}
-                expiry[key] = _expires
+                expiry[key] = expires
             members[member] = members.get(member, 0) + delta
 
-    def _slots_for(self, text: bytes) -> tuple[BoardSlot, ...]:
-        """Live board keys (not yet expired) of a timestamptz in PostgreSQL's text form."""
+    def _date_for(self, text: bytes) -> date | None:
+        """The local date of a timestamptz in PostgreSQL's text form; None outside 1..9999."""
         # Fast path: ISO text in UTC ("2026-11-26 13:52:32.123+00") is cached per UTC hour
         # when every instant of that hour falls on the same local date.
         if text[-3:] == b"+00" and text[4:5] == b"-" and text[10:11] == b" ":
@@ -286,32 +379,32 @@ class Projection:
                 start = datetime.fromisoformat(hour.decode() + ":00:00+00:00")
                 first = local_date(start, self._tz)
                 last = local_date(start + timedelta(microseconds=3_599_999_999), self._tz)
-                entry = self._slots_for_date(first) if first == last and first else None
+                entry = first if first == last else None
                 self._hour_cache[hour] = entry
                 if entry is not None:
                     return entry
         try:
             ts = datetime.fromisoformat(text.decode())
         except ValueError:
-            return ()  # infinity, BC or beyond year 9999: counted in all-time only
-        day = local_date(ts, self._tz)
-        return self._slots_for_date(day) if day is not None else ()
+            return None  # infinity, BC or beyond year 9999: counted in all-time only
+        return local_date(ts, self._tz)
 
-    def _slots_for_date(self, day: date) -> tuple[BoardSlot, ...]:
-        cached = self._date_cache.get(day)
-        if cached is not None:
-            return cached
+    def _slots_for_date(self, board: _BoardPlan, day: date) -> tuple[BoardSlot, ...]:
+        """Live keys (not yet expired) of the board's timed periods for a local date."""
         now = self._now
+        ids = dict(zip(TIMED_PERIODS, bucket_ids_for_date(day), strict=True))
         slots: list[BoardSlot] = []
-        for period, bucket in zip(
-            (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR),
-            bucket_ids_for_date(day),
-            strict=True,
-        ):
+        for period in board.timed:
+            bucket = ids[period]
             expires = expires_at(period, bucket, self._tz, self._retention)
             if expires is not None and expires <= now:
                 continue  # the board has expired: PostgreSQL answers for it now
-            slots.append((board_key(self._prefix, period, bucket), expires))
+            slots.append((self._keys.board(board.board.name, period, bucket), expires))
         entry = tuple(slots)
-        self._date_cache[day] = entry
+        board.dates[day] = entry
         return entry
+
+
+def _value(board: _BoardPlan, row: tuple[ColumnValue, ...]) -> ColumnValue:
+    """The summed column's value of a row, or 1 for a count (never None for a count)."""
+    return b"1" if board.value < 0 else row[board.value]

@@ -25,14 +25,17 @@ import redis
 import structlog
 from psycopg import sql
 
+from projector import queries
+from projector.boards import Board, Labels, label_sources
 from projector.buckets import Period, bucket_ids_for_date, expires_at, oldest_retained_bucket_start
 from projector.clear import unlink_matching
 from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
+from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn
-from projector.projection import board_key
 from projector.settings import Settings
-from projector.sink import RedisSink, Watermark
-from projector.stream import ReplicationStream, connect, drop_slot, slot_info, system_identifier
+from projector.sink import RedisSink
+from projector.stream import ReplicationStream, ServerPosition, connect, drop_slot, slot_info
+from projector.watermark import Watermark
 
 log = structlog.get_logger(__name__)
 
@@ -86,24 +89,6 @@ def advisory_lock(
             conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, slot))
 
 
-def _period_query(period: Period) -> sql.Composed:
-    unit = {Period.DAY: "day", Period.WEEK: "week", Period.MONTH: "month", Period.YEAR: "year"}[
-        period
-    ]
-    return sql.SQL(
-        "SELECT date_trunc({unit}, completed_at AT TIME ZONE %(tz)s)::date AS bucket_start,"
-        " user_id, count(*)"
-        " FROM pomodoros"
-        " WHERE completed_at >= %(since)s AND completed_at < 'infinity'"
-        "   AND (completed_at AT TIME ZONE %(tz)s) < '10000-01-01'"
-        " GROUP BY 1, 2 ORDER BY 1"
-    ).format(unit=sql.Literal(unit))
-
-
-_ALL_QUERY = "SELECT user_id, count(*) FROM pomodoros GROUP BY 1"
-_USERS_QUERY = "SELECT id, display_name FROM users"
-
-
 def rebuild(
     settings: Settings,
     sink: RedisSink,
@@ -120,9 +105,10 @@ def rebuild(
     state = RebuildProgress()
     report = _reporter(sink, replay_id, state, progress, stop)
     log.info("rebuild started", reason=reason, slot=settings.slot)
+    sink.require_no_eviction()
+    config = ProjectionConfig.of(settings)
     pg = connect(settings.pg_dsn)
     try:
-        system_id = system_identifier(pg)
         # A walsender we just left may need a moment to let go of the slot.
         deadline = time.monotonic() + 10.0
         while (existing := slot_info(pg, settings.slot)) is not None and existing.active:
@@ -136,27 +122,30 @@ def rebuild(
     finally:
         pg.close()
     _discard_stale_builds(sink)
-    build = f"{settings.key_prefix}rebuild:{uuid.uuid4().hex[:12]}:"
+    build = settings.keys.build(uuid.uuid4().hex[:12])
     state.phase = "creating slot"
     report()
-    conns = _snapshot_connections(settings, state, settings.rebuild_parallelism)
+    conns, server = _snapshot_connections(settings, state, settings.rebuild_parallelism)
     try:
         assert state.lsn is not None
         snapshot_time = conns[0].execute("SELECT now()").fetchone()
         _mark_started(sink, build)
-        boards = _build_boards(settings, sink, conns, build, state, report)
+        boards, labels = _build_boards(settings, sink, conns, build, state, report)
     finally:
         for conn in conns:
             conn.close()
     watermark = Watermark(
         lsn=state.lsn,
-        system_id=system_id,
+        system_id=server.system_id,
         slot=settings.slot,
         commit_time=snapshot_time[0] if snapshot_time else datetime.now(UTC),  # type: ignore[arg-type]
+        timeline=server.timeline,
+        fingerprint=config.fingerprint,
+        config=config.text,
     )
     state.phase = "swapping"
     report()
-    _swap(sink, settings.key_prefix, build, boards, watermark, replay_id)
+    _swap(sink, build, boards, labels, watermark, replay_id)
     state.phase = "done"
     report()
     log.info(
@@ -171,10 +160,12 @@ def rebuild(
 
 def _snapshot_connections(
     settings: Settings, state: RebuildProgress, count: int
-) -> list[psycopg.Connection[tuple[object, ...]]]:
-    """Create the slot; return ``count`` connections inside transactions on its snapshot."""
+) -> tuple[list[psycopg.Connection[tuple[object, ...]]], ServerPosition]:
+    """Create the slot; return ``count`` connections inside transactions on its snapshot,
+    and the server's identity and timeline."""
     conns: list[psycopg.Connection[tuple[object, ...]]] = []
     with ReplicationStream(settings.pg_dsn, settings.slot, settings.publication) as stream:
+        server = stream.identify_system()
         consistent_point, snapshot = stream.create_slot()
         try:
             for _ in range(count):
@@ -192,7 +183,7 @@ def _snapshot_connections(
     # The replication connection is closed: each imported snapshot stays with its connection.
     state.lsn = consistent_point
     log.info("slot created", slot=settings.slot, consistent_point=format_lsn(consistent_point))
-    return conns
+    return conns, server
 
 
 def _build_boards(
@@ -202,32 +193,34 @@ def _build_boards(
     build: str,
     state: RebuildProgress,
     report: Callable[[], None],
-) -> list[tuple[str, int | None]]:
-    """Load every board into ``build``-prefixed keys; return (key suffix, expiry) pairs.
+) -> tuple[list[tuple[str, int | None]], list[str]]:
+    """Load every board and label hash into ``build``-prefixed keys; return the boards'
+    (key suffix, expiry) pairs and the label hashes' key suffixes.
 
     Each query runs on its own connection (same snapshot) so PostgreSQL aggregates one
     period while this process loads another into Redis.
     """
     client = sink.client
+    keys = settings.keys
     tz = settings.zone
     now = time.time()
     lock = threading.Lock()
+    Found = list[tuple[str, int | None]]
 
-    def users(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[str, int | None]]:
-        with conn.cursor(name="rebuild_users") as cur:
+    def labels_task(labels: Labels, conn: psycopg.Connection[tuple[object, ...]]) -> Found:
+        with conn.cursor(name="rebuild_labels") as cur:
             cur.itersize = _CHUNK
-            cur.execute(_USERS_QUERY)
+            cur.execute(queries.all_labels(labels))
             loader = _Loader(client, state, report, lock)
-            loader.load_hash(f"{build}users", cur)
+            loader.load_hash(build + keys.without_prefix(keys.labels(labels)), cur)
             loader.finish()
         return []
 
-    def period_boards(
-        period: Period, conn: psycopg.Connection[tuple[object, ...]]
-    ) -> list[tuple[str, int | None]]:
+    def period_task(
+        board: Board, period: Period, conn: psycopg.Connection[tuple[object, ...]]
+    ) -> Found:
         since = oldest_retained_bucket_start(period, tz, settings.retention)
-        if since is None:
-            return []
+        assert since is not None
         index = _PERIOD_INDEX[period]
         cache: dict[date, tuple[str, int | None] | None] = {}
 
@@ -236,43 +229,50 @@ def _build_boards(
                 bucket = bucket_ids_for_date(start)[index]
                 expires = expires_at(period, bucket, tz, settings.retention)
                 live = expires is None or expires > now
-                cache[start] = (board_key("", period, bucket), expires) if live else None
+                suffix = keys.without_prefix(keys.board(board.name, period, bucket))
+                cache[start] = (suffix, expires) if live else None
             return cache[start]
 
         loader = _Loader(client, state, report, lock)
-        with conn.cursor(name=f"rebuild_{period}") as cur:
+        with conn.cursor(name="rebuild_period") as cur:
             cur.itersize = _CHUNK * 4
-            cur.execute(_period_query(period), {"tz": settings.timezone, "since": since})
+            cur.execute(
+                queries.period_scores(board, period), {"tz": settings.timezone, "since": since}
+            )
             found = list(loader.load_boards(build, cur, suffix_for))
         loader.finish()
         return found
 
-    def all_time(conn: psycopg.Connection[tuple[object, ...]]) -> list[tuple[str, int | None]]:
-        suffix = board_key("", Period.ALL, "all")
+    def all_time_task(board: Board, conn: psycopg.Connection[tuple[object, ...]]) -> Found:
+        suffix = keys.without_prefix(keys.board(board.name, Period.ALL, "all"))
         loader = _Loader(client, state, report, lock)
         with conn.cursor(name="rebuild_all") as cur:
             cur.itersize = _CHUNK * 4
-            cur.execute(_ALL_QUERY)
-            loader.load_one(f"{build}{suffix}", cur)
+            cur.execute(queries.all_time_scores(board))
+            members = loader.load_one(f"{build}{suffix}", cur)
         loader.finish()
-        return [(suffix, None)]
+        return [(suffix, None)] if members else []
 
     # Longest first: all-time and year read every row, the day boards only the last weeks.
-    tasks: list[Callable[[psycopg.Connection[tuple[object, ...]]], list[tuple[str, int | None]]]]
-    tasks = [
-        all_time,
-        functools.partial(period_boards, Period.YEAR),
-        functools.partial(period_boards, Period.MONTH),
-        functools.partial(period_boards, Period.WEEK),
-        functools.partial(period_boards, Period.DAY),
-        users,
-    ]
+    tasks: list[Callable[[psycopg.Connection[tuple[object, ...]]], Found]] = []
+    for period in (Period.ALL, Period.YEAR, Period.MONTH, Period.WEEK, Period.DAY):
+        for board in settings.boards:
+            if period not in board.periods:
+                continue
+            if period is Period.ALL:
+                tasks.append(functools.partial(all_time_task, board))
+            else:
+                tasks.append(functools.partial(period_task, board, period))
+    label_suffixes = []
+    for labels in label_sources(settings.boards):
+        tasks.append(functools.partial(labels_task, labels))
+        label_suffixes.append(keys.without_prefix(keys.labels(labels)))
     state.phase = "loading boards"
     report()
     idle = list(conns)
-    boards: list[tuple[str, int | None]] = []
+    boards: Found = []
     with ThreadPoolExecutor(max_workers=len(conns), thread_name_prefix="rebuild") as pool:
-        pending: dict[Future[list[tuple[str, int | None]]], Any] = {}
+        pending: dict[Future[Found], Any] = {}
         for task in tasks:
             if not idle:
                 done_future = next(as_completed(pending))
@@ -282,7 +282,7 @@ def _build_boards(
             pending[pool.submit(task, conn)] = conn
         for future in as_completed(pending):
             boards.extend(future.result())
-    return boards
+    return boards, label_suffixes
 
 
 class _Loader:
@@ -313,7 +313,6 @@ class _Loader:
                 chunk = {}
         if chunk:
             self._queue("hset", key, chunk)
-        self._pipe.expire(key, _BUILD_TTL)
 
     def load_boards(
         self,
@@ -333,7 +332,6 @@ class _Loader:
                 target = suffix_for(start)
                 if target is not None:
                     self._boards += 1
-                    self._pipe.expire(build + target[0], _BUILD_TTL)
                     yield target
             if target is None:
                 continue
@@ -344,18 +342,22 @@ class _Loader:
         if chunk and target is not None:
             self._queue("zadd", build + target[0], chunk)
 
-    def load_one(self, key: str, rows: Any) -> None:
+    def load_one(self, key: str, rows: Any) -> int:
+        """Load one board; return how many members it has."""
         chunk: dict[str, int] = {}
+        members = 0
         for user_id, count in rows:
             self._rows += count
+            members += 1
             chunk[user_id] = count
             if len(chunk) >= _CHUNK:
                 self._queue("zadd", key, chunk)
                 chunk = {}
         if chunk:
             self._queue("zadd", key, chunk)
-        self._pipe.expire(key, _BUILD_TTL)
-        self._boards += 1
+        if members:
+            self._boards += 1
+        return members
 
     def finish(self) -> None:
         self._execute()
@@ -365,6 +367,8 @@ class _Loader:
             self._pipe.zadd(key, mapping)
         else:
             self._pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+        # Only now does the key exist: a crashed rebuild's keys then disappear on their own.
+        self._pipe.expire(key, _BUILD_TTL)
         self._queued += 1
         if self._queued >= 20:
             self._execute()
@@ -391,13 +395,14 @@ class _Loader:
 
 def _swap(
     sink: RedisSink,
-    prefix: str,
     build: str,
     boards: list[tuple[str, int | None]],
+    labels: list[str],
     watermark: Watermark,
     replay_id: str | None,
 ) -> None:
-    args: list[Any] = [prefix, build, replay_id or "", watermark.position]
+    keys = sink.keys
+    args: list[Any] = [keys.prefix, build, replay_id or "", watermark.position]
     fields = watermark.fields()
     args.append(len(fields))
     for item in fields.items():
@@ -405,8 +410,10 @@ def _swap(
     args.append(len(boards))
     for suffix, expires in boards:
         args.extend((suffix, "" if expires is None else expires))
+    args.append(len(labels))
+    args.extend(labels)
     try:
-        sink.client.eval(_SWAP_LUA, 0, *args)
+        sink.client.eval(_SWAP_LUA, 3, keys.watermark, keys.registry, keys.replay_request, *args)
     except redis.exceptions.OutOfMemoryError as exc:
         raise _out_of_memory(exc) from exc
     except redis.ResponseError as exc:
@@ -439,7 +446,7 @@ def _mark_started(sink: RedisSink, build: str) -> None:
 
 def _discard_stale_builds(sink: RedisSink) -> None:
     """Remove build keys a crashed rebuild left behind (they also expire on their own)."""
-    unlink_matching(sink.client, f"{sink.prefix}rebuild:*")
+    unlink_matching(sink.client, sink.keys.builds)
 
 
 def _reporter(
@@ -449,7 +456,7 @@ def _reporter(
     progress: ProgressFn | None,
     stop: threading.Event | None,
 ) -> Callable[[], None]:
-    key = sink.replay_progress_key
+    key = sink.keys.replay_progress
 
     def report() -> None:
         if stop is not None and stop.is_set():

@@ -27,7 +27,7 @@ _PHASES = ("starting", "creating slot", "loading boards", "swapping", "done")
 def replay(settings: Settings, *, timeout: float = 3600.0) -> int:
     """Rebuild Redis from a consistent snapshot, showing progress on stderr; 0 on success."""
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
-    sink = RedisSink(client, settings.key_prefix)
+    sink = RedisSink(client, settings.keys)
     pg = connect(settings.pg_dsn)
     try:
         with advisory_lock(pg, settings.slot, wait=False) as locked:
@@ -52,8 +52,8 @@ def replay(settings: Settings, *, timeout: float = 3600.0) -> int:
 
 def _ask_running_projector(sink: RedisSink, client: redis.Redis, timeout: float) -> int:
     request = uuid.uuid4().hex[:12]
-    progress_key = sink.replay_progress_key
-    client.set(sink.replay_request_key, request, ex=int(timeout) + 60)
+    progress_key = sink.keys.replay_progress
+    client.set(sink.keys.replay_request, request, ex=int(timeout) + 60)
     print(f"asked the running projector to rebuild (request {request})", file=sys.stderr)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -69,10 +69,10 @@ def _ask_running_projector(sink: RedisSink, client: redis.Redis, timeout: float)
             if state.phase == "done":
                 _finish("rebuilt by the running projector")
                 return 0
-        elif client.get(sink.replay_request_key) is None and raw.get("id") != request:
+        elif client.get(sink.keys.replay_request) is None and raw.get("id") != request:
             raise ProjectorError("the replay request disappeared (Redis flushed?); run again")
         time.sleep(0.25)
-    client.delete(sink.replay_request_key)
+    client.delete(sink.keys.replay_request)
     raise ProjectorError(f"the projector did not finish the rebuild within {timeout:.0f}s")
 
 

@@ -1,12 +1,13 @@
 """Least-privilege PostgreSQL roles and Redis ACL users for ``projector run`` and the read API.
 
 The projector's role logs in with REPLICATION (create, stream from and drop its slot, verify's
-temporary slot) and may SELECT the projected tables; everything else it runs (slot and WAL
-positions, ``pg_logical_emit_message``, advisory locks, ``pg_control_system``) is open to
-every role. The API's role may only SELECT the same tables. Migrations keep using an owner.
-In Redis the projector's user may run the commands it uses on keys and channels under the
-prefix; the API's user may only read those keys (``%R~``), run read-only scripts and
-subscribe. Statements are idempotent; passwords are sent hashed, never printed.
+temporary slot) and may SELECT the tables the boards read (their own and their label tables);
+everything else it runs (slot and WAL positions, ``pg_logical_emit_message``, advisory locks,
+``pg_control_system``) is open to every role. The API's role may only SELECT the same tables.
+Migrations keep using an owner. In Redis the projector's user may run the commands it uses
+on keys and channels under the prefix; the API's user may only read those keys (``%R~``),
+run read-only scripts and subscribe. Statements are idempotent; passwords are sent hashed,
+never printed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
+from projector.boards import DEFAULT_BOARDS, Board, Table
 from projector.errors import ConfigError
-from projector.migrate import PROJECTED_TABLES
+from projector.projection import identity_columns
 
 DEFAULT_RUN_ROLE = "projector_run"
 DEFAULT_API_ROLE = "projector_api"
@@ -78,17 +80,23 @@ def grantee(name: str, password: str | None, *, replication: bool, option: str) 
 # --- PostgreSQL -------------------------------------------------------------------------------
 
 
+def source_tables(boards: Sequence[Board] = DEFAULT_BOARDS) -> list[Table]:
+    """The tables the boards read: each board's table and its label table (the publication's)."""
+    return list(identity_columns(boards))
+
+
 def postgres_statements(
     database: str,
     roles: Sequence[Grantee],
     *,
-    tables: Sequence[str] = PROJECTED_TABLES,
+    tables: Sequence[Table],
     password_hashes: dict[str, str] | None = None,
 ) -> list[str]:
     """The SQL that creates or updates each role; ``password_hashes`` (role -> SCRAM verifier)
     adds a PASSWORD clause. Safe to run again."""
     statements = []
-    table_list = ", ".join(f"public.{_ident(table)}" for table in tables)
+    table_list = ", ".join(f"{_ident(t.schema)}.{_ident(t.name)}" for t in tables)
+    schemas = ", ".join(_ident(schema) for schema in dict.fromkeys(t.schema for t in tables))
     for role in roles:
         name = _ident(role.name)
         statements.append(
@@ -102,23 +110,23 @@ def postgres_statements(
             attributes += f" PASSWORD {_literal(verifier)}"
         statements.append(f"ALTER ROLE {name} WITH {attributes}")
         statements.append(f"GRANT CONNECT ON DATABASE {_ident(database)} TO {name}")
-        statements.append(f"GRANT USAGE ON SCHEMA public TO {name}")
+        statements.append(f"GRANT USAGE ON SCHEMA {schemas} TO {name}")
         statements.append(f"GRANT SELECT ON TABLE {table_list} TO {name}")
     return statements
 
 
-def postgres_script(database: str, roles: Sequence[Grantee]) -> str:
+def postgres_script(database: str, roles: Sequence[Grantee], tables: Sequence[Table]) -> str:
     """The statements as a script for psql (passwords left out: see ``apply_postgres``)."""
     lines = [
         f"-- Least-privilege roles for database {database!r}; run as a superuser (REPLICATION",
         "-- needs one). Set passwords with \\password ROLE in psql, or run `projector roles",
         f"-- --apply` with {RUN_PASSWORD_ENV} / {API_PASSWORD_ENV} set.",
     ]
-    lines += [f"{statement};" for statement in postgres_statements(database, roles)]
+    lines += [f"{statement};" for statement in postgres_statements(database, roles, tables=tables)]
     return "\n".join(lines)
 
 
-def apply_postgres(dsn: str, roles: Sequence[Grantee]) -> str:
+def apply_postgres(dsn: str, roles: Sequence[Grantee], tables: Sequence[Table]) -> str:
     """Create or update the roles through ``dsn`` (a superuser); return the database name.
 
     Passwords are hashed by libpq (SCRAM) before they leave this process, as psql's
@@ -136,7 +144,8 @@ def apply_postgres(dsn: str, roles: Sequence[Grantee]) -> str:
             if role.password is not None
         }
         with conn.transaction():
-            for statement in postgres_statements(database, roles, password_hashes=hashes):
+            statements = postgres_statements(database, roles, tables=tables, password_hashes=hashes)
+            for statement in statements:
                 conn.execute(statement.encode())
     return database
 

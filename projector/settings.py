@@ -7,6 +7,7 @@ leave this module unmasked (``redacted_dsn`` / ``redacted_url``).
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -14,8 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from projector.boards import Board, load_boards
 from projector.buckets import Retention
 from projector.errors import ConfigError
+from projector.keys import Keys
 
 _IDENTIFIER_RE = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
 ENV_PREFIX = "PROJECTOR_"
@@ -32,6 +35,8 @@ class Settings(BaseSettings):
     publication: str = "projector"
     timezone: str = "UTC"
     key_prefix: str = "pomo:"
+    # TOML file of board definitions; unset: the built-in pomodoro board.
+    boards_file: str | None = None
 
     # Exactly-once batching: a transaction up to this many row changes is applied atomically.
     max_tx_changes: int = Field(100_000, ge=1, le=10_000_000)
@@ -99,6 +104,18 @@ class Settings(BaseSettings):
             raise ValueError("must be non-empty without spaces or glob characters (*?[]\\)")
         return value
 
+    @field_validator("boards_file")
+    @classmethod
+    def _boards_file(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                load_boards(value)
+            except ConfigError as exc:
+                raise ValueError(
+                    str(exc).removeprefix(f"PROJECTOR_BOARDS_FILE {value}: ")
+                ) from None
+        return value or None
+
     @field_validator("metrics_port", "api_pg_dsn", "api_redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -133,6 +150,15 @@ class Settings(BaseSettings):
         if value not in ("console", "json"):
             raise ValueError("must be console or json")
         return value
+
+    @cached_property
+    def boards(self) -> tuple[Board, ...]:
+        """The declared boards (the built-in pomodoro board without a file)."""
+        return load_boards(self.boards_file)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.key_prefix)
 
     @property
     def zone(self) -> ZoneInfo:

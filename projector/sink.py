@@ -12,70 +12,19 @@ import os
 import socket
 import time
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 import redis
 
-from projector.errors import ConnectionLost, RebuildRequired
-from projector.lsn import format_lsn, parse_lsn
+from projector.errors import ConfigError, ConnectionLost, RebuildRequired
+from projector.keys import Keys
 from projector.projection import BatchDelta
+from projector.watermark import Watermark
 
-# Batches sent before the oldest is answered: Redis never waits for the next one to be
-# encoded. Two suffice; each is up to PROJECTOR_BATCH_CHANGES row changes.
-MAX_IN_FLIGHT = 2
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
-
-
-@dataclass(frozen=True, slots=True)
-class Watermark:
-    """How far Redis reflects PostgreSQL.
-
-    ``lsn`` is the end LSN of the last transaction applied in full. When a transaction
-    too large to apply atomically is part-way through, ``tx_lsn`` is its commit LSN (from
-    its Begin message) and ``tx_rows`` the number of its row changes already applied.
-    """
-
-    lsn: int
-    system_id: str
-    slot: str
-    commit_time: datetime | None
-    tx_lsn: int = 0
-    tx_rows: int = 0
-
-    @property
-    def position(self) -> str:
-        """The compare-and-set token stored beside the fields."""
-        return f"{self.lsn:016X}:{self.tx_lsn:016X}:{self.tx_rows}"
-
-    def fields(self) -> dict[str, str]:
-        return {
-            "lsn": format_lsn(self.lsn),
-            "system_id": self.system_id,
-            "slot": self.slot,
-            "commit_time": self.commit_time.isoformat() if self.commit_time else "",
-            "tx_lsn": format_lsn(self.tx_lsn),
-            "tx_rows": str(self.tx_rows),
-            "updated_at": datetime.now(UTC).isoformat(),
-        }
-
-    @classmethod
-    def from_fields(cls, raw: dict[str, str]) -> Watermark | None:
-        """Parse the watermark hash; None when it is absent or unreadable."""
-        try:
-            commit_time = raw.get("commit_time") or ""
-            return cls(
-                lsn=parse_lsn(raw["lsn"]),
-                system_id=raw["system_id"],
-                slot=raw["slot"],
-                commit_time=datetime.fromisoformat(commit_time) if commit_time else None,
-                tx_lsn=parse_lsn(raw.get("tx_lsn", "0/0")),
-                tx_rows=int(raw.get("tx_rows", "0")),
-            )
-        except (KeyError, ValueError):
-            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,19 +35,12 @@ class ApplyResult:
 class RedisSink:
     """Writes batches, the watermark and the heartbeat under one key prefix."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._client = client
-        self._prefix = prefix
+        self.keys = keys
         self._apply = client.register_script(_APPLY_LUA)
         self._conn: Any = None
-        self._in_flight: deque[tuple[tuple[str, ...], Watermark, Watermark | None]] = deque()
-        self.watermark_key = f"{prefix}watermark"
-        self.heartbeat_key = f"{prefix}projector"
-        self.registry_key = f"{prefix}boards"
-        self.users_key = f"{prefix}users"
-        self.prefix = prefix
-        self.replay_request_key = f"{prefix}replay:request"
-        self.replay_progress_key = f"{prefix}replay:progress"
+        self._in_flight: deque[tuple[tuple[str | int, ...], Watermark, Watermark | None]] = deque()
 
     @property
     def client(self) -> redis.Redis:
@@ -106,7 +48,7 @@ class RedisSink:
 
     def read_watermark(self) -> Watermark | None:
         """The stored watermark, or None when Redis has none (lost or never built)."""
-        raw = self._call(self._client.hgetall, self.watermark_key)
+        raw = self._call(self._client.hgetall, self.keys.watermark)
         if not raw:
             return None
         return Watermark.from_fields({as_text(k): as_text(v) for k, v in raw.items()})
@@ -119,20 +61,22 @@ class RedisSink:
     def send(self, batch: BatchDelta, new: Watermark, expected: Watermark | None) -> None:
         """Start applying ``batch`` without waiting; ``receive`` collects the outcome.
 
-        Redis runs the script while the caller prepares the next batch. Up to
-        ``MAX_IN_FLIGHT`` batches may be in flight; each expects the position the previous
-        one sets, so if one is refused every later one is refused too.
+        Redis runs the script while the caller prepares the next batch. Several batches
+        may be in flight; each expects the position the previous one sets, so if one is
+        refused every later one is refused too.
         """
-        if len(self._in_flight) >= MAX_IN_FLIGHT:
-            raise RuntimeError("too many batches in flight; receive() one first")
+        keys = self.keys
         args = (
-            self._prefix,
+            3,
+            keys.watermark,
+            keys.registry,
+            keys.replay_request,
             expected.position if expected else "",
             new.position,
             encode_batch(batch, new),
         )
         try:
-            self._connection().send_command("EVALSHA", self._apply.sha, 0, *args)
+            self._connection().send_command("EVALSHA", self._apply.sha, *args)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
@@ -169,7 +113,7 @@ class RedisSink:
             except redis.exceptions.NoScriptError:
                 # Redis restarted or flushed its scripts: load it and run it once more.
                 self._client.script_load(_APPLY_LUA)
-                reply = self._client.evalsha(self._apply.sha, 0, *args)
+                reply = self._client.evalsha(self._apply.sha, *args)  # type: ignore[arg-type]
         except redis.exceptions.ReadOnlyError as exc:
             self._drop_connection()
             raise ConnectionLost(
@@ -219,17 +163,39 @@ class RedisSink:
         }
         fields.update(info)
         pipe = self._client.pipeline(transaction=True)
-        pipe.hset(self.heartbeat_key, mapping=fields)
-        pipe.pexpire(self.heartbeat_key, max(1, int(ttl_seconds * 1000)))
+        pipe.hset(self.keys.heartbeat, mapping=fields)
+        pipe.pexpire(self.keys.heartbeat, max(1, int(ttl_seconds * 1000)))
         self._call(pipe.execute)
 
     def forget_heartbeat(self) -> None:
         """Say at once that the projector stopped (instead of letting the beat expire)."""
-        self._call(self._client.delete, self.heartbeat_key)
+        self._call(self._client.delete, self.keys.heartbeat)
+
+    def eviction_policy(self) -> str:
+        """Redis' ``maxmemory-policy``, read from INFO (which managed services allow)."""
+        info = self._call(self._client.info, "memory")
+        return str(info.get("maxmemory_policy", "unknown"))
+
+    def require_no_eviction(self) -> str:
+        """Refuse a Redis that may evict keys: an evicted board is a silently wrong score.
+
+        The watermark goes too: boards may have been evicted already, so once the policy
+        is fixed the next start rebuilds instead of trusting them.
+        """
+        policy = self.eviction_policy()
+        if policy != "noeviction":
+            with suppress(redis.RedisError):
+                self._client.delete(self.keys.watermark)
+            raise ConfigError(
+                f"Redis maxmemory-policy is {policy!r}: it may evict boards and silently lose "
+                "scores; set it to noeviction (CONFIG SET maxmemory-policy noeviction, and in "
+                "redis.conf or the managed service's parameter group)"
+            )
+        return policy
 
     def replay_request(self) -> str | None:
         """The id of a pending ``projector replay`` request, if any."""
-        value = self._call(self._client.get, self.replay_request_key)
+        value = self._call(self._client.get, self.keys.replay_request)
         return as_text(value) if value else None
 
     def _call(self, fn: Any, *args: Any) -> Any:
@@ -241,28 +207,30 @@ class RedisSink:
 
 def encode_batch(batch: BatchDelta, new: Watermark) -> str:
     """The JSON argument of apply_batch.lua (see its header for the shape)."""
-    set_names: list[str] = []
-    del_names: list[str] = []
-    for user, name in batch.names.items():
-        if name is None:
-            del_names.append(user)
-        else:
-            set_names.append(user)
-            set_names.append(name)
+    labels = []
+    for hash_key, members in batch.labels.items():
+        set_pairs: list[str] = []
+        deleted: list[str] = []
+        for member, label in members.items():
+            if label is None:
+                deleted.append(member)
+            else:
+                set_pairs.append(member)
+                set_pairs.append(label)
+        labels.append((hash_key, set_pairs, deleted))
     expiry = batch.expiry
     boards = []
-    for key, members in batch.deltas.items():
-        flat = [x for pair in members.items() if pair[1] for x in pair]
+    for key, scores in batch.deltas.items():
+        flat = [x for pair in scores.items() if pair[1] for x in pair]
         if flat:
             expires = expiry.get(key)
             boards.append((key, "" if expires is None else expires, flat))
     return json.dumps(
         {
             "w": [x for pair in new.fields().items() for x in pair],
-            "cb": batch.clear_boards,
-            "cu": batch.clear_users,
-            "ns": set_names,
-            "nd": del_names,
+            "cb": sorted(batch.clear_boards),
+            "cl": sorted(batch.clear_labels),
+            "l": labels,
             "b": boards,
         },
         ensure_ascii=False,

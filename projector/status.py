@@ -16,12 +16,13 @@ from typing import Any
 import psycopg
 import redis
 
-from projector.buckets import TIMED_PERIODS, Period, current_bucket
+from projector.buckets import Period, current_bucket
+from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn, parse_lsn
-from projector.projection import board_key
 from projector.settings import Settings
-from projector.sink import RedisSink, Watermark, as_text
+from projector.sink import RedisSink, as_text
 from projector.stream import slot_info, system_identifier
+from projector.watermark import Watermark
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
@@ -82,16 +83,22 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
     try:
         info = client.info()
-        sink = RedisSink(client, settings.key_prefix)
+        sink = RedisSink(client, settings.keys)
         wm = sink.read_watermark()
+        policy = str(info.get("maxmemory_policy", "unknown"))
         report["redis"].update(
             reachable=True,
             version=info.get("redis_version"),
             used_memory=info.get("used_memory"),
             used_memory_human=info.get("used_memory_human"),
+            maxmemory_policy=policy,
             boards=_board_sizes(client, settings),
         )
-        beat = {as_text(k): as_text(v) for k, v in client.hgetall(sink.heartbeat_key).items()}
+        if policy != "noeviction":
+            problems.append(
+                f"Redis maxmemory-policy is {policy!r}: boards may be evicted; set noeviction"
+            )
+        beat = {as_text(k): as_text(v) for k, v in client.hgetall(sink.keys.heartbeat).items()}
         if beat:
             report["projector"] = {
                 "alive": True,
@@ -108,6 +115,14 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             report["watermark"] = _watermark(wm)
             if system_id is not None and wm.system_id != system_id:
                 problems.append("watermark names another PostgreSQL cluster")
+            config = ProjectionConfig.of(settings)
+            report["watermark"]["config_matches"] = wm.fingerprint == config.fingerprint
+            if wm.fingerprint != config.fingerprint:
+                problems.append(
+                    "Redis was built under another configuration ("
+                    + "; ".join(config.changes_since(wm.config))
+                    + "): the projector rebuilds it on start"
+                )
             if server_lsn is not None:
                 lag_bytes = max(0, server_lsn - wm.lsn)
                 report["lag"]["bytes"] = lag_bytes
@@ -131,7 +146,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
 def wm_updated_at(client: redis.Redis, sink: RedisSink) -> float | None:
     """Unix time the watermark was last written, if recorded."""
-    raw = client.hget(sink.watermark_key, "updated_at")
+    raw = client.hget(sink.keys.watermark, "updated_at")
     if not raw:
         return None
     try:
@@ -195,7 +210,8 @@ def render_status(report: dict[str, Any]) -> str:
             "redis",
             f"{rd['url']} "
             + (
-                f"v{rd.get('version')}, {rd.get('used_memory_human')} used"
+                f"v{rd.get('version')}, {rd.get('used_memory_human')} used, "
+                f"maxmemory-policy {rd.get('maxmemory_policy')}"
                 if rd["reachable"]
                 else f"DOWN: {rd.get('error')}"
             ),
@@ -210,12 +226,15 @@ def render_status(report: dict[str, Any]) -> str:
 
 
 def _board_sizes(client: redis.Redis, settings: Settings) -> dict[str, dict[str, Any]]:
+    """The size of each board's current bucket, named ``board/period``."""
     tz = settings.zone
     keys = {
-        str(period): board_key(settings.key_prefix, period, current_bucket(period, tz))
-        for period in TIMED_PERIODS
+        f"{board.name}/{period}": settings.keys.board(
+            board.name, period, "all" if period is Period.ALL else current_bucket(period, tz)
+        )
+        for board in settings.boards
+        for period in board.periods
     }
-    keys["all"] = board_key(settings.key_prefix, Period.ALL, "all")
     pipe = client.pipeline(transaction=False)
     for key in keys.values():
         pipe.zcard(key)
@@ -232,6 +251,8 @@ def _watermark(wm: Watermark) -> dict[str, Any]:
         "commit_time": wm.commit_time.isoformat() if wm.commit_time else None,
         "system_id": wm.system_id,
         "slot": wm.slot,
+        "timeline": wm.timeline,
+        "fingerprint": wm.fingerprint,
         "partial_transaction": (
             {"commit_lsn": format_lsn(wm.tx_lsn), "rows_applied": wm.tx_rows} if wm.tx_lsn else None
         ),

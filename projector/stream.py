@@ -42,6 +42,15 @@ class SlotInfo:
     retained_bytes: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class ServerPosition:
+    """IDENTIFY_SYSTEM's answer: which cluster, on which timeline, flushed how far."""
+
+    system_id: str
+    timeline: int
+    flush_lsn: int
+
+
 def connect(dsn: str, *, replication: bool = False) -> psycopg.Connection[tuple[object, ...]]:
     """Open an autocommit connection (a walsender one with ``replication=True``)."""
     try:
@@ -139,6 +148,16 @@ class ReplicationStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def identify_system(self) -> ServerPosition:
+        """The cluster's identity, its current timeline and WAL flush position."""
+        conn = self._require()
+        try:
+            row = conn.execute("IDENTIFY_SYSTEM").fetchone()
+        except psycopg.OperationalError as exc:
+            raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
+        assert row is not None
+        return ServerPosition(str(row[0]), int(str(row[1])), parse_lsn(str(row[2])))
 
     def create_slot(self, *, temporary: bool = False) -> tuple[int, str]:
         """Create the logical slot; return its consistent point and an exported snapshot.

@@ -1,18 +1,18 @@
--- Replace every leaderboard, the name hash and the watermark with a freshly built set,
+-- Replace every board, the label hashes and the watermark with a freshly built set,
 -- atomically: readers see the old state or the new one, never a mix.
 --
+-- KEYS: 1 watermark, 2 registry of board keys, 3 replay request.
 -- ARGV: 1 prefix, 2 build prefix, 3 replay request id ("" = none), 4 position,
 --       5 number of watermark field/value pairs, the pairs,
---       then number of boards, then per board: build key suffix, expireat ("" = never).
+--       then number of boards, then per board: key suffix, expireat ("" = never),
+--       then number of label hashes, then their key suffixes.
 local prefix, build = ARGV[1], ARGV[2]
-local registry = prefix .. 'boards'
-local wm_key = prefix .. 'watermark'
+local wm_key, registry = KEYS[1], KEYS[2]
 -- The marker is set before the first build key: without it, Redis lost keys of this build
 -- (flushed, cleared or restarted meanwhile) and publishing it would hide the loss.
 if redis.call('EXISTS', build .. 'started') == 0 then
   return redis.error_reply('BUILD LOST')
 end
-redis.call('UNLINK', build .. 'started')
 
 local i = 5
 local nfields = tonumber(ARGV[i]); i = i + 1
@@ -20,38 +20,47 @@ local wm_args = {}
 for _ = 1, nfields * 2 do
   wm_args[#wm_args + 1] = ARGV[i]; i = i + 1
 end
+local boards_at = i
+local nboards = tonumber(ARGV[i])
+local labels_at = i + 1 + 2 * nboards
+-- Every board the build loaded must still be there (an eviction or a stray UNLINK would
+-- otherwise publish a board as empty): check them all before changing anything.
+for j = boards_at + 1, labels_at - 1, 2 do
+  if redis.call('EXISTS', build .. ARGV[j]) == 0 then
+    return redis.error_reply('BUILD LOST ' .. ARGV[j])
+  end
+end
+redis.call('UNLINK', build .. 'started')
 
 local old = redis.call('ZRANGE', registry, 0, -1)
 for k = 1, #old do redis.call('UNLINK', old[k]) end
 redis.call('UNLINK', registry)
 
-local nboards = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nboards do
-  local suffix, expireat = ARGV[i], ARGV[i + 1]
-  i = i + 2
+for j = boards_at + 1, labels_at - 1, 2 do
+  local suffix, expireat = ARGV[j], ARGV[j + 1]
   local final = prefix .. suffix
-  redis.call('UNLINK', final)
-  if redis.call('EXISTS', build .. suffix) == 1 then
-    redis.call('RENAME', build .. suffix, final)
-    if expireat == '' then
-      redis.call('PERSIST', final)
-      redis.call('ZADD', registry, 'inf', final)
-    else
-      redis.call('EXPIREAT', final, expireat)
-      redis.call('ZADD', registry, expireat, final)
-    end
+  redis.call('RENAME', build .. suffix, final)
+  if expireat == '' then
+    redis.call('PERSIST', final)
+    redis.call('ZADD', registry, 'inf', final)
+  else
+    redis.call('EXPIREAT', final, expireat)
+    redis.call('ZADD', registry, expireat, final)
   end
 end
 
-redis.call('UNLINK', prefix .. 'users')
-if redis.call('EXISTS', build .. 'users') == 1 then
-  redis.call('RENAME', build .. 'users', prefix .. 'users')
-  redis.call('PERSIST', prefix .. 'users')
+for j = labels_at + 1, labels_at + tonumber(ARGV[labels_at]) do
+  local final = prefix .. ARGV[j]
+  redis.call('UNLINK', final)
+  if redis.call('EXISTS', build .. ARGV[j]) == 1 then
+    redis.call('RENAME', build .. ARGV[j], final)
+    redis.call('PERSIST', final)
+  end
 end
 
 redis.call('UNLINK', wm_key)
 redis.call('HSET', wm_key, 'position', ARGV[4], unpack(wm_args))
-if ARGV[3] ~= '' and redis.call('GET', prefix .. 'replay:request') == ARGV[3] then
-  redis.call('DEL', prefix .. 'replay:request')
+if ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
+  redis.call('DEL', KEYS[3])
 end
 return 'ok'

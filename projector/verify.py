@@ -19,6 +19,8 @@ import psycopg
 import redis
 from psycopg import sql
 
+from projector import queries
+from projector.boards import Board
 from projector.buckets import (
     TIMED_PERIODS,
     Period,
@@ -32,11 +34,12 @@ from projector.buckets import (
 from projector.errors import ConnectionLost, ProjectorError
 from projector.lsn import format_lsn
 from projector.pgoutput import Begin, Commit, Decoder, Delete, Insert, Relation, Truncate, Update
-from projector.projection import Projection, board_key
+from projector.projection import Projection
 from projector.replication import PrimaryKeepalive
 from projector.settings import Settings
-from projector.sink import RedisSink, Watermark, as_text
+from projector.sink import RedisSink, as_text
 from projector.stream import ReplicationStream
+from projector.watermark import Watermark
 
 _READ_BOARDS_LUA = """
 local out = {redis.call('HGETALL', KEYS[1])}
@@ -99,8 +102,18 @@ class VerifyReport:
         }
 
 
-def boards_to_check(settings: Settings, everything: bool) -> list[tuple[Period, str]]:
-    """Current and previous bucket of every period, plus all-time (or all in retention)."""
+def boards_to_check(settings: Settings, everything: bool) -> list[tuple[Board, Period, str]]:
+    """Per board, the current and previous bucket of each timed period it keeps, plus
+    all-time (or every bucket still in retention)."""
+    return [
+        (board, period, bucket)
+        for board in settings.boards
+        for period, bucket in _buckets_to_check(settings, everything)
+        if period in board.periods
+    ]
+
+
+def _buckets_to_check(settings: Settings, everything: bool) -> list[tuple[Period, str]]:
     tz = settings.zone
     now = time.time()
     chosen: list[tuple[Period, str]] = []
@@ -130,9 +143,9 @@ def verify(settings: Settings, *, everything: bool = False, wait: float = 30.0) 
     """Compare the chosen boards in Redis with PostgreSQL at the same position."""
     started = time.monotonic()
     boards = boards_to_check(settings, everything)
-    keys = [board_key(settings.key_prefix, p, b) for p, b in boards]
+    keys = [settings.keys.board(board.name, p, b) for board, p, b in boards]
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
-    sink = RedisSink(client, settings.key_prefix)
+    sink = RedisSink(client, settings.keys)
     slot = f"verify_{uuid.uuid4().hex[:16]}"
     stream = ReplicationStream(settings.pg_dsn, slot, settings.publication)
     try:
@@ -156,7 +169,7 @@ def verify(settings: Settings, *, everything: bool = False, wait: float = 30.0) 
 
 
 def _recompute(
-    settings: Settings, snapshot: str, boards: list[tuple[Period, str]], keys: list[str]
+    settings: Settings, snapshot: str, boards: list[tuple[Board, Period, str]], keys: list[str]
 ) -> dict[str, dict[str, int]]:
     tz = settings.zone
     expected: dict[str, dict[str, int]] = {}
@@ -168,17 +181,12 @@ def _recompute(
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        for (period, bucket), key in zip(boards, keys, strict=True):
-            if period is Period.ALL:
-                rows = conn.execute("SELECT user_id, count(*) FROM pomodoros GROUP BY 1")
-            else:
-                start, end = bucket_bounds(period, bucket, tz)
-                rows = conn.execute(
-                    "SELECT user_id, count(*) FROM pomodoros"
-                    " WHERE completed_at >= %s AND (%s::timestamptz IS NULL OR completed_at < %s)"
-                    " GROUP BY 1",
-                    (start, end, end),
-                )
+        for (board, period, bucket), key in zip(boards, keys, strict=True):
+            start, end = bucket_bounds(period, bucket, tz)
+            rows = conn.execute(
+                queries.bucket_scores(board, period),
+                {"start": start, "end": end, "tz": settings.timezone},
+            )
             expected[key] = {str(u): int(str(c)) for u, c in rows}
         conn.rollback()
     return expected
@@ -204,7 +212,7 @@ def _read_boards(
     client: redis.Redis, sink: RedisSink, keys: list[str]
 ) -> tuple[Watermark, dict[str, dict[str, int]]]:
     """The boards and the watermark they stand for, read in one atomic step."""
-    reply = client.eval(_READ_BOARDS_LUA, len(keys) + 1, sink.watermark_key, *keys)
+    reply = client.eval(_READ_BOARDS_LUA, len(keys) + 1, sink.keys.watermark, *keys)
     flat_wm = reply[0]
     wm = Watermark.from_fields(
         {as_text(flat_wm[i]): as_text(flat_wm[i + 1]) for i in range(0, len(flat_wm), 2)}
@@ -230,7 +238,7 @@ def _roll_forward(
     """Apply to ``expected`` every change Redis holds beyond ``start``, up to ``target``."""
     if target.lsn <= start and not target.tx_lsn:
         return
-    projection = Projection(settings.key_prefix, settings.zone, settings.retention)
+    projection = Projection(settings.boards, settings.keys, settings.zone, settings.retention)
     decoder = Decoder(1)
     stream.start(start)
     deadline = time.monotonic() + 60.0
@@ -268,8 +276,8 @@ def _roll_forward(
                     done = True
                     break
     batch = projection.take_batch()
-    if batch.clear_boards:
-        for key in keys:
+    for key in keys:
+        if any(key.startswith(prefix) for prefix in batch.clear_boards):
             expected[key] = {}
     for key, members in batch.deltas.items():
         if key not in keys:

@@ -1,9 +1,10 @@
 """The projector's main loop: stream, project, apply in batches, acknowledge.
 
-A session checks that Redis still matches the slot (else ``RebuildRequired``), then reads
-pgoutput frames, feeds whole transactions to the ``Projection`` and applies them with
-the watermark in one atomic step; only then is the position confirmed to PostgreSQL.
-``run_forever`` retries lost connections with backoff and rebuilds when told to.
+A session checks that Redis provably matches PostgreSQL (else ``RebuildRequired``, or a
+``ConfigError`` that refuses to start), then reads pgoutput frames and carries out what the
+pure ``Session`` decides: batches with their watermark to Redis in one atomic step, and only
+then the position to PostgreSQL. ``run_forever`` retries lost connections with backoff and
+rebuilds when told to.
 """
 
 from __future__ import annotations
@@ -11,51 +12,29 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 
 import psycopg
 import redis
 import structlog
 
-from projector.errors import ConnectionLost, ProjectorError, ProtocolError, RebuildRequired
+from projector.boards import check_publication, check_schema
+from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
+from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn
-from projector.pgoutput import (
-    Begin,
-    Commit,
-    Decoder,
-    Delete,
-    Insert,
-    LogicalMessage,
-    Origin,
-    Relation,
-    Truncate,
-    Type,
-    Update,
-    pg_time_to_datetime,
-)
-from projector.projection import Projection
+from projector.pgoutput import Decoder
+from projector.projection import Projection, ReplicaIdentityError, identity_columns
 from projector.rebuild import RebuildInterrupted, advisory_lock, rebuild
-from projector.replication import PrimaryKeepalive, pg_now_us
+from projector.replication import PrimaryKeepalive
+from projector.session import Actions, Collect, Confirm, Receive, Send, Session
 from projector.settings import Settings
-from projector.sink import MAX_IN_FLIGHT, RedisSink, Watermark
-from projector.stream import ReplicationStream, connect, slot_info, system_identifier
+from projector.sink import RedisSink
+from projector.stream import ReplicationStream, ServerPosition, connect, slot_info
+from projector.watermark import Watermark
 
 log = structlog.get_logger(__name__)
 
-# A lone commit is applied as soon as the socket runs dry; under load a batch is applied
-# at the latest this long after its first commit arrived.
-_MAX_BATCH_DELAY = 0.010
-_STATUS_EVERY = 1.0
-# Keepalive positions reach the watermark this often at most (read-your-writes clients wait
-# on it when other WAL follows their commit; a busy database sends many keepalives).
-_IDLE_ADVANCE_EVERY = 0.1
-# A commit received this long after it happened means a backlog (see _Session._behind).
-_BEHIND_US = 1_000_000
-# Even then (or with clocks that disagree) a batch waits no longer than this.
-_MAX_BEHIND_BATCH_AGE = 1.0
 _POLL_TIMEOUT = 0.2
 # A session that lasted this long resets the reconnect backoff.
 _HEALTHY_SESSION = 60.0
@@ -78,17 +57,6 @@ def redis_client(settings: Settings) -> redis.Redis:
         health_check_interval=30,
         decode_responses=False,
     )
-
-
-@dataclass(slots=True)
-class _Tx:
-    """Bookkeeping of the transaction being received."""
-
-    begin: Begin
-    rows: int = 0  # row changes seen so far
-    skip_rows: int = 0  # the first N were applied before a restart
-    skip_all: bool = False  # fully applied before a restart
-    chunk_rows: int = 0  # row changes projected since the last chunk was applied
 
 
 @contextmanager
@@ -171,9 +139,24 @@ class Worker:
     # -- streaming ---------------------------------------------------------------------
 
     def _session(self) -> None:
+        settings = self.settings
         with self._driving_slot() as (pg, sink):
-            applied = self._check_state(pg, sink)
-            _Session(self, sink, applied, pg).run()
+            sink.require_no_eviction()
+            check_schema(pg, settings.boards)
+            check_publication(pg, settings.publication, identity_columns(settings.boards))
+            stream = ReplicationStream(settings.pg_dsn, settings.slot, settings.publication)
+            try:
+                stream.open()
+                applied = self._check_state(pg, sink, stream.identify_system())
+                _Streaming(self, sink, stream, pg, applied).run()
+            except ReplicaIdentityError as exc:
+                # Refused (ConfigError) while the table is still so; once it is fixed, the
+                # changes logged meanwhile still lack old values: only a rebuild is exact.
+                check_schema(pg, settings.boards)
+                raise RebuildRequired(f"{exc}; the replica identity is fixed now") from exc
+            finally:
+                stream.close()
+                sink.close()
 
     @contextmanager
     def _driving_slot(
@@ -189,16 +172,23 @@ class Worker:
                         f"another projector process holds slot {settings.slot!r}",
                         service="postgres",
                     )
-                yield pg, RedisSink(redis_client(settings), settings.key_prefix)
+                yield pg, RedisSink(redis_client(settings), settings.keys)
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
         finally:
             pg.close()
 
     def _check_state(
-        self, pg: psycopg.Connection[tuple[object, ...]], sink: RedisSink
+        self,
+        pg: psycopg.Connection[tuple[object, ...]],
+        sink: RedisSink,
+        server: ServerPosition,
     ) -> Watermark:
-        """The watermark to resume from; ``RebuildRequired`` when Redis and the slot disagree."""
+        """The watermark to resume from; ``RebuildRequired`` unless Redis provably matches.
+
+        Redis must hold a watermark of this cluster, slot and timeline, not behind what the
+        slot confirmed nor ahead of the server's WAL, built under this configuration.
+        """
         slot_name = self.settings.slot
         slot = slot_info(pg, slot_name)
         if slot is None:
@@ -213,7 +203,7 @@ class Worker:
                 f"replication slot {slot_name!r} is in use by PID {slot.active_pid}",
                 service="postgres",
             )
-        system_id = system_identifier(pg)
+        system_id = server.system_id
         wm = sink.read_watermark()
         if wm is None:
             raise RebuildRequired("Redis holds no watermark (empty, flushed or lost data)")
@@ -231,284 +221,136 @@ class Worker:
                 slot=slot_name,
                 lsn=wm.lsn,
             )
+        if wm.lsn > server.flush_lsn:
+            raise RebuildRequired(
+                f"Redis watermark {format_lsn(wm.lsn)} is ahead of PostgreSQL's WAL "
+                f"({format_lsn(server.flush_lsn)}): PostgreSQL was restored from a backup "
+                "or recovered to an earlier point",
+                slot=slot_name,
+                lsn=wm.lsn,
+            )
+        if wm.timeline != server.timeline:
+            raise RebuildRequired(
+                f"Redis was built on timeline {wm.timeline}, PostgreSQL is on timeline "
+                f"{server.timeline} (point-in-time recovery or promotion)",
+                slot=slot_name,
+            )
+        config = ProjectionConfig.of(self.settings)
+        if wm.fingerprint != config.fingerprint:
+            raise RebuildRequired(
+                "the configuration changed since Redis was built: "
+                + "; ".join(config.changes_since(wm.config)),
+                slot=slot_name,
+            )
         return wm
 
 
-class _Session:
-    """One connected streaming session; see ``Worker._session``."""
+class _Streaming:
+    """The I/O of one connected session: frames in, the ``Session``'s actions carried out."""
 
     def __init__(
         self,
         worker: Worker,
         sink: RedisSink,
-        applied: Watermark,
+        stream: ReplicationStream,
         pg: psycopg.Connection[tuple[object, ...]],
+        applied: Watermark,
     ) -> None:
         settings = worker.settings
-        self.pg = pg
         self.settings = settings
         self.stop = worker.stop
         self.sink = sink
-        # Sent to Redis (the next compare-and-set expects it) / confirmed by Redis.
-        self.applied = applied
-        self.acked = applied
-        self.in_flight: deque[Watermark] = deque()
-        self.projection = Projection(settings.key_prefix, settings.zone, settings.retention)
+        self.stream = stream
+        self.pg = pg
+        self.session = Session(
+            applied,
+            Projection(settings.boards, settings.keys, settings.zone, settings.retention),
+            max_tx_changes=settings.max_tx_changes,
+            batch_changes=settings.batch_changes,
+            status_interval=settings.status_interval,
+        )
         self.decoder = Decoder(1)
-        self.stream = ReplicationStream(settings.pg_dsn, settings.slot, settings.publication)
-        self.tx: _Tx | None = None
-        # End LSN and commit time of the newest whole transaction not yet applied.
-        self.pending_end: int | None = None
-        self.pending_time: int = 0
-        self.batch_started = 0.0
-        self.confirmed = 0
-        self.last_status = 0.0
         self.last_beat = 0.0
-        self.last_idle_advance = 0.0
-        self.idle_end = 0
         self.last_wal_check = 0.0
         self.last_wal_heartbeat = time.monotonic()
 
     def run(self) -> None:
+        session = self.session
         log.info(
             "streaming",
             slot=self.settings.slot,
             publication=self.settings.publication,
-            watermark=format_lsn(self.applied.lsn),
+            watermark=format_lsn(session.applied.lsn),
         )
-        self.stream.open()
-        try:
-            self.stream.start(self.applied.lsn)
-            self._loop()
-        finally:
-            self.stream.close()
-            self.sink.close()
-
-    def _loop(self) -> None:
+        self.stream.start(session.applied.lsn)
         stream = self.stream
-        decode = self.decoder.decode
-        handle = self._handle
         sink = self.sink
+        decode = self.decoder.decode
+        message = session.message
+        keepalive = session.keepalive
+        perform = self._perform
         while True:
             quiet = True
             for frame in stream.frames(_POLL_TIMEOUT, sink.reply_fd()):
                 quiet = False
                 if isinstance(frame, PrimaryKeepalive):
-                    self._keepalive(frame.wal_end, frame.reply_requested)
+                    actions = keepalive(frame.wal_end, frame.reply_requested)
                 else:
-                    handle(decode(frame.data))
+                    actions = message(decode(frame.data))
+                if actions:
+                    perform(actions)
             # The stream ran dry, or Redis answered: apply what is complete, for freshness.
             # While Redis still works on the previous batch this one keeps growing (and the
             # wait above wakes on Redis' answer): big batches when Redis is the bottleneck.
             self._collect()
-            if (
-                not sink.in_flight
-                and self.tx is None
-                and self.pending_end is not None
-                and (
-                    quiet
-                    or not self._behind()
-                    or time.monotonic() - self.batch_started >= _MAX_BEHIND_BATCH_AGE
-                )
-            ):
-                self._flush()
-            self._advance_idle()
+            perform(session.tick(quiet=quiet))
             now = time.monotonic()
             if now - self.last_beat >= self.settings.heartbeat_interval:
                 self._beat(now)
-            if now - self.last_status >= self.settings.status_interval:
-                self._send_status(self.acked.lsn)
             if now - self.last_wal_check >= self.settings.status_interval:
                 self._check_retained_wal(now)
             interval = self.settings.wal_heartbeat_interval
             if interval and now - self.last_wal_heartbeat >= interval:
                 self._emit_wal_heartbeat(now)
             if self.stop.is_set():
-                # Not while a transaction is part-received: the batch holds some of its
-                # rows, and the slot will send it again whole.
-                if self.pending_end is not None and self.tx is None:
-                    self._flush()
-                while self.sink.in_flight:
-                    self._receive()
-                self._send_status(self.acked.lsn)
-                self.stream.end_copy()
-                self.sink.forget_heartbeat()
-                log.info("stopped", watermark=format_lsn(self.acked.lsn))
+                perform(session.stop())
+                stream.end_copy()
+                sink.forget_heartbeat()
+                log.info("stopped", watermark=format_lsn(session.acked.lsn))
                 return
 
-    def _handle(self, msg: object) -> None:
-        tx = self.tx
-        if tx is not None:
-            if isinstance(msg, Insert | Update | Delete | Truncate):
-                tx.rows += 1
-                if tx.skip_all or tx.rows <= tx.skip_rows:
-                    return
-                self.projection.on_change(msg)
-                tx.chunk_rows += 1
-                if tx.chunk_rows >= self.settings.max_tx_changes:
-                    self._flush_chunk(tx)
-                return
-            if isinstance(msg, Commit):
-                self._commit(tx, msg)
-                return
-        if isinstance(msg, Begin):
-            self._begin(msg)
-        elif isinstance(msg, Relation):
-            self.projection.on_relation(msg)
-        elif isinstance(msg, LogicalMessage | Origin | Type):
-            pass
-        else:
-            raise ProtocolError(f"unexpected message {type(msg).__name__} in the stream")
+    def _perform(self, actions: Actions) -> None:
+        """Carry out the session's actions in order; any failure ends the session."""
+        for action in actions:
+            if isinstance(action, Send):
+                self.sink.send(action.batch, action.new, action.expected)
+                if action.new.tx_lsn:
+                    log.info(
+                        "applied a chunk of a large transaction",
+                        commit_lsn=format_lsn(action.new.tx_lsn),
+                        rows_applied=action.new.tx_rows,
+                    )
+            elif isinstance(action, Receive):
+                result = self.sink.receive()
+                if result.replay_request:
+                    raise ReplayRequested(result.replay_request)
+            elif isinstance(action, Confirm):
+                self.stream.send_status(action.lsn)
+            elif isinstance(action, Collect):
+                self._collect()
+                self._perform(self.session.flush_if_idle())
+            else:
+                log.info(
+                    "resuming a large transaction",
+                    commit_lsn=format_lsn(action.tx_lsn),
+                    rows_already_applied=action.rows_applied,
+                )
 
-    def _begin(self, msg: Begin) -> None:
-        applied = self.applied
-        tx = _Tx(begin=msg)
-        if msg.final_lsn < applied.lsn:
-            tx.skip_all = True
-        elif msg.final_lsn == applied.tx_lsn:
-            tx.skip_rows = applied.tx_rows
-            log.info(
-                "resuming a large transaction",
-                commit_lsn=format_lsn(msg.final_lsn),
-                rows_already_applied=applied.tx_rows,
-            )
-        self.tx = tx
-
-    def _commit(self, tx: _Tx, msg: Commit) -> None:
-        self.tx = None
-        if tx.skip_all:
-            return
-        if self.pending_end is None:
-            self.batch_started = time.monotonic()
-        self.pending_end = msg.end_lsn
-        self.pending_time = msg.commit_time
-        if self.projection.pending_row_changes >= self.settings.batch_changes:
-            self._flush()
-        elif (
-            (age := time.monotonic() - self.batch_started) >= _MAX_BEHIND_BATCH_AGE
-            or (age >= _MAX_BATCH_DELAY and not self._behind())
-        ) and not self._collect():
-            # While Redis still works on the previous batch, this one keeps growing:
-            # bigger batches when Redis is the bottleneck, tiny ones when it is not.
-            self._flush()
-
-    def _behind(self) -> bool:
-        """Catching up on a backlog: the newest commit received is old already.
-
-        Then batches fill up to ``batch_changes``: fewer, larger Redis scripts aggregate
-        more (one update per member and board) and cost less per row. Fresh commits are
-        applied at once.
-        """
-        return pg_now_us() - self.pending_time > _BEHIND_US
-
-    def _flush(self) -> None:
-        """Apply every whole transaction received so far, with its watermark."""
-        assert self.pending_end is not None
-        self._apply(
-            Watermark(
-                lsn=self.pending_end,
-                system_id=self.applied.system_id,
-                slot=self.applied.slot,
-                commit_time=pg_time_to_datetime(self.pending_time),
-            )
-        )
-        self.pending_end = None
-        if time.monotonic() - self.last_status >= _STATUS_EVERY:
-            self._send_status(self.acked.lsn)
-
-    def _flush_chunk(self, tx: _Tx) -> None:
-        """Apply part of a transaction too large to apply at once, and record how far."""
-        applied = self.applied
-        lsn = self.pending_end if self.pending_end is not None else applied.lsn
-        commit_time = (
-            pg_time_to_datetime(self.pending_time)
-            if self.pending_end is not None
-            else applied.commit_time
-        )
-        self._apply(
-            Watermark(
-                lsn=lsn,
-                system_id=applied.system_id,
-                slot=applied.slot,
-                commit_time=commit_time,
-                tx_lsn=tx.begin.final_lsn,
-                tx_rows=tx.rows,
-            )
-        )
-        self.pending_end = None
-        tx.chunk_rows = 0
-        log.info(
-            "applied a chunk of a large transaction",
-            commit_lsn=format_lsn(tx.begin.final_lsn),
-            rows_applied=tx.rows,
-        )
-
-    def _apply(self, new: Watermark) -> None:
-        """Send the accumulated batch with ``new``; Redis runs it while we decode on.
-
-        When the most batches are in flight already, the oldest is collected first.
-        """
-        batch = self.projection.take_batch()
-        if self.sink.in_flight >= MAX_IN_FLIGHT:
-            self._receive()
-        self.sink.send(batch, new, self.applied)
-        self.applied = new
-        self.in_flight.append(new)
-
-    def _receive(self) -> None:
-        """Collect the oldest batch in flight: only now may its position be confirmed."""
-        result = self.sink.receive()
-        self.acked = self.in_flight.popleft()
-        if result.replay_request:
-            raise ReplayRequested(result.replay_request)
-
-    def _collect(self) -> int:
-        """Collect every batch Redis has answered (never waits); return how many remain."""
-        sink = self.sink
-        while sink.in_flight and not sink.busy():
-            self._receive()
-        return sink.in_flight
-
-    def _keepalive(self, wal_end: int, reply_requested: bool) -> None:
-        # The server has sent everything before wal_end: once nothing is in flight, Redis
-        # and the slot may both move there (see _advance_idle).
-        if wal_end > self.idle_end:
-            self.idle_end = wal_end
-        if reply_requested:
-            self._advance_idle(force=True)
-            self._send_status(self.acked.lsn)
-
-    def _advance_idle(self, *, force: bool = False) -> None:
-        """Move the watermark to the last keepalive position when nothing is in flight.
-
-        This keeps an idle publication from retaining WAL. At most every
-        ``_IDLE_ADVANCE_EVERY`` unless the server asks.
-        """
-        if self.tx is not None or self.pending_end is not None or self.sink.in_flight:
-            return
-        if self.idle_end <= self.applied.lsn:
-            return
-        now = time.monotonic()
-        if not force and now - self.last_idle_advance < _IDLE_ADVANCE_EVERY:
-            return
-        self.last_idle_advance = now
-        self._apply(
-            Watermark(
-                lsn=self.idle_end,
-                system_id=self.applied.system_id,
-                slot=self.applied.slot,
-                commit_time=self.applied.commit_time,
-            )
-        )
-        self._receive()
-        self._send_status(self.acked.lsn)
-
-    def _send_status(self, lsn: int) -> None:
-        if lsn < self.confirmed:
-            lsn = self.confirmed
-        self.stream.send_status(lsn)
-        self.confirmed = lsn
-        self.last_status = time.monotonic()
+    def _collect(self) -> None:
+        """Take every answer Redis has sent already (never waits)."""
+        session, sink = self.session, self.sink
+        while session.in_flight and not sink.busy():
+            self._perform(session.receive())
 
     def _check_retained_wal(self, now: float) -> None:
         self.last_wal_check = now
@@ -532,22 +374,23 @@ class _Session:
 
     def _beat(self, now: float) -> None:
         self.last_beat = now
+        sink, session = self.sink, self.session
         ttl = max(3 * self.settings.heartbeat_interval, 5.0)
-        self.sink.beat(
-            ttl,
-            {"slot": self.settings.slot, "lsn": format_lsn(self.acked.lsn), "state": "streaming"},
-        )
-        if not self.sink.in_flight:
+        lsn = format_lsn(session.acked.lsn)
+        sink.beat(ttl, {"slot": self.settings.slot, "lsn": lsn, "state": "streaming"})
+        # Someone may have switched Redis to an evicting policy while we run.
+        sink.require_no_eviction()
+        if not session.in_flight:
             # Otherwise a flush of Redis goes unnoticed until the publication's next write.
-            stored = self.sink.read_watermark()
-            if stored is None or stored.position != self.acked.position:
+            stored = sink.read_watermark()
+            if stored is None or stored.position != session.acked.position:
                 raise RebuildRequired(
                     "Redis holds no watermark: it lost its data or was flushed"
                     if stored is None
-                    else f"Redis watermark moved under us (expected {self.acked.position}, "
+                    else f"Redis watermark moved under us (expected {session.acked.position}, "
                     f"found {stored.position})",
                     slot=self.settings.slot,
                 )
-        request = self.sink.replay_request()
+        request = sink.replay_request()
         if request:
             raise ReplayRequested(request)

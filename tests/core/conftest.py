@@ -12,6 +12,7 @@ import psycopg
 import pytest
 import redis
 
+from projector.boards import Board
 from projector.migrate import migrate
 from projector.settings import Settings, load_settings
 
@@ -97,16 +98,25 @@ class Projected:
             alive=self.alive,
         )
 
-    def redis(self) -> Expected:
-        return read_redis(self.client, self.config["key_prefix"])
+    def redis(self, board: Board | None = None) -> Expected:
+        return read_redis(self.client, self.config["key_prefix"], board or self.boards[0])
 
-    def expected(self) -> Expected:
+    def expected(self, board: Board | None = None) -> Expected:
         retention = {k: v for k, v in self.config.items() if k.startswith("retention_")}
-        return recompute(self.config["pg_dsn"], self.config["timezone"], retention)
+        return recompute(
+            self.config["pg_dsn"], self.config["timezone"], retention, board or self.boards[0]
+        )
+
+    @property
+    def boards(self) -> tuple[Board, ...]:
+        return self.settings.boards
 
     def assert_exact(self) -> Expected:
-        """Wait for the projector, then Redis must equal the recomputation; return it."""
+        """Wait for the projector, then every board in Redis must equal the recomputation;
+        return the first board's."""
         self.caught_up()
+        for board in self.boards[1:]:
+            assert_same(self.redis(board), self.expected(board))
         actual = self.redis()
         assert_same(actual, self.expected())
         return actual

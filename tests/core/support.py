@@ -27,6 +27,10 @@ from typing import Any
 
 import psycopg
 import redis
+from psycopg import sql
+
+from projector.boards import DEFAULT_BOARDS, Board
+from projector.keys import Keys
 
 Boards = dict[tuple[str, str], dict[str, int]]
 
@@ -39,35 +43,38 @@ WIDE_RETENTION = {
     "retention_year_years": 100,
 }
 
-# Every board as PostgreSQL alone sees it: bucket ids from to_char in the zone, boards whose
-# retention ran out dropped (a board lives until the first local date `retention` buckets
-# after its bucket ends), instants outside local years 0001..9999 in the all-time board only.
+# Every bucket of one board as PostgreSQL alone sees it: bucket ids from to_char in the zone,
+# boards whose retention ran out dropped (a board lives until the first local date
+# `retention` buckets after its bucket ends), instants outside local years 0001..9999 in the
+# all-time board only, members whose score is not positive left out. Written from the board's
+# columns here, independently of projector.queries.
 _RECOMPUTE_SQL = """
 WITH dated AS (
-    SELECT user_id, completed_at AT TIME ZONE %(tz)s AS local
-    FROM pomodoros
-    WHERE isfinite(completed_at)
+    SELECT {member}::text AS member, {time} AT TIME ZONE %(tz)s AS local, {value} AS value
+    FROM {table}
+    WHERE isfinite({time}) AND {member} IS NOT NULL
 ), kept AS (
-    SELECT user_id, local FROM dated
+    SELECT member, local, value FROM dated
     WHERE local >= '0001-01-01 00:00' AND local < '10000-01-01 00:00'
 ), today AS (
     SELECT (now() AT TIME ZONE %(tz)s)::date AS today
 )
-SELECT 'day', to_char(local, 'YYYY-MM-DD'), user_id, count(*) FROM kept, today
+SELECT 'day', to_char(local, 'YYYY-MM-DD'), member, sum(value) FROM kept, today
  WHERE local::date + (1 + %(day)s) > today GROUP BY 2, 3
 UNION ALL
-SELECT 'week', to_char(local, 'IYYY-"W"IW'), user_id, count(*) FROM kept, today
+SELECT 'week', to_char(local, 'IYYY-"W"IW'), member, sum(value) FROM kept, today
  WHERE date_trunc('week', local)::date + 7 * (1 + %(week)s) > today GROUP BY 2, 3
 UNION ALL
-SELECT 'month', to_char(local, 'YYYY-MM'), user_id, count(*) FROM kept, today
+SELECT 'month', to_char(local, 'YYYY-MM'), member, sum(value) FROM kept, today
  WHERE date_trunc('month', local) + make_interval(months => 1 + %(month)s) > today
  GROUP BY 2, 3
 UNION ALL
-SELECT 'year', to_char(local, 'YYYY'), user_id, count(*) FROM kept, today
+SELECT 'year', to_char(local, 'YYYY'), member, sum(value) FROM kept, today
  WHERE date_trunc('year', local) + make_interval(years => 1 + %(year)s) > today
  GROUP BY 2, 3
 UNION ALL
-SELECT 'all', 'all', user_id, count(*) FROM pomodoros GROUP BY 3
+SELECT 'all', 'all', {member}::text, sum({value}) FROM {table}
+ WHERE {member} IS NOT NULL GROUP BY 3
 """
 
 
@@ -79,8 +86,13 @@ class Expected:
     names: dict[str, str]
 
 
-def recompute(dsn: str, tz: str = "UTC", retention: Mapping[str, int] | None = None) -> Expected:
-    """Recompute every board and the name hash from PostgreSQL in one snapshot."""
+def recompute(
+    dsn: str,
+    tz: str = "UTC",
+    retention: Mapping[str, int] | None = None,
+    board: Board = DEFAULT_BOARDS[0],
+) -> Expected:
+    """Recompute every bucket of ``board`` and its labels from PostgreSQL in one snapshot."""
     kept = dict(WIDE_RETENTION if retention is None else retention)
     params = {
         "tz": tz,
@@ -92,17 +104,42 @@ def recompute(dsn: str, tz: str = "UTC", retention: Mapping[str, int] | None = N
     boards: Boards = {}
     with psycopg.connect(dsn, autocommit=False) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        for period, bucket, user, count in conn.execute(_RECOMPUTE_SQL, params):
-            boards.setdefault((period, bucket), {})[user] = int(count)
-        names = {user: name for user, name in conn.execute("SELECT id, display_name FROM users")}
+        query = sql.SQL(_RECOMPUTE_SQL).format(
+            member=sql.Identifier(board.member),
+            time=sql.Identifier(board.time),
+            value=sql.SQL("coalesce({}, 0)").format(sql.Identifier(board.sum))
+            if board.sum
+            else sql.SQL("1"),
+            table=sql.Identifier(board.table.schema, board.table.name),
+        )
+        for period, bucket, member, score in conn.execute(query, params):
+            if period in board.periods and score > 0:
+                boards.setdefault((period, bucket), {})[member] = int(score)
+        names: dict[str, str] = {}
+        if board.labels is not None:
+            labels = board.labels
+            names = {
+                str(key): str(label)
+                for key, label in conn.execute(
+                    sql.SQL("SELECT {}, {} FROM {} WHERE {} IS NOT NULL").format(
+                        sql.Identifier(labels.key),
+                        sql.Identifier(labels.column),
+                        sql.Identifier(labels.table.schema, labels.table.name),
+                        sql.Identifier(labels.column),
+                    )
+                )
+            }
         conn.rollback()
     return Expected(boards, names)
 
 
-def read_redis(client: redis.Redis, prefix: str = "pomo:") -> Expected:
-    """Every leaderboard and display name the projector wrote under ``prefix``."""
+def read_redis(
+    client: redis.Redis, prefix: str = "pomo:", board: Board = DEFAULT_BOARDS[0]
+) -> Expected:
+    """Every bucket of one board and its labels as the projector wrote them under ``prefix``."""
     boards: Boards = {}
-    board_prefix = f"{prefix}lb:"
+    keys = Keys(prefix)
+    board_prefix = keys.board_prefix(board.name)
     for raw_key in client.scan_iter(match=f"{board_prefix}*", count=1000):
         key = _text(raw_key)
         period, _, bucket = key.removeprefix(board_prefix).partition(":")
@@ -112,7 +149,9 @@ def read_redis(client: redis.Redis, prefix: str = "pomo:") -> Expected:
             members[_text(member)] = int(score)
         if members:
             boards[(period, bucket)] = members
-    names = {_text(k): _text(v) for k, v in client.hgetall(f"{prefix}users").items()}
+    names: dict[str, str] = {}
+    if board.labels is not None:
+        names = {_text(k): _text(v) for k, v in client.hgetall(keys.labels(board.labels)).items()}
     return Expected(boards, names)
 
 

@@ -245,7 +245,7 @@ def test_signal_stops_promptly_and_acknowledges_what_redis_applied(
     assert code == 0, proc.log_tail()
     assert elapsed < 5.0
     # Stopped mid-stream, Redis still shows each 5,000-row transaction whole or not at all.
-    board = projected.client.zrange("pomo:lb:all:all", 0, -1, withscores=True)
+    board = projected.client.zrange("pomo:lb:pomodoros:all:all", 0, -1, withscores=True)
     assert sum(score for member, score in board if member.startswith(b"burst")) % 5000 == 0
     applied = parse_lsn(watermark(projected.client)["lsn"])
     deadline = time.monotonic() + 3
@@ -276,7 +276,7 @@ def test_redis_rolled_back_to_an_older_state_is_detected_and_rebuilt(
     client.flushall()
     for key, value in saved.items():
         client.restore(key, 0, value)
-    assert client.zscore("pomo:lb:all:all", "ann") == 1
+    assert client.zscore("pomo:lb:pomodoros:all:all", "ann") == 1
     with capture_logs() as logs:
         projected = start_thread()
         got = projected.assert_exact()

@@ -194,7 +194,7 @@ def test_verify_reports_drift_it_did_not_cause(
     )
     projected.assert_exact()
     assert verify(projected.settings).in_sync
-    projected.client.zincrby("pomo:lb:all:all", 1, "ann")
+    projected.client.zincrby("pomo:lb:pomodoros:all:all", 1, "ann")
     report = verify(projected.settings)
     assert not report.in_sync
-    assert [d.key for d in report.diffs if not d.clean] == ["pomo:lb:all:all"]
+    assert [d.key for d in report.diffs if not d.clean] == ["pomo:lb:pomodoros:all:all"]

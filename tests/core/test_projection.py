@@ -139,8 +139,8 @@ def test_delete_retracts_and_members_at_zero_are_removed(
     got = projected.assert_exact()
     assert got.boards[("all", "all")] == {"alice": 1}
     assert ("day", "2026-11-20") not in got.boards
-    assert projected.client.exists("pomo:lb:day:2026-11-20") == 0
-    assert projected.client.zscore("pomo:lb:week:2026-W47", "bob") is None
+    assert projected.client.exists("pomo:lb:pomodoros:day:2026-11-20") == 0
+    assert projected.client.zscore("pomo:lb:pomodoros:week:2026-W47", "bob") is None
     db.execute("DELETE FROM pomodoros")
     got = projected.assert_exact()
     assert got.boards == {}
@@ -344,7 +344,7 @@ def test_transaction_becomes_visible_all_at_once(
 
     def watch() -> None:
         while not done.is_set():
-            score = projected.client.zscore("pomo:lb:all:all", "alice")
+            score = projected.client.zscore("pomo:lb:pomodoros:all:all", "alice")
             seen.add(score or 0.0)
 
     watcher = threading.Thread(target=watch)
@@ -357,7 +357,7 @@ def test_transaction_becomes_visible_all_at_once(
                     [(f"2026-11-{1 + i % 28:02d} 10:00+00",) for i in range(2000)],
                 )
             projected.caught_up()
-            assert projected.client.zscore("pomo:lb:all:all", "alice") == 2000 * round_
+            assert projected.client.zscore("pomo:lb:pomodoros:all:all", "alice") == 2000 * round_
     finally:
         done.set()
         watcher.join()
@@ -392,5 +392,7 @@ def test_default_retention_writes_no_expired_board_and_expires_finished_ones(
     assert got.boards[("day", str(recent))] == {"rebuilt": 1, "streamed": 1}
     # A day board lives until the first instant of the 35th day after its day ends.
     expires = datetime.combine(recent + timedelta(days=36), datetime.min.time(), UTC)
-    assert projected.client.expiretime(f"pomo:lb:day:{recent}") == int(expires.timestamp())
-    assert projected.client.ttl("pomo:lb:all:all") == -1
+    assert projected.client.expiretime(f"pomo:lb:pomodoros:day:{recent}") == int(
+        expires.timestamp()
+    )
+    assert projected.client.ttl("pomo:lb:pomodoros:all:all") == -1

@@ -15,13 +15,17 @@ import pytest
 import redis
 
 from projector.errors import RebuildRequired
+from projector.keys import Keys
 from projector.projection import BatchDelta
-from projector.sink import RedisSink, Watermark
+from projector.sink import RedisSink
+from projector.watermark import Watermark
 
 PREFIX = "t:"
-ALL = f"{PREFIX}lb:all:all"
-DAY = f"{PREFIX}lb:day:2026-11-26"
-WEEK = f"{PREFIX}lb:week:2026-W48"
+KEYS = Keys(PREFIX)
+ALL = KEYS.board("b", "all", "all")
+DAY = KEYS.board("b", "day", "2026-11-26")
+WEEK = KEYS.board("b", "week", "2026-W48")
+USERS = f"{PREFIX}users"
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
@@ -39,7 +43,7 @@ def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def sink(client: redis.Redis) -> RedisSink:
-    return RedisSink(client, PREFIX)
+    return RedisSink(client, KEYS)
 
 
 def mark(lsn: int, *, tx_lsn: int = 0, tx_rows: int = 0) -> Watermark:
@@ -60,6 +64,13 @@ def batch(
 ) -> BatchDelta:
     deltas = deltas or {}
     expiry = expiry if expiry is not None else dict.fromkeys(deltas)
+    names = kwargs.pop("names", None)
+    if names is not None:
+        kwargs["labels"] = {USERS: names}
+    if kwargs.pop("clear_boards", False):
+        kwargs["clear_boards"] = {KEYS.board_prefix("b")}
+    if kwargs.pop("clear_users", False):
+        kwargs["clear_labels"] = {USERS}
     return BatchDelta(deltas=deltas, expiry=expiry, **kwargs)  # type: ignore[arg-type]
 
 
@@ -83,7 +94,7 @@ def test_first_apply_writes_boards_names_and_watermark(
         None,
     )
     assert scores(client, ALL) == {"alice": 2.0, "bob": 1.0}
-    assert client.hgetall(f"{PREFIX}users") == {b"alice": b"Alice"}
+    assert client.hgetall(USERS) == {b"alice": b"Alice"}
     assert sink.read_watermark() == new
     fields = client.hgetall(f"{PREFIX}watermark")
     assert fields[b"lsn"] == b"1/100" and fields[b"tx_lsn"] == b"1/200"
@@ -109,7 +120,7 @@ def test_cas_mismatch_raises_rebuild_required_and_changes_nothing(
         sink.apply(batch({ALL: {"alice": 5}}, names={"x": "X"}), mark(300), mark(100))
     assert scores(client, ALL) == {"alice": 2.0}
     assert sink.read_watermark() == mark(200)
-    assert client.exists(f"{PREFIX}users") == 0
+    assert client.exists(USERS) == 0
 
 
 def test_mid_transaction_position_is_part_of_the_cas(sink: RedisSink) -> None:
@@ -196,19 +207,19 @@ def test_clear_users_removes_names_before_setting_new_ones(
     """clear_users empties the name hash (a TRUNCATE users), then the batch's names apply."""
     sink.apply(batch(names={"a": "A", "b": "B"}), mark(100), None)
     sink.apply(batch(names={"c": "C"}, clear_users=True), mark(200), mark(100))
-    assert client.hgetall(f"{PREFIX}users") == {b"c": b"C"}
+    assert client.hgetall(USERS) == {b"c": b"C"}
     sink.apply(batch(names={"c": None}), mark(300), mark(200))
-    assert client.exists(f"{PREFIX}users") == 0
+    assert client.exists(USERS) == 0
 
 
 def test_clear_keeps_keys_outside_the_prefix(sink: RedisSink, client: redis.Redis) -> None:
     """Clearing boards and names touches only the sink's own prefix."""
-    client.zadd("other:lb:all:all", {"x": 1})
+    client.zadd(Keys("other:").board("b", "all", "all"), {"x": 1})
     client.hset("other:users", "x", "X")
     sink.apply(batch({ALL: {"a": 1}}, names={"a": "A"}), mark(100), None)
     sink.apply(batch(clear_boards=True, clear_users=True), mark(200), mark(100))
-    assert client.exists("other:lb:all:all", "other:users") == 2
-    assert client.exists(ALL, f"{PREFIX}users") == 0
+    assert client.exists(Keys("other:").board("b", "all", "all"), "other:users") == 2
+    assert client.exists(ALL, USERS) == 0
 
 
 def test_apply_reports_a_pending_replay_request(sink: RedisSink, client: redis.Redis) -> None:
@@ -258,7 +269,7 @@ def test_a_read_only_replica_is_a_lost_connection_not_a_crash(redis_url: str) ->
     from projector.errors import ConnectionLost
 
     client = redis.Redis.from_url(redis_url)
-    sink = RedisSink(client, PREFIX)
+    sink = RedisSink(client, KEYS)
     sink.apply(batch({ALL: {"ada": 1}}), mark(0x100), None)
     client.execute_command("REPLICAOF", "127.0.0.1", "1")  # a master that never answers
     try:

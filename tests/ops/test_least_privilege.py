@@ -21,7 +21,13 @@ import redis
 
 from projector.migrate import migrate
 from projector.privileges import privilege_denial
-from projector.roles import REDIS_API_COMMANDS, Grantee, apply_postgres, apply_redis
+from projector.roles import (
+    REDIS_API_COMMANDS,
+    Grantee,
+    apply_postgres,
+    apply_redis,
+    source_tables,
+)
 from projector.settings import Settings, load_settings
 from projector.worker import Worker
 
@@ -83,8 +89,8 @@ def deployment(pg_dsn: str, redis_url: str) -> Iterator[Deployment]:
     tag = uuid.uuid4().hex[:8]
     run = Grantee(f"lp_run_{tag}", f"run-{tag}-pw", replication=True)
     api = Grantee(f"lp_api_{tag}", f"api-{tag}-pw", replication=False)
-    apply_postgres(pg_dsn, [run, api])
-    apply_postgres(pg_dsn, [run, api])  # idempotent
+    apply_postgres(pg_dsn, [run, api], source_tables())
+    apply_postgres(pg_dsn, [run, api], source_tables())  # idempotent
     apply_redis(redis_url, PREFIX, run, api)
     try:
         yield Deployment(

@@ -28,6 +28,11 @@ from zoneinfo import ZoneInfo
 import psycopg
 import redis
 
+from projector.boards import DEFAULT_BOARDS
+from projector.keys import Keys
+
+DEFAULT_BOARD = DEFAULT_BOARDS[0].name
+
 Boards = dict[str, dict[str, int]]
 
 # The projector's defaults, restated: retention in whole buckets after a bucket ends.
@@ -102,11 +107,11 @@ def recompute(dsn: str, prefix: str, timezone: str) -> tuple[Boards, dict[str, s
         ).fetchall()
         names = dict(conn.execute("SELECT id, display_name FROM users").fetchall())
     for user, day, count in rows:
-        keys = [f"{prefix}lb:all:all"]
+        keys = [Keys(prefix).board(DEFAULT_BOARD, "all", "all")]
         if day is not None:
             for period, (bucket, first) in bucket_ids(day).items():
                 if expiry_date(period, first) > today:
-                    keys.append(f"{prefix}lb:{period}:{bucket}")
+                    keys.append(Keys(prefix).board(DEFAULT_BOARD, period, bucket))
         for key in keys:
             board = boards.setdefault(key, {})
             board[user] = board.get(user, 0) + count

@@ -156,7 +156,7 @@ def test_other_cluster_in_watermark_is_rebuilt_on_start(deployment: Deployment) 
     with deployment.redis() as client:
         client.hset(deployment.watermark_key, "system_id", "1234567890123456789")
         # Stale boards from "the other cluster" must not survive the rebuild.
-        client.zincrby(f"{deployment.prefix}lb:all:all", 5, "ghost")
+        client.zincrby(f"{deployment.prefix}lb:pomodoros:all:all", 5, "ghost")
     with writing(deployment.pg_dsn) as writer:
         writer.wait_commits(30)
     status = deployment.cli("status", "--json")
@@ -174,14 +174,14 @@ def test_watermark_behind_the_slot_is_rebuilt_on_start(deployment: Deployment) -
     """Redis restored from an older copy (watermark behind confirmed_flush_lsn) is rebuilt."""
     projector = _started(deployment)
     with deployment.redis() as client:
-        stale = client.dump(f"{deployment.prefix}lb:all:all")
+        stale = client.dump(f"{deployment.prefix}lb:pomodoros:all:all")
         stale_watermark = client.dump(deployment.watermark_key)
     with writing(deployment.pg_dsn) as writer:
         writer.wait_commits(50)
     deployment.wait_caught_up()
     assert projector.stop() == 0
     with deployment.redis() as client:  # "failover to a lagging replica"
-        client.restore(f"{deployment.prefix}lb:all:all", 0, stale, replace=True)
+        client.restore(f"{deployment.prefix}lb:pomodoros:all:all", 0, stale, replace=True)
         client.restore(deployment.watermark_key, 0, stale_watermark, replace=True)
     row = deployment.slot_row()
     assert row is not None
@@ -234,7 +234,7 @@ def test_projector_killed_mid_rebuild_recovers_exactly(deployment: Deployment) -
     with deployment.redis() as client:
         assert redis_boards(client, prefix) == old
         # What a crash during loading leaves behind (they expire, but must not linger).
-        client.zadd(f"{prefix}rebuild:0123456789ab:lb:all:all", {"ghost": 99})
+        client.zadd(f"{prefix}rebuild:0123456789ab:lb:pomodoros:all:all", {"ghost": 99})
         client.set(f"{prefix}rebuild:0123456789ab:started", "1", ex=3600)
     assert deployment.watermark() == old_watermark
     assert projector.count("rebuild finished") == 0

@@ -48,17 +48,21 @@ def test_bootstrap_on_existing_rows_equals_recomputation_despite_concurrent_writ
     # Boards past retention are absent; those inside carry their expiry, all-time none.
     tz = ZoneInfo(deployment.timezone)
     prefix = deployment.prefix
-    days = {k for k in expected if k.startswith(f"{prefix}lb:day:")}
+    days = {k for k in expected if k.startswith(f"{prefix}lb:pomodoros:day:")}
     assert 30 <= len(days) <= 40, sorted(days)  # 36 days kept (+ future ones) of 420 seeded
-    assert len([k for k in expected if k.startswith(f"{prefix}lb:month:")]) in (14, 15, 16)
+    assert len([k for k in expected if k.startswith(f"{prefix}lb:pomodoros:month:")]) in (
+        14,
+        15,
+        16,
+    )
     old_year = bucket_ids(time_ago_date(tz, 7 * 366))["year"][0]
-    assert f"{prefix}lb:year:{old_year}" not in expected
+    assert f"{prefix}lb:pomodoros:year:{old_year}" not in expected
     with deployment.redis() as client:
-        assert client.ttl(f"{prefix}lb:all:all") == -1
+        assert client.ttl(f"{prefix}lb:pomodoros:all:all") == -1
         registry = {k.decode() for k in client.zrange(f"{prefix}boards", 0, -1)}
         assert registry == set(expected)
         for key in expected:
-            _, period, bucket = key.removeprefix(prefix).split(":", 2)
+            _, _board, period, bucket = key.removeprefix(prefix).split(":", 3)
             if period == "all":
                 continue
             first = _first_date(period, bucket)

@@ -69,12 +69,17 @@ def test_status_of_a_healthy_projector_exits_0_with_every_field(
     assert redis_part["reachable"] is True and redis_part["version"].startswith("7")
     assert redis_part["used_memory"] > 0
     today = datetime.now(ZoneInfo(deployment.timezone)).date().isoformat()
-    assert set(redis_part["boards"]) == {"day", "week", "month", "year", "all"}
-    assert redis_part["boards"]["day"]["key"] == f"{deployment.prefix}lb:day:{today}"
+    assert set(redis_part["boards"]) == {
+        f"pomodoros/{period}" for period in ("day", "week", "month", "year", "all")
+    }
+    assert (
+        redis_part["boards"]["pomodoros/day"]["key"]
+        == f"{deployment.prefix}lb:pomodoros:day:{today}"
+    )
     with deployment.redis() as client:
         for size in redis_part["boards"].values():
             assert size["members"] == client.zcard(size["key"])
-    assert redis_part["boards"]["all"]["members"] >= 60
+    assert redis_part["boards"]["pomodoros/all"]["members"] >= 60
 
     assert report["projector"]["alive"] is True
     assert report["projector"]["pid"] == projector.proc.pid

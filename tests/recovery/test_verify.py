@@ -36,8 +36,8 @@ def _verify(deployment: Deployment, *args: str) -> tuple[int, dict[str, Any]]:
 def _board(deployment: Deployment, period: str, days_ago: int = 0) -> str:
     day = (datetime.now(ZoneInfo(deployment.timezone)) - timedelta(days=days_ago)).date()
     if period == "day":
-        return f"{deployment.prefix}lb:day:{day.isoformat()}"
-    return f"{deployment.prefix}lb:all:all"
+        return f"{deployment.prefix}lb:pomodoros:day:{day.isoformat()}"
+    return f"{deployment.prefix}lb:pomodoros:all:all"
 
 
 def test_verify_in_sync_exits_0(deployment: Deployment, running: ProjectorProcess) -> None:

@@ -1,0 +1,384 @@
+"""The streaming session's bookkeeping as a pure state machine: messages in, actions out.
+
+``Session`` decides which transactions to skip, resume or apply, when a batch or a chunk of a
+large transaction goes to Redis, which watermark it carries, when keepalive positions may move
+the watermark, and what may be confirmed to PostgreSQL. It does no I/O and reads time only
+from the injected clocks. The caller performs the returned actions in order; if one fails, the
+whole session is abandoned and a new one starts from the watermark stored in Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from projector.errors import ProtocolError, RebuildRequired
+from projector.lsn import format_lsn
+from projector.pgoutput import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Origin,
+    Relation,
+    Truncate,
+    Type,
+    Update,
+    pg_time_to_datetime,
+)
+from projector.projection import BatchDelta, Projection
+from projector.replication import pg_now_us
+from projector.watermark import Watermark
+
+# A lone commit is applied as soon as the socket runs dry; under load a batch is applied
+# at the latest this long after its first commit arrived.
+MAX_BATCH_DELAY = 0.010
+# A commit received this long after it happened means a backlog (see Session.behind).
+BEHIND_US = 1_000_000
+# Even then (or with clocks that disagree) a batch waits no longer than this.
+MAX_BEHIND_BATCH_AGE = 1.0
+# Keepalive positions reach the watermark this often at most (read-your-writes clients wait
+# on it when other WAL follows their commit; a busy database sends many keepalives).
+IDLE_ADVANCE_EVERY = 0.1
+# After applying a batch, tell PostgreSQL at most this often (besides the periodic status).
+STATUS_AFTER_FLUSH_EVERY = 1.0
+# Batches sent before the oldest is answered: Redis never waits for the next one to be
+# encoded. Two suffice; each is up to PROJECTOR_BATCH_CHANGES row changes.
+MAX_IN_FLIGHT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``batch`` to Redis with watermark ``new``, if Redis still holds ``expected``."""
+
+    batch: BatchDelta
+    new: Watermark
+    expected: Watermark
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """Wait for Redis' answer to the oldest batch in flight; a refusal ends the session."""
+
+
+@dataclass(frozen=True, slots=True)
+class Collect:
+    """Take every answer Redis has already sent (``Session.receive`` each), without waiting,
+    then perform ``Session.flush_if_idle``: a batch waits while Redis is still busy."""
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    """Tell PostgreSQL (standby status update) that everything up to ``lsn`` is applied."""
+
+    lsn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A transaction partly applied before a restart is being received again (for the log)."""
+
+    tx_lsn: int
+    rows_applied: int
+
+
+Action = Send | Receive | Collect | Confirm | Resume
+Actions = tuple[Action, ...]
+_NOTHING: Actions = ()
+_RECEIVE = Receive()
+_COLLECT: Actions = (Collect(),)
+
+
+@dataclass(slots=True)
+class _Tx:
+    """The transaction being received."""
+
+    begin: Begin
+    rows: int = 0  # row changes seen so far
+    skip_rows: int = 0  # the first N were applied before a restart
+    skip_all: bool = False  # fully applied before a restart
+    chunk_rows: int = 0  # row changes projected since the last chunk was applied
+
+
+class Session:
+    """Bookkeeping of one streaming session that resumes from ``applied`` (Redis' watermark).
+
+    Positions: ``applied`` is the watermark of the last batch sent (the next compare-and-set
+    expects it), ``acked`` the last one Redis confirmed, ``confirmed`` the last position told
+    to PostgreSQL. Always ``confirmed <= acked.lsn`` (once something was acknowledged) and
+    ``acked.lsn <= applied.lsn``.
+    """
+
+    def __init__(
+        self,
+        applied: Watermark,
+        projection: Projection,
+        *,
+        max_tx_changes: int,
+        batch_changes: int,
+        status_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        now_us: Callable[[], int] = pg_now_us,
+    ) -> None:
+        self.applied = applied
+        self.acked = applied
+        self.confirmed = 0
+        self.projection = projection
+        self._max_tx_changes = max_tx_changes
+        self._batch_changes = batch_changes
+        self._status_interval = status_interval
+        self._clock = clock
+        self._now_us = now_us
+        self._in_flight: deque[Watermark] = deque()
+        self.tx: _Tx | None = None
+        # End LSN and commit time of the newest whole transaction not yet sent.
+        self.pending_end: int | None = None
+        self._pending_time = 0
+        self._batch_started = 0.0
+        # Commit LSN of a transaction applied in part and not yet received whole.
+        self._open_marker = applied.tx_lsn
+        self._idle_end = 0
+        self._last_idle_advance = 0.0
+        self._last_status = clock()
+
+    # -- queries -----------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Batches sent whose answer was not yet taken."""
+        return len(self._in_flight)
+
+    def behind(self) -> bool:
+        """Catching up on a backlog: the newest commit received is old already.
+
+        Then batches fill up to ``batch_changes``: fewer, larger Redis scripts aggregate
+        more (one update per member and board) and cost less per row. Fresh commits are
+        applied at once.
+        """
+        return self._now_us() - self._pending_time > BEHIND_US
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def message(self, msg: object) -> Actions:
+        """One decoded pgoutput message."""
+        tx = self.tx
+        if tx is not None:
+            if isinstance(msg, Insert | Update | Delete | Truncate):
+                tx.rows += 1
+                if tx.skip_all or tx.rows <= tx.skip_rows:
+                    return _NOTHING
+                self.projection.on_change(msg)
+                tx.chunk_rows += 1
+                if tx.chunk_rows >= self._max_tx_changes:
+                    return self._chunk(tx)
+                return _NOTHING
+            if isinstance(msg, Commit):
+                return self._commit(tx, msg)
+        if isinstance(msg, Begin):
+            if tx is not None:
+                raise ProtocolError("Begin inside an open transaction", lsn=msg.final_lsn)
+            return self._begin(msg)
+        if isinstance(msg, Relation):
+            self.projection.on_relation(msg)
+        elif isinstance(msg, LogicalMessage | Origin | Type):
+            pass
+        else:
+            raise ProtocolError(f"unexpected message {type(msg).__name__} in the stream")
+        return _NOTHING
+
+    def keepalive(self, wal_end: int, reply_requested: bool) -> Actions:
+        """A primary keepalive: the server has sent everything before ``wal_end``."""
+        if wal_end > self._idle_end:
+            self._idle_end = wal_end
+        marker = self._open_marker
+        if marker and wal_end > marker and self.tx is None:
+            # The server re-reads a part-applied transaction before anything after it, and
+            # reports positions up to its commit (not past it) until it sends it again.
+            raise MissedTransaction(marker, wal_end)
+        if reply_requested:
+            return self._advance_idle(force=True) or (Confirm(self._confirmable()),)
+        return _NOTHING
+
+    def receive(self) -> Actions:
+        """Redis answered the oldest batch in flight (the caller saw its reply is ready)."""
+        return (self._take_answer(),)
+
+    def tick(self, *, quiet: bool) -> Actions:
+        """After a pass over the frames received (``quiet``: there were none).
+
+        Applies what is complete when Redis is idle, moves an idle watermark to the last
+        keepalive position, and sends the periodic status update.
+        """
+        actions: Actions = _NOTHING
+        if (
+            not self._in_flight
+            and self.tx is None
+            and self.pending_end is not None
+            and (
+                quiet
+                or not self.behind()
+                or self._clock() - self._batch_started >= MAX_BEHIND_BATCH_AGE
+            )
+        ):
+            actions = self._flush()
+        actions += self._advance_idle(force=False)
+        if self._clock() - self._last_status >= self._status_interval:
+            actions += (Confirm(self._confirmable()),)
+        return actions
+
+    def flush_if_idle(self) -> Actions:
+        """What ``Collect`` asks for once the answers are taken: apply unless Redis is busy."""
+        if self._in_flight or self.tx is not None or self.pending_end is None:
+            return _NOTHING
+        return self._flush()
+
+    def stop(self) -> Actions:
+        """Finish: apply whole transactions, wait for every answer, confirm the position.
+
+        Not while a transaction is part-received: the batch holds some of its rows, and the
+        slot will send it again whole.
+        """
+        actions: Actions = _NOTHING
+        if self.pending_end is not None and self.tx is None:
+            actions = self._flush()
+        actions += tuple(self._take_answer() for _ in range(len(self._in_flight)))
+        return (*actions, Confirm(self._confirmable()))
+
+    # -- transactions ------------------------------------------------------------------
+
+    def _begin(self, msg: Begin) -> Actions:
+        applied = self.applied
+        tx = self.tx = _Tx(begin=msg)
+        if applied.tx_lsn and msg.final_lsn == applied.tx_lsn:
+            tx.skip_rows = applied.tx_rows
+            return (Resume(msg.final_lsn, applied.tx_rows),)
+        if msg.final_lsn < applied.lsn:
+            tx.skip_all = True
+        elif self._open_marker and msg.final_lsn > self._open_marker:
+            # The partly applied transaction never came again: its remaining rows would be
+            # lost and its applied ones would stay. Only a rebuild makes Redis whole.
+            raise MissedTransaction(self._open_marker, msg.final_lsn)
+        return _NOTHING
+
+    def _commit(self, tx: _Tx, msg: Commit) -> Actions:
+        self.tx = None
+        if tx.skip_all:
+            return _NOTHING
+        if tx.begin.final_lsn == self._open_marker:
+            self._open_marker = 0
+        if tx.rows < tx.skip_rows:
+            raise RebuildRequired(
+                f"transaction {format_lsn(tx.begin.final_lsn)} came again with {tx.rows} row "
+                f"changes, fewer than the {tx.skip_rows} applied before (publication changed?)",
+                lsn=tx.begin.final_lsn,
+            )
+        now = self._clock()
+        if self.pending_end is None:
+            self._batch_started = now
+        self.pending_end = msg.end_lsn
+        self._pending_time = msg.commit_time
+        if self.projection.pending_row_changes >= self._batch_changes:
+            return self._flush()
+        age = now - self._batch_started
+        if age >= MAX_BEHIND_BATCH_AGE or (age >= MAX_BATCH_DELAY and not self.behind()):
+            # While Redis still works on the previous batch, this one keeps growing:
+            # bigger batches when Redis is the bottleneck, tiny ones when it is not.
+            return _COLLECT
+        return _NOTHING
+
+    def _flush(self) -> Actions:
+        """Send every whole transaction received so far, with its watermark."""
+        assert self.pending_end is not None
+        new = replace(
+            self.applied,
+            lsn=self.pending_end,
+            commit_time=pg_time_to_datetime(self._pending_time),
+            tx_lsn=0,
+            tx_rows=0,
+        )
+        self.pending_end = None
+        actions = self._send(new)
+        if self._clock() - self._last_status >= STATUS_AFTER_FLUSH_EVERY:
+            actions += (Confirm(self._confirmable()),)
+        return actions
+
+    def _chunk(self, tx: _Tx) -> Actions:
+        """Send part of a transaction too large to apply at once, and record how far.
+
+        The watermark keeps the last whole transaction's position and gains a marker: the
+        large transaction's commit LSN (from its Begin) and how many of its row changes are
+        applied. A restart re-reads the transaction and skips that many.
+        """
+        applied = self.applied
+        lsn, commit_time = applied.lsn, applied.commit_time
+        if self.pending_end is not None:
+            lsn, commit_time = self.pending_end, pg_time_to_datetime(self._pending_time)
+        new = replace(
+            applied, lsn=lsn, commit_time=commit_time, tx_lsn=tx.begin.final_lsn, tx_rows=tx.rows
+        )
+        self.pending_end = None
+        tx.chunk_rows = 0
+        self._open_marker = tx.begin.final_lsn
+        return self._send(new)
+
+    def _send(self, new: Watermark) -> Actions:
+        """Send the accumulated batch with ``new``; collect the oldest answer first if the
+        most batches are in flight already."""
+        actions: Actions = _NOTHING
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            actions = (self._take_answer(),)
+        send = Send(self.projection.take_batch(), new, self.applied)
+        self.applied = new
+        self._in_flight.append(new)
+        return (*actions, send)
+
+    def _take_answer(self) -> Receive:
+        self.acked = self._in_flight.popleft()
+        return _RECEIVE
+
+    # -- keepalives and status ---------------------------------------------------------
+
+    def _advance_idle(self, *, force: bool) -> Actions:
+        """Move the watermark to the last keepalive position when nothing is pending.
+
+        This keeps an idle publication from retaining WAL. At most every
+        ``IDLE_ADVANCE_EVERY`` unless the server asks. Never while a large transaction is
+        part-applied: a keepalive sent while the server re-reads it (before its Begin) must
+        not move the watermark, or the marker of its applied chunks would be lost and they
+        would be applied twice.
+        """
+        applied = self.applied
+        if (
+            self.tx is not None
+            or self.pending_end is not None
+            or self._in_flight
+            or applied.tx_lsn
+            or self._idle_end <= applied.lsn
+        ):
+            return _NOTHING
+        now = self._clock()
+        if not force and now - self._last_idle_advance < IDLE_ADVANCE_EVERY:
+            return _NOTHING
+        self._last_idle_advance = now
+        send = self._send(replace(applied, lsn=self._idle_end))
+        return (*send, self._take_answer(), Confirm(self._confirmable()))
+
+    def _confirmable(self) -> int:
+        """What may be told to PostgreSQL now: what Redis acknowledged, never going back."""
+        self.confirmed = max(self.confirmed, self.acked.lsn)
+        self._last_status = self._clock()
+        return self.confirmed
+
+
+class MissedTransaction(RebuildRequired):
+    """A transaction applied in part before a restart was not sent again (a rebuild fixes it)."""
+
+    def __init__(self, tx_lsn: int, position: int) -> None:
+        super().__init__(
+            f"the stream reached {format_lsn(position)} without sending again transaction "
+            f"{format_lsn(tx_lsn)}, which was applied in part (publication changed?)",
+            lsn=tx_lsn,
+        )

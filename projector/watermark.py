@@ -1,0 +1,74 @@
+"""The watermark: how far Redis reflects PostgreSQL, and under which configuration.
+
+It is written in the same atomic step as the changes it covers. Its ``position`` is the
+compare-and-set token of every write; it names the configuration fingerprint too, so a
+writer with another configuration can never extend state built under a different one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from projector.lsn import format_lsn, parse_lsn
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """How far Redis reflects PostgreSQL.
+
+    ``lsn`` is the end LSN of the last transaction applied in full. When a transaction
+    too large to apply atomically is part-way through, ``tx_lsn`` is its commit LSN (from
+    its Begin message) and ``tx_rows`` the number of its row changes already applied.
+    ``timeline`` is PostgreSQL's timeline when Redis was built; ``config`` describes what
+    decides a row's contribution (see ``projector.fingerprint``) and ``fingerprint`` is
+    its digest.
+    """
+
+    lsn: int
+    system_id: str
+    slot: str
+    commit_time: datetime | None
+    tx_lsn: int = 0
+    tx_rows: int = 0
+    timeline: int = 0
+    fingerprint: str = ""
+    config: str = ""
+
+    @property
+    def position(self) -> str:
+        """The compare-and-set token stored beside the fields."""
+        return f"{self.lsn:016X}:{self.tx_lsn:016X}:{self.tx_rows}:{self.fingerprint}"
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "lsn": format_lsn(self.lsn),
+            "system_id": self.system_id,
+            "slot": self.slot,
+            "commit_time": self.commit_time.isoformat() if self.commit_time else "",
+            "tx_lsn": format_lsn(self.tx_lsn),
+            "tx_rows": str(self.tx_rows),
+            "timeline": str(self.timeline),
+            "fingerprint": self.fingerprint,
+            "config": self.config,
+            "updated_at": datetime.now(UTC).isoformat(),
+        }
+
+    @classmethod
+    def from_fields(cls, raw: dict[str, str]) -> Watermark | None:
+        """Parse the watermark hash; None when it is absent or unreadable."""
+        try:
+            commit_time = raw.get("commit_time") or ""
+            return cls(
+                lsn=parse_lsn(raw["lsn"]),
+                system_id=raw["system_id"],
+                slot=raw["slot"],
+                commit_time=datetime.fromisoformat(commit_time) if commit_time else None,
+                tx_lsn=parse_lsn(raw.get("tx_lsn", "0/0")),
+                tx_rows=int(raw.get("tx_rows", "0")),
+                timeline=int(raw.get("timeline", "0")),
+                fingerprint=raw.get("fingerprint", ""),
+                config=raw.get("config", ""),
+            )
+        except (KeyError, ValueError):
+            return None

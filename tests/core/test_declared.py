@@ -1,0 +1,271 @@
+"""Declared boards against real servers: the example configuration (pomodoros per user, focus
+minutes per team-week and per user-month) projects exactly through kill -9, rewinds, moves,
+deletes, TRUNCATE and chunked transactions; the live schema is checked at start; a changed
+definition rebuilds.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from projector.boards import load_boards
+from projector.migrate import migrate
+
+from .conftest import Projected
+from .support import ProjectorProcess, projector_executable, settings_env, watermark
+
+StartProcess = Callable[..., tuple[ProjectorProcess, Projected]]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+FOCUS = str(EXAMPLES / "focus_minutes.toml")
+USERS = [f"u{i}" for i in range(12)]
+TEAMS = ["red", "blue", "green", None]
+
+
+@pytest.fixture
+def focus_dsn(migrated_dsn: str) -> str:
+    """The test's database with the example's schema (minutes, team_id, teams) migrated."""
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute((EXAMPLES / "focus_minutes.sql").read_text())  # type: ignore[arg-type]
+    migrate(migrated_dsn, "projector", load_boards(FOCUS))
+    return migrated_dsn
+
+
+def _when(rng: random.Random) -> str:
+    return f"2026-{rng.randint(9, 11):02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:30+00"
+
+
+def _some_rows(rng: random.Random, n: int) -> list[tuple[str, str, int, str | None]]:
+    return [
+        (rng.choice(USERS), _when(rng), rng.choice([0, 5, 25, 25, 50]), rng.choice(TEAMS))
+        for _ in range(n)
+    ]
+
+
+def _insert(conn: psycopg.Connection[Any], rows: list[tuple[str, str, int, str | None]]) -> None:
+    conn.cursor().executemany(
+        "INSERT INTO pomodoros (user_id, completed_at, minutes, team_id) VALUES (%s, %s, %s, %s)",
+        rows,
+    )
+
+
+def _mutate(conn: psycopg.Connection[Any], rng: random.Random) -> None:
+    """Moves between users, teams and days, changed minutes, deletes, renames."""
+    conn.execute(
+        "UPDATE pomodoros SET user_id = %s WHERE id IN"
+        " (SELECT id FROM pomodoros ORDER BY random() LIMIT 5)",
+        (rng.choice(USERS),),
+    )
+    conn.execute(
+        "UPDATE pomodoros SET team_id = %s, minutes = minutes + 5 WHERE id IN"
+        " (SELECT id FROM pomodoros ORDER BY random() LIMIT 5)",
+        (rng.choice(TEAMS),),
+    )
+    conn.execute(
+        "UPDATE pomodoros SET completed_at = completed_at + interval '6 days' WHERE id IN"
+        " (SELECT id FROM pomodoros ORDER BY random() LIMIT 5)"
+    )
+    conn.execute("UPDATE pomodoros SET minutes = 0 WHERE id IN (SELECT min(id) FROM pomodoros)")
+    conn.execute(
+        "DELETE FROM pomodoros WHERE id IN (SELECT id FROM pomodoros ORDER BY random() LIMIT 4)"
+    )
+    conn.execute(
+        "INSERT INTO teams (id, name) VALUES (%s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+        (rng.choice(TEAMS[:3]), f"Team {rng.randint(1, 99)}"),
+    )
+    conn.execute(
+        "INSERT INTO users (id, display_name) VALUES (%s, %s)"
+        " ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name",
+        (rng.choice(USERS), f"User {rng.randint(1, 99)}"),
+    )
+
+
+def _wait_chunk_then_kill(proc: ProjectorProcess, client: redis.Redis) -> None:
+    deadline = time.monotonic() + 30
+    while int(watermark(client).get("tx_rows", "0") or 0) == 0:
+        proc.check()
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.002)
+    proc.kill9()
+
+
+def test_example_boards_are_exact_through_crashes_rewinds_moves_and_truncate(
+    focus_dsn: str, start_process: StartProcess
+) -> None:
+    """Every board of the example equals its recomputation after each fault."""
+    rng = random.Random(8)
+    proc, projected = start_process(boards_file=FOCUS, max_tx_changes=300)
+    assert [b.name for b in projected.boards] == ["pomodoros", "team-focus", "focus-minutes"]
+    with psycopg.connect(focus_dsn, autocommit=True) as conn:
+        _insert(conn, _some_rows(rng, 200))
+        _mutate(conn, rng)
+        got = projected.assert_exact()
+        assert got.boards  # the default board is not empty
+        team = projected.redis(projected.boards[1])
+        assert team.boards and all(p == "week" for p, _ in team.boards)
+        assert team.names  # team names are labels
+
+        # kill -9 between the chunks of a transaction over the atomic limit
+        with conn.transaction():
+            _insert(conn, _some_rows(rng, 2_000))
+            _mutate(conn, rng)
+        _wait_chunk_then_kill(proc, projected.client)
+        proc.start()
+        projected.assert_exact()
+
+        # a rewind: Redis loses everything, the projector rebuilds all three boards
+        projected.client.flushall()
+        _insert(conn, _some_rows(rng, 20))
+        projected.assert_exact()
+
+        # TRUNCATE empties every board of the table, then new rows count again
+        conn.execute("TRUNCATE pomodoros")
+        _insert(conn, _some_rows(rng, 30))
+        _mutate(conn, rng)
+        projected.assert_exact()
+        proc.kill9()
+        _insert(conn, _some_rows(rng, 30))
+        proc.start()
+        projected.assert_exact()
+    proc.check()
+
+
+def test_a_sum_board_drops_members_whose_rows_are_gone_or_sum_to_zero(
+    focus_dsn: str, start_process: StartProcess
+) -> None:
+    """A member with all rows deleted leaves the board; one whose minutes sum to 0 is not
+    listed either (0 ranks like no rows)."""
+    proc, projected = start_process(boards_file=FOCUS)
+    month = projected.boards[2]
+    with psycopg.connect(focus_dsn, autocommit=True) as conn:
+        _insert(
+            conn,
+            [
+                ("ann", "2026-11-10 10:00+00", 25, "red"),
+                ("ann", "2026-11-11 10:00+00", 30, "red"),
+                ("bob", "2026-11-12 10:00+00", 0, "red"),
+                ("cy", "2026-11-12 10:00+00", 10, None),
+            ],
+        )
+        projected.assert_exact()
+        assert projected.redis(month).boards[("month", "2026-11")] == {"ann": 55, "cy": 10}
+        conn.execute("DELETE FROM pomodoros WHERE user_id = 'cy'")
+        conn.execute("UPDATE pomodoros SET minutes = 0 WHERE user_id = 'ann'")
+        projected.assert_exact()
+        assert ("month", "2026-11") not in projected.redis(month).boards
+        conn.execute("UPDATE pomodoros SET minutes = 15 WHERE user_id = 'bob'")
+        projected.assert_exact()
+        assert projected.redis(month).boards[("month", "2026-11")] == {"bob": 15}
+    proc.check()
+
+
+def _run_refused(config: dict[str, Any], **overrides: Any) -> str:
+    run = subprocess.run(
+        [projector_executable(), "run"],
+        env=settings_env({**config, **overrides}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (
+            "ALTER TABLE pomodoros DROP CONSTRAINT pomodoros_minutes_not_negative",
+            "board 'team-focus': field 'score.sum': public.pomodoros.minutes may be negative, "
+            'which would mis-rank members; add the constraint: ALTER TABLE "public"."pomodoros" '
+            'ADD CHECK ("minutes" >= 0)',
+        ),
+        (
+            "ALTER TABLE pomodoros REPLICA IDENTITY USING INDEX pomodoros_user_time_id",
+            "board 'team-focus': table public.pomodoros has REPLICA IDENTITY USING INDEX, which "
+            "does not log the old team_id, minutes of deleted or changed rows; fix it with: "
+            'ALTER TABLE "public"."pomodoros" REPLICA IDENTITY FULL',
+        ),
+        (
+            "ALTER TABLE pomodoros ALTER COLUMN minutes TYPE numeric",
+            "board 'team-focus': field 'score.sum': column public.pomodoros.minutes is numeric, "
+            "it must be an integer",
+        ),
+        (
+            "ALTER TABLE pomodoros RENAME COLUMN team_id TO squad",
+            "board 'team-focus': field 'member': public.pomodoros has no column 'team_id'",
+        ),
+        (
+            "ALTER PUBLICATION projector DROP TABLE teams",
+            "publication 'projector' does not publish public.teams, which the boards read; run "
+            "`projector migrate` (or ALTER PUBLICATION projector ADD TABLE public.teams)",
+        ),
+    ],
+)
+def test_the_live_schema_is_checked_at_start(
+    focus_dsn: str, config: dict[str, Any], sql: str, expected: str
+) -> None:
+    """A schema that does not fit a board stops start-up with one line and the fix."""
+    with psycopg.connect(focus_dsn, autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+    assert _run_refused(config, boards_file=FOCUS) == f"projector: {expected}"
+
+
+def test_a_time_column_that_is_not_timestamptz_is_refused(
+    config: dict[str, Any], db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """The time column must be timestamptz: a timestamp without zone is ambiguous."""
+    db.execute("ALTER TABLE pomodoros ADD COLUMN done_at timestamp")
+    boards = tmp_path / "boards.toml"
+    boards.write_text(
+        '[[boards]]\nname = "x"\ntable = "pomodoros"\nmember = "user_id"\ntime = "done_at"\n'
+    )
+    assert _run_refused(config, boards_file=str(boards)) == (
+        "projector: board 'x': field 'time': column public.pomodoros.done_at is timestamp "
+        "without time zone, it must be timestamptz"
+    )
+
+
+def test_a_bad_boards_file_stops_start_up_with_one_line(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    """A definition mistake is one line naming the variable, the board and the field."""
+    boards = tmp_path / "boards.toml"
+    boards.write_text('[[boards]]\nname = "x"\ntable = "pomodoros"\nmember = "user_id"\n')
+    assert _run_refused(config, boards_file=str(boards)) == (
+        "projector: configuration error: PROJECTOR_BOARDS_FILE: board 'x': field 'time' is "
+        "missing (got '" + str(boards) + "')"
+    )
+
+
+def test_adding_a_board_rebuilds_naming_it(
+    focus_dsn: str, start_process: StartProcess, tmp_path: Path
+) -> None:
+    """A restart with a board added rebuilds (naming the change) and the new board is exact."""
+    proc, projected = start_process()
+    with psycopg.connect(focus_dsn, autocommit=True) as conn:
+        _insert(conn, _some_rows(random.Random(3), 50))
+    projected.assert_exact()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    proc, projected = start_process(boards_file=FOCUS)
+    deadline = time.monotonic() + 30
+    while "rebuild finished" not in proc.log_text():
+        proc.check()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert "board 'focus-minutes' added; board 'team-focus' added" in proc.log_text()
+    projected.assert_exact()
