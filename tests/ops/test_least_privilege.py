@@ -171,7 +171,7 @@ def test_projector_role_streams_rebuilds_and_reports(deployment: Deployment) -> 
     finally:
         projector.close()
     with redis.Redis.from_url(deployment.admin_url) as admin:
-        assert admin.zscore(f"{PREFIX}lb:all:all", "ann") == 2
+        assert admin.zscore(f"{PREFIX}lb:pomodoros:all:all", "ann") == 2
 
 
 @pytest.mark.parametrize(
