@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     """The read API for ``settings`` (default: from the environment); uvicorn's factory."""
     settings = settings or load_settings()
     if configure_logs:
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, settings.redact)
     return App(settings)
 
 

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 
+from projector.logs import configure_logging
 from projector.settings import load_settings, redact_dsn, redact_text, redact_url
 
 from .support import serve
@@ -135,3 +137,17 @@ def test_readyz_carries_no_hosts_or_server_text(pg_dsn: str) -> None:
     text = response.text
     for leak in ("127.0.0.1", "S3cret", "nobody", "Connection refused", "Error", ":1"):
         assert leak not in text, (leak, text)
+
+
+def test_log_events_are_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every string of a log event passes the settings' masking before it is written."""
+    settings = load_settings(pg_dsn="postgresql://u:Hidden1@h/db")
+    configure_logging("info", "json", settings.redact)
+    try:
+        structlog.get_logger("test").warning(
+            "connection lost", error="FATAL for postgresql://u:Hidden1@h/db password=other"
+        )
+    finally:
+        configure_logging("info", "console")
+    err = capsys.readouterr().err
+    assert "connection lost" in err and "Hidden1" not in err and "other" not in err
