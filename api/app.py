@@ -29,7 +29,7 @@ from api.autopipeline import AutoPipeline
 from api.boards import board_json, standing_json, user_json
 from api.errors import ApiError, MethodNotAllowed
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from api.metrics import Metrics
+from api.metrics import FLUSH_INTERVAL, Metrics
 from api.openapi import openapi_document
 from api.postgres_reader import PostgresReader, configure_connection
 from api.redis_reader import RedisReader
@@ -47,7 +47,6 @@ log = structlog.get_logger("api")
 _JSON = b"application/json"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _READY_TIMEOUT = 2.0
-_GAUGE_REFRESH = 1.0
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> App:
@@ -157,7 +156,7 @@ class App:
             "Fallback queries waiting for a pooled connection.",
             lambda: float(pool.get_stats().get("requests_waiting", 0)),
         )
-        # A scrape reaches one worker: the others' gauges must be fresh in their files.
+        # A scrape reaches one worker: the others' counts and gauges must be fresh in their files.
         refresher = (
             asyncio.get_running_loop().create_task(self._refresh_gauges())
             if metrics.multiprocess
@@ -189,7 +188,7 @@ class App:
 
     async def _refresh_gauges(self) -> None:
         while True:
-            await asyncio.sleep(_GAUGE_REFRESH)
+            await asyncio.sleep(FLUSH_INTERVAL)
             self.metrics.refresh()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

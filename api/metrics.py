@@ -5,13 +5,17 @@ Built on prometheus-client. With several workers ``python -m api`` points
 keeps its values in memory-mapped files there, and whichever worker a scrape reaches renders
 the sum over all of them (gauges: over the live ones; a dead worker's gauges are dropped).
 With one worker, or an app built in-process, the values live in this object's own registry.
-Labelled children are cached, so counting a request costs a few dictionary look-ups.
+A request is counted in plain dictionaries (a few look-ups); ``flush`` moves the counts into
+the exported values at each scrape of this worker and, with several workers, every
+``FLUSH_INTERVAL`` seconds (the app's background task), so a scrape sees the other
+workers' requests at most that late.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from bisect import bisect_left
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Text format 0.0.4: what every Prometheus server reads.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4.encode()
+FLUSH_INTERVAL = 0.5
 # Upper bounds (seconds) of the latency histogram's buckets.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # How a gauge's values from several workers combine (prometheus-client's multiprocess modes).
@@ -95,6 +100,12 @@ class Metrics:
             "Fallback queries answered by an identical query already running.",
             registry=registry,
         )
+        # The hot path counts in plain dictionaries; ``flush`` moves the increments into
+        # prometheus-client's values (file-backed with several workers: a few microseconds
+        # per value, too dear for every request).
+        self._pending_requests: dict[tuple[str, str, int], int] = {}
+        self._pending_latency: dict[str, list[float]] = {}  # bucket counts..., sum
+        self._pending_answers: dict[tuple[str, str], int] = {}
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._answer_children: dict[tuple[str, str], Any] = {}
@@ -108,22 +119,42 @@ class Metrics:
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished request and its latency."""
         key = (route, method, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self._requests.labels(route, method, status)
-        child.inc()
-        latency = self._latency_children.get(route)
+        self._pending_requests[key] = self._pending_requests.get(key, 0) + 1
+        latency = self._pending_latency.get(route)
         if latency is None:
-            latency = self._latency_children[route] = self._latency.labels(route)
-        latency.observe(seconds)
+            latency = self._pending_latency[route] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency[-1] += seconds
 
     def answered(self, route: str, source: str) -> None:
         """Count an answer served from ``source`` (redis or postgres)."""
         key = (route, source)
-        child = self._answer_children.get(key)
-        if child is None:
-            child = self._answer_children[key] = self._answers.labels(route, source)
-        child.inc()
+        self._pending_answers[key] = self._pending_answers.get(key, 0) + 1
+
+    def flush(self) -> None:
+        """Move the requests counted since the last flush into the exported values."""
+        requests, self._pending_requests = self._pending_requests, {}
+        for key, count in requests.items():
+            child = self._request_children.get(key)
+            if child is None:
+                child = self._request_children[key] = self._requests.labels(*key)
+            child.inc(count)
+        answers, self._pending_answers = self._pending_answers, {}
+        for answer, count in answers.items():
+            child = self._answer_children.get(answer)
+            if child is None:
+                child = self._answer_children[answer] = self._answers.labels(*answer)
+            child.inc(count)
+        latencies, self._pending_latency = self._pending_latency, {}
+        for route, counts in latencies.items():
+            child = self._latency_children.get(route)
+            if child is None:
+                child = self._latency_children[route] = self._latency.labels(route)
+            # A histogram child keeps one value per bucket (not cumulative) and the sum.
+            for bucket, observed in zip(child._buckets, counts[:-1], strict=True):
+                if observed:
+                    bucket.inc(observed)
+            child._sum.inc(counts[-1])
 
     def fell_back(self, reason: str) -> None:
         """Count a query sent to PostgreSQL instead of Redis, by why."""
@@ -148,7 +179,8 @@ class Metrics:
         gauge.set(read())
 
     def refresh(self) -> None:
-        """Read every gauge's source now (for this worker)."""
+        """Flush the counts and read every gauge's source now (for this worker)."""
+        self.flush()
         for gauge, read in self._gauges:
             gauge.set(read())
 
@@ -165,6 +197,7 @@ class Metrics:
 
     def close(self) -> None:
         """This worker is exiting: its gauges no longer count (its counters still do)."""
+        self.flush()
         if self._dir is not None:
             multiprocess.mark_process_dead(os.getpid(), str(self._dir))  # type: ignore[no-untyped-call]
 

@@ -85,6 +85,15 @@ def _healthz_total(base: str) -> float:
     )
 
 
+def _wait_total(base: str, expected: float, timeout: float = 10.0) -> None:
+    """Wait until a scrape reports ``expected`` /healthz requests (workers flush every
+    FLUSH_INTERVAL)."""
+    deadline = time.monotonic() + timeout
+    while (total := _healthz_total(base)) != expected:
+        assert time.monotonic() < deadline, f"a scrape reports {total}, not {expected}"
+        time.sleep(0.1)
+
+
 def _worker_pids(tmp_path: Path) -> set[int]:
     (directory,) = tmp_path.glob("api-metrics-*")
     return {int(path.stem.rsplit("_", 1)[1]) for path in directory.glob("counter_*.db")}
@@ -100,6 +109,7 @@ def test_a_scrape_sees_the_total_of_both_workers(two_workers: tuple[str, Path]) 
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(one_request, range(REQUESTS))) == {200}
+    _wait_total(base, REQUESTS)
     assert len(_worker_pids(tmp_path)) == 2, "one worker served every request; cannot tell"
     for _ in range(5):  # each scrape may reach either worker: all give the same total
         assert _healthz_total(base) == REQUESTS
@@ -117,6 +127,7 @@ def test_a_killed_worker_keeps_its_counts_and_loses_its_gauges(
                 range(REQUESTS),
             )
         )
+    _wait_total(base, REQUESTS)
     pids = _worker_pids(tmp_path)
     assert len(pids) == 2
     victim = min(pids)
