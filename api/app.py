@@ -4,6 +4,8 @@
 created when the server starts it (or on the first request, under a server without lifespan).
 Each request is routed, validated, answered by ``Sources`` and rendered as JSON; errors become
 JSON bodies with their status, and every request is counted, timed and (optionally) logged.
+``/`` and ``/static/`` serve the live page (``api.page``); ``.../events`` streams a board as
+Server-Sent Events (``api.events``), pushed on the projector's watermark events (``api.feed``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -26,14 +30,20 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import routes
 from api.autopipeline import AutoPipeline
-from api.boards import board_json, standing_json, user_json
+from api.boards import board_json, boards_json, standing_json, user_json
 from api.errors import ApiError, MethodNotAllowed
+from api.events import HEADERS as EVENT_HEADERS
+from api.events import BoardEvents, BoardKey
+from api.feed import WatermarkFeed
 from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from api.metrics import FLUSH_INTERVAL, Metrics
 from api.openapi import openapi_document
+from api.page import Page
 from api.postgres_reader import PostgresReader, configure_connection
 from api.redis_reader import RedisReader
+from api.routes import BoardQuery
 from api.sources import Sources
+from projector.boards import Board
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings, redact_dsn, redact_url
 
@@ -64,6 +74,8 @@ class _Running:
     redis: AutoPipeline
     pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]
     sources: Sources
+    feed: WatermarkFeed
+    events: BoardEvents
     refresher: asyncio.Task[None] | None
 
 
@@ -76,13 +88,17 @@ class App:
         self._running: _Running | None = None
         self._starting: asyncio.Lock | None = None
         self._tz = settings.zone
-        self._openapi = _encode(openapi_document())
+        self._boards = {board.name: board for board in settings.boards}
+        self._default = settings.boards[0]
+        self._boards_body = _encode(boards_json(settings.boards))
+        self._openapi = _encode(openapi_document(settings.boards))
         self._access_log = settings.api_access_log
+        self.page = Page()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, send)
+            await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
@@ -124,8 +140,10 @@ class App:
         )
         await pool.open(wait=False)
         metrics = self.metrics
+        reader = RedisReader(client, s.key_prefix, s.api_redis_timeout)
+        feed = WatermarkFeed(redis_pool, reader.events_channel, reader.watermark_lsn)
         sources = Sources(
-            RedisReader(client, s.key_prefix, s.api_redis_timeout),
+            reader,
             PostgresReader(pool, self._tz, s.timezone, role=_pg_user(s.api_dsn)),
             tz=self._tz,
             retention=s.retention,
@@ -133,6 +151,22 @@ class App:
             cooldown=s.api_redis_down_cooldown,
             metrics=metrics,
             redact=s.redact,
+            feed=feed,
+        )
+        events = BoardEvents(partial(self._board_body, sources), feed, self._tz)
+        feed.start()
+        events.start()
+        _end_streams_on_exit_signals(events.close)
+        metrics.gauge(
+            "api_event_streams",
+            "Connected Server-Sent Events clients.",
+            lambda: float(events.streams),
+        )
+        metrics.gauge(
+            "api_watermark_events_up",
+            "1 while every worker is subscribed to the projector's watermark events.",
+            lambda: float(feed.live),
+            mode="livemin",
         )
         metrics.gauge(
             "api_redis_up",
@@ -162,7 +196,7 @@ class App:
             if metrics.multiprocess
             else None
         )
-        self._running = _Running(client, pool, sources, refresher)
+        self._running = _Running(client, pool, sources, feed, events, refresher)
         # What is alive now (modules, settings, clients) lives as long as the process: freeze
         # it, so that the collections every few hundred requests set off do not rescan it all.
         gc.collect()
@@ -183,6 +217,8 @@ class App:
         if running.refresher is not None:
             running.refresher.cancel()
         self.metrics.close()
+        await running.events.stop()
+        await running.feed.stop()
         await running.pool.close()
         await running.redis.aclose()
 
@@ -190,6 +226,11 @@ class App:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             self.metrics.refresh()
+
+    def close_streams(self) -> None:
+        """End every event stream now (the server is about to stop); new ones get 503."""
+        if self._running is not None:
+            self._running.events.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -206,7 +247,7 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _sources(self) -> Sources:
+    async def _started(self) -> _Running:
         if self._running is None:
             # No lifespan (some test clients and servers): start on the first request.
             if self._starting is None:
@@ -214,29 +255,50 @@ class App:
             async with self._starting:
                 await self.startup()
         assert self._running is not None
-        return self._running.sources
+        return self._running
+
+    async def _sources(self) -> Sources:
+        return (await self._started()).sources
+
+    async def _board_body(self, sources: Sources, query: BoardQuery) -> dict[str, Any]:
+        """A board's JSON for the event streams."""
+        page, source = await sources.board(query)
+        self.metrics.answered(routes.EVENTS, source)
+        return board_json(query, page, source, self._tz)
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         route = routes.UNMATCHED
         source: str | None = None
         content_type = _JSON
+        cache = b"no-store"
         extra: list[tuple[bytes, bytes]] = []
         try:
             route, args = routes.resolve(raw_path)
             if method != "GET" and method != "HEAD":
                 raise MethodNotAllowed(f"{route} answers GET and HEAD only, not {method[:20]}")
             status = 200
-            body, source, content_type = await self._route(route, args, scope["query_string"])
+            if route == routes.EVENTS or route == routes.BOARD_EVENTS:
+                key = self._board_key(route, args, scope["query_string"])
+                if method == "GET":
+                    await self._stream(key, receive, send)
+                    self._finished(scope, route, started, 200, None)
+                    return
+                body, content_type, extra = b"", EVENT_HEADERS[0][1], EVENT_HEADERS[2:]
+            elif route == routes.PAGE or route == routes.STATIC:
+                status, body, content_type, cache, extra = self._page(route, args, scope)
+            else:
+                body, source, content_type = await self._route(route, args, scope["query_string"])
             if route == routes.READYZ and source is None:
                 status = 503
         except ApiError as exc:
             status = exc.status
             body = _encode(exc.body())
+            content_type, cache = _JSON, b"no-store"
             extra = exc.headers()
         except Exception:
             log.exception("unexpected error", method=method, path=scope["path"][:200])
@@ -250,14 +312,22 @@ class App:
                     }
                 }
             )
-        headers = [
-            (b"content-type", content_type),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-            *extra,
-        ]
+            content_type, cache, extra = _JSON, b"no-store", []
+        headers = [(b"cache-control", cache), *extra]
+        if status != 304:
+            headers[:0] = [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+        self._finished(scope, route, started, status, source)
+
+    def _finished(
+        self, scope: Scope, route: str, started: float, status: int, source: str | None
+    ) -> None:
+        """Count, time and log one finished request."""
+        method: str = scope["method"]
         elapsed = time.perf_counter() - started
         self.metrics.observe(route, method if method in _METHODS else "other", status, elapsed)
         if self._access_log:
@@ -273,6 +343,49 @@ class App:
                 client=(scope.get("client") or ("", 0))[0],
             )
 
+    def _board_of(self, route: str, args: list[bytes]) -> tuple[Board, list[bytes], bool]:
+        """The board a route is about, the rest of its arguments, and whether it is one of
+        the default board's historical (alias) routes."""
+        if route in (routes.BOARD_PAGE, routes.MEMBER, routes.BOARD_EVENTS):
+            return routes.board_named(args[0], self._boards), args[1:], False
+        return self._default, args, True
+
+    def _board_key(self, route: str, args: list[bytes], query_string: bytes) -> BoardKey:
+        """What ``GET .../events`` watches; without ``bucket``, the current bucket as it
+        changes."""
+        params = routes.parse_query_string(query_string, route)
+        board, args, alias = self._board_of(route, args)
+        query = routes.board_query(args, params, self._tz, board, alias=alias)
+        bucket = params.get("bucket") and query.bucket
+        return BoardKey(query.period, bucket, query.limit, query.board, query.alias)
+
+    async def _stream(self, key: BoardKey, receive: Receive, send: Send) -> None:
+        """Serve one event stream; errors before the first byte become error responses."""
+        running = await self._started()
+        try:
+            await running.events.stream(key, receive, send)
+        except ApiError:
+            raise
+        except OSError as exc:  # the client went away mid-write
+            log.debug("event stream ended", error=str(exc))
+
+    def _page(
+        self, route: str, args: list[bytes], scope: Scope
+    ) -> tuple[int, bytes, bytes, bytes, list[tuple[bytes, bytes]]]:
+        """Status, body, content type, cache policy and other headers of the page routes."""
+        if_none_match = None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                if_none_match = value
+        if route == routes.PAGE:
+            response = self.page.index(if_none_match)
+        else:
+            response = self.page.asset(args[0], scope["query_string"], if_none_match)
+        headers = dict(response.headers)
+        content_type = headers.pop(b"content-type", b"")
+        cache = headers.pop(b"cache-control")
+        return response.status, response.body, content_type, cache, list(headers.items())
+
     async def _route(
         self, route: str, args: list[bytes], query_string: bytes
     ) -> tuple[bytes, str | None, bytes]:
@@ -286,23 +399,51 @@ class App:
         if route == routes.READYZ:
             ready, state = await (await self._sources()).readiness(_READY_TIMEOUT)
             return _encode(state), state["source"] if ready else None, _JSON
+        if route == routes.BOARDS:
+            routes.parse_query_string(query_string, route)
+            return self._boards_body, None, _JSON
         # Every parameter is validated before a store is touched.
         params = routes.parse_query_string(query_string, route)
         tz = self._tz
-        if route == routes.BOARD:
-            board_query = routes.board_query(args, params, tz)
+        if route == routes.BOARD or route == routes.BOARD_PAGE:
+            board, args, alias = self._board_of(route, args)
+            board_query = routes.board_query(args, params, tz, board, alias=alias)
             page, source = await (await self._sources()).board(board_query)
             body = board_json(board_query, page, source, tz)
-        elif route == routes.STANDING:
-            standing_query = routes.standing_query(args, params, tz)
+        elif route == routes.STANDING or route == routes.MEMBER:
+            board, args, alias = self._board_of(route, args)
+            standing_query = routes.standing_query(args, params, tz, board, alias=alias)
             standing, source = await (await self._sources()).standing(standing_query)
             body = standing_json(standing_query, standing, source, tz)
         else:
-            user_query = routes.user_query(args, params)
+            user_query = routes.user_query(args, params, self._default)
             user, source = await (await self._sources()).user(user_query)
             body = user_json(user_query, user, source, tz)
         self.metrics.answered(route, source)
         return _encode(body), source, _JSON
+
+
+def _end_streams_on_exit_signals(end: Callable[[], None]) -> None:
+    """End the event streams as soon as the server is told to stop.
+
+    uvicorn tells an app of its shutdown (the lifespan event) only once every connection has
+    closed, so endless streams would hold it up until its graceful timeout. Its handlers of
+    SIGTERM and SIGINT are chained: ``end`` runs on the loop, then the server shuts down as
+    before. Nothing is done outside the main thread or when no Python handler is installed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def chained(number: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(end)
+            previous(number, frame)
+
+        signal.signal(signum, chained)
 
 
 def _encode(body: Any) -> bytes:

@@ -7,6 +7,7 @@ listed by user id in code-point order, which is byte order for UTF-8 as Redis co
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from api.routes import BoardQuery, StandingQuery, UserQuery
+from projector.boards import Board
 from projector.buckets import Period, bucket_bounds
 from projector.lsn import format_lsn
 
@@ -46,6 +48,15 @@ class Entry(NamedTuple):
             "rank": self.rank,
             "user_id": self.user_id,
             "display_name": self.display_name,
+            "score": self.score,
+        }
+
+    def to_member_json(self) -> dict[str, Any]:
+        """The entry as the declared boards' routes name it (member and label)."""
+        return {
+            "rank": self.rank,
+            "member": self.user_id,
+            "label": self.display_name,
             "score": self.score,
         }
 
@@ -93,12 +104,18 @@ class UserPeriods:
 
 
 def board_json(query: BoardQuery, page: BoardPage, source: str, tz: ZoneInfo) -> dict[str, Any]:
-    """The body of ``GET /v1/leaderboards/{period}``."""
+    """The body of ``GET /v1/leaderboards/{period}`` or ``GET /v1/boards/{board}/{period}``."""
     body = _bucket_json(query.period, query.bucket, tz)
+    if not query.alias:
+        body = {"board": query.board.name, **body}
     body["total"] = page.total
     body["limit"] = query.limit
     body["offset"] = query.offset
-    body["entries"] = [entry.to_json() for entry in page.entries]
+    body["entries"] = (
+        [entry.to_json() for entry in page.entries]
+        if query.alias
+        else [entry.to_member_json() for entry in page.entries]
+    )
     body["source"] = source
     body["as_of"] = page.as_of.to_json()
     return body
@@ -107,16 +124,24 @@ def board_json(query: BoardQuery, page: BoardPage, source: str, tz: ZoneInfo) ->
 def standing_json(
     query: StandingQuery, standing: Standing, source: str, tz: ZoneInfo
 ) -> dict[str, Any]:
-    """The body of ``GET /v1/leaderboards/{period}/users/{user_id}``."""
+    """The body of ``GET /v1/leaderboards/{period}/users/{user_id}`` or
+    ``GET /v1/boards/{board}/{period}/members/{member}``."""
     body = _bucket_json(query.period, query.bucket, tz)
     body["total"] = standing.total
-    body["user_id"] = query.user_id
-    body["display_name"] = standing.display_name
+    if query.alias:
+        body["user_id"] = query.user_id
+        body["display_name"] = standing.display_name
+        entry_json = Entry.to_json
+    else:
+        body = {"board": query.board.name, **body}
+        body["member"] = query.user_id
+        body["label"] = standing.display_name
+        entry_json = Entry.to_member_json
     body["rank"] = standing.rank
     body["score"] = standing.score
     body["around"] = query.around
-    body["above"] = [entry.to_json() for entry in standing.above]
-    body["below"] = [entry.to_json() for entry in standing.below]
+    body["above"] = [entry_json(entry) for entry in standing.above]
+    body["below"] = [entry_json(entry) for entry in standing.below]
     body["source"] = source
     body["as_of"] = standing.as_of.to_json()
     return body
@@ -154,3 +179,21 @@ def _bucket_fields(period: Period, bucket: str, tz: ZoneInfo) -> tuple[tuple[str
         ("period_start", None if start is None else start.isoformat()),
         ("period_end", None if end is None else end.isoformat()),
     )
+
+
+def boards_json(boards: Iterable[Board]) -> dict[str, Any]:
+    """The body of ``GET /v1/boards``: each declared board, the first being the default that
+    ``/v1/leaderboards`` and ``/v1/users`` answer for."""
+    return {
+        "boards": [
+            {
+                "name": board.name,
+                "default": index == 0,
+                "periods": [p.value for p in board.periods],
+                "score": "sum" if board.sum else "count",
+                "labels": board.labels is not None,
+                "url": f"/v1/boards/{board.name}/{{period}}",
+            }
+            for index, board in enumerate(boards)
+        ]
+    }

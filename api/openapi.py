@@ -1,20 +1,25 @@
 """The OpenAPI 3.1 document of the read API, written by hand and served at ``/openapi.json``.
 
-It describes exactly what the API accepts: one path per period, each with the pattern of that
-period's real bucket ids (no 2026-02-30, no 2025-W53, no year 0000), user ids without control
-characters, integer ranges. Bounds come from ``api.routes`` and the calendar from
-``projector.buckets``, so the document and the validation cannot disagree; the tests validate
-the document, fuzz the API from it (hypothesis, schemathesis) and check every answer against
-its response schemas.
+It describes exactly what the API accepts: a path per period that a board keeps (the routes
+are written with ``{period}`` and expanded by ``_per_period``), each with the pattern of that
+period's real bucket ids (no 2026-02-30, no 2025-W53, no year 0000), user ids and members
+without control characters, integer ranges. Bounds come from ``api.routes`` and the calendar
+from ``projector.buckets``, so the document and the validation cannot disagree; the tests
+validate the document, fuzz the API from it (hypothesis, schemathesis) and check every
+answer against its response schemas.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
 from api import routes
 from projector import __version__
+from projector.boards import DEFAULT_BOARDS, Board
 from projector.buckets import Period, parse_bucket
 
 _LSN_PATTERN = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
@@ -28,8 +33,15 @@ _DAY_OF_MONTH = (
     r"|02-(0[1-9]|1[0-9]|2[0-8]))"
 )
 _WEEK_1_TO_52 = r"(0[1-9]|[1-4][0-9]|5[0-2])"
-# Characters a user id may not hold: C0 and C1 controls.
-_USER_ID_PATTERN = rf"^[^\u0000-\u001f\u007f-\u009f]{{1,{routes.MAX_USER_ID}}}$"
+# Characters a user id or member may not hold: C0 and C1 controls.
+_MEMBER_PATTERN = rf"^[^\u0000-\u001f\u007f-\u009f]{{1,{routes.MAX_USER_ID}}}$"
+_EXAMPLE_BUCKETS = {
+    Period.DAY: "2026-11-26",
+    Period.WEEK: "2026-W48",
+    Period.MONTH: "2026-11",
+    Period.YEAR: "2026",
+    Period.ALL: "all",
+}
 
 
 @cache
@@ -58,6 +70,35 @@ def _long_iso_years() -> str:
         by_century.setdefault(text[:2], []).append(text[2:])
     groups = [f"{century}({'|'.join(ends)})" for century, ends in sorted(by_century.items())]
     return f"({'|'.join(groups)})"
+
+
+def _per_period(paths: dict[str, Any], default: Board) -> dict[str, Any]:
+    """Each path with ``{period}`` becomes one path per period its period parameter allows,
+    whose ``bucket`` parameter has that period's exact pattern (a period and a bucket of
+    another period are a 400, which one shared pattern could not say)."""
+    expanded: dict[str, Any] = {}
+    for path, item in paths.items():
+        if "{period}" not in path:
+            expanded[path] = item
+            continue
+        operation = item["get"]
+        parameters = operation["parameters"]
+        period_parameter = next(
+            (p for p in parameters if p.get("name") == "period"),
+            _period_parameter(default),
+        )
+        for value in period_parameter["schema"]["enum"]:
+            concrete = dict(operation)
+            concrete["operationId"] = operation["operationId"] + value.title()
+            concrete["parameters"] = [
+                {"$ref": f"#/components/parameters/bucket_{value}"}
+                if p.get("$ref", "").endswith("/bucket")
+                else p
+                for p in parameters
+                if p.get("name") != "period" and not p.get("$ref", "").endswith("/period")
+            ]
+            expanded[path.replace("{period}", value)] = {"get": concrete}
+    return expanded
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -99,8 +140,10 @@ _SOURCE = {
 }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The whole document, as a JSON-ready dict."""
+def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]:
+    """The whole document for the declared ``boards``, as a JSON-ready dict. Each board's
+    routes are listed with their own path, so each period parameter lists exactly the
+    periods that board keeps; the first board is the default the other routes answer for."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -116,10 +159,10 @@ def openapi_document() -> dict[str, Any]:
                 "answer 404 and methods other than GET and HEAD answer 405."
             ),
         },
-        "paths": _paths(),
+        "paths": _per_period({**_paths(), **_board_paths(boards)}, boards[0]),
         "components": {
-            "parameters": _parameters(),
-            "schemas": _schemas(),
+            "parameters": _parameters(boards[0]),
+            "schemas": {**_schemas(), **_member_schemas(_schemas())},
             "responses": {
                 "BadParameter": _json(
                     _ref("Error"),
@@ -139,54 +182,61 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-_EXAMPLE_BUCKETS = {
-    Period.DAY: "2026-11-26",
-    Period.WEEK: "2026-W48",
-    Period.MONTH: "2026-11",
-    Period.YEAR: "2026",
-    Period.ALL: "all",
-}
-_PERIOD_TEXT = {
-    Period.DAY: "the day (local midnight to midnight)",
-    Period.WEEK: "the ISO 8601 week (Monday start; years can have week 53)",
-    Period.MONTH: "the month",
-    Period.YEAR: "the year",
-    Period.ALL: "all time",
-}
-
-
 def _paths() -> dict[str, Any]:
     p = "#/components/parameters/"
-    paths: dict[str, Any] = {}
-    for period in Period:
-        board = routes.BOARD.replace("{period}", period.value)
-        standing = routes.STANDING.replace("{period}", period.value)
-        bucket = f"bucket_{period.value}"
-        paths[board] = {
+    return {
+        routes.BOARD: {
             "get": {
-                "operationId": f"getLeaderboard{period.value.title()}",
-                "summary": f"A page of the leaderboard of {_PERIOD_TEXT[period]}",
+                "operationId": "getLeaderboard",
+                "summary": "A page of a leaderboard",
                 "parameters": [
-                    {"$ref": p + name} for name in (bucket, "limit", "offset", "min_lsn")
+                    {"$ref": p + name}
+                    for name in ("period", "bucket", "limit", "offset", "min_lsn")
                 ],
                 "responses": {"200": _json(_ref("Leaderboard"), "The page."), **_ERRORS},
             }
-        }
-        paths[standing] = {
+        },
+        routes.STANDING: {
             "get": {
-                "operationId": f"getStanding{period.value.title()}",
-                "summary": f"A user's rank and score on the leaderboard of {_PERIOD_TEXT[period]}, "
-                "with neighbours",
+                "operationId": "getStanding",
+                "summary": "A user's rank and score on a leaderboard, with neighbours",
                 "description": "A user without pomodoros in the bucket gets score 0 and rank "
                 "null, not an error.",
                 "parameters": [
-                    {"$ref": p + name} for name in ("user_id", bucket, "around", "min_lsn")
+                    {"$ref": p + name}
+                    for name in ("period", "user_id", "bucket", "around", "min_lsn")
                 ],
                 "responses": {"200": _json(_ref("Standing"), "The user's standing."), **_ERRORS},
             }
-        }
-    return {
-        **paths,
+        },
+        routes.EVENTS: {
+            "get": {
+                "operationId": "streamLeaderboard",
+                "summary": "A leaderboard's top entries, live (Server-Sent Events)",
+                "description": "An endless `text/event-stream`. Each event's `data` is the JSON "
+                "of `GET /v1/leaderboards/{period}` with the same `bucket` and `limit` (offset "
+                "0), and its `id` the watermark LSN. The first event is sent at once; the next "
+                "ones when the board's answer changes (pushed when the projector applies a "
+                "batch), at most ten a second (a burst is coalesced into its newest state). A "
+                "comment line (`: keep-alive`) follows 15 s of silence. Without `bucket` the "
+                "stream follows the current bucket (a new day at "
+                "midnight). The stream ends when the server shuts down; EventSource clients "
+                "reconnect by themselves (`retry: 1000`).",
+                "parameters": [{"$ref": p + name} for name in ("period", "bucket", "limit")],
+                "responses": {
+                    "200": {
+                        "description": "The stream.",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "x-event-data": _ref("Leaderboard"),
+                            }
+                        },
+                    },
+                    **_ERRORS,
+                },
+            }
+        },
         routes.USER: {
             "get": {
                 "operationId": "getUser",
@@ -197,6 +247,37 @@ def _paths() -> dict[str, Any]:
                     **_ERRORS,
                 },
             }
+        },
+        routes.PAGE: {
+            "get": {
+                "operationId": "getPage",
+                "summary": "The live leaderboard page (HTML)",
+                "description": "Revalidated on each visit (`Cache-Control: no-cache`, `ETag`); "
+                "its assets are referred to by content hash and cached for a year.",
+                "responses": {
+                    "200": {"description": "The page.", "content": {"text/html": {}}},
+                    "304": {"description": "Not modified (`If-None-Match`)."},
+                },
+            }
+        },
+        **{
+            f"/static/{name}": {
+                "get": {
+                    "operationId": f"getAsset{name.split('.')[1].upper()}",
+                    "summary": f"The page's {kind}",
+                    "description": "Cached for a year when asked for with the current `?v=` "
+                    "content hash (as the page does), else revalidated.",
+                    "responses": {
+                        "200": {"description": kind, "content": {media: {}}},
+                        "304": {"description": "Not modified (`If-None-Match`)."},
+                    },
+                }
+            }
+            for name, kind, media in (
+                ("app.css", "style sheet", "text/css"),
+                ("app.js", "script", "text/javascript"),
+                ("favicon.svg", "icon", "image/svg+xml"),
+            )
         },
         routes.HEALTHZ: {
             "get": {
@@ -246,7 +327,145 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def _parameters() -> dict[str, Any]:
+def _period_parameter(board: Board) -> dict[str, Any]:
+    return {
+        "name": "period",
+        "in": "path",
+        "required": True,
+        "description": "day (local midnight), week (ISO 8601, Monday start), month, year, "
+        f"or all (all time): the periods board {board.name!r} keeps.",
+        "schema": {"type": "string", "enum": [p.value for p in board.periods]},
+    }
+
+
+def _board_paths(boards: Sequence[Board]) -> dict[str, Any]:
+    """``GET /v1/boards`` and, per declared board, its page, member and events routes."""
+    p = "#/components/parameters/"
+    paths: dict[str, Any] = {
+        routes.BOARDS: {
+            "get": {
+                "operationId": "listBoards",
+                "summary": "The declared boards (the first is the default)",
+                "responses": {"200": _json(_ref("Boards"), "The boards."), **_ERRORS},
+            }
+        }
+    }
+    member = {
+        "name": "member",
+        "in": "path",
+        "required": True,
+        "description": f"1 to {routes.MAX_USER_ID} characters without control characters, "
+        "percent-encoded.",
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": routes.MAX_USER_ID,
+            "pattern": _MEMBER_PATTERN,
+        },
+    }
+    for board in boards:
+        base = f"/v1/boards/{board.name}/{{period}}"
+        period = _period_parameter(board)
+        ident = "".join(part.capitalize() for part in re.split(r"[-_]", board.name))
+        paths[base] = {
+            "get": {
+                "operationId": f"getBoard{ident}",
+                "summary": f"A page of board {board.name!r}",
+                "parameters": [
+                    period,
+                    *({"$ref": p + name} for name in ("bucket", "limit", "offset", "min_lsn")),
+                ],
+                "responses": {"200": _json(_ref("BoardPage"), "The page."), **_ERRORS},
+            }
+        }
+        paths[f"{base}/members/{{member}}"] = {
+            "get": {
+                "operationId": f"getMember{ident}",
+                "summary": f"A member's rank and score on board {board.name!r}, with neighbours",
+                "description": "A member without rows in the bucket gets score 0 and rank null.",
+                "parameters": [
+                    period,
+                    member,
+                    *({"$ref": p + name} for name in ("bucket", "around", "min_lsn")),
+                ],
+                "responses": {"200": _json(_ref("MemberStanding"), "The standing."), **_ERRORS},
+            }
+        }
+        paths[f"{base}/events"] = {
+            "get": {
+                "operationId": f"streamBoard{ident}",
+                "summary": f"Board {board.name!r}'s top entries, live (Server-Sent Events)",
+                "description": "As `/v1/leaderboards/{period}/events`, with events carrying "
+                "the JSON of this board's page.",
+                "parameters": [period, *({"$ref": p + name} for name in ("bucket", "limit"))],
+                "responses": {
+                    "200": {
+                        "description": "The stream.",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {"type": "string"},
+                                "x-event-data": _ref("BoardPage"),
+                            }
+                        },
+                    },
+                    **_ERRORS,
+                },
+            }
+        }
+    return paths
+
+
+def _member_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
+    """The declared boards' schemas: the default board's, with ``member`` and ``label`` for
+    ``user_id`` and ``display_name``, and the board's name."""
+
+    def renamed(schema: dict[str, Any]) -> dict[str, Any]:
+        names = {"user_id": "member", "display_name": "label"}
+        text = json.dumps(schema)
+        for old, new in names.items():
+            text = text.replace(f'"{old}"', f'"{new}"')
+        return dict(
+            json.loads(
+                text.replace('"#/components/schemas/Entry"', '"#/components/schemas/MemberEntry"')
+            )
+        )
+
+    page = renamed(schemas["Leaderboard"])
+    standing = renamed(schemas["Standing"])
+    for schema in (page, standing):
+        schema["required"] = ["board", *schema["required"]]
+        schema["properties"] = {"board": {"type": "string"}, **schema["properties"]}
+    return {
+        "MemberEntry": renamed(schemas["Entry"]),
+        "BoardPage": page,
+        "MemberStanding": standing,
+        "Boards": {
+            "type": "object",
+            "required": ["boards"],
+            "properties": {
+                "boards": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "default", "periods", "score", "labels", "url"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "default": {"type": "boolean"},
+                            "periods": {"type": "array", "items": {"type": "string"}},
+                            "score": {"type": "string", "enum": ["count", "sum"]},
+                            "labels": {"type": "boolean"},
+                            "url": {"type": "string"},
+                        },
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "additionalProperties": False,
+        },
+    }
+
+
+def _parameters(default: Board) -> dict[str, Any]:
     buckets = {
         f"bucket_{period.value}": {
             "name": "bucket",
@@ -277,7 +496,7 @@ def _parameters() -> dict[str, Any]:
                 "type": "string",
                 "minLength": 1,
                 "maxLength": routes.MAX_USER_ID,
-                "pattern": _USER_ID_PATTERN,
+                "pattern": _MEMBER_PATTERN,
             },
         },
         "limit": {

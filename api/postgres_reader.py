@@ -1,9 +1,10 @@
-"""Answers the same queries as ``RedisReader`` straight from the ``pomodoros`` and ``users`` tables.
+"""Answers the same queries as ``RedisReader`` straight from each board's table.
 
-The fallback: each answer is one SQL statement (one snapshot) counting the rows inside the
-bucket's bounds from ``projector.buckets``, the bounds the projector uses, through the
-``(completed_at) INCLUDE (user_id)`` index, and ranking with the same rule as Redis: ``rank()``
-over score for competition ranks, ties ordered by user id under the byte-order "C" collation.
+The fallback: each answer is one SQL statement (one snapshot) aggregating the board's rows
+inside the bucket's bounds from ``projector.buckets`` with the board's query from
+``projector.queries`` (the rebuild's and verify's), and ranking with the same rule as Redis:
+``rank()`` over score for competition ranks, ties ordered by member under the byte-order "C"
+collation.
 Concurrency is bounded by the pool size, so a Redis outage cannot flood PostgreSQL.
 """
 
@@ -15,11 +16,13 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import structlog
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
 from api.errors import StoreUnavailable
+from projector import queries
+from projector.boards import Board
 from projector.buckets import Period, bucket_bounds
 from projector.lsn import parse_lsn
 from projector.privileges import privilege_denial
@@ -42,41 +45,42 @@ _AS_OF = (
 _BOARD_SQL = """
 WITH scores AS MATERIALIZED ({scores}),
 page AS (
-    SELECT user_id, score, rank() OVER (ORDER BY score DESC) AS rank
+    SELECT member, score, rank() OVER (ORDER BY score DESC) AS rank
     FROM scores
-    ORDER BY score DESC, user_id COLLATE "C"
+    ORDER BY score DESC, member COLLATE "C"
     LIMIT %(limit)s OFFSET %(offset)s
 )
-SELECT t.total, {as_of}, p.rank, p.user_id, u.display_name, p.score
+SELECT t.total, {as_of}, p.rank, p.member, {label}, p.score
 FROM (SELECT count(*) AS total FROM scores) AS t
-LEFT JOIN page AS p ON true
-LEFT JOIN users AS u ON u.id = p.user_id
-ORDER BY p.score DESC, p.user_id COLLATE "C"
+LEFT JOIN page AS p ON true{join}
+ORDER BY p.score DESC, p.member COLLATE "C"
 """
-
 _STANDING_SQL = """
 WITH scores AS MATERIALIZED ({scores}),
 ranked AS (
-    SELECT user_id, score,
+    SELECT member, score,
            rank() OVER (ORDER BY score DESC) AS rank,
-           row_number() OVER (ORDER BY score DESC, user_id COLLATE "C") AS position
+           row_number() OVER (ORDER BY score DESC, member COLLATE "C") AS position
     FROM scores
 ),
-me AS (SELECT position FROM ranked WHERE user_id = %(user)s)
-SELECT t.total, {as_of}, (SELECT display_name FROM users WHERE id = %(user)s),
-       r.user_id = %(user)s, r.rank, r.user_id, u.display_name, r.score
+me AS (SELECT position FROM ranked WHERE member = %(user)s)
+SELECT t.total, {as_of}, {my_label},
+       r.member = %(user)s, r.rank, r.member, {label}, r.score
 FROM (SELECT count(*) AS total FROM scores) AS t
 LEFT JOIN (
     ranked AS r JOIN me
     ON r.position BETWEEN me.position - %(around)s AND me.position + %(around)s
-) ON true
-LEFT JOIN users AS u ON u.id = r.user_id
+) ON true{join}
 ORDER BY r.position
 """
 
 
 class PostgresReader:
-    """Answers queries from PostgreSQL with at most ``pool.max_size`` statements at once."""
+    """Answers queries from PostgreSQL with at most ``pool.max_size`` statements at once.
+
+    Statements are made from the board definitions (``projector.queries``) once per shape
+    and kept.
+    """
 
     def __init__(
         self,
@@ -89,31 +93,42 @@ class PostgresReader:
         self._role = role
         self._tz = tz
         self._timezone = timezone
+        self._statements: dict[tuple[Any, ...], bytes] = {}
 
     async def board(
-        self, period: Period, bucket: str, offset: int, limit: int, on_start: OnStart = None
+        self,
+        board: Board,
+        period: Period,
+        bucket: str,
+        offset: int,
+        limit: int,
+        on_start: OnStart = None,
     ) -> BoardPage:
         """A page of ``limit`` entries from position ``offset`` (0-based) in rank order."""
-        params = self._bounds("", period, bucket)
+        params, open_end = self._bounds("", period, bucket)
         params.update(limit=limit, offset=offset)
-        statement = _BOARD_SQL.format(scores=self._scores("", period, bucket), as_of=_AS_OF)
-        rows = await self._fetch(statement, params, on_start)
+        rows = await self._fetch(self._board_sql(board, period, open_end), params, on_start)
         total, lsn, now = rows[0][:3]
         entries = [
-            Entry(rank=int(rank), user_id=user_id, display_name=name, score=int(score))
-            for _, _, _, rank, user_id, name, score in rows
-            if user_id is not None
+            Entry(rank=int(rank), user_id=member, display_name=label, score=int(score))
+            for _, _, _, rank, member, label, score in rows
+            if member is not None
         ]
         return BoardPage(total=int(total), entries=entries, as_of=AsOf(parse_lsn(lsn), now))
 
     async def standing(
-        self, period: Period, bucket: str, user_id: str, around: int, on_start: OnStart = None
+        self,
+        board: Board,
+        period: Period,
+        bucket: str,
+        user_id: str,
+        around: int,
+        on_start: OnStart = None,
     ) -> Standing:
         """``user_id``'s rank and score with up to ``around`` neighbours either side."""
-        params = self._bounds("", period, bucket)
+        params, open_end = self._bounds("", period, bucket)
         params.update(user=user_id, around=around)
-        statement = _STANDING_SQL.format(scores=self._scores("", period, bucket), as_of=_AS_OF)
-        rows = await self._fetch(statement, params, on_start)
+        rows = await self._fetch(self._standing_sql(board, period, open_end), params, on_start)
         total, lsn, now, display_name = rows[0][:4]
         as_of = AsOf(parse_lsn(lsn), now)
         entries: list[Entry] = []
@@ -139,26 +154,39 @@ class PostgresReader:
         )
 
     async def user(
-        self, user_id: str, buckets: list[tuple[Period, str]], on_start: OnStart = None
+        self,
+        board: Board,
+        user_id: str,
+        buckets: list[tuple[Period, str]],
+        on_start: OnStart = None,
     ) -> UserPeriods:
         """``user_id``'s score and rank on the board of each (period, bucket)."""
         params: dict[str, Any] = {"user": user_id}
         ctes, selects = [], []
         for index, (period, bucket) in enumerate(buckets):
             name = f"p{index}_"
-            params.update(self._bounds(name, period, bucket))
-            ctes.append(f"{name}scores AS MATERIALIZED ({self._scores(name, period, bucket)})")
-            mine = f"(SELECT score FROM {name}scores WHERE user_id = %(user)s)"
-            selects.append(
-                f"SELECT {index} AS i, (SELECT count(*) FROM {name}scores), {mine},"
-                f" (SELECT count(*) FROM {name}scores WHERE score > {mine}) + 1"
+            bounds, open_end = self._bounds(name, period, bucket)
+            params.update(bounds)
+            scores = sql.Identifier(f"{name}scores")
+            ctes.append(
+                sql.SQL("{} AS MATERIALIZED ({})").format(
+                    scores, queries.bucket_scores(board, period, open_end=open_end, name=name)
+                )
             )
-        statement = (
-            f"WITH {', '.join(ctes)}"
-            f" SELECT b.*, {_AS_OF}, (SELECT display_name FROM users WHERE id = %(user)s)"
-            f" FROM ({' UNION ALL '.join(selects)}) AS b ORDER BY b.i"
+            mine = sql.SQL("(SELECT score FROM {} WHERE member = %(user)s)").format(scores)
+            selects.append(
+                sql.SQL(
+                    "SELECT {index} AS i, (SELECT count(*) FROM {scores}), {mine},"
+                    " (SELECT count(*) FROM {scores} WHERE score > {mine}) + 1"
+                ).format(index=sql.Literal(index), scores=scores, mine=mine)
+            )
+        statement = sql.SQL("WITH {} SELECT b.*, {}, {} FROM ({}) AS b ORDER BY b.i").format(
+            sql.SQL(", ").join(ctes),
+            sql.SQL(_AS_OF),
+            queries.label_of(board, sql.Placeholder("user")),
+            sql.SQL(" UNION ALL ").join(selects),
         )
-        rows = await self._fetch(statement, params, on_start)
+        rows = await self._fetch(statement.as_string(None).encode(), params, on_start)
         periods = []
         for (period, bucket), (_, total, score, rank, *_rest) in zip(buckets, rows, strict=True):
             periods.append(
@@ -175,37 +203,64 @@ class PostgresReader:
 
     async def ping(self) -> dict[str, Any]:
         """Whether PostgreSQL answers, for ``/readyz``."""
-        rows = await self._fetch(f"SELECT {_AS_OF}", {})
+        rows = await self._fetch(b"SELECT " + _AS_OF.encode(), {})
         return {"up": True, "as_of": AsOf(parse_lsn(rows[0][0]), rows[0][1]).to_json()}
 
     async def server_lsn(self, on_start: OnStart = None) -> int | None:
         """The primary's current WAL position; None on a standby (it cannot tell)."""
-        rows = await self._fetch(_SERVER_LSN_SQL, {}, on_start)
+        rows = await self._fetch(_SERVER_LSN_SQL.encode(), {}, on_start)
         value = rows[0][0]
         return None if value is None else parse_lsn(value)
 
     # -- internals -------------------------------------------------------------------------
 
-    def _scores(self, name: str, period: Period, bucket: str) -> str:
-        """SQL of (user_id, score) rows for one bucket; parameters come from ``_bounds``."""
-        if period == Period.ALL:
-            where = ""
-        elif bucket_bounds(period, bucket, self._tz)[1] is None:
-            # The bucket reaches past 9999-12-31: rows from there on belong to no bucket.
-            where = (
-                f" WHERE completed_at >= %({name}start)s AND completed_at < 'infinity'"
-                f" AND (completed_at AT TIME ZONE %(tz)s) < '10000-01-01'"
+    def _board_sql(self, board: Board, period: Period, open_end: bool) -> bytes:
+        key = ("board", board, period, open_end)
+        statement = self._statements.get(key)
+        if statement is None:
+            join, label = queries.label_join(board, "l", sql.SQL("p.member"))
+            statement = self._statements[key] = self._compose(
+                _BOARD_SQL, board, period, open_end, join=join, label=label
             )
-        else:
-            where = f" WHERE completed_at >= %({name}start)s AND completed_at < %({name}end)s"
-        return f"SELECT user_id, count(*) AS score FROM pomodoros{where} GROUP BY user_id"
+        return statement
 
-    def _bounds(self, name: str, period: Period, bucket: str) -> dict[str, Any]:
+    def _standing_sql(self, board: Board, period: Period, open_end: bool) -> bytes:
+        key = ("standing", board, period, open_end)
+        statement = self._statements.get(key)
+        if statement is None:
+            join, label = queries.label_join(board, "l", sql.SQL("r.member"))
+            statement = self._statements[key] = self._compose(
+                _STANDING_SQL,
+                board,
+                period,
+                open_end,
+                join=join,
+                label=label,
+                my_label=queries.label_of(board, sql.Placeholder("user")),
+            )
+        return statement
+
+    @staticmethod
+    def _compose(
+        template: str, board: Board, period: Period, open_end: bool, **parts: sql.Composable
+    ) -> bytes:
+        scores = queries.bucket_scores(board, period, open_end=open_end)
+        return (
+            sql.SQL(template)
+            .format(scores=scores, as_of=sql.SQL(_AS_OF), **parts)
+            .as_string(None)
+            .encode()
+        )
+
+    def _bounds(self, name: str, period: Period, bucket: str) -> tuple[dict[str, Any], bool]:
+        """The bucket's bounds as parameters ``{name}start``/``{name}end`` (and ``tz``), and
+        whether its end lies past local year 9999."""
         start, end = bucket_bounds(period, bucket, self._tz)
-        return {f"{name}start": start, f"{name}end": end, "tz": self._timezone}
+        bounds = {f"{name}start": start, f"{name}end": end, "tz": self._timezone}
+        return bounds, period is not Period.ALL and end is None
 
     async def _fetch(
-        self, statement: str, params: dict[str, Any], on_start: OnStart = None
+        self, statement: bytes, params: dict[str, Any], on_start: OnStart = None
     ) -> list[tuple[Any, ...]]:
         try:
             async with self._pool.connection() as conn:

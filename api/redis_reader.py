@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
 from api.errors import NotBuilt, StoreUnavailable
-from projector.boards import DEFAULT_BOARDS
+from projector.boards import Board
 from projector.buckets import Period
 from projector.keys import Keys
 from projector.lsn import parse_lsn
@@ -154,29 +154,41 @@ class RedisReader:
     def __init__(self, client: Commands, prefix: str, timeout: float) -> None:
         self._client = client
         self._keys = Keys(prefix)
-        labels = DEFAULT_BOARDS[0].labels
-        assert labels is not None
-        self._users = self._keys.labels(labels).encode()
         self._watermark = self._keys.watermark.encode()
+        self._label_keys: dict[Board, bytes] = {}
+        # The projector publishes each new watermark LSN here (apply_batch.lua, swap_boards.lua).
+        self.events_channel = self._keys.events.encode()
         self._timeout = timeout
         self._scripts = {
             script: hashlib.sha1(script.encode()).hexdigest()
             for script in (_BOARD_LUA, _STANDING_LUA, _USER_LUA)
         }
 
-    def board_key(self, period: Period, bucket: str) -> bytes:
-        return self._keys.board(DEFAULT_BOARDS[0].name, period, bucket).encode()
+    def board_key(self, board: Board, period: Period, bucket: str) -> bytes:
+        return self._keys.board(board.name, period, bucket).encode()
 
-    async def board(self, period: Period, bucket: str, offset: int, limit: int) -> BoardPage:
+    def _labels(self, board: Board) -> bytes:
+        """The board's label hash (for a board without labels, a key never written)."""
+        key = self._label_keys.get(board)
+        if key is None:
+            name = self._keys.labels(board.labels) if board.labels else self._keys.no_labels
+            key = self._label_keys[board] = name.encode()
+        return key
+
+    async def board(
+        self, board: Board, period: Period, bucket: str, offset: int, limit: int
+    ) -> BoardPage:
         """A page of ``limit`` entries from position ``offset`` (0-based) in rank order."""
-        keys = (self.board_key(period, bucket), self._users, self._watermark)
+        keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
         reply = await self._run(_BOARD_LUA, keys, b"%d" % offset, b"%d" % limit)
         lsn, commit_time, total, rows = reply
         return BoardPage(total=int(total), entries=_entries(rows), as_of=_as_of(lsn, commit_time))
 
-    async def standing(self, period: Period, bucket: str, user_id: str, around: int) -> Standing:
+    async def standing(
+        self, board: Board, period: Period, bucket: str, user_id: str, around: int
+    ) -> Standing:
         """``user_id``'s rank and score with up to ``around`` neighbours either side."""
-        keys = (self.board_key(period, bucket), self._users, self._watermark)
+        keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
         reply = await self._run(_STANDING_LUA, keys, user_id.encode(), b"%d" % around)
         lsn, commit_time, total, name, position, first, rows = reply
         as_of = _as_of(lsn, commit_time)
@@ -196,12 +208,14 @@ class RedisReader:
             as_of=as_of,
         )
 
-    async def user(self, user_id: str, buckets: list[tuple[Period, str]]) -> UserPeriods:
+    async def user(
+        self, board: Board, user_id: str, buckets: list[tuple[Period, str]]
+    ) -> UserPeriods:
         """``user_id``'s score and rank on the board of each (period, bucket)."""
         keys = (
-            self._users,
+            self._labels(board),
             self._watermark,
-            *(self.board_key(period, bucket) for period, bucket in buckets),
+            *(self.board_key(board, period, bucket) for period, bucket in buckets),
         )
         reply = await self._run(_USER_LUA, keys, user_id.encode())
         lsn, commit_time, name, stats = reply

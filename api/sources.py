@@ -6,7 +6,8 @@ after waiting up to ``api_min_lsn_wait`` for the projector (a ``min_lsn`` ahead 
 server's WAL position is a ``BadParameter``). PostgreSQL then answers the same query, at most
 ``api_pg_concurrency`` statements at once per process, and identical queries share one
 statement (read-your-writes queries only one sent after they arrived); when it cannot answer
-either, the request gets ``Unavailable`` (503).
+either, the request gets ``Unavailable`` (503). A ``min_lsn`` wait wakes on the projector's
+watermark events (the ``WatermarkFeed``), with a slow read of the watermark as a safety net.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import structlog
 from api.boards import AsOf, BoardPage, Standing, UserPeriods
 from api.breaker import Breaker
 from api.errors import BadParameter, NotBuilt, StoreUnavailable, Unavailable
+from api.feed import WatermarkFeed
 from api.metrics import Metrics
 from api.postgres_reader import PostgresReader
 from api.redis_reader import RedisReader
@@ -42,6 +44,7 @@ log = structlog.get_logger("api")
 
 # A board this close to its expiry may already be gone from Redis (clocks differ): ask PostgreSQL.
 _EXPIRY_MARGIN = 60.0
+# Without events (no feed, or its subscription is down) a min_lsn wait polls the watermark.
 _POLL_FIRST = 0.002
 _POLL_MAX = 0.025
 
@@ -87,8 +90,13 @@ class Sources:
         cooldown: float,
         metrics: Metrics,
         redact: Callable[[str], str] = str,
+        feed: WatermarkFeed | None = None,
+        safety_poll: float = 0.1,
     ) -> None:
         self._redis = redis
+        self._feed = feed
+        # With events, how often a waiter still reads the watermark in case one was missed.
+        self.safety_poll = safety_poll
         self._postgres = postgres
         self._tz = tz
         self._retention = retention
@@ -105,36 +113,38 @@ class Sources:
 
     async def board(self, query: BoardQuery) -> tuple[BoardPage, str]:
         """A page of a leaderboard and the store that gave it."""
-        p, b = query.period, query.bucket
+        board, p, b = query.board, query.period, query.bucket
         return await self._answer(
             query.min_lsn,
             self._expired(p, b),
-            ("board", p, b, query.offset, query.limit),
-            lambda: self._redis.board(p, b, query.offset, query.limit),
-            lambda start: self._postgres.board(p, b, query.offset, query.limit, start),
+            ("board", board.name, p, b, query.offset, query.limit),
+            lambda: self._redis.board(board, p, b, query.offset, query.limit),
+            lambda start: self._postgres.board(board, p, b, query.offset, query.limit, start),
         )
 
     async def standing(self, query: StandingQuery) -> tuple[Standing, str]:
         """A user's place on a leaderboard and the store that gave it."""
-        p, b, user, around = query.period, query.bucket, query.user_id, query.around
+        board, p, b = query.board, query.period, query.bucket
+        user, around = query.user_id, query.around
         return await self._answer(
             query.min_lsn,
             self._expired(p, b),
-            ("standing", p, b, user, around),
-            lambda: self._redis.standing(p, b, user, around),
-            lambda start: self._postgres.standing(p, b, user, around, start),
+            ("standing", board.name, p, b, user, around),
+            lambda: self._redis.standing(board, p, b, user, around),
+            lambda start: self._postgres.standing(board, p, b, user, around, start),
         )
 
     async def user(self, query: UserQuery, now: datetime | None = None) -> tuple[UserPeriods, str]:
         """A user's standing in every current bucket and the store that gave it."""
-        buckets = current_buckets(self._tz, now)
+        board = query.board
+        buckets = [(p, b) for p, b in current_buckets(self._tz, now) if p in board.periods]
         user = query.user_id
         return await self._answer(
             query.min_lsn,
             False,
-            ("user", user, *buckets),
-            lambda: self._redis.user(user, buckets),
-            lambda start: self._postgres.user(user, buckets, start),
+            ("user", board.name, user, *buckets),
+            lambda: self._redis.user(board, user, buckets),
+            lambda start: self._postgres.user(board, user, buckets, start),
         )
 
     async def readiness(self, timeout: float) -> tuple[bool, dict[str, Any]]:
@@ -306,20 +316,35 @@ class Sources:
         return answer
 
     async def _wait_for(self, min_lsn: int) -> bool:
-        """Poll the watermark until it reaches ``min_lsn``; False after ``api_min_lsn_wait``."""
+        """Wait until the watermark reaches ``min_lsn``; False after ``api_min_lsn_wait``.
+
+        Woken by the feed's events; the watermark is read only every ``safety_poll`` seconds
+        (or, while no subscription is live, polled quickly as it was before events).
+        """
+        feed = self._feed
         deadline = time.monotonic() + self._min_lsn_wait
         delay = _POLL_FIRST
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            await asyncio.sleep(min(delay, left))
+            if feed is not None and feed.live:
+                version = feed.version
+                if feed.lsn >= min_lsn:
+                    return True
+                await feed.wait(version, min(self.safety_poll, left))
+                if feed.lsn >= min_lsn:
+                    return True
+                if feed.version != version:
+                    continue  # an event, not the timeout: no need to read
+            else:
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, _POLL_MAX)
             lsn = await self._redis.watermark_lsn()
             if lsn is None:
                 raise NotBuilt("Redis lost its watermark while we waited")
             if lsn >= min_lsn:
                 return True
-            delay = min(delay * 2, _POLL_MAX)
 
     def _expired(self, period: Period, bucket: str) -> bool:
         expiry = self._expiry(period, bucket)

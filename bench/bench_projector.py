@@ -5,7 +5,9 @@ PostgreSQL and Redis, prints the numbers and saves ``bench/results/projector.jso
 
 - catch-up: a backlog of 10,000 transactions x 100 rows (100,000 users, timestamps over
   400 days) is written while the projector is stopped; then the projector starts and the
-  clock runs until the Redis watermark passes the backlog's last LSN.
+  clock runs until the Redis watermark passes the backlog's last LSN. Redis CPU per row is
+  the server's CPU time over the catch-up divided by the rows. ``catch-up-focus`` does the
+  same with the three boards of examples/focus_minutes.toml (and 1,000 teams).
 - freshness: 1,000 single-row commits/s; latency from each commit returning to the
   pomodoro being visible in Redis (a probe member's all-time score reaching it).
 - memory: peak RSS of the projector while it applies one 1,000,000-row transaction.
@@ -32,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 from projector.lsn import parse_lsn
 
 PROJECTOR = [sys.executable, "-m", "projector", "run"]
+FOCUS_SQL = ROOT / "examples" / "focus_minutes.sql"
+FOCUS_BOARDS = ROOT / "examples" / "focus_minutes.toml"
 
 
 def _env(pg_dsn: str, redis_url: str, **extra: str) -> dict[str, str]:
@@ -87,7 +91,7 @@ def _wait_for(client: redis.Redis, lsn: int, timeout: float) -> float:
     return time.monotonic()
 
 
-def _bootstrap(pg_dsn: str, env: dict[str, str], client: redis.Redis, log: Path) -> None:
+def _migrate(env: dict[str, str], log: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "projector", "migrate"],
         env=env,
@@ -96,43 +100,72 @@ def _bootstrap(pg_dsn: str, env: dict[str, str], client: redis.Redis, log: Path)
         stdout=subprocess.DEVNULL,
         stderr=log.open("ab"),
     )
+
+
+def _bootstrap(pg_dsn: str, env: dict[str, str], client: redis.Redis, log: Path) -> None:
+    _migrate(env, log)
+    if env.get("PROJECTOR_BOARDS_FILE"):  # the example's columns and label table, then
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the publication again
+            conn.execute(FOCUS_SQL.read_text())  # type: ignore[arg-type]
+        _migrate(env, log)
     proc = _start_projector(env, log)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         _wait_for(client, _current_lsn(conn), 60)
     _stop(proc)
 
 
-def catch_up(pg_dsn: str, redis_url: str, log: Path, txs: int, rows_per_tx: int) -> dict[str, Any]:
+def _redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def catch_up(
+    pg_dsn: str, redis_url: str, log: Path, txs: int, rows_per_tx: int, focus: bool = False
+) -> dict[str, Any]:
     env = _env(pg_dsn, redis_url)
+    if focus:
+        env.update(PROJECTOR_BOARDS_FILE=str(FOCUS_BOARDS), PROJECTOR_SLOT="bench_focus")
     client = redis.Redis.from_url(redis_url)
     _bootstrap(pg_dsn, env, client, log)
     print(f"writing backlog: {txs:,} transactions x {rows_per_tx} rows ...", flush=True)
     started = time.monotonic()
+    insert = (
+        "INSERT INTO pomodoros (user_id, completed_at, minutes, team_id)"
+        " SELECT 'user' || (random() * 99999)::int, now() - random() * interval '400 days',"
+        "        (random() * 50)::int, 'team' || (random() * 999)::int"
+        " FROM generate_series(1, %s)"
+        if focus
+        else "INSERT INTO pomodoros (user_id, completed_at)"
+        " SELECT 'user' || (random() * 99999)::int,"
+        "        now() - random() * interval '400 days'"
+        " FROM generate_series(1, %s)"
+    )
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         for i in range(txs):
-            conn.execute(
-                "INSERT INTO pomodoros (user_id, completed_at)"
-                " SELECT 'user' || (random() * 99999)::int,"
-                "        now() - random() * interval '400 days'"
-                " FROM generate_series(1, %s)",
-                (rows_per_tx,),
-            )
+            conn.execute(insert, (rows_per_tx,))  # type: ignore[arg-type]
             if i % 2000 == 0:
                 print(f"  {i:,} transactions", flush=True)
         target = _current_lsn(conn)
     print(f"backlog written in {time.monotonic() - started:.1f}s; projecting ...", flush=True)
+    cpu0 = _redis_cpu(client)
     t0 = time.monotonic()
     proc = _start_projector(env, log)
     t1 = _wait_for(client, target, 600)
     _stop(proc)
+    cpu = _redis_cpu(client) - cpu0
     rows = txs * rows_per_tx
     seconds = t1 - t0
-    print(f"catch-up: {rows:,} rows in {seconds:.2f}s = {rows / seconds:,.0f} rows/s")
+    print(
+        f"catch-up ({'three example boards' if focus else 'default board'}): {rows:,} rows in "
+        f"{seconds:.2f}s = {rows / seconds:,.0f} rows/s; Redis CPU {cpu * 1e6 / rows:.1f} us/row"
+    )
     return {
+        "boards": "examples/focus_minutes.toml" if focus else "default",
         "rows": rows,
         "transactions": txs,
         "seconds": round(seconds, 3),
         "rows_per_second": round(rows / seconds),
+        "redis_cpu_us_per_row": round(cpu * 1e6 / rows, 2),
     }
 
 
@@ -269,7 +302,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--big-tx", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=("catch-up", "freshness", "memory"))
+    parser.add_argument("--only", choices=("catch-up", "catch-up-focus", "freshness", "memory"))
     args = parser.parse_args()
     log = ROOT / "bench" / "results" / "projector.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +312,13 @@ def main() -> None:
         dsn, url = pg.dsn(), rd.url()
         if args.only in (None, "catch-up"):
             results["catch_up"] = catch_up(dsn, url, log, args.transactions, args.rows_per_tx)
-        else:
+        if args.only in (None, "catch-up-focus"):
+            # A fresh database: the example adds columns and a label table.
+            focus_dsn = pg.create_database("bench_focus")
+            results["catch_up_focus"] = catch_up(
+                focus_dsn, rd.url(1), log, args.transactions, args.rows_per_tx, focus=True
+            )
+        if args.only not in (None, "catch-up"):
             _bootstrap(dsn, _env(dsn, url), redis.Redis.from_url(url), log)
         if args.only in (None, "freshness"):
             results["freshness"] = freshness(dsn, url, log, args.rate, args.seconds)

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, save, throwaway_servers
 
 sys.path.insert(0, str(ROOT))
+from projector import queries
+from projector.boards import label_sources
 from projector.buckets import Period, oldest_retained_bucket_start
-from projector.rebuild import _ALL_QUERY, _period_query
 from projector.settings import load_settings
 
 
@@ -82,14 +83,17 @@ def _bare_queries(dsn: str) -> float:
     tz = settings.zone
     t0 = time.monotonic()
     with psycopg.connect(dsn) as conn:
-        for period in (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR):
-            since = oldest_retained_bucket_start(period, tz, settings.retention)
-            for _ in conn.execute(_period_query(period), {"tz": settings.timezone, "since": since}):
+        for board in settings.boards:
+            for period in (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR):
+                since = oldest_retained_bucket_start(period, tz, settings.retention)
+                params = {"tz": settings.timezone, "since": since}
+                for _ in conn.execute(queries.period_scores(board, period), params):
+                    pass
+            for _ in conn.execute(queries.all_time_scores(board)):
                 pass
-        for _ in conn.execute(_ALL_QUERY):
-            pass
-        for _ in conn.execute("SELECT id, display_name FROM users"):
-            pass
+        for labels in label_sources(settings.boards):
+            for _ in conn.execute(queries.all_labels(labels)):
+                pass
     return time.monotonic() - t0
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_projector.py", "bench_rebuild.py", "bench_api.py"]
+BENCHMARKS = ["bench_projector.py", "bench_rebuild.py", "bench_api.py", "bench_sse.py"]
 
 
 def main() -> int:

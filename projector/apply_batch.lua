@@ -7,7 +7,14 @@
 --    "cb": [board key prefix, ...],                 boards to empty first (TRUNCATE)
 --    "cl": [label hash, ...],                       label hashes to empty first
 --    "l": [[label hash, [member, label, ...], [member, ...]], ...]   labels to set / delete
---    "b": [[key, expireat or "", [member, delta, ...]], ...]}       board deltas
+--    "b": [[key, expireat or "", [member, delta, ...], raw], ...],  board deltas; raw = 1:
+--         a key of boards being built: any score kept, no expiry, not registered
+--    "s": {"started": marker, "u": [board key prefix, ...], "x": [[key, members], ...],
+--          "m": [[base, delta, board, expireat or ""], ...]} or absent}
+--         the swap of built boards, applied last: every key in "x" must hold its members
+--         (else the error "BUILD LOST"); boards under "u" go; each board becomes base + delta
+--         (scores at or below 0 dropped), registered with its expiry.
+-- ARGV 4 is the channel that hears each new watermark LSN (readers' live updates).
 -- Returns {"ok", replay request id or ""}, or the error "POSITION <found>" when the
 -- stored position is not the expected one (lost data or a second writer).
 local wm_key, registry = KEYS[1], KEYS[2]
@@ -18,13 +25,25 @@ if found ~= ARGV[1] then
 end
 local batch = cjson.decode(ARGV[3])
 local CHUNK = 2000
+local swap = batch.s
+if swap then
+  if redis.call('EXISTS', swap.started) == 0 then
+    return redis.error_reply('BUILD LOST')
+  end
+  for x = 1, #swap.x do
+    if redis.call('ZCARD', swap.x[x][1]) ~= swap.x[x][2] then
+      return redis.error_reply('BUILD LOST ' .. swap.x[x][1])
+    end
+  end
+end
 
-if #batch.cb > 0 then
+-- Remove every registered board key that starts with one of ``prefixes``.
+local function unlink_boards(prefixes)
+  if #prefixes == 0 then return end
   local keys = redis.call('ZRANGE', registry, 0, -1)
   for k = 1, #keys do
-    for p = 1, #batch.cb do
-      local prefix = batch.cb[p]
-      if string.sub(keys[k], 1, #prefix) == prefix then
+    for p = 1, #prefixes do
+      if string.sub(keys[k], 1, #prefixes[p]) == prefixes[p] then
         redis.call('UNLINK', keys[k])
         redis.call('ZREM', registry, keys[k])
         break
@@ -32,6 +51,8 @@ if #batch.cb > 0 then
     end
   end
 end
+
+unlink_boards(batch.cb)
 for c = 1, #batch.cl do
   redis.call('UNLINK', batch.cl[c])
 end
@@ -49,6 +70,7 @@ end
 local boards = batch.b
 for bi = 1, #boards do
   local key, expireat, flat = boards[bi][1], boards[bi][2], boards[bi][3]
+  local raw = boards[bi][4] == 1
   local n = #flat / 2
   local fresh = true  -- no member had a score: the key may be new and needs its expiry
   for s = 1, n, CHUNK do
@@ -64,7 +86,7 @@ for bi = 1, #boards do
         fresh = false
         score = score + tonumber(current)
       end
-      if score > 0 then
+      if score > 0 or raw then
         add[#add + 1] = score
         add[#add + 1] = flat[2 * j - 1]
       else
@@ -74,7 +96,7 @@ for bi = 1, #boards do
     if #add > 0 then redis.call('ZADD', key, unpack(add)) end
     if #rem > 0 then redis.call('ZREM', key, unpack(rem)) end
   end
-  if fresh then
+  if fresh and not raw then
     if expireat == '' then
       redis.call('ZADD', registry, 'inf', key)
     else
@@ -84,7 +106,36 @@ for bi = 1, #boards do
   end
 end
 
+if swap then
+  unlink_boards(swap.u)
+  for m = 1, #swap.m do
+    local base, delta, final, expireat = swap.m[m][1], swap.m[m][2], swap.m[m][3], swap.m[m][4]
+    redis.call('UNLINK', final)
+    local has_base, has_delta = redis.call('EXISTS', base), redis.call('EXISTS', delta)
+    if has_base == 1 and has_delta == 1 then
+      redis.call('ZUNIONSTORE', final, 2, base, delta)
+    elseif has_base == 1 then
+      redis.call('RENAME', base, final)
+    elseif has_delta == 1 then
+      redis.call('RENAME', delta, final)
+    end
+    redis.call('UNLINK', base, delta)
+    redis.call('ZREMRANGEBYSCORE', final, '-inf', 0)
+    if redis.call('EXISTS', final) == 1 then
+      if expireat == '' then
+        redis.call('PERSIST', final)
+        redis.call('ZADD', registry, 'inf', final)
+      else
+        redis.call('EXPIREAT', final, expireat)
+        redis.call('ZADD', registry, expireat, final)
+      end
+    end
+  end
+  redis.call('UNLINK', swap.started)
+end
+
 local now = redis.call('TIME')[1]
 redis.call('ZREMRANGEBYSCORE', registry, '-inf', '(' .. now)
 redis.call('HSET', wm_key, 'position', ARGV[2], unpack(batch.w))
+for k = 1, #batch.w, 2 do if batch.w[k] == 'lsn' then redis.call('PUBLISH', ARGV[4], batch.w[k + 1]) end end
 return {'ok', redis.call('GET', KEYS[3]) or ''}

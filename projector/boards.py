@@ -242,6 +242,13 @@ def _check_together(boards: list[Board], where: str) -> None:
             )
 
 
+def board_from_description(description: Mapping[str, Any]) -> Board:
+    """The board a ``Board.description()`` describes (as recorded with the watermark)."""
+    entry = {key: value for key, value in description.items() if value is not None}
+    (board,) = parse_boards({"boards": [entry]}, "recorded board")
+    return board
+
+
 def label_key_name(table: Table) -> str:
     """The Redis key name (after the prefix) of a label table's hash: ``users`` for
     ``public.users``, ``schema.table`` elsewhere."""

@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -118,7 +119,52 @@ def _parser() -> argparse.ArgumentParser:
         help="with --redis: print lines for a Redis ACL file (aclfile) instead of commands",
     )
     roles.add_argument("--apply", action="store_true", help="create or update them now")
+    demo = sub.add_parser(
+        "demo",
+        help="write demo users and pomodoros into PostgreSQL, a few per second",
+        description="Act like an app: register about 50 people, then write their pomodoros "
+        "into PostgreSQL (mostly now, some in the last weeks), with occasional moves and "
+        "deletes, until SIGTERM/SIGINT. The first start also writes some history. Writes go "
+        "to PostgreSQL only; the running projector carries them to Redis. Reconnects with "
+        "backoff when PostgreSQL goes away.",
+    )
+    demo.add_argument(
+        "--rate",
+        type=_bounded(float, 0.1, 1000, "writes per second"),
+        default=3.0,
+        help="writes per second, 0.1 to 1000 (default 3)",
+    )
+    demo.add_argument(
+        "--users",
+        type=_bounded(int, 1, 1000, "people"),
+        default=50,
+        help="how many people write, 1 to 1000 (default 50)",
+    )
+    demo.add_argument(
+        "--history",
+        type=_bounded(int, 0, 1_000_000, "pomodoros"),
+        default=400,
+        help="pomodoros of the last five weeks written on the first start (default 400)",
+    )
+    demo.add_argument("--seed", type=int, help="random seed, for a repeatable run")
     return parser
+
+
+def _bounded(kind: type[float] | type[int], low: float, high: float, unit: str) -> Any:
+    """An argparse type: a ``kind`` number from ``low`` to ``high``, or one clear error."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be a number of {unit} from {low:g} to {high:g}, not {text!r}"
+            )
+        return value
+
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,6 +262,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if command == "roles":
         return _roles(args, settings)
+    if command == "demo":
+        return _demo(settings, args)
     raise AssertionError(command)
 
 
@@ -256,6 +304,39 @@ def _roles(args: argparse.Namespace, settings: Settings) -> int:
     database = str(dbname) if dbname else _pg_user(settings.pg_dsn) or "postgres"
     print(roles.postgres_script(database, [run, api], roles.source_tables(settings.boards)))
     return EXIT_OK
+
+
+def _stop_on_signals(message: str) -> threading.Event:
+    """An event set by SIGTERM or SIGINT (logged with ``message``)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info(message, signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    import random
+
+    from projector.demo import DemoPlan, DemoWriter, people
+
+    stop = _stop_on_signals("stopping the demo writer")
+    plan = DemoPlan(people(args.users), random.Random(args.seed))
+    log.info("demo starting", pg=settings.redacted_dsn, rate=args.rate, users=args.users)
+    writer = DemoWriter(
+        settings.pg_dsn,
+        plan,
+        stop,
+        rate=args.rate,
+        history=args.history,
+        max_delay=settings.reconnect_max_delay,
+    )
+    writer.run()
+    return 0
 
 
 def _run(settings: Settings) -> int:

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from projector.boards import Board, board_from_description, label_sources
 from projector.settings import Settings
 
 # The Redis key layout (projector.keys). 1: {prefix}lb:{period}:{bucket};
@@ -67,3 +68,45 @@ class ProjectionConfig:
             elif old_boards[name] != new_boards[name]:
                 changes.append(f"board {name!r} changed")
         return changes
+
+
+@dataclass(frozen=True, slots=True)
+class BoardChange:
+    """Boards Redis was built with (``live``), and those to build beside them (``build``):
+    added or changed ones. Once built they replace every ``live`` board not in ``keep``."""
+
+    live: tuple[Board, ...]
+    build: tuple[Board, ...]
+    keep: tuple[str, ...]
+
+    def describe(self) -> str:
+        names = {b.name for b in self.live}
+        parts = [
+            f"board {b.name!r} {'changed' if b.name in names else 'added'}" for b in self.build
+        ]
+        new_names = set(self.keep) | {b.name for b in self.build}
+        parts += [f"board {name!r} removed" for name in sorted(names - new_names)]
+        return "; ".join(parts)
+
+
+def board_change(
+    stored_text: str, current: ProjectionConfig, boards: tuple[Board, ...]
+) -> BoardChange | None:
+    """When only board definitions differ (same zone, retention, layout and label sources),
+    what to build while the rest streams on; None when a full rebuild is needed instead."""
+    try:
+        before: dict[str, Any] = json.loads(stored_text)
+        old = tuple(board_from_description(d) for d in (before.get("boards") or {}).values())
+    except (ValueError, KeyError, TypeError):
+        return None
+    now: dict[str, Any] = json.loads(current.text)
+    if {k: v for k, v in before.items() if k != "boards"} != {
+        k: v for k, v in now.items() if k != "boards"
+    }:
+        return None
+    if set(label_sources(old)) != set(label_sources(boards)):
+        return None  # labels are rebuilt whole: a new label source needs a full rebuild
+    old_by_name = {b.name: b for b in old}
+    build = tuple(b for b in boards if old_by_name.get(b.name) != b)
+    keep = tuple(b.name for b in boards if old_by_name.get(b.name) == b)
+    return BoardChange(old, build, keep)

@@ -42,6 +42,12 @@ class Keys:
         return f"{self.prefix}replay:progress"
 
     @property
+    def events(self) -> str:
+        """The channel on which each new watermark LSN is published (swap_boards.lua spells
+        it from the prefix too)."""
+        return f"{self.prefix}events"
+
+    @property
     def builds(self) -> str:
         """SCAN pattern of every rebuild's keys."""
         return f"{self.prefix}rebuild:*"
@@ -61,6 +67,11 @@ class Keys:
     def labels(self, labels: Labels) -> str:
         """The hash of one label source: member -> label."""
         return f"{self.prefix}{label_key_name(labels.table)}"
+
+    @property
+    def no_labels(self) -> str:
+        """A hash never written: the labels of a board without labels."""
+        return f"{self.prefix}labels:none"
 
     def without_prefix(self, key: str) -> str:
         return key.removeprefix(self.prefix)

@@ -85,14 +85,18 @@ def migrate(
 def ensure_publication(
     conn: psycopg.Connection[tuple[object, ...]], publication: str, tables: Sequence[Table]
 ) -> None:
-    """Create the publication, or set its tables, so it publishes exactly ``tables``."""
-    missing = [t for t in tables if not _exists(conn, t)]
-    if missing:
-        raise ConfigError(
-            f"table {missing[0]} does not exist: create it (see the board definitions) "
-            "before `projector migrate`"
-        )
-    names = sql.SQL(", ").join(t.identifier() for t in tables)
+    """Create the publication, or set its tables, so it publishes ``tables`` (those that
+    exist: a board over a table still to be created is reported, and refused by ``run``)."""
+    present = [t for t in tables if _exists(conn, t)]
+    for table in tables:
+        if table not in present:
+            log.warning(
+                "a table the boards read does not exist yet; create it, then migrate again",
+                table=str(table),
+            )
+    if not present:
+        raise ConfigError("none of the tables the boards read exists")
+    names = sql.SQL(", ").join(t.identifier() for t in present)
     exists = conn.execute(
         "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
     ).fetchone()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from projector.boards import Board, Table, label_sources
@@ -58,6 +59,11 @@ class BatchDelta:
     deltas: dict[str, dict[str, int]] = field(default_factory=dict)
     expiry: dict[str, int | None] = field(default_factory=dict)
     labels: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    # Keys of boards being built: deltas kept as they are (even at or below 0), no expiry,
+    # not registered; the build's swap merges them into the boards.
+    raw: set[str] = field(default_factory=set)
+    # The swap that makes built boards live (see projector.backfill), applied last.
+    swap: Any = None
     row_changes: int = 0
 
     def is_noop(self) -> bool:
@@ -66,6 +72,7 @@ class BatchDelta:
             self.clear_boards
             or self.clear_labels
             or any(self.labels.values())
+            or self.swap is not None
             or any(any(v for v in members.values()) for members in self.deltas.values())
         )
 
@@ -102,10 +109,23 @@ def identity_columns(boards: Iterable[Board]) -> dict[Table, tuple[str, ...]]:
 class _BoardPlan:
     """One board over one relation: column positions and cached bucket keys per date."""
 
-    __slots__ = ("all_key", "board", "dates", "member", "prefix", "time", "timed", "value")
+    __slots__ = (
+        "all_key",
+        "board",
+        "building",
+        "dates",
+        "keys",
+        "member",
+        "prefix",
+        "time",
+        "timed",
+        "value",
+    )
 
-    def __init__(self, board: Board, rel: Relation, keys: Keys) -> None:
+    def __init__(self, board: Board, rel: Relation, keys: Keys, building: bool = False) -> None:
         self.board = board
+        self.building = building
+        self.keys = keys
         self.member = _column_index(rel, board.member)
         self.time = _column_index(rel, board.time)
         self.value = _column_index(rel, board.sum) if board.sum else -1
@@ -147,13 +167,24 @@ class Projection:
         tz: ZoneInfo,
         retention: Retention,
         clock: Callable[[], float] = time.time,
+        building: Iterable[Board] = (),
+        building_keys: Keys | None = None,
     ) -> None:
         self._boards = tuple(boards)
         self._keys = keys
+        # Boards being built beside the live ones (projector.backfill): their deltas go to
+        # keys under ``building_keys``, only while ``building_on`` (transactions the build's
+        # snapshot does not hold).
+        self._building = tuple(building)
+        self._building_keys = building_keys or keys
+        self.building_on = False
+        self.built_keys: set[str] = set()
+        self.building_truncated = False
+        self._relations: dict[int, Relation] = {}
         self._tz = tz
         self._retention = retention
         self._clock = clock
-        self._identity = identity_columns(self._boards)
+        self._identity = identity_columns(self._boards + self._building)
         self._labels = {labels.table: labels for labels in label_sources(self._boards)}
         self._plans: dict[int, _TablePlan] = {}
         self._hour_cache: dict[bytes, date | None] = {}
@@ -165,6 +196,7 @@ class Projection:
     def on_relation(self, rel: Relation) -> None:
         """Learn a table's column layout (sent before its first change and after DDL)."""
         self._plans.pop(rel.relation_id, None)
+        self._relations[rel.relation_id] = rel
         table = Table(rel.namespace, rel.name)
         needed = self._identity.get(table)
         if needed is None:
@@ -173,7 +205,13 @@ class Projection:
         missing = [name for name in needed if name not in keys]
         if missing:
             raise ReplicaIdentityError(str(table), missing, rel.replica_identity)
-        boards = tuple(_BoardPlan(b, rel, self._keys) for b in self._boards if b.table == table)
+        boards = tuple(
+            _BoardPlan(b, rel, self._keys) for b in self._boards if b.table == table
+        ) + tuple(
+            _BoardPlan(b, rel, self._building_keys, building=True)
+            for b in self._building
+            if b.table == table
+        )
         labels = self._labels.get(table)
         label_plan = (
             _LabelPlan(
@@ -262,6 +300,10 @@ class Projection:
             if plan is None:
                 continue
             for board in plan.boards:
+                if board.building:
+                    # Rows of the build's snapshot were truncated: the build starts again.
+                    self.building_truncated |= self.building_on
+                    continue
                 batch.clear_boards.add(board.prefix)
                 for key in [k for k in batch.deltas if k.startswith(board.prefix)]:
                     del batch.deltas[key]
@@ -269,6 +311,16 @@ class Projection:
             if plan.labels is not None:
                 batch.clear_labels.add(plan.labels.hash_key)
                 batch.labels.pop(plan.labels.hash_key, None)
+
+    def promote(self, boards: Iterable[Board]) -> None:
+        """The built boards are live now (under the live keys) and ``boards`` is the set."""
+        self._boards = tuple(boards)
+        self._building = ()
+        self.building_on = False
+        self.built_keys = set()
+        self._identity = identity_columns(self._boards)
+        for rel in list(self._relations.values()):
+            self.on_relation(rel)
 
     # -- batches ---------------------------------------------------------------------
 
@@ -336,6 +388,8 @@ class Projection:
     ) -> None:
         if not isinstance(member_value, bytes):
             return  # a NULL member is not ranked
+        if board.building and not self.building_on:
+            return  # the build's snapshot holds this transaction already
         if value is None:
             return  # a NULL summed value contributes nothing
         delta = sign if board.value < 0 else sign * int(value)  # type: ignore[arg-type]
@@ -348,6 +402,8 @@ class Projection:
             if members is None:
                 members = deltas[board.all_key] = {}
                 self._batch.expiry[board.all_key] = None
+                if board.building:
+                    self._raw(board.all_key)
             members[member] = members.get(member, 0) + delta
         if not board.timed or not isinstance(instant, bytes):
             return
@@ -363,7 +419,13 @@ class Projection:
             if members is None:
                 members = deltas[key] = {}
                 expiry[key] = expires
+                if board.building:
+                    self._raw(key)
             members[member] = members.get(member, 0) + delta
+
+    def _raw(self, key: str) -> None:
+        self._batch.raw.add(key)
+        self.built_keys.add(key)
 
     def _date_for(self, text: bytes) -> date | None:
         """The local date of a timestamptz in PostgreSQL's text form; None outside 1..9999."""
@@ -399,7 +461,7 @@ class Projection:
             expires = expires_at(period, bucket, self._tz, self._retention)
             if expires is not None and expires <= now:
                 continue  # the board has expired: PostgreSQL answers for it now
-            slots.append((self._keys.board(board.board.name, period, bucket), expires))
+            slots.append((board.keys.board(board.board.name, period, bucket), expires))
         entry = tuple(slots)
         board.dates[day] = entry
         return entry

@@ -67,39 +67,67 @@ def all_time_scores(board: Board) -> sql.Composed:
     )
 
 
-def bucket_filter(board: Board, period: Period) -> sql.Composable:
-    """The WHERE condition of one bucket: parameters ``start``, ``end`` (None: open) and
-    ``tz``; nothing for the all-time bucket."""
+def bucket_filter(
+    board: Board, period: Period, *, open_end: bool, name: str = ""
+) -> sql.Composable:
+    """The WHERE condition of one bucket. Parameters ``{name}start`` and ``{name}end`` are
+    its bounds (``bucket_bounds``); a bucket whose end lies past local year 9999
+    (``open_end``) is bounded by the calendar instead, with parameter ``tz``. Nothing
+    bounds the all-time bucket."""
+    member = sql.SQL("{} IS NOT NULL").format(sql.Identifier(board.member))
     if period is Period.ALL:
-        return sql.SQL("{m} IS NOT NULL").format(m=sql.Identifier(board.member))
-    return sql.SQL(
-        "{m} IS NOT NULL AND {t} >= %(start)s"
-        " AND (%(end)s::timestamptz IS NULL OR {t} < %(end)s) AND {calendar}"
-    ).format(
-        m=sql.Identifier(board.member), t=sql.Identifier(board.time), calendar=_in_calendar(board)
+        return member
+    start = sql.Placeholder(f"{name}start")
+    if open_end:
+        return sql.SQL("{m} AND {t} >= {start} AND {calendar}").format(
+            m=member, t=sql.Identifier(board.time), start=start, calendar=_in_calendar(board)
+        )
+    return sql.SQL("{m} AND {t} >= {start} AND {t} < {end}").format(
+        m=member, t=sql.Identifier(board.time), start=start, end=sql.Placeholder(f"{name}end")
     )
 
 
-def bucket_scores(board: Board, period: Period) -> sql.Composed:
-    """Each member's score in one bucket (see ``bucket_filter`` for the parameters)."""
+def bucket_scores(board: Board, period: Period, *, open_end: bool, name: str = "") -> sql.Composed:
+    """Each member's score in one bucket, as columns ``member`` and ``score`` (see
+    ``bucket_filter`` for the parameters)."""
     return sql.SQL(
         "SELECT {m}::text AS member, {score} AS score FROM {table} WHERE {where} GROUP BY 1{having}"
     ).format(
         m=sql.Identifier(board.member),
         score=score_expression(board),
         table=board.table.identifier(),
-        where=bucket_filter(board, period),
+        where=bucket_filter(board, period, open_end=open_end, name=name),
         having=_having(board),
     )
 
 
-def member_score(board: Board, period: Period) -> sql.Composed:
-    """One member's score in one bucket (parameter ``member`` besides the bucket's)."""
-    return sql.SQL("SELECT {score} FROM {table} WHERE {m}::text = %(member)s AND {where}").format(
-        m=sql.Identifier(board.member),
-        score=score_expression(board),
-        table=board.table.identifier(),
-        where=bucket_filter(board, period),
+def label_join(
+    board: Board, alias: str, member: sql.Composable
+) -> tuple[sql.Composable, sql.Composable]:
+    """A LEFT JOIN of the board's label table as ``alias`` on ``member``, and the label
+    expression (NULL for a board without labels)."""
+    labels = board.labels
+    if labels is None:
+        return sql.SQL(""), sql.SQL("NULL::text")
+    join = sql.SQL(" LEFT JOIN {table} AS {alias} ON {alias}.{key}::text = {member}").format(
+        table=labels.table.identifier(),
+        alias=sql.Identifier(alias),
+        key=sql.Identifier(labels.key),
+        member=member,
+    )
+    return join, sql.SQL("{}.{}::text").format(sql.Identifier(alias), sql.Identifier(labels.column))
+
+
+def label_of(board: Board, member: sql.Composable) -> sql.Composable:
+    """A scalar subquery: the label of ``member`` (NULL without labels or without a row)."""
+    labels = board.labels
+    if labels is None:
+        return sql.SQL("NULL::text")
+    return sql.SQL("(SELECT {c}::text FROM {table} WHERE {k}::text = {member} LIMIT 1)").format(
+        c=sql.Identifier(labels.column),
+        table=labels.table.identifier(),
+        k=sql.Identifier(labels.key),
+        member=member,
     )
 
 

@@ -103,7 +103,7 @@ def rebuild(
     The caller must hold ``advisory_lock`` for the slot: nobody else may stream from it.
     """
     state = RebuildProgress()
-    report = _reporter(sink, replay_id, state, progress, stop)
+    report = reporter(sink, replay_id, state, progress, stop)
     log.info("rebuild started", reason=reason, slot=settings.slot)
     sink.require_no_eviction()
     config = ProjectionConfig.of(settings)
@@ -121,16 +121,18 @@ def rebuild(
         drop_slot(pg, settings.slot)
     finally:
         pg.close()
-    _discard_stale_builds(sink)
+    discard_stale_builds(sink)
     build = settings.keys.build(uuid.uuid4().hex[:12])
     state.phase = "creating slot"
     report()
-    conns, server = _snapshot_connections(settings, state, settings.rebuild_parallelism)
+    conns, server = snapshot_connections(settings, state, settings.rebuild_parallelism)
     try:
         assert state.lsn is not None
         snapshot_time = conns[0].execute("SELECT now()").fetchone()
-        _mark_started(sink, build)
-        boards, labels = _build_boards(settings, sink, conns, build, state, report)
+        mark_started(sink, build)
+        built = build_boards(
+            settings, settings.boards, sink, conns, build, state, report, with_labels=True
+        )
     finally:
         for conn in conns:
             conn.close()
@@ -145,28 +147,30 @@ def rebuild(
     )
     state.phase = "swapping"
     report()
-    _swap(sink, build, boards, labels, watermark, replay_id)
+    _swap(sink, build, built, watermark, replay_id)
     state.phase = "done"
     report()
     log.info(
         "rebuild finished",
         rows=state.rows,
-        boards=len(boards),
+        boards=len(built.boards),
         seconds=round(time.monotonic() - state.started, 2),
         watermark=format_lsn(state.lsn),
     )
     return watermark
 
 
-def _snapshot_connections(
-    settings: Settings, state: RebuildProgress, count: int
+def snapshot_connections(
+    settings: Settings, state: RebuildProgress, count: int, *, temporary_slot: str | None = None
 ) -> tuple[list[psycopg.Connection[tuple[object, ...]]], ServerPosition]:
-    """Create the slot; return ``count`` connections inside transactions on its snapshot,
-    and the server's identity and timeline."""
+    """Create the slot (or a temporary one of that name, gone with its connection); return
+    ``count`` connections inside transactions on its snapshot, and the server's identity
+    and timeline. ``state.lsn`` becomes the slot's consistent point."""
     conns: list[psycopg.Connection[tuple[object, ...]]] = []
-    with ReplicationStream(settings.pg_dsn, settings.slot, settings.publication) as stream:
+    slot = temporary_slot or settings.slot
+    with ReplicationStream(settings.pg_dsn, slot, settings.publication) as stream:
         server = stream.identify_system()
-        consistent_point, snapshot = stream.create_slot()
+        consistent_point, snapshot = stream.create_slot(temporary=temporary_slot is not None)
         try:
             for _ in range(count):
                 conn = psycopg.connect(settings.pg_dsn, autocommit=False)
@@ -182,20 +186,33 @@ def _snapshot_connections(
             ) from exc
     # The replication connection is closed: each imported snapshot stays with its connection.
     state.lsn = consistent_point
-    log.info("slot created", slot=settings.slot, consistent_point=format_lsn(consistent_point))
+    log.info("slot created", slot=slot, consistent_point=format_lsn(consistent_point))
     return conns, server
 
 
-def _build_boards(
+@dataclass(frozen=True, slots=True)
+class Built:
+    """What a build loaded: each board's key suffix and expiry, the label hashes' suffixes,
+    and how many members or fields it wrote per key suffix (the swap checks them all)."""
+
+    boards: list[tuple[str, int | None]]
+    labels: list[str]
+    counts: dict[str, int]
+
+
+def build_boards(
     settings: Settings,
+    boards: tuple[Board, ...],
     sink: RedisSink,
     conns: list[psycopg.Connection[tuple[object, ...]]],
     build: str,
     state: RebuildProgress,
     report: Callable[[], None],
-) -> tuple[list[tuple[str, int | None]], list[str]]:
-    """Load every board and label hash into ``build``-prefixed keys; return the boards'
-    (key suffix, expiry) pairs and the label hashes' key suffixes.
+    *,
+    with_labels: bool,
+) -> Built:
+    """Load ``boards`` (and, ``with_labels``, their label hashes) into ``build``-prefixed keys;
+    return what was loaded.
 
     Each query runs on its own connection (same snapshot) so PostgreSQL aggregates one
     period while this process loads another into Redis.
@@ -205,13 +222,14 @@ def _build_boards(
     tz = settings.zone
     now = time.time()
     lock = threading.Lock()
+    counts: dict[str, int] = {}
     Found = list[tuple[str, int | None]]
 
     def labels_task(labels: Labels, conn: psycopg.Connection[tuple[object, ...]]) -> Found:
         with conn.cursor(name="rebuild_labels") as cur:
             cur.itersize = _CHUNK
             cur.execute(queries.all_labels(labels))
-            loader = _Loader(client, state, report, lock)
+            loader = _Loader(client, state, report, lock, counts)
             loader.load_hash(build + keys.without_prefix(keys.labels(labels)), cur)
             loader.finish()
         return []
@@ -233,7 +251,7 @@ def _build_boards(
                 cache[start] = (suffix, expires) if live else None
             return cache[start]
 
-        loader = _Loader(client, state, report, lock)
+        loader = _Loader(client, state, report, lock, counts)
         with conn.cursor(name="rebuild_period") as cur:
             cur.itersize = _CHUNK * 4
             cur.execute(
@@ -245,7 +263,7 @@ def _build_boards(
 
     def all_time_task(board: Board, conn: psycopg.Connection[tuple[object, ...]]) -> Found:
         suffix = keys.without_prefix(keys.board(board.name, Period.ALL, "all"))
-        loader = _Loader(client, state, report, lock)
+        loader = _Loader(client, state, report, lock, counts)
         with conn.cursor(name="rebuild_all") as cur:
             cur.itersize = _CHUNK * 4
             cur.execute(queries.all_time_scores(board))
@@ -256,7 +274,7 @@ def _build_boards(
     # Longest first: all-time and year read every row, the day boards only the last weeks.
     tasks: list[Callable[[psycopg.Connection[tuple[object, ...]]], Found]] = []
     for period in (Period.ALL, Period.YEAR, Period.MONTH, Period.WEEK, Period.DAY):
-        for board in settings.boards:
+        for board in boards:
             if period not in board.periods:
                 continue
             if period is Period.ALL:
@@ -264,25 +282,25 @@ def _build_boards(
             else:
                 tasks.append(functools.partial(period_task, board, period))
     label_suffixes = []
-    for labels in label_sources(settings.boards):
+    for labels in label_sources(boards) if with_labels else ():
         tasks.append(functools.partial(labels_task, labels))
         label_suffixes.append(keys.without_prefix(keys.labels(labels)))
     state.phase = "loading boards"
     report()
     idle = list(conns)
-    boards: Found = []
+    found: Found = []
     with ThreadPoolExecutor(max_workers=len(conns), thread_name_prefix="rebuild") as pool:
         pending: dict[Future[Found], Any] = {}
         for task in tasks:
             if not idle:
                 done_future = next(as_completed(pending))
                 idle.append(pending.pop(done_future))
-                boards.extend(done_future.result())
+                found.extend(done_future.result())
             conn = idle.pop()
             pending[pool.submit(task, conn)] = conn
         for future in as_completed(pending):
-            boards.extend(future.result())
-    return boards, label_suffixes
+            found.extend(future.result())
+    return Built(found, label_suffixes, {key.removeprefix(build): n for key, n in counts.items()})
 
 
 class _Loader:
@@ -294,6 +312,7 @@ class _Loader:
         state: RebuildProgress,
         report: Callable[[], None],
         lock: threading.Lock,
+        counts: dict[str, int],
     ) -> None:
         self._client = client
         self._pipe = client.pipeline(transaction=False)
@@ -301,13 +320,14 @@ class _Loader:
         self._state = state
         self._report = report
         self._lock = lock
+        self._counts = counts
         self._rows = 0
         self._boards = 0
 
     def load_hash(self, key: str, rows: Any) -> None:
         chunk: dict[str, str] = {}
-        for user_id, name in rows:
-            chunk[user_id] = name
+        for member, name in rows:
+            chunk[member] = name
             if len(chunk) >= _CHUNK:
                 self._queue("hset", key, chunk)
                 chunk = {}
@@ -323,7 +343,7 @@ class _Loader:
         current_start: date | None = None
         target: tuple[str, int | None] | None = None
         chunk: dict[str, int] = {}
-        for start, user_id, count in rows:
+        for start, member, score in rows:
             if start != current_start:
                 if chunk and target is not None:
                     self._queue("zadd", build + target[0], chunk)
@@ -335,7 +355,7 @@ class _Loader:
                     yield target
             if target is None:
                 continue
-            chunk[user_id] = count
+            chunk[member] = score
             if len(chunk) >= _CHUNK:
                 self._queue("zadd", build + target[0], chunk)
                 chunk = {}
@@ -346,10 +366,10 @@ class _Loader:
         """Load one board; return how many members it has."""
         chunk: dict[str, int] = {}
         members = 0
-        for user_id, count in rows:
-            self._rows += count
+        for member, score in rows:
+            self._rows += score
             members += 1
-            chunk[user_id] = count
+            chunk[member] = score
             if len(chunk) >= _CHUNK:
                 self._queue("zadd", key, chunk)
                 chunk = {}
@@ -363,6 +383,8 @@ class _Loader:
         self._execute()
 
     def _queue(self, command: str, key: str, mapping: dict[str, Any]) -> None:
+        # Members or fields per key (each task loads keys of its own): the swap checks them.
+        self._counts[key] = self._counts.get(key, 0) + len(mapping)
         if command == "zadd":
             self._pipe.zadd(key, mapping)
         else:
@@ -394,12 +416,7 @@ class _Loader:
 
 
 def _swap(
-    sink: RedisSink,
-    build: str,
-    boards: list[tuple[str, int | None]],
-    labels: list[str],
-    watermark: Watermark,
-    replay_id: str | None,
+    sink: RedisSink, build: str, built: Built, watermark: Watermark, replay_id: str | None
 ) -> None:
     keys = sink.keys
     args: list[Any] = [keys.prefix, build, replay_id or "", watermark.position]
@@ -407,11 +424,12 @@ def _swap(
     args.append(len(fields))
     for item in fields.items():
         args.extend(item)
-    args.append(len(boards))
-    for suffix, expires in boards:
-        args.extend((suffix, "" if expires is None else expires))
-    args.append(len(labels))
-    args.extend(labels)
+    args.append(len(built.boards))
+    for suffix, expires in built.boards:
+        args.extend((suffix, "" if expires is None else expires, built.counts[suffix]))
+    args.append(len(built.labels))
+    for suffix in built.labels:
+        args.extend((suffix, built.counts.get(suffix, 0)))
     try:
         sink.client.eval(_SWAP_LUA, 3, keys.watermark, keys.registry, keys.replay_request, *args)
     except redis.exceptions.OutOfMemoryError as exc:
@@ -435,7 +453,7 @@ def _out_of_memory(exc: Exception) -> ConnectionLost:
     )
 
 
-def _mark_started(sink: RedisSink, build: str) -> None:
+def mark_started(sink: RedisSink, build: str) -> None:
     """Set the build's marker before its first key: the swap refuses a build without it,
     as Redis then lost keys of it (flushed, cleared or restarted) and it is incomplete."""
     try:
@@ -444,12 +462,12 @@ def _mark_started(sink: RedisSink, build: str) -> None:
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
 
 
-def _discard_stale_builds(sink: RedisSink) -> None:
+def discard_stale_builds(sink: RedisSink) -> None:
     """Remove build keys a crashed rebuild left behind (they also expire on their own)."""
     unlink_matching(sink.client, sink.keys.builds)
 
 
-def _reporter(
+def reporter(
     sink: RedisSink,
     replay_id: str | None,
     state: RebuildProgress,
@@ -483,6 +501,10 @@ def _reporter(
                     },
                 )
                 sink.client.expire(key, 3600)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise ConnectionLost(
+                    f"cannot report replay progress: {exc}", service="redis"
+                ) from exc
             except redis.RedisError as exc:
                 raise ProjectorError(f"cannot report replay progress: {exc}") from exc
 

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from projector.errors import ProtocolError, RebuildRequired
 from projector.lsn import format_lsn
@@ -140,6 +141,10 @@ class Session:
         self._batch_started = 0.0
         # Commit LSN of a transaction applied in part and not yet received whole.
         self._open_marker = applied.tx_lsn
+        # Boards being built (projector.backfill) take transactions from this LSN on.
+        self.build_from: int | None = None
+        # Every transaction committed before this position has been received.
+        self._received = applied.lsn
         self._idle_end = 0
         self._last_idle_advance = 0.0
         self._last_status = clock()
@@ -183,7 +188,10 @@ class Session:
             return self._begin(msg)
         if isinstance(msg, Relation):
             self.projection.on_relation(msg)
-        elif isinstance(msg, LogicalMessage | Origin | Type):
+        elif isinstance(msg, LogicalMessage):
+            if not msg.transactional and msg.lsn > self._received:
+                self._received = msg.lsn
+        elif isinstance(msg, Origin | Type):
             pass
         else:
             raise ProtocolError(f"unexpected message {type(msg).__name__} in the stream")
@@ -193,6 +201,8 @@ class Session:
         """A primary keepalive: the server has sent everything before ``wal_end``."""
         if wal_end > self._idle_end:
             self._idle_end = wal_end
+        if self.tx is None and wal_end > self._received:
+            self._received = wal_end
         marker = self._open_marker
         if marker and wal_end > marker and self.tx is None:
             # The server re-reads a part-applied transaction before anything after it, and
@@ -235,6 +245,38 @@ class Session:
             return _NOTHING
         return self._flush()
 
+    def can_swap(self) -> bool:
+        """Built boards may go live: between transactions, none part-applied, and every
+        transaction the build's snapshot holds received (else, live, they would count
+        those a second time)."""
+        return (
+            self.tx is None
+            and not self._open_marker
+            and self.build_from is not None
+            and self._received >= self.build_from
+        )
+
+    def swap(self, spec: Any, fingerprint: str, config: str) -> Actions:
+        """Send whole transactions received so far with ``spec`` (the swap of built boards)
+        and the new configuration, and wait for Redis' answer."""
+        assert self.can_swap()
+        applied = self.applied
+        lsn, commit_time = applied.lsn, applied.commit_time
+        if self.pending_end is not None:
+            lsn, commit_time = self.pending_end, pg_time_to_datetime(self._pending_time)
+        self.pending_end = None
+        new = replace(
+            applied,
+            lsn=lsn,
+            commit_time=commit_time,
+            tx_lsn=0,
+            tx_rows=0,
+            fingerprint=fingerprint,
+            config=config,
+        )
+        actions = self._send(new, swap=spec)
+        return (*actions, *(self._take_answer() for _ in range(len(self._in_flight))))
+
     def stop(self) -> Actions:
         """Finish: apply whole transactions, wait for every answer, confirm the position.
 
@@ -252,6 +294,9 @@ class Session:
     def _begin(self, msg: Begin) -> Actions:
         applied = self.applied
         tx = self.tx = _Tx(begin=msg)
+        self.projection.building_on = (
+            self.build_from is not None and msg.final_lsn >= self.build_from
+        )
         if applied.tx_lsn and msg.final_lsn == applied.tx_lsn:
             tx.skip_rows = applied.tx_rows
             return (Resume(msg.final_lsn, applied.tx_rows),)
@@ -265,6 +310,8 @@ class Session:
 
     def _commit(self, tx: _Tx, msg: Commit) -> Actions:
         self.tx = None
+        if msg.end_lsn > self._received:
+            self._received = msg.end_lsn
         if tx.skip_all:
             return _NOTHING
         if tx.begin.final_lsn == self._open_marker:
@@ -324,13 +371,15 @@ class Session:
         self._open_marker = tx.begin.final_lsn
         return self._send(new)
 
-    def _send(self, new: Watermark) -> Actions:
+    def _send(self, new: Watermark, swap: Any = None) -> Actions:
         """Send the accumulated batch with ``new``; collect the oldest answer first if the
         most batches are in flight already."""
         actions: Actions = _NOTHING
         if len(self._in_flight) >= MAX_IN_FLIGHT:
             actions = (self._take_answer(),)
-        send = Send(self.projection.take_batch(), new, self.applied)
+        batch = self.projection.take_batch()
+        batch.swap = swap
+        send = Send(batch, new, self.applied)
         self.applied = new
         self._in_flight.append(new)
         return (*actions, send)

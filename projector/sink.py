@@ -74,6 +74,7 @@ class RedisSink:
             expected.position if expected else "",
             new.position,
             encode_batch(batch, new),
+            keys.events,
         )
         try:
             self._connection().send_command("EVALSHA", self._apply.sha, *args)
@@ -130,6 +131,10 @@ class RedisSink:
                     f"{expected.position if expected else 'nothing'}, found {found})"
                 )
                 raise RebuildRequired(reason, slot=new.slot, lsn=new.lsn) from exc
+            if message.startswith("BUILD LOST"):
+                raise RebuildRequired(
+                    f"Redis lost keys of boards being built ({message})", slot=new.slot
+                ) from exc
             raise
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
@@ -218,21 +223,24 @@ def encode_batch(batch: BatchDelta, new: Watermark) -> str:
                 set_pairs.append(member)
                 set_pairs.append(label)
         labels.append((hash_key, set_pairs, deleted))
-    expiry = batch.expiry
+    expiry, raw = batch.expiry, batch.raw
     boards = []
     for key, scores in batch.deltas.items():
         flat = [x for pair in scores.items() if pair[1] for x in pair]
         if flat:
             expires = expiry.get(key)
-            boards.append((key, "" if expires is None else expires, flat))
+            boards.append((key, "" if expires is None else expires, flat, int(key in raw)))
+    document: dict[str, Any] = {
+        "w": [x for pair in new.fields().items() for x in pair],
+        "cb": sorted(batch.clear_boards),
+        "cl": sorted(batch.clear_labels),
+        "l": labels,
+        "b": boards,
+    }
+    if batch.swap is not None:
+        document["s"] = batch.swap
     return json.dumps(
-        {
-            "w": [x for pair in new.fields().items() for x in pair],
-            "cb": sorted(batch.clear_boards),
-            "cl": sorted(batch.clear_labels),
-            "l": labels,
-            "b": boards,
-        },
+        document,
         ensure_ascii=False,
         separators=(",", ":"),
     )

@@ -184,7 +184,7 @@ def _recompute(
         for (board, period, bucket), key in zip(boards, keys, strict=True):
             start, end = bucket_bounds(period, bucket, tz)
             rows = conn.execute(
-                queries.bucket_scores(board, period),
+                queries.bucket_scores(board, period, open_end=end is None),
                 {"start": start, "end": end, "tz": settings.timezone},
             )
             expected[key] = {str(u): int(str(c)) for u, c in rows}

@@ -19,9 +19,10 @@ import psycopg
 import redis
 import structlog
 
+from projector.backfill import Backfill, BuildRestart
 from projector.boards import check_publication, check_schema
-from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
-from projector.fingerprint import ProjectionConfig
+from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
+from projector.fingerprint import BoardChange, ProjectionConfig, board_change
 from projector.lsn import format_lsn
 from projector.pgoutput import Decoder
 from projector.projection import Projection, ReplicaIdentityError, identity_columns
@@ -113,6 +114,8 @@ class Worker:
                 log.warning("rebuilding Redis from PostgreSQL", reason=exc.reason)
                 reason = exc.reason
                 delay = 0.5
+            except BuildRestart as exc:
+                log.warning("building boards again", reason=str(exc))
             except ReplayRequested as exc:
                 log.info("replay requested by operator", request=exc.request_id)
                 reason, replay_id = "replay requested by operator", exc.request_id
@@ -147,8 +150,8 @@ class Worker:
             stream = ReplicationStream(settings.pg_dsn, settings.slot, settings.publication)
             try:
                 stream.open()
-                applied = self._check_state(pg, sink, stream.identify_system())
-                _Streaming(self, sink, stream, pg, applied).run()
+                applied, change = self._check_state(pg, sink, stream.identify_system())
+                _Streaming(self, sink, stream, pg, applied, change).run()
             except ReplicaIdentityError as exc:
                 # Refused (ConfigError) while the table is still so; once it is fixed, the
                 # changes logged meanwhile still lack old values: only a rebuild is exact.
@@ -183,7 +186,7 @@ class Worker:
         pg: psycopg.Connection[tuple[object, ...]],
         sink: RedisSink,
         server: ServerPosition,
-    ) -> Watermark:
+    ) -> tuple[Watermark, BoardChange | None]:
         """The watermark to resume from; ``RebuildRequired`` unless Redis provably matches.
 
         Redis must hold a watermark of this cluster, slot and timeline, not behind what the
@@ -229,20 +232,30 @@ class Worker:
                 slot=slot_name,
                 lsn=wm.lsn,
             )
-        if wm.timeline != server.timeline:
+        # Timeline 0: recorded by a version before timelines were (its fingerprint differs).
+        if wm.timeline and wm.timeline != server.timeline:
             raise RebuildRequired(
                 f"Redis was built on timeline {wm.timeline}, PostgreSQL is on timeline "
                 f"{server.timeline} (point-in-time recovery or promotion)",
                 slot=slot_name,
             )
         config = ProjectionConfig.of(self.settings)
+        change = None
         if wm.fingerprint != config.fingerprint:
-            raise RebuildRequired(
-                "the configuration changed since Redis was built: "
-                + "; ".join(config.changes_since(wm.config)),
-                slot=slot_name,
-            )
-        return wm
+            change = board_change(wm.config, config, self.settings.boards)
+            if change is not None:
+                try:  # the boards Redis holds must still be projectable while the new build
+                    check_schema(pg, change.live)
+                except ConfigError:
+                    change = None
+            if change is None:
+                raise RebuildRequired(
+                    "the configuration changed since Redis was built: "
+                    + "; ".join(config.changes_since(wm.config)),
+                    slot=slot_name,
+                )
+            log.warning("board definitions changed; building them", changes=change.describe())
+        return wm, change
 
 
 class _Streaming:
@@ -255,6 +268,7 @@ class _Streaming:
         stream: ReplicationStream,
         pg: psycopg.Connection[tuple[object, ...]],
         applied: Watermark,
+        change: BoardChange | None,
     ) -> None:
         settings = worker.settings
         self.settings = settings
@@ -262,9 +276,17 @@ class _Streaming:
         self.sink = sink
         self.stream = stream
         self.pg = pg
+        self.backfill = Backfill(settings, change, sink) if change is not None else None
         self.session = Session(
             applied,
-            Projection(settings.boards, settings.keys, settings.zone, settings.retention),
+            Projection(
+                change.live if change is not None else settings.boards,
+                settings.keys,
+                settings.zone,
+                settings.retention,
+                building=change.build if change is not None else (),
+                building_keys=self.backfill.delta_keys if self.backfill is not None else None,
+            ),
             max_tx_changes=settings.max_tx_changes,
             batch_changes=settings.batch_changes,
             status_interval=settings.status_interval,
@@ -282,6 +304,19 @@ class _Streaming:
             publication=self.settings.publication,
             watermark=format_lsn(session.applied.lsn),
         )
+        if self.backfill is not None:
+            session.build_from = self.backfill.start()
+            # A message after the build's snapshot: once it arrives, every transaction the
+            # snapshot holds has arrived too, even on an idle database.
+            self._emit_wal_heartbeat(time.monotonic())
+        try:
+            self._stream()
+        finally:
+            if self.backfill is not None:
+                self.backfill.close()
+
+    def _stream(self) -> None:
+        session = self.session
         self.stream.start(session.applied.lsn)
         stream = self.stream
         sink = self.sink
@@ -304,6 +339,8 @@ class _Streaming:
             # wait above wakes on Redis' answer): big batches when Redis is the bottleneck.
             self._collect()
             perform(session.tick(quiet=quiet))
+            if self.backfill is not None:
+                self._check_backfill(self.backfill)
             now = time.monotonic()
             if now - self.last_beat >= self.settings.heartbeat_interval:
                 self._beat(now)
@@ -345,6 +382,21 @@ class _Streaming:
                     commit_lsn=format_lsn(action.tx_lsn),
                     rows_already_applied=action.rows_applied,
                 )
+
+    def _check_backfill(self, backfill: Backfill) -> None:
+        """Once the boards being built are loaded, make them live between transactions."""
+        session = self.session
+        if session.projection.building_truncated:
+            raise BuildRestart("a TRUNCATE emptied a table of the boards being built")
+        if not session.can_swap() or not backfill.ready():
+            return
+        config = ProjectionConfig.of(self.settings)
+        spec = backfill.swap(session.projection.built_keys)
+        self._perform(session.swap(spec, config.fingerprint, config.text))
+        session.projection.promote(self.settings.boards)
+        session.build_from = None
+        self.backfill = None
+        log.info("boards built and live", boards=[b.name for b in backfill.change.build])
 
     def _collect(self) -> None:
         """Take every answer Redis has sent already (never waits)."""

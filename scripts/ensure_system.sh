@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages that `make run` and `make test` need, when missing, on
 # Debian/Ubuntu: the PostgreSQL server binaries, redis-server 7, make, Python's venv, and for
-# `test` also promtool (Debian's prometheus package, for the alert-rule checks).
+# `test` also promtool (Debian's prometheus package, for the alert-rule checks) and a headless
+# Chromium with its driver and a font (the live page's tests).
 #   scripts/ensure_system.sh run|test
 # As root it runs apt-get; as another user it prints the one command to run and exits 1.
 # Used by .ci/run, `make run` and `make test`; quiet when nothing is missing.
@@ -47,6 +48,11 @@ elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
 fi
 if [[ "$purpose" == test ]]; then
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    # The live page's tests drive a real headless Chromium through Debian's chromedriver;
+    # under CI they fail rather than skip without it. A font, so that screenshots show text.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+    [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
 fi
 
 if ((${#missing[@]})); then

@@ -3,8 +3,10 @@
 Without ``PROJECTOR_PG_DSN`` / ``PROJECTOR_REDIS_URL`` it starts (or reuses) a local
 PostgreSQL and Redis under ``.run/`` (``make down`` stops them), applies the migrations as
 the owner and creates the least-privilege roles and Redis users (``servers.roles``) that the
-projector and the read API then log in as. Both run side by side until Ctrl-C/SIGTERM, which
-stops both cleanly.
+projector and the read API then log in as. It runs the projector, the read API (the live page
+at ``/``) and, unless ``DEMO=0``, the demo writer (``projector demo``, an app: it writes as
+the owner) side by side until Ctrl-C/SIGTERM, which stops them all cleanly. ``DEMO_RATE``
+sets the demo's writes per second (default 3).
 """
 
 from __future__ import annotations
@@ -30,18 +32,29 @@ def main() -> int:
             env.setdefault(name, value)
     python = sys.executable
     subprocess.run([python, "-m", "projector", "migrate"], env=env, cwd=ROOT, check=True)
+    owner = dict(env)  # migrations and the demo writer (an app) need to write
     if local:
-        # Migrations need the owner; the projector and the API run as least-privilege roles.
+        # The projector and the API run as least-privilege roles.
         env.update(servers.roles(ROOT / ".run", env))
     host = env.get("PROJECTOR_API_HOST", "127.0.0.1")
     port = env.get("PROJECTOR_API_PORT", "8000")
-    children = [
-        subprocess.Popen([python, "-m", "projector", "run"], env=env, cwd=ROOT),
-        subprocess.Popen([python, "-m", "api", "--host", host, "--port", port], env=env, cwd=ROOT),
-    ]
+    commands = {
+        "projector": [python, "-m", "projector", "run"],
+        "api": [python, "-m", "api", "--host", host, "--port", port],
+    }
+    demo = env.get("DEMO", "1").strip().lower() not in ("0", "false", "no", "off")
+    if demo:
+        rate = env.get("DEMO_RATE") or "3"
+        commands["demo"] = [python, "-m", "projector", "demo", "--rate", rate]
+    children = {
+        name: subprocess.Popen(argv, env=owner if name == "demo" else env, cwd=ROOT)
+        for name, argv in commands.items()
+    }
     print(
-        f"projector running; API on http://{host}:{port}/v1/leaderboards/day "
-        "(Ctrl-C stops both; `make down` stops the local servers)",
+        f"\n  the live leaderboard: http://{host}:{port}/"
+        f"\n  the API:              http://{host}:{port}/v1/leaderboards/day"
+        f"\n  {'a demo writer adds pomodoros (DEMO=0 turns it off)' if demo else 'no demo writer'}"
+        "; Ctrl-C stops everything, `make down` the local servers\n",
         file=sys.stderr,
     )
     stopping = False
@@ -54,17 +67,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     status = 0
     while not stopping:
-        for child in children:
+        for name, child in children.items():
             code = child.poll()
             if code is not None:
-                print(f"{child.args[2]} exited with {code}; stopping", file=sys.stderr)
+                print(f"{name} exited with {code}; stopping", file=sys.stderr)
                 status = code or 1
                 stopping = True
         time.sleep(0.2)
-    for child in children:
+    for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    for child in children:
+    for child in children.values():
         try:
             child.wait(30)
         except subprocess.TimeoutExpired:

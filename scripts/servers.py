@@ -1033,6 +1033,22 @@ class LocalRedis(RedisServer):
         self.stop()
         self.start()
 
+    @property
+    def rdb_path(self) -> Path:
+        """Where SAVE writes its snapshot, and the file a start loads when it exists."""
+        return self._base / "dump.rdb"
+
+    def restart_from(self, snapshot: Path | None) -> None:
+        """Stop, then start on the same port holding exactly `snapshot` (an RDB file saved
+        earlier, e.g. a copy of `rdb_path` after SAVE), or nothing at all when None."""
+        self.stop()
+        if snapshot is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.rdb_path.unlink()
+        else:
+            shutil.copyfile(snapshot, self.rdb_path)
+        self.start()
+
     def kill9(self) -> None:
         """SIGKILL the server; start() brings it back."""
         pid = self.pid()

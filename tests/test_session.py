@@ -538,3 +538,32 @@ def test_commit_time_of_the_watermark_is_the_last_commit() -> None:
     world = World(log_of([["a"]]))
     run_session(world, max_tx_changes=10)
     assert world.redis.watermark.commit_time == pg_time_to_datetime(NOW_US)
+
+
+def test_built_boards_go_live_only_once_the_stream_passed_their_snapshot() -> None:
+    """A swap waits until every transaction of the build's snapshot was received (a commit,
+    keepalive or logical message at or past its consistent point), between transactions."""
+    world = World(log_of([["a"], ["b"]]))
+    first, second = world.log
+    run = Run(world, max_tx_changes=10)
+    run.session.build_from = second.final_lsn + 0x10  # the snapshot's point, after first
+    run.feed(RELATION)
+    assert not run.session.can_swap()
+    run.feed(first.begin())
+    run.feed(first.changes[0])
+    run.feed(first.commit())
+    assert not run.session.can_swap()  # first.end_lsn is before the snapshot's point
+    run.feed(LogicalMessage(None, False, second.final_lsn + 0x10, "projector-heartbeat", b"s"))
+    assert run.session.can_swap()
+    run.feed(second.begin())
+    assert not run.session.can_swap()  # inside a transaction
+
+
+def test_a_keepalive_past_the_snapshot_allows_the_swap() -> None:
+    """On an idle stream a keepalive at the snapshot's point is enough."""
+    run = Run(World([]), max_tx_changes=10)
+    run.session.build_from = 0x5000
+    run.keepalive(0x4FFF)
+    assert not run.session.can_swap()
+    run.keepalive(0x5000)
+    assert run.session.can_swap()

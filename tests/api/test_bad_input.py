@@ -137,7 +137,7 @@ def test_bad_parameter_is_400_naming_it(
 @pytest.mark.parametrize(
     "path",
     [
-        b"/",
+        b"/index.html",
         b"/v1",
         b"/v1/leaderboards",
         b"/v1/leaderboards/day/",
@@ -150,6 +150,10 @@ def test_bad_parameter_is_400_naming_it(
         b"/v1/users/a/",
         b"/metrics.json",
         b"/%FF",
+        b"/static/",
+        b"/static/missing.js",
+        b"/static/app.js/x",
+        b"/v1/leaderboards/day/events/x",
     ],
 )
 def test_unknown_route_is_404(app: App, loop: asyncio.AbstractEventLoop, path: bytes) -> None:

@@ -30,8 +30,11 @@ DOCUMENT = openapi_document()
 REGISTRY = Registry().with_resource(
     "urn:openapi", Resource.from_contents(DOCUMENT, default_specification=DRAFT202012)
 )
+# The data operations answering JSON (event streams never end: tests/live covers them).
 OPERATIONS = [
-    (path, item["get"]) for path, item in DOCUMENT["paths"].items() if path.startswith("/v1/")
+    (path, item["get"])
+    for path, item in DOCUMENT["paths"].items()
+    if path.startswith("/v1/") and "application/json" in item["get"]["responses"]["200"]["content"]
 ]
 FUZZ = settings(
     max_examples=100,
@@ -41,7 +44,9 @@ FUZZ = settings(
 )
 
 
-def _parameter(ref: dict[str, str]) -> dict[str, Any]:
+def _parameter(ref: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" not in ref:
+        return ref  # declared inline (each board's own period parameter)
     name = ref["$ref"].rsplit("/", 1)[1]
     parameter: dict[str, Any] = DOCUMENT["components"]["parameters"][name]
     return parameter
@@ -192,4 +197,6 @@ def test_every_documented_route_answers(dataset: Dataset, method: str) -> None:
     for template in DOCUMENT["paths"]:
         path = template.replace("{period}", "week").replace("{user_id}", "bob")
         for api in (dataset.redis_api, dataset.postgres_api):
-            assert api.client.request(method, path).status_code == 200, path
+            # An event stream never ends: its status line is enough.
+            with api.client.stream(method, path) as response:
+                assert response.status_code == 200, path

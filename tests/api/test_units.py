@@ -14,6 +14,7 @@ from api.breaker import Breaker
 from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
 from api.openapi import bucket_pattern, openapi_document
+from projector.boards import DEFAULT_BOARDS
 from projector.buckets import Period, parse_bucket
 
 
@@ -103,12 +104,13 @@ def test_queries_are_typed_with_defaults() -> None:
     """Defaults: the current bucket in the zone, limit 10, offset 0, around 0, no min_lsn."""
     berlin = ZoneInfo("Europe/Berlin")
     late = datetime(2026, 3, 28, 23, 30, tzinfo=UTC)  # already 2026-03-29 in Berlin
-    query = routes.board_query([b"day"], {}, berlin, late)
-    assert query == routes.BoardQuery(Period.DAY, "2026-03-29", 10, 0, None)
+    board = DEFAULT_BOARDS[0]
+    query = routes.board_query([b"day"], {}, berlin, board, late)
+    assert query == routes.BoardQuery(Period.DAY, "2026-03-29", 10, 0, None, board)
     params = {"bucket": "2026-W01", "around": "7", "min_lsn": "16/B374D848"}
-    standing = routes.standing_query([b"week", b"a%2Fb"], params, berlin)
+    standing = routes.standing_query([b"week", b"a%2Fb"], params, berlin, board)
     assert standing == routes.StandingQuery(
-        Period.WEEK, "2026-W01", "a/b", 7, (0x16 << 32) | 0xB374D848
+        Period.WEEK, "2026-W01", "a/b", 7, (0x16 << 32) | 0xB374D848, board
     )
     assert routes.parse_query_string(b"limit=5&&offset=2", routes.BOARD) == {
         "limit": "5",
@@ -131,27 +133,39 @@ def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> Non
     document = openapi_document()
     validate(document)  # type: ignore[arg-type]
     paths = document["paths"]
-    per_period = {
-        template.replace("{period}", period.value)
-        for template in (routes.BOARD, routes.STANDING)
-        for period in Period
-    }
+    templates = (
+        routes.BOARD,
+        routes.STANDING,
+        routes.EVENTS,
+        *(
+            t.replace("{board}", DEFAULT_BOARDS[0].name)
+            for t in (routes.BOARD_PAGE, routes.MEMBER, routes.BOARD_EVENTS)
+        ),
+    )
+    per_period = {t.replace("{period}", period.value) for t in templates for period in Period}
     assert set(paths) == per_period | {
         routes.USER,
         routes.HEALTHZ,
         routes.READYZ,
         routes.METRICS,
         routes.OPENAPI,
+        routes.PAGE,
+        "/static/app.css",
+        "/static/app.js",
+        "/static/favicon.svg",
+        routes.BOARDS,
     }
     components = document["components"]["parameters"]
     for path, item in paths.items():
-        route = routes.resolve(path.replace("{user_id}", "x").encode())[0]
+        route = routes.resolve(path.replace("{user_id}", "x").replace("{member}", "x").encode())[0]
         names = {
-            components[ref["$ref"].rsplit("/", 1)[1]]["name"]
+            components[ref["$ref"].rsplit("/", 1)[1]]["name"] if "$ref" in ref else ref["name"]
             for ref in item["get"].get("parameters", [])
         }
         path_names = {
-            part[1:-1] for part in route.split("/") if part.startswith("{") and part != "{period}"
+            part[1:-1]
+            for part in route.split("/")
+            if part.startswith("{") and part not in ("{period}", "{board}", "{asset}")
         }
         assert names == set(routes._ALLOWED.get(route, ())) | path_names, path
     assert components["limit"]["schema"]["maximum"] == routes.MAX_LIMIT

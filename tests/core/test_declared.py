@@ -269,3 +269,127 @@ def test_adding_a_board_rebuilds_naming_it(
         time.sleep(0.02)
     assert "board 'focus-minutes' added; board 'team-focus' added" in proc.log_text()
     projected.assert_exact()
+
+
+def _partial_boards(tmp_path: Path, *names: str) -> str:
+    """A boards file with the example's boards of these names (labels from users only)."""
+    text = Path(FOCUS).read_text()
+    blocks = ["[[boards]]" + b for b in text.split("[[boards]]")[1:]]
+    chosen = [b for b in blocks if any(f'name = "{n}"' in b for n in names)]
+    path = tmp_path / f"boards-{'-'.join(names)}.toml"
+    path.write_text("\n".join(chosen))
+    return str(path)
+
+
+def _wait_log(proc: ProjectorProcess, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.log_text():
+        proc.check()
+        assert time.monotonic() < deadline, f"no {text!r}:\n{proc.log_tail()}"
+        time.sleep(0.02)
+
+
+def test_an_added_board_is_built_beside_the_others_while_they_stream(
+    focus_dsn: str, start_process: StartProcess, tmp_path: Path
+) -> None:
+    """Adding a board builds only it, from a snapshot, while the live board keeps streaming
+    and writes go on; then a removed board's keys go, without any full rebuild."""
+    rng = random.Random(5)
+    proc, projected = start_process(boards_file=_partial_boards(tmp_path, "pomodoros"))
+    with psycopg.connect(focus_dsn, autocommit=True) as conn:
+        _insert(conn, _some_rows(rng, 3_000))
+        projected.assert_exact()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        # A backlog the stream must work through before it reaches the build's snapshot:
+        # the build may only go live once the stream is past it.
+        for _ in range(10):
+            conn.execute(
+                "INSERT INTO pomodoros (user_id, completed_at, minutes)"
+                " SELECT 'u' || (g % 12), timestamptz '2026-10-01 00:00+00'"
+                "   + (g % 60) * interval '1 day', g % 50 FROM generate_series(1, 10000) AS g"
+            )
+        both = _partial_boards(tmp_path, "pomodoros", "focus-minutes")
+        proc, projected = start_process(boards_file=both)
+        for _ in range(30):  # writes while the new board is built
+            _insert(conn, _some_rows(rng, 5))
+            _mutate(conn, rng)
+        _wait_log(proc, "boards built and live")
+        projected.assert_exact()
+        log = proc.log_text()
+        assert "board 'focus-minutes' added" in log
+        assert "rebuilding Redis" not in log
+
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        proc, projected = start_process(boards_file=_partial_boards(tmp_path, "pomodoros"))
+        _insert(conn, _some_rows(rng, 5))
+        _wait_log(proc, "boards built and live")
+        projected.assert_exact()
+        assert not list(projected.client.scan_iter(match="pomo:lb:focus-minutes:*"))
+        assert not list(projected.client.scan_iter(match="pomo:rebuild:*"))
+        assert "rebuilding Redis" not in proc.log_text()
+    proc.check()
+
+
+def test_a_truncate_while_a_board_is_built_builds_it_again(
+    focus_dsn: str, start_process: StartProcess, tmp_path: Path
+) -> None:
+    """A TRUNCATE of the table of a board being built makes the build start over; exact."""
+    rng = random.Random(6)
+    proc, projected = start_process(boards_file=_partial_boards(tmp_path, "pomodoros"))
+    with psycopg.connect(focus_dsn, autocommit=True) as conn:
+        # Enough rows that loading the new board takes longer than the TRUNCATE to arrive.
+        conn.execute(
+            "INSERT INTO pomodoros (user_id, completed_at, minutes)"
+            " SELECT 'u' || (g % 5000), timestamptz '2026-01-01 00:00+00'"
+            "   + (g % 330) * interval '1 day', g % 60 FROM generate_series(1, 400000) AS g"
+        )
+        projected.assert_exact()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        proc, projected = start_process(
+            boards_file=_partial_boards(tmp_path, "pomodoros", "focus-minutes")
+        )
+        _wait_log(proc, "building boards beside the live ones")
+        conn.execute("TRUNCATE pomodoros")
+        _insert(conn, _some_rows(rng, 10))
+        _wait_log(proc, "boards built and live")
+        projected.assert_exact()
+        assert "building boards again" in proc.log_text()
+    proc.check()
+
+
+def test_an_upgrade_from_the_layout_without_board_names_rebuilds_and_swaps_atomically(
+    migrated_dsn: str, start_process: StartProcess, rds: redis.Redis
+) -> None:
+    """Redis as the previous version left it (keys pomo:lb:{period}:{bucket}, a watermark
+    without fingerprint): the first start rebuilds once; old keys are gone, new ones exact."""
+    proc, projected = start_process()
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO pomodoros (user_id, completed_at) VALUES"
+            " ('ada', '2026-11-26 10:00+00'), ('bob', '2026-11-27 10:00+00')"
+        )
+    projected.assert_exact()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    # Rewrite Redis into the previous version's shape.
+    for key in list(rds.scan_iter(match="pomo:lb:pomodoros:*")):
+        old = key.decode().replace("lb:pomodoros:", "lb:", 1)
+        rds.rename(key, old)
+        rds.zadd("pomo:boards", {old: "inf"})
+        rds.zrem("pomo:boards", key)
+    for field in ("fingerprint", "config", "timeline"):
+        rds.hdel("pomo:watermark", field)
+    wm = watermark(rds)
+    rds.hset("pomo:watermark", "position", wm["position"].rsplit(":", 1)[0])
+    assert rds.exists("pomo:lb:day:2026-11-26")
+
+    proc, projected = start_process()
+    _wait_log(proc, "rebuild finished")
+    assert "did not record its configuration" in proc.log_text()
+    projected.assert_exact()
+    assert not [
+        k for k in rds.scan_iter(match="pomo:lb:*") if not k.startswith(b"pomo:lb:pomodoros:")
+    ]

@@ -219,12 +219,23 @@ def test_an_eviction_policy_set_while_running_stops_the_projector(
     assert not rds.exists("pomo:watermark")
 
 
+@pytest.mark.parametrize("loss", ["board", "member", "label"])
 def test_the_swap_refuses_a_build_that_lost_a_board(
-    config: dict[str, Any], migrated_dsn: str, rds: redis.Redis
+    config: dict[str, Any], migrated_dsn: str, rds: redis.Redis, loss: str
 ) -> None:
-    """A build key lost before the swap (evicted, unlinked) fails the rebuild loudly instead of
-    publishing the board as empty; build keys carry their safety TTL until then."""
-    _insert(migrated_dsn, [("ada", "2026-11-26 10:00+00"), ("bob", "2025-02-01 10:00+00")])
+    """A build key lost or cut short before the swap (evicted, unlinked, Redis restarted
+    from an older snapshot) fails the rebuild loudly instead of publishing a board short or
+    empty; build keys carry their safety TTL until then."""
+    _insert(
+        migrated_dsn,
+        [
+            ("ada", "2026-11-26 10:00+00"),
+            ("bob", "2025-02-01 10:00+00"),
+            ("cy", "2026-11-26 11:00+00"),
+        ],
+    )
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO users VALUES ('ada', 'Ada'), ('bob', 'Bob')")
     settings = load_settings(**config)
     sink = RedisSink(rds, settings.keys)
     ttls: dict[str, int] = {}
@@ -234,7 +245,13 @@ def test_the_swap_refuses_a_build_that_lost_a_board(
             return
         keys = [k.decode() for k in rds.scan_iter(match="pomo:rebuild:*:lb:*")]
         ttls.update({key: int(rds.ttl(key)) for key in keys})
-        rds.unlink(next(key for key in keys if key.endswith(":day:2025-02-01")))
+        if loss == "board":
+            rds.unlink(next(key for key in keys if key.endswith(":day:2025-02-01")))
+        elif loss == "member":
+            rds.zrem(next(key for key in keys if key.endswith(":day:2026-11-26")), "cy")
+        else:
+            (names,) = rds.scan_iter(match="pomo:rebuild:*:users")
+            rds.hdel(names, "bob")
 
     pg = connect(migrated_dsn)
     try:

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts/ensure_system.sh"
-TOOLS = ("bash", "sed", "id", "python3", "make", "cat", "useradd")
+TOOLS = ("bash", "sed", "id", "python3", "make", "cat", "useradd", "chromium")
 
 
 @pytest.fixture

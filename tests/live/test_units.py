@@ -1,0 +1,232 @@
+"""Fan-out and page logic without servers: one read per distinct board per tick, pushes only on
+change, newest-only mailboxes; the page's content types, cache policy and validators."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from api.errors import NotFound
+from api.events import BoardEvents, BoardKey
+from api.feed import WatermarkFeed
+from api.page import Page
+from api.routes import BoardQuery
+from projector.boards import DEFAULT_BOARDS
+from projector.buckets import Period
+
+DAY_KEY = BoardKey(Period.DAY, None, 5, DEFAULT_BOARDS[0])
+ALL_KEY = BoardKey(Period.ALL, None, 10, DEFAULT_BOARDS[0])
+
+
+class FakeBoards:
+    """Board JSON per (period, bucket, limit), editable by the test; counts reads."""
+
+    def __init__(self) -> None:
+        self.reads: Counter[tuple[str, str, int]] = Counter()
+        self.entries: dict[str, list[dict[str, Any]]] = {}
+        self.lsn = 1
+
+    async def read(self, query: BoardQuery) -> dict[str, Any]:
+        self.reads[(query.period.value, query.bucket, query.limit)] += 1
+        await asyncio.sleep(0)
+        return {
+            "period": query.period.value,
+            "bucket": query.bucket,
+            "limit": query.limit,
+            "entries": self.entries.get(query.period.value, [])[: query.limit],
+            "source": "redis",
+            "as_of": {"lsn": f"0/{self.lsn:X}", "commit_time": None},
+        }
+
+
+class Client:
+    """One stream's ASGI side: what it was sent, and a way to hang up."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.hang_up = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            self.bodies.append(message["body"])
+
+    @property
+    def events(self) -> list[bytes]:
+        return [b for body in self.bodies for b in body.split(b"\n\n") if b.startswith(b"id:")]
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_each_distinct_board_is_read_once_per_tick_and_pushed_only_on_change() -> None:
+    """Thirty clients of one board and five of another cost two reads per tick, not 35."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        day = BoardKey(Period.DAY, "2026-11-30", 10, DEFAULT_BOARDS[0])
+        week = BoardKey(Period.WEEK, "2026-W49", 3, DEFAULT_BOARDS[0])
+        clients = [(Client(), day) for _ in range(30)] + [(Client(), week) for _ in range(5)]
+        tasks = [asyncio.create_task(hub.stream(key, c.receive, c.send)) for c, key in clients]
+        await _settle()
+        assert hub.streams == 35
+        assert all(len(c.events) == 1 for c, _ in clients)  # the first event at once
+        first_reads = sum(boards.reads.values())
+        assert first_reads == 2  # clients arriving together share the first read
+
+        boards.lsn = 2  # the watermark moved, the answers did not
+        feed.heard(2)
+        await _settle()
+        assert sum(boards.reads.values()) == first_reads + 2
+        assert all(len(c.events) == 1 for c, _ in clients)
+
+        boards.lsn = 3
+        boards.entries["day"] = [{"rank": 1, "user_id": "ada", "display_name": None, "score": 1}]
+        feed.heard(3)
+        await _settle()
+        assert sum(boards.reads.values()) == first_reads + 4
+        assert [len(c.events) for c, key in clients if key == day] == [2] * 30
+        assert [len(c.events) for c, key in clients if key == week] == [1] * 5
+        assert b'"user_id":"ada"' in clients[0][0].events[-1]
+
+        for client, _ in clients:
+            client.hang_up.set()
+        assert await asyncio.gather(*tasks) == [False] * 35  # each saw its client leave
+        assert hub.streams == 0
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_ticks_during_a_read_coalesce_and_slow_clients_skip_to_the_newest() -> None:
+    """Ten ticks during one read make one more read; a mailbox keeps only the newest frame."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        gate = asyncio.Event()
+        gate.set()
+
+        async def slow_read(query: BoardQuery) -> dict[str, Any]:
+            await gate.wait()
+            return await boards.read(query)
+
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(slow_read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        key = ALL_KEY
+        client = Client()
+        task = asyncio.create_task(hub.stream(key, client.receive, client.send))
+        await _settle()
+        reads = sum(boards.reads.values())
+        gate.clear()
+        for lsn in range(2, 12):
+            boards.entries["all"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
+            boards.lsn = lsn
+            feed.heard(lsn)
+            await asyncio.sleep(0)
+        gate.set()
+        await _settle()
+        assert sum(boards.reads.values()) - reads <= 2
+        assert b'"user_id":"u11"' in client.events[-1]
+        client.hang_up.set()
+        await task
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_closing_ends_streams_and_refuses_new_ones() -> None:
+    """On shutdown every stream finishes its response; a new client gets 503."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        client = Client()
+        ended: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            ended.append(message)
+            await client.send(message)
+
+        task = asyncio.create_task(hub.stream(DAY_KEY, client.receive, send))
+        await _settle()
+        hub.close()
+        assert await task is True
+        assert ended[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+        from api.errors import Unavailable
+
+        with pytest.raises(Unavailable):
+            await hub.stream(DAY_KEY, client.receive, client.send)
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_change_is_pushed_at_once_a_busy_board_at_most_every_min_interval() -> None:
+    """The first tick is read at once; ticks right after it wait for min_interval."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0.3)
+        hub.start()
+        client = Client()
+        task = asyncio.create_task(hub.stream(ALL_KEY, client.receive, client.send))
+        await asyncio.sleep(0.4)
+        reads = sum(boards.reads.values())
+        feed.heard(2)
+        await asyncio.sleep(0.05)
+        assert sum(boards.reads.values()) == reads + 1  # at once
+        for lsn in range(3, 8):
+            feed.heard(lsn)
+            await asyncio.sleep(0.02)
+        assert sum(boards.reads.values()) == reads + 1  # held back...
+        await asyncio.sleep(0.35)
+        assert sum(boards.reads.values()) == reads + 2  # ...then one read for all five
+        client.hang_up.set()
+        await task
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+async def _no_lsn() -> int | None:
+    return None
+
+
+def test_page_and_assets_have_types_validators_and_cache_policies() -> None:
+    """/ is revalidated; assets asked for by hash are immutable; ETags give 304."""
+    page = Page()
+    index = page.index(None)
+    headers = dict(index.headers)
+    assert index.status == 200 and headers[b"content-type"] == b"text/html; charset=utf-8"
+    assert headers[b"cache-control"] == b"no-cache"
+    assert page.index(headers[b"etag"]).status == 304
+    assert page.index(b'W/"x", ' + headers[b"etag"]).status == 304
+    assert page.index(b'"other"').status == 200
+    html = index.body.decode()
+    for name, kind in (("app.js", b"text/javascript"), ("app.css", b"text/css")):
+        start = html.index(f"/static/{name}?v=") + len(f"/static/{name}?")
+        version = html[start : html.index('"', start)].encode()
+        asset = page.asset(name.encode(), version, None)
+        asset_headers = dict(asset.headers)
+        assert asset_headers[b"content-type"].startswith(kind)
+        assert asset_headers[b"cache-control"] == b"public, max-age=31536000, immutable"
+        stale = dict(page.asset(name.encode(), b"v=0", None).headers)
+        assert stale[b"cache-control"] == b"no-cache"
+        assert b"nosniff" in asset_headers[b"x-content-type-options"]
+    assert b"script-src 'self'" in headers[b"content-security-policy"]
+    with pytest.raises(NotFound):
+        page.asset(b"index.html.bak", b"", None)

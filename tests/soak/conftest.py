@@ -1,0 +1,11 @@
+"""The soak's modules import as ``tests.soak.*``, as under ``python -m tests.soak``: put the
+repository root on the path for pytest too."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
