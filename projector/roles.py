@@ -42,9 +42,9 @@ REDIS_PROJECTOR_COMMANDS = (
     # keys under the prefix
     "get", "set", "del", "unlink", "exists", "rename", "type",
     "expire", "pexpire", "expireat", "persist", "ttl", "pttl", "scan",
-    "hget", "hmget", "hgetall", "hset", "hdel",
+    "hget", "hmget", "hgetall", "hset", "hdel", "hlen",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrank", "zscore", "zmscore",
-    "zremrangebyscore",
+    "zremrangebyscore", "zunionstore",
     # the watermark channel, server facts (version, eviction policy, clock), replicas
     "publish", "info", "time", "wait",
 )  # fmt: skip

@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from api import routes
 from api.openapi import openapi_document
 from projector.buckets import Period, expires_at
 
@@ -34,7 +35,9 @@ REGISTRY = Registry().with_resource(
 OPERATIONS = [
     (path, item["get"])
     for path, item in DOCUMENT["paths"].items()
-    if path.startswith("/v1/") and "application/json" in item["get"]["responses"]["200"]["content"]
+    if path.startswith("/v1/")
+    and path != routes.BOARDS  # the list of boards: nothing to fuzz, no store to compare
+    and "application/json" in item["get"]["responses"]["200"]["content"]
 ]
 FUZZ = settings(
     max_examples=100,
@@ -75,7 +78,7 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
     template, operation = draw(st.sampled_from(OPERATIONS))
     path = template
     query: dict[str, str] = {}
-    for parameter in map(_parameter, operation["parameters"]):
+    for parameter in map(_parameter, operation.get("parameters", [])):
         value = draw(_values(parameter["schema"]))
         if parameter["in"] == "path":
             # "." too: clients drop dot segments (RFC 3986), so a user id "." must be encoded.

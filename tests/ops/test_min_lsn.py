@@ -18,6 +18,7 @@ from api.postgres_reader import PostgresReader
 from api.redis_reader import RedisReader
 from api.routes import BoardQuery
 from api.sources import Sources
+from projector.boards import DEFAULT_BOARDS, Board
 from projector.buckets import Period, Retention
 from projector.lsn import format_lsn, parse_lsn
 from projector.migrate import migrate
@@ -35,7 +36,9 @@ class FakeRedis:
     def __init__(self, lsn: int | None) -> None:
         self.lsn = lsn
 
-    async def board(self, period: Period, bucket: str, offset: int, limit: int) -> BoardPage:
+    async def board(
+        self, board: Board, period: Period, bucket: str, offset: int, limit: int
+    ) -> BoardPage:
         if self.lsn is None:
             raise NotBuilt("no watermark")
         return BoardPage(0, [], AsOf(self.lsn, datetime.now(UTC)))
@@ -61,7 +64,13 @@ class FakePostgres:
         return SERVER_LSN
 
     async def board(
-        self, period: Period, bucket: str, offset: int, limit: int, on_start: Any = None
+        self,
+        board: Board,
+        period: Period,
+        bucket: str,
+        offset: int,
+        limit: int,
+        on_start: Any = None,
     ) -> BoardPage:
         self.board_queries += 1
         await asyncio.sleep(0.01)  # waiting for a pooled connection
@@ -85,7 +94,7 @@ def _sources(redis: FakeRedis, postgres: FakePostgres) -> Sources:
 
 
 def _query(min_lsn: int | None) -> BoardQuery:
-    return BoardQuery(Period.ALL, "all", 10, 0, min_lsn)
+    return BoardQuery(Period.ALL, "all", 10, 0, min_lsn, DEFAULT_BOARDS[0])
 
 
 def test_min_lsn_ahead_of_the_server_is_400_and_the_position_is_cached() -> None:
