@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 SOURCES := projector api tests bench scripts
 
-.PHONY: test lint typecheck bench soak run down clean
+.PHONY: test lint typecheck bench soak run down clean system-run system-test
 
 # `make run` needs the runtime dependencies only (a fresh clone is up in seconds, not after
 # installing the test tools); every other habit needs the dev extras too.
@@ -16,7 +16,14 @@ $(VENV)/.installed: $(VENV)/.installed-run
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: $(VENV)/.installed
+# Server binaries and tools first (apt-get as root; otherwise the one command to run).
+system-run:
+	@bash scripts/ensure_system.sh run
+
+system-test:
+	@bash scripts/ensure_system.sh test
+
+test: system-test $(VENV)/.installed
 	$(VENV)/bin/pytest -p no:cacheprovider
 
 lint: $(VENV)/.installed
@@ -38,7 +45,7 @@ soak: $(VENV)/.installed
 	$(VENV)/bin/python -m tests.soak --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED)) \
 		--out bench/results/soak.json
 
-run: $(VENV)/.installed-run
+run: system-run $(VENV)/.installed-run
 	$(VENV)/bin/python scripts/run_local.py
 
 # Stop the local servers that `make run` started (their data stays in .run/).

@@ -2,20 +2,28 @@
 
 Settings come from ``PROJECTOR_*`` variables; ``--host``, ``--port`` and ``--workers``
 override ``PROJECTOR_API_HOST``, ``PROJECTOR_API_PORT`` and ``PROJECTOR_API_WORKERS``. Each
-worker process builds its own app through the factory ``api.app:create_app``.
+worker process builds its own app through the factory ``api.app:create_app``. With several
+workers, their metrics meet in a fresh ``PROMETHEUS_MULTIPROC_DIR`` (removed on exit) unless
+one is given. A reachable Redis older than 7.0 stops start-up with one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import uvicorn
 
+from api.metrics import MULTIPROC_ENV
+from projector.compatibility import check_redis
 from projector.errors import ConfigError
 from projector.logs import configure_logging
-from projector.settings import load_settings
+from projector.settings import load_settings, redact_url
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,24 +52,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         settings = load_settings(**overrides)
+        check_redis(settings.api_redis, redact_url(settings.api_redis))
     except ConfigError as exc:
         print(f"api: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(
-        "api.app:create_app",
-        factory=True,
-        host=settings.api_host,
-        port=settings.api_port,
-        workers=settings.api_workers,
-        access_log=False,  # the app writes its own structured access log
-        log_config=None,
-        server_header=False,
-        proxy_headers=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    configure_logging(settings.log_level, settings.log_format, settings.redact)
+    with _shared_metrics(settings.api_workers):
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=settings.api_host,
+            port=settings.api_port,
+            workers=settings.api_workers,
+            access_log=False,  # the app writes its own structured access log
+            log_config=None,
+            server_header=False,
+            proxy_headers=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
     return 0
+
+
+@contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, a fresh directory where their metrics add up; removed after."""
+    if workers <= 1 or os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="api-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import psycopg
 import redis.asyncio as aioredis
 import structlog
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from api import routes
@@ -33,7 +35,8 @@ from api.errors import ApiError, MethodNotAllowed
 from api.events import HEADERS as EVENT_HEADERS
 from api.events import BoardEvents, BoardKey
 from api.feed import WatermarkFeed
-from api.metrics import Metrics
+from api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from api.metrics import FLUSH_INTERVAL, Metrics
 from api.openapi import openapi_document
 from api.page import Page
 from api.postgres_reader import PostgresReader, configure_connection
@@ -42,7 +45,7 @@ from api.routes import BoardQuery
 from api.sources import Sources
 from projector.boards import Board
 from projector.logs import configure_logging
-from projector.settings import Settings, load_settings
+from projector.settings import Settings, load_settings, redact_dsn, redact_url
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,7 +63,7 @@ def create_app(settings: Settings | None = None, *, configure_logs: bool = True)
     """The read API for ``settings`` (default: from the environment); uvicorn's factory."""
     settings = settings or load_settings()
     if configure_logs:
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, settings.redact)
     return App(settings)
 
 
@@ -73,6 +76,7 @@ class _Running:
     sources: Sources
     feed: WatermarkFeed
     events: BoardEvents
+    refresher: asyncio.Task[None] | None
 
 
 class App:
@@ -109,7 +113,7 @@ class App:
             return
         s = self.settings
         redis_pool = aioredis.ConnectionPool.from_url(
-            s.redis_url,
+            s.api_redis,
             # Each call is bounded as a whole (RedisReader, AutoPipeline), not per socket
             # operation: redis-py would pay for a timer task per read and per write.
             socket_timeout=None,
@@ -118,7 +122,7 @@ class App:
         )
         client = AutoPipeline(redis_pool, s.api_redis_timeout)
         pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
-            s.pg_dsn,
+            s.api_dsn,
             min_size=1,
             max_size=s.api_pg_concurrency,
             max_waiting=max(100, 10 * s.api_pg_concurrency),
@@ -140,12 +144,13 @@ class App:
         feed = WatermarkFeed(redis_pool, reader.events_channel, reader.watermark_lsn)
         sources = Sources(
             reader,
-            PostgresReader(pool, self._tz, s.timezone),
+            PostgresReader(pool, self._tz, s.timezone, role=_pg_user(s.api_dsn)),
             tz=self._tz,
             retention=s.retention,
             min_lsn_wait=s.api_min_lsn_wait,
             cooldown=s.api_redis_down_cooldown,
             metrics=metrics,
+            redact=s.redact,
             feed=feed,
         )
         events = BoardEvents(partial(self._board_body, sources), feed, self._tz)
@@ -159,18 +164,21 @@ class App:
         )
         metrics.gauge(
             "api_watermark_events_up",
-            "1 while subscribed to the projector's watermark events.",
+            "1 while every worker is subscribed to the projector's watermark events.",
             lambda: float(feed.live),
+            mode="livemin",
         )
         metrics.gauge(
             "api_redis_up",
-            "1 while Redis is believed reachable (breaker closed).",
+            "1 while every worker believes Redis reachable (breaker closed).",
             lambda: float(sources.redis_breaker.is_closed),
+            mode="livemin",
         )
         metrics.gauge(
             "api_postgres_up",
-            "1 while PostgreSQL is believed reachable (breaker closed).",
+            "1 while every worker believes PostgreSQL reachable (breaker closed).",
             lambda: float(sources.postgres_breaker.is_closed),
+            mode="livemin",
         )
         metrics.gauge(
             "api_postgres_connections_in_use",
@@ -182,15 +190,21 @@ class App:
             "Fallback queries waiting for a pooled connection.",
             lambda: float(pool.get_stats().get("requests_waiting", 0)),
         )
-        self._running = _Running(client, pool, sources, feed, events)
+        # A scrape reaches one worker: the others' counts and gauges must be fresh in their files.
+        refresher = (
+            asyncio.get_running_loop().create_task(self._refresh_gauges())
+            if metrics.multiprocess
+            else None
+        )
+        self._running = _Running(client, pool, sources, feed, events, refresher)
         # What is alive now (modules, settings, clients) lives as long as the process: freeze
         # it, so that the collections every few hundred requests set off do not rescan it all.
         gc.collect()
         gc.freeze()
         log.info(
             "api started",
-            redis=s.redacted_redis_url,
-            postgres=s.redacted_dsn,
+            redis=redact_url(s.api_redis),
+            postgres=redact_dsn(s.api_dsn),
             timezone=s.timezone,
             prefix=s.key_prefix,
         )
@@ -200,10 +214,18 @@ class App:
         running, self._running = self._running, None
         if running is None:
             return
+        if running.refresher is not None:
+            running.refresher.cancel()
+        self.metrics.close()
         await running.events.stop()
         await running.feed.stop()
         await running.pool.close()
         await running.redis.aclose()
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.metrics.refresh()
 
     def close_streams(self) -> None:
         """End every event stream now (the server is about to stop); new ones get 503."""
@@ -373,7 +395,7 @@ class App:
         if route == routes.OPENAPI:
             return self._openapi, None, _JSON
         if route == routes.METRICS:
-            return self.metrics.render().encode(), None, b"text/plain; version=0.0.4; charset=utf-8"
+            return self.metrics.render().encode(), None, METRICS_CONTENT_TYPE
         if route == routes.READYZ:
             ready, state = await (await self._sources()).readiness(_READY_TIMEOUT)
             return _encode(state), state["source"] if ready else None, _JSON
@@ -426,6 +448,14 @@ def _end_streams_on_exit_signals(end: Callable[[], None]) -> None:
 
 def _encode(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _pg_user(dsn: str) -> str | None:
+    try:
+        user = conninfo_to_dict(dsn).get("user")
+    except psycopg.ProgrammingError:
+        return None
+    return str(user) if user else None
 
 
 def _in_use(pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]) -> int:

@@ -1,7 +1,12 @@
 """The OpenAPI 3.1 document of the read API, written by hand and served at ``/openapi.json``.
 
-Bounds come from ``api.routes`` so the document and the validation cannot disagree; the tests
-validate the document and check every answer of a fuzzing run against its response schemas.
+It describes exactly what the API accepts: a path per period that a board keeps (the routes
+are written with ``{period}`` and expanded by ``_per_period``), each with the pattern of that
+period's real bucket ids (no 2026-02-30, no 2025-W53, no year 0000), user ids and members
+without control characters, integer ranges. Bounds come from ``api.routes`` and the calendar
+from ``projector.buckets``, so the document and the validation cannot disagree; the tests
+validate the document, fuzz the API from it (hypothesis, schemathesis) and check every
+answer against its response schemas.
 """
 
 from __future__ import annotations
@@ -9,14 +14,91 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 from api import routes
 from projector import __version__
 from projector.boards import DEFAULT_BOARDS, Board
+from projector.buckets import Period, parse_bucket
 
 _LSN_PATTERN = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
-_BUCKET_PATTERN = r"^(all|[0-9]{4}(-W[0-9]{2}|-[0-9]{2}(-[0-9]{2})?)?)$"
+# Years 0001 to 9999 (there is no year 0000).
+_YEAR = r"(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+# Leap years: divisible by 4, and centuries only when divisible by 400.
+_LEAP_YEAR = r"([0-9]{2}(0[48]|[2468][048]|[13579][26])|([02468][48]|[13579][26]|[2468]0)00)"
+_DAY_OF_MONTH = (
+    r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])"
+    r"|(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+    r"|02-(0[1-9]|1[0-9]|2[0-8]))"
+)
+_WEEK_1_TO_52 = r"(0[1-9]|[1-4][0-9]|5[0-2])"
+# Characters a user id or member may not hold: C0 and C1 controls.
+_MEMBER_PATTERN = rf"^[^\u0000-\u001f\u007f-\u009f]{{1,{routes.MAX_USER_ID}}}$"
+_EXAMPLE_BUCKETS = {
+    Period.DAY: "2026-11-26",
+    Period.WEEK: "2026-W48",
+    Period.MONTH: "2026-11",
+    Period.YEAR: "2026",
+    Period.ALL: "all",
+}
+
+
+@cache
+def bucket_pattern(period: Period) -> str:
+    """The regular expression of every bucket id of ``period`` that the API accepts."""
+    if period == Period.ALL:
+        return "^all$"
+    if period == Period.YEAR:
+        return f"^{_YEAR}$"
+    if period == Period.MONTH:
+        return f"^{_YEAR}-(0[1-9]|1[0-2])$"
+    if period == Period.DAY:
+        return f"^({_YEAR}-{_DAY_OF_MONTH}|{_LEAP_YEAR}-02-29)$"
+    return f"^({_YEAR}-W{_WEEK_1_TO_52}|{_long_iso_years()}-W53)$"
+
+
+def _long_iso_years() -> str:
+    """The ISO years with a week 53, as a regular expression grouped by century."""
+    by_century: dict[str, list[str]] = {}
+    for year in range(1, 10_000):
+        text = f"{year:04d}"
+        try:
+            parse_bucket(Period.WEEK, f"{text}-W53")
+        except ValueError:
+            continue
+        by_century.setdefault(text[:2], []).append(text[2:])
+    groups = [f"{century}({'|'.join(ends)})" for century, ends in sorted(by_century.items())]
+    return f"({'|'.join(groups)})"
+
+
+def _per_period(paths: dict[str, Any], default: Board) -> dict[str, Any]:
+    """Each path with ``{period}`` becomes one path per period its period parameter allows,
+    whose ``bucket`` parameter has that period's exact pattern (a period and a bucket of
+    another period are a 400, which one shared pattern could not say)."""
+    expanded: dict[str, Any] = {}
+    for path, item in paths.items():
+        if "{period}" not in path:
+            expanded[path] = item
+            continue
+        operation = item["get"]
+        parameters = operation["parameters"]
+        period_parameter = next(
+            (p for p in parameters if p.get("name") == "period"),
+            _period_parameter(default),
+        )
+        for value in period_parameter["schema"]["enum"]:
+            concrete = dict(operation)
+            concrete["operationId"] = operation["operationId"] + value.title()
+            concrete["parameters"] = [
+                {"$ref": f"#/components/parameters/bucket_{value}"}
+                if p.get("$ref", "").endswith("/bucket")
+                else p
+                for p in parameters
+                if p.get("name") != "period" and not p.get("$ref", "").endswith("/period")
+            ]
+            expanded[path.replace("{period}", value)] = {"get": concrete}
+    return expanded
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -77,7 +159,7 @@ def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]
                 "answer 404 and methods other than GET and HEAD answer 405."
             ),
         },
-        "paths": {**_paths(), **_board_paths(boards)},
+        "paths": _per_period({**_paths(), **_board_paths(boards)}, boards[0]),
         "components": {
             "parameters": _parameters(boards[0]),
             "schemas": {**_schemas(), **_member_schemas(_schemas())},
@@ -274,7 +356,12 @@ def _board_paths(boards: Sequence[Board]) -> dict[str, Any]:
         "required": True,
         "description": f"1 to {routes.MAX_USER_ID} characters without control characters, "
         "percent-encoded.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": routes.MAX_USER_ID},
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": routes.MAX_USER_ID,
+            "pattern": _MEMBER_PATTERN,
+        },
     }
     for board in boards:
         base = f"/v1/boards/{board.name}/{{period}}"
@@ -379,24 +466,38 @@ def _member_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parameters(default: Board) -> dict[str, Any]:
+    buckets = {
+        f"bucket_{period.value}": {
+            "name": "bucket",
+            "in": "query",
+            "required": False,
+            "description": "Which bucket, in canonical form (zero-padded; weeks with an upper-case "
+            "W): day YYYY-MM-DD, week YYYY-Www (ISO week), month YYYY-MM, year YYYY, all `all`. "
+            "It must exist in the calendar (years 0001 to 9999). Default: the bucket holding "
+            "now, in the configured time zone. Buckets expired from Redis are answered by "
+            "PostgreSQL.",
+            "schema": {
+                "type": "string",
+                "pattern": bucket_pattern(period),
+                "examples": [_EXAMPLE_BUCKETS[period]],
+            },
+        }
+        for period in Period
+    }
     return {
-        "period": _period_parameter(default),
+        **buckets,
         "user_id": {
             "name": "user_id",
             "in": "path",
             "required": True,
             "description": f"1 to {routes.MAX_USER_ID} characters without control characters, "
             "percent-encoded (an encoded / is part of the id).",
-            "schema": {"type": "string", "minLength": 1, "maxLength": routes.MAX_USER_ID},
-        },
-        "bucket": {
-            "name": "bucket",
-            "in": "query",
-            "required": False,
-            "description": "Which bucket of the period, in canonical form: day YYYY-MM-DD, "
-            "week YYYY-Www (ISO week), month YYYY-MM, year YYYY, all `all`. Default: the "
-            "bucket holding now. Buckets expired from Redis are answered by PostgreSQL.",
-            "schema": {"type": "string", "pattern": _BUCKET_PATTERN},
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": routes.MAX_USER_ID,
+                "pattern": _MEMBER_PATTERN,
+            },
         },
         "limit": {
             "name": "limit",
@@ -430,7 +531,9 @@ def _parameters(default: Board) -> dict[str, Any]:
             "required": False,
             "description": "Read-your-writes: an LSN the client read with "
             "`SELECT pg_current_wal_lsn()` after its commit. The answer reflects a state at or "
-            "past it: Redis once the projector got there (waiting briefly), else PostgreSQL.",
+            "past it: Redis once the projector got there (waiting briefly), else PostgreSQL. "
+            "An LSN ahead of the server's current WAL position (no commit can have returned "
+            "it) is answered 400.",
             "schema": {"type": "string", "pattern": _LSN_PATTERN, "examples": ["0/16B3748"]},
         },
     }

@@ -10,10 +10,12 @@ Concurrency is bounded by the pool size, so a Redis outage cannot flood PostgreS
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
+import structlog
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
@@ -23,6 +25,16 @@ from projector import queries
 from projector.boards import Board
 from projector.buckets import Period, bucket_bounds
 from projector.lsn import parse_lsn
+from projector.privileges import privilege_denial
+
+log = structlog.get_logger("api")
+
+# The primary's WAL position (what a client's pg_current_wal_lsn() can have returned at most).
+_SERVER_LSN_SQL = (
+    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END"
+)
+
+OnStart = Callable[[], None] | None
 
 # The position the answer includes: on a standby, what it has replayed.
 _AS_OF = (
@@ -75,19 +87,27 @@ class PostgresReader:
         pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]],
         tz: ZoneInfo,
         timezone: str,
+        role: str | None = None,
     ) -> None:
         self._pool = pool
+        self._role = role
         self._tz = tz
         self._timezone = timezone
         self._statements: dict[tuple[Any, ...], bytes] = {}
 
     async def board(
-        self, board: Board, period: Period, bucket: str, offset: int, limit: int
+        self,
+        board: Board,
+        period: Period,
+        bucket: str,
+        offset: int,
+        limit: int,
+        on_start: OnStart = None,
     ) -> BoardPage:
         """A page of ``limit`` entries from position ``offset`` (0-based) in rank order."""
         params, open_end = self._bounds("", period, bucket)
         params.update(limit=limit, offset=offset)
-        rows = await self._fetch(self._board_sql(board, period, open_end), params)
+        rows = await self._fetch(self._board_sql(board, period, open_end), params, on_start)
         total, lsn, now = rows[0][:3]
         entries = [
             Entry(rank=int(rank), user_id=member, display_name=label, score=int(score))
@@ -97,12 +117,18 @@ class PostgresReader:
         return BoardPage(total=int(total), entries=entries, as_of=AsOf(parse_lsn(lsn), now))
 
     async def standing(
-        self, board: Board, period: Period, bucket: str, user_id: str, around: int
+        self,
+        board: Board,
+        period: Period,
+        bucket: str,
+        user_id: str,
+        around: int,
+        on_start: OnStart = None,
     ) -> Standing:
         """``user_id``'s rank and score with up to ``around`` neighbours either side."""
         params, open_end = self._bounds("", period, bucket)
         params.update(user=user_id, around=around)
-        rows = await self._fetch(self._standing_sql(board, period, open_end), params)
+        rows = await self._fetch(self._standing_sql(board, period, open_end), params, on_start)
         total, lsn, now, display_name = rows[0][:4]
         as_of = AsOf(parse_lsn(lsn), now)
         entries: list[Entry] = []
@@ -128,7 +154,11 @@ class PostgresReader:
         )
 
     async def user(
-        self, board: Board, user_id: str, buckets: list[tuple[Period, str]]
+        self,
+        board: Board,
+        user_id: str,
+        buckets: list[tuple[Period, str]],
+        on_start: OnStart = None,
     ) -> UserPeriods:
         """``user_id``'s score and rank on the board of each (period, bucket)."""
         params: dict[str, Any] = {"user": user_id}
@@ -156,7 +186,7 @@ class PostgresReader:
             queries.label_of(board, sql.Placeholder("user")),
             sql.SQL(" UNION ALL ").join(selects),
         )
-        rows = await self._fetch(statement.as_string(None).encode(), params)
+        rows = await self._fetch(statement.as_string(None).encode(), params, on_start)
         periods = []
         for (period, bucket), (_, total, score, rank, *_rest) in zip(buckets, rows, strict=True):
             periods.append(
@@ -175,6 +205,12 @@ class PostgresReader:
         """Whether PostgreSQL answers, for ``/readyz``."""
         rows = await self._fetch(b"SELECT " + _AS_OF.encode(), {})
         return {"up": True, "as_of": AsOf(parse_lsn(rows[0][0]), rows[0][1]).to_json()}
+
+    async def server_lsn(self, on_start: OnStart = None) -> int | None:
+        """The primary's current WAL position; None on a standby (it cannot tell)."""
+        rows = await self._fetch(_SERVER_LSN_SQL.encode(), {}, on_start)
+        value = rows[0][0]
+        return None if value is None else parse_lsn(value)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -223,9 +259,13 @@ class PostgresReader:
         bounds = {f"{name}start": start, f"{name}end": end, "tz": self._timezone}
         return bounds, period is not Period.ALL and end is None
 
-    async def _fetch(self, statement: bytes, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _fetch(
+        self, statement: bytes, params: dict[str, Any], on_start: OnStart = None
+    ) -> list[tuple[Any, ...]]:
         try:
             async with self._pool.connection() as conn:
+                if on_start is not None:
+                    on_start()  # the statement's snapshot is taken after this instant
                 cursor = await conn.execute(statement, params)
                 rows = await cursor.fetchall()
         except TooManyRequests as exc:
@@ -234,6 +274,10 @@ class PostgresReader:
             # An empty pool cannot connect at all; a full one is only busy.
             down = self._pool.get_stats().get("pool_size", 0) == 0
             raise StoreUnavailable("postgres", str(exc), down=down) from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            denial = privilege_denial(exc, role=self._role)
+            log.error("postgres refused the fallback query", error=str(denial or exc))
+            raise StoreUnavailable("postgres", "permission denied", down=False) from exc
         except psycopg.errors.QueryCanceled as exc:
             raise StoreUnavailable("postgres", f"statement timed out: {exc}", down=False) from exc
         except psycopg.OperationalError as exc:

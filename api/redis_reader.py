@@ -1,10 +1,11 @@
 """Reads leaderboards from the projector's Redis keys, each answer one consistent snapshot.
 
-Every answer is one read-only Lua script reading the board, the names and the watermark
-together, so it reflects exactly the state at the watermark (the projector applies each batch
-atomically). A sorted set lists equal scores by member, descending under ``REV``; the script
-re-reads each tie group that a page cuts in ascending member order, so ties are listed by
-user id ascending and ranks are competition ranks (1 + members with a higher score).
+Every answer is one read-only Lua script (``EVALSHA_RO``, flagged ``no-writes``: Redis 7)
+reading the board, the names and the watermark together, so it reflects exactly the state
+at the watermark (the projector applies each batch atomically). A sorted set lists equal
+scores by member, descending under ``REV``; the script re-reads each tie group that a page
+cuts in ascending member order, so ties are listed by user id ascending and ranks are
+competition ranks (1 + members with a higher score).
 """
 
 from __future__ import annotations
@@ -249,13 +250,13 @@ class RedisReader:
         return {"up": True, "built": True, "as_of": as_of.to_json()}
 
     async def _run(self, script: str, keys: tuple[bytes, ...], *args: bytes) -> list[Any]:
-        """EVALSHA ``script`` (loading it after a Redis restart); NotBuilt on a nil reply."""
+        """Run ``script`` read-only (EVALSHA_RO; after a Redis restart, EVAL_RO once, which
+        caches it again); NotBuilt on a nil reply."""
         sha = self._scripts[script]
         try:
-            reply = await self._call("EVALSHA", sha, len(keys), *keys, *args)
+            reply = await self._call("EVALSHA_RO", sha, len(keys), *keys, *args)
         except NoScriptError:
-            await self._call("SCRIPT", "LOAD", script)
-            reply = await self._call("EVALSHA", sha, len(keys), *keys, *args)
+            reply = await self._call("EVAL_RO", script, len(keys), *keys, *args)
         if reply is None:
             raise NotBuilt("Redis holds no watermark")
         result: list[Any] = reply

@@ -2,11 +2,12 @@
 
 Redis answers unless it is down (remembered by a ``Breaker`` for a cooldown), not built (no
 watermark), the bucket's board has expired from it, or it is behind the client's ``min_lsn``
-after waiting up to ``api_min_lsn_wait`` for the projector. PostgreSQL then answers the same
-query, at most ``api_pg_concurrency`` statements at once per process, and identical queries
-running at the same time share one statement; when it cannot answer either, the request gets
-``Unavailable`` (503). A ``min_lsn`` wait wakes on the projector's watermark events (the
-``WatermarkFeed``), with a slow read of the watermark as a safety net.
+after waiting up to ``api_min_lsn_wait`` for the projector (a ``min_lsn`` ahead of the
+server's WAL position is a ``BadParameter``). PostgreSQL then answers the same query, at most
+``api_pg_concurrency`` statements at once per process, and identical queries share one
+statement (read-your-writes queries only one sent after they arrived); when it cannot answer
+either, the request gets ``Unavailable`` (503). A ``min_lsn`` wait wakes on the projector's
+watermark events (the ``WatermarkFeed``), with a slow read of the watermark as a safety net.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import structlog
 
 from api.boards import AsOf, BoardPage, Standing, UserPeriods
 from api.breaker import Breaker
-from api.errors import NotBuilt, StoreUnavailable, Unavailable
+from api.errors import BadParameter, NotBuilt, StoreUnavailable, Unavailable
 from api.feed import WatermarkFeed
 from api.metrics import Metrics
 from api.postgres_reader import PostgresReader
@@ -37,6 +38,7 @@ from projector.buckets import (
     current_bucket,
     expires_at,
 )
+from projector.lsn import format_lsn
 
 log = structlog.get_logger("api")
 
@@ -47,12 +49,31 @@ _POLL_FIRST = 0.002
 _POLL_MAX = 0.025
 
 
+_SERVER_LSN_TTL = 1.0
+
+OnStart = Callable[[], None]
+
+
 class _Answer(Protocol):
     @property
     def as_of(self) -> AsOf: ...
 
 
 T = TypeVar("T", bound=_Answer)
+R = TypeVar("R")
+
+
+class _Flight:
+    """One fallback query and whether its statement was sent (its snapshot taken)."""
+
+    __slots__ = ("started", "task")
+
+    def __init__(self) -> None:
+        self.started = False
+        self.task: asyncio.Future[Any]
+
+    def start(self) -> None:
+        self.started = True
 
 
 class Sources:
@@ -68,6 +89,7 @@ class Sources:
         min_lsn_wait: float,
         cooldown: float,
         metrics: Metrics,
+        redact: Callable[[str], str] = str,
         feed: WatermarkFeed | None = None,
         safety_poll: float = 0.1,
     ) -> None:
@@ -80,10 +102,14 @@ class Sources:
         self._retention = retention
         self._min_lsn_wait = min_lsn_wait
         self._metrics = metrics
+        self._redact = redact
+        # A lower bound of the server's WAL position, trusted until the deadline.
+        self._server_lsn = 0
+        self._server_lsn_until = 0.0
         self.redis_breaker = Breaker(cooldown)
         self.postgres_breaker = Breaker(cooldown)
         self._expiry = lru_cache(maxsize=1024)(self._expiry_of)
-        self._in_flight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        self._in_flight: dict[tuple[Any, ...], _Flight] = {}
 
     async def board(self, query: BoardQuery) -> tuple[BoardPage, str]:
         """A page of a leaderboard and the store that gave it."""
@@ -93,7 +119,7 @@ class Sources:
             self._expired(p, b),
             ("board", board.name, p, b, query.offset, query.limit),
             lambda: self._redis.board(board, p, b, query.offset, query.limit),
-            lambda: self._postgres.board(board, p, b, query.offset, query.limit),
+            lambda start: self._postgres.board(board, p, b, query.offset, query.limit, start),
         )
 
     async def standing(self, query: StandingQuery) -> tuple[Standing, str]:
@@ -105,7 +131,7 @@ class Sources:
             self._expired(p, b),
             ("standing", board.name, p, b, user, around),
             lambda: self._redis.standing(board, p, b, user, around),
-            lambda: self._postgres.standing(board, p, b, user, around),
+            lambda start: self._postgres.standing(board, p, b, user, around, start),
         )
 
     async def user(self, query: UserQuery, now: datetime | None = None) -> tuple[UserPeriods, str]:
@@ -118,23 +144,27 @@ class Sources:
             False,
             ("user", board.name, user, *buckets),
             lambda: self._redis.user(board, user, buckets),
-            lambda: self._postgres.user(board, user, buckets),
+            lambda start: self._postgres.user(board, user, buckets, start),
         )
 
     async def readiness(self, timeout: float) -> tuple[bool, dict[str, Any]]:
         """Whether a query can be answered now, and by which store, for ``/readyz``."""
 
-        async def check(probe: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        async def check(
+            store: str, probe: Callable[[], Awaitable[dict[str, Any]]]
+        ) -> dict[str, Any]:
+            # The body is public: it says what failed, never how (no hosts, no server text).
             try:
                 async with asyncio.timeout(timeout):
                     return await probe()
             except TimeoutError:
                 return {"up": False, "error": f"no answer within {timeout:g} s"}
             except StoreUnavailable as exc:
-                return {"up": False, "error": str(exc)}
+                log.warning("readiness probe failed", store=store, error=self._redact(str(exc)))
+                return {"up": False, "error": "unavailable" if exc.down else "busy"}
 
         redis_state, pg_state = await asyncio.gather(
-            check(self._redis.ping), check(self._postgres.ping)
+            check("redis", self._redis.ping), check("postgres", self._postgres.ping)
         )
         if redis_state.get("built"):
             source: str | None = "redis"
@@ -158,7 +188,7 @@ class Sources:
         expired: bool,
         key: tuple[Any, ...],
         from_redis: Callable[[], Awaitable[T]],
-        from_postgres: Callable[[], Awaitable[T]],
+        from_postgres: Callable[[OnStart], Awaitable[T]],
     ) -> tuple[T, str]:
         if expired:
             reason = "expired"
@@ -169,16 +199,22 @@ class Sources:
             try:
                 answer = await from_redis()
                 if min_lsn is not None and answer.as_of.lsn < min_lsn:
-                    self._metrics.min_lsn_waits += 1
+                    await self._require_reached(min_lsn)
+                    self._metrics.min_lsn_waited()
                     if await self._wait_for(min_lsn):
                         answer = await from_redis()
             except StoreUnavailable as exc:
                 breaker.failed()
-                log.warning("redis unavailable; answering from postgres", error=str(exc))
+                log.warning(
+                    "redis unavailable; answering from postgres", error=self._redact(str(exc))
+                )
                 reason = "redis_down"
             except NotBuilt:
                 breaker.succeeded()
                 reason = "not_built"
+            except BadParameter:
+                breaker.succeeded()  # Redis answered; the client asked for the impossible
+                raise
             except BaseException:
                 breaker.released()
                 raise
@@ -187,33 +223,76 @@ class Sources:
                 if min_lsn is None or answer.as_of.lsn >= min_lsn:
                     return answer, "redis"
                 reason = "min_lsn"
+        if min_lsn is not None and reason != "min_lsn":
+            await self._require_reached(min_lsn)
         self._metrics.fell_back(reason)
-        if min_lsn is not None:
-            # A query already running may have taken its snapshot before this client's
-            # commit: read-your-writes needs a snapshot of its own.
-            return await self._from_postgres(from_postgres, reason), "postgres"
-        return await self._shared(key, lambda: self._from_postgres(from_postgres, reason)), (
-            "postgres"
+        answer = await self._shared(
+            key,
+            lambda start: self._from_postgres(lambda: from_postgres(start), reason),
+            fresh=min_lsn is not None,
         )
+        return answer, "postgres"
 
-    async def _shared(self, key: tuple[Any, ...], read: Callable[[], Awaitable[T]]) -> T:
+    async def _require_reached(self, min_lsn: int) -> None:
+        """``BadParameter`` when ``min_lsn`` is ahead of the server's WAL position: no commit
+        can have given it to the client, and waiting for it would be in vain.
+
+        The position is cached for ``_SERVER_LSN_TTL``; PostgreSQL is asked (one query for
+        all waiting requests) only for a ``min_lsn`` above the cached one. When PostgreSQL
+        cannot tell (down, or a standby), the request goes on as before.
+        """
+        now = time.monotonic()
+        if min_lsn <= self._server_lsn and now < self._server_lsn_until:
+            return
+        if not self.postgres_breaker.allow():
+            return
+        try:
+            current = await self._shared(("server_lsn",), self._server_position, fresh=True)
+        except StoreUnavailable:
+            self.postgres_breaker.released()
+            return
+        except BaseException:
+            self.postgres_breaker.released()
+            raise
+        self.postgres_breaker.succeeded()
+        if current is None:
+            return
+        self._server_lsn, self._server_lsn_until = current, time.monotonic() + _SERVER_LSN_TTL
+        if min_lsn > current:
+            raise BadParameter(
+                "min_lsn",
+                f"min_lsn {format_lsn(min_lsn)} is ahead of the server's current WAL position "
+                f"{format_lsn(current)}; pass the pg_current_wal_lsn() read after your commit",
+            )
+
+    async def _server_position(self, on_start: OnStart) -> int | None:
+        return await self._postgres.server_lsn(on_start)
+
+    async def _shared(
+        self, key: tuple[Any, ...], read: Callable[[OnStart], Awaitable[R]], *, fresh: bool
+    ) -> R:
         """Run ``read`` once for all concurrent callers with the same ``key`` (single flight).
 
         While Redis is down, a thousand clients asking for the same top 10 cost PostgreSQL one
         query at a time, not a thousand. A caller that goes away does not cancel the others'.
+        A ``fresh`` caller (read-your-writes) needs a snapshot taken after it arrived: it
+        joins only a query whose statement has not been sent yet (``read`` calls its
+        ``on_start`` argument just before sending), else starts the next one.
         """
-        task = self._in_flight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(read())
-            self._in_flight[key] = task
-            task.add_done_callback(partial(self._landed, key))
+        flight = self._in_flight.get(key)
+        if flight is None or (fresh and flight.started):
+            flight = _Flight()
+            flight.task = asyncio.ensure_future(read(flight.start))
+            self._in_flight[key] = flight
+            flight.task.add_done_callback(partial(self._landed, key, flight))
         else:
-            self._metrics.fallbacks_shared += 1
-        answer: T = await asyncio.shield(task)
+            self._metrics.fallback_shared()
+        answer: R = await asyncio.shield(flight.task)
         return answer
 
-    def _landed(self, key: tuple[Any, ...], task: asyncio.Future[Any]) -> None:
-        self._in_flight.pop(key, None)
+    def _landed(self, key: tuple[Any, ...], flight: _Flight, task: asyncio.Future[Any]) -> None:
+        if self._in_flight.get(key) is flight:
+            del self._in_flight[key]
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have gone
 
@@ -228,7 +307,7 @@ class Sources:
                 breaker.failed()
             else:
                 breaker.succeeded()
-            log.warning("postgres cannot answer", error=str(exc), redis=reason)
+            log.warning("postgres cannot answer", error=self._redact(str(exc)), redis=reason)
             raise Unavailable(_unavailable(reason)) from exc
         except BaseException:
             breaker.released()

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 
 from projector import __version__
-from projector.errors import ConfigError, ConnectionLost, ProjectorError
+from projector.errors import ConfigError, ConnectionLost, MissingPrivilege, ProjectorError
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings
 
 log = structlog.get_logger("projector")
+
+# Exit codes (README, "Commands").
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 3
+EXIT_PRIVILEGE = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +90,35 @@ def _parser() -> argparse.ArgumentParser:
         "(SCAN + UNLINK). Refuses without --yes.",
     )
     clear.add_argument("--yes", action="store_true", help="really remove the keys")
+    roles = sub.add_parser(
+        "roles",
+        help="print or create least-privilege roles and Redis ACL users",
+        description="Print (default) or create (--apply) the PostgreSQL roles for "
+        "'projector run' (LOGIN REPLICATION, SELECT on the projected tables) and the read "
+        "API (SELECT only), or with --redis the Redis ACL users (the projector may write "
+        "only under PROJECTOR_KEY_PREFIX, the API may only read, run read-only scripts and "
+        "subscribe). --apply connects with PROJECTOR_PG_DSN (a superuser) or "
+        "PROJECTOR_REDIS_URL (an admin). Passwords come from the environment only: "
+        "PROJECTOR_RUN_PASSWORD and PROJECTOR_API_PASSWORD; they are never printed. "
+        "Safe to run again: it brings existing roles and users to exactly these grants.",
+    )
+    roles.add_argument(
+        "--run-role",
+        default=os.environ.get("PROJECTOR_RUN_ROLE", "projector_run"),
+        help="role and Redis user of 'projector run' (PROJECTOR_RUN_ROLE, projector_run)",
+    )
+    roles.add_argument(
+        "--api-role",
+        default=os.environ.get("PROJECTOR_API_ROLE", "projector_api"),
+        help="role and Redis user of the read API (PROJECTOR_API_ROLE, projector_api)",
+    )
+    roles.add_argument("--redis", action="store_true", help="Redis ACL users instead of roles")
+    roles.add_argument(
+        "--aclfile",
+        action="store_true",
+        help="with --redis: print lines for a Redis ACL file (aclfile) instead of commands",
+    )
+    roles.add_argument("--apply", action="store_true", help="create or update them now")
     demo = sub.add_parser(
         "demo",
         help="write demo users and pomodoros into PostgreSQL, a few per second",
@@ -136,21 +175,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"projector: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.redact)
     try:
         return _dispatch(args, settings)
-    except ConfigError as exc:
-        print(f"projector: {exc}", file=sys.stderr)
-        return 2
-    except ConnectionLost as exc:
-        print(f"projector: {exc}", file=sys.stderr)
-        return 3
-    except ProjectorError as exc:
-        print(f"projector: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("projector: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        code, message = _failure(exc, settings, args.command)
+        if code is None:
+            raise
+        print(f"projector: {settings.redact(message)}", file=sys.stderr)
+        return code
+
+
+def _failure(exc: Exception, settings: Settings, command: str) -> tuple[int | None, str]:
+    """The exit code and the one line for a failure; None for a bug (keep its traceback)."""
+    from projector.privileges import privilege_denial
+
+    if isinstance(exc, MissingPrivilege):
+        return EXIT_PRIVILEGE, str(exc)
+    pg_dsn, redis_url = settings.pg_dsn, settings.redis_url
+    redis_error = type(exc).__module__.startswith("redis")
+    denial = privilege_denial(exc, role=_redis_user(redis_url) if redis_error else _pg_user(pg_dsn))
+    if denial is not None:
+        return EXIT_PRIVILEGE, str(denial)
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG, str(exc)
+    if isinstance(exc, ConnectionLost):
+        return EXIT_UNREACHABLE, str(exc)
+    if isinstance(exc, ProjectorError):
+        return EXIT_FAILED, str(exc)
+    return None, ""
+
+
+def _pg_user(dsn: str) -> str | None:
+    try:
+        user = conninfo_to_dict(dsn).get("user")
+        return str(user) if user else os.environ.get("PGUSER")
+    except Exception:
+        return None
+
+
+def _redis_user(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.username or parse_qs(parts.query).get("username", ["default"])[0]
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -191,9 +260,50 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         removed = clear(settings)
         print(f"removed {removed} key(s) under {settings.key_prefix!r}")
         return 0
+    if command == "roles":
+        return _roles(args, settings)
     if command == "demo":
         return _demo(settings, args)
     raise AssertionError(command)
+
+
+def _roles(args: argparse.Namespace, settings: Settings) -> int:
+    from projector import roles
+
+    run = roles.grantee(
+        args.run_role,
+        os.environ.get(roles.RUN_PASSWORD_ENV),
+        replication=True,
+        option="--run-role",
+    )
+    api = roles.grantee(
+        args.api_role,
+        os.environ.get(roles.API_PASSWORD_ENV),
+        replication=False,
+        option="--api-role",
+    )
+    if run.name == api.name:
+        raise ConfigError("--run-role and --api-role must differ: the API's role may not replicate")
+    if args.redis:
+        if args.apply:
+            roles.apply_redis(settings.redis_url, settings.key_prefix, run, api)
+            print(
+                f"Redis users {run.name} and {api.name} set for keys under {settings.key_prefix!r}"
+            )
+        elif args.aclfile:
+            print(roles.redis_aclfile(settings.key_prefix, run, api))
+        else:
+            print(roles.redis_script(settings.key_prefix, run, api))
+        return EXIT_OK
+    if args.apply:
+        tables = roles.source_tables(settings.boards)
+        database = roles.apply_postgres(settings.pg_dsn, [run, api], tables)
+        print(f"roles {run.name} (replication) and {api.name} (read-only) set on {database!r}")
+        return EXIT_OK
+    dbname = conninfo_to_dict(settings.pg_dsn).get("dbname")
+    database = str(dbname) if dbname else _pg_user(settings.pg_dsn) or "postgres"
+    print(roles.postgres_script(database, [run, api], roles.source_tables(settings.boards)))
+    return EXIT_OK
 
 
 def _stop_on_signals(message: str) -> threading.Event:
@@ -230,8 +340,13 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings) -> int:
+    from projector.compatibility import check_redis
+    from projector.metrics import ProjectorMetrics, serve
     from projector.worker import Worker
 
+    check_redis(settings.redis_url, settings.redacted_redis_url)
+    metrics = ProjectorMetrics(stale_after=settings.health_stale_seconds)
+    server = serve(metrics, settings.metrics_host, settings.metrics_port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -248,6 +363,13 @@ def _run(settings: Settings) -> int:
         publication=settings.publication,
         timezone=settings.timezone,
         prefix=settings.key_prefix,
+        metrics=f"http://{settings.metrics_host}:{server.port}/metrics" if server else None,
     )
-    Worker(settings, stop).run_forever()
-    return 0
+    try:
+        # Wiring: Worker(settings, stop, metrics) once the worker reports to ProjectorMetrics.
+        Worker(settings, stop).run_forever()
+    finally:
+        metrics.state("stopping")
+        if server is not None:
+            server.close()
+    return EXIT_OK

@@ -1,7 +1,8 @@
 """The few kinds of failure a caller must treat differently.
 
 ``ConnectionLost`` is retried with backoff, ``RebuildRequired`` makes the projector
-rebuild Redis from a PostgreSQL snapshot, ``ProtocolError`` and ``ConfigError`` stop it.
+rebuild Redis from a PostgreSQL snapshot, ``ProtocolError``, ``ConfigError`` and
+``MissingPrivilege`` (a role or ACL user lacks a grant) stop it.
 """
 
 from __future__ import annotations
@@ -40,3 +41,12 @@ class ProtocolError(ProjectorError):
         super().__init__(message)
         self.offset = offset
         self.lsn = lsn
+
+
+class MissingPrivilege(ProjectorError):
+    """PostgreSQL or Redis refused for lack of a grant; the message names the grant to add."""
+
+    def __init__(self, message: str, *, service: str, grant: str) -> None:
+        super().__init__(message)
+        self.service = service
+        self.grant = grant

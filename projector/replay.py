@@ -39,7 +39,11 @@ def replay(settings: Settings, *, timeout: float = 3600.0) -> int:
         pg.close()
         return _ask_running_projector(sink, client, timeout)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        sys.stderr.write("\n")  # end the progress line: the error gets a line of its own
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+    except BaseException:
+        sys.stderr.write("\n")
+        raise
     finally:
         if not pg.closed:
             pg.close()

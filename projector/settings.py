@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
@@ -60,7 +60,15 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: str = "console"
 
-    # Read API
+    # The projector's Prometheus endpoint (/metrics, /healthz); off when the port is unset.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(None, ge=1, le=65_535)
+    # /healthz answers 503 once the main loop made no progress for this long.
+    health_stale_seconds: float = Field(60.0, gt=0, le=3600)
+
+    # Read API: its own PostgreSQL role (read-only) and Redis user; default: the projector's.
+    api_pg_dsn: str | None = None
+    api_redis_url: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65_535)
     api_workers: int = Field(1, ge=1, le=64)
@@ -108,17 +116,22 @@ class Settings(BaseSettings):
                 ) from None
         return value or None
 
-    @field_validator("pg_dsn")
+    @field_validator("metrics_port", "api_pg_dsn", "api_redis_url", mode="before")
     @classmethod
-    def _pg_dsn(cls, value: str) -> str:
-        if not value.strip():
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("pg_dsn", "api_pg_dsn")
+    @classmethod
+    def _pg_dsn(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "api_redis_url")
     @classmethod
-    def _redis_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
@@ -161,12 +174,38 @@ class Settings(BaseSettings):
         )
 
     @property
+    def api_dsn(self) -> str:
+        """The read API's PostgreSQL DSN: ``PROJECTOR_API_PG_DSN``, else ``PROJECTOR_PG_DSN``."""
+        return self.api_pg_dsn or self.pg_dsn
+
+    @property
+    def api_redis(self) -> str:
+        """The read API's Redis URL: ``PROJECTOR_API_REDIS_URL``, else ``PROJECTOR_REDIS_URL``."""
+        return self.api_redis_url or self.redis_url
+
+    @property
     def redacted_dsn(self) -> str:
         return redact_dsn(self.pg_dsn)
 
     @property
     def redacted_redis_url(self) -> str:
         return redact_url(self.redis_url)
+
+    @cached_property
+    def secrets(self) -> tuple[str, ...]:
+        """Every password in the configured DSNs and URLs, to scrub from any text shown."""
+        found = {
+            password
+            for value in (self.pg_dsn, self.api_pg_dsn, self.redis_url, self.api_redis_url)
+            if value
+            for password in _passwords(value)
+        }
+        # Longest first, so that a password containing another is masked whole.
+        return tuple(sorted(found, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error message, a log value) with every configured password masked."""
+        return redact_text(text, self.secrets)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -178,11 +217,17 @@ def load_settings(**overrides: Any) -> Settings:
         field = str(first["loc"][0]) if first["loc"] else "?"
         message = first["msg"].removeprefix("Value error, ")
         given = first.get("input")
-        shown = "" if field in ("pg_dsn", "redis_url") else f" (got {given!r})"
+        secret = field in ("pg_dsn", "redis_url", "api_pg_dsn", "api_redis_url")
+        shown = "" if secret else f" (got {given!r})"
         raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}{shown}") from None
 
 
+# key=value DSNs: password=secret or password='quoted secret'
 _DSN_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# URL query strings: ?password=secret&... (libpq and redis-py both accept it)
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&;])password=)[^&#;]*", re.IGNORECASE)
+# URLs inside free text: scheme://user:secret@host
+_URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]*@", re.IGNORECASE)
 
 
 def redact_dsn(dsn: str) -> str:
@@ -193,10 +238,50 @@ def redact_dsn(dsn: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """Return a URL with the password part of its authority masked."""
+    """Return a URL with the password of its authority and any ``password=`` query masked."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.query:
+        query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+        url = url.replace(f"?{parts.query}", f"?{query}", 1)
+    if parts.password is not None:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        url = url.replace(f"//{parts.netloc}", f"//{user}:***@{host}", 1)
+    return url
+
+
+def redact_text(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Mask passwords in free text: known ``secrets``, ``password=`` pairs, URL userinfo.
+
+    Cheap for text without any (the common case: every string of every log event): each
+    pattern runs only when its marker is present.
+    """
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    if "://" in text:
+        text = _URL_USERINFO.sub(r"\1***@", text)
+    if "password" in text.lower():
+        text = _DSN_PASSWORD_KV.sub(r"\1***", text)
+    return text
+
+
+def _passwords(dsn_or_url: str) -> list[str]:
+    """The passwords a DSN or URL carries (userinfo, ``password=`` query or key=value)."""
+    found: list[str] = []
+    if "://" in dsn_or_url:
+        parts = urlsplit(dsn_or_url)
+        if parts.password:
+            found.append(unquote(parts.password))
+            found.append(parts.password)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name.lower() == "password" and value:
+                found.append(value)
+    else:
+        for match in _DSN_PASSWORD_KV.finditer(dsn_or_url):
+            value = match.group(2)
+            if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            if value:
+                found.append(value)
+    return found

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import psycopg
 import psycopg.pq
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from projector.errors import ConnectionLost, ProjectorError, ProtocolError
 from projector.lsn import format_lsn, parse_lsn
+from projector.privileges import privilege_denial
 from projector.replication import PrimaryKeepalive, XLogData, parse_frame, standby_status_update
 
 # Session settings for decoding: timestamps reach us as ISO text in UTC whatever the
@@ -58,7 +60,19 @@ def connect(dsn: str, *, replication: bool = False) -> psycopg.Connection[tuple[
             )
         return psycopg.connect(dsn, autocommit=True)
     except psycopg.OperationalError as exc:
+        # A role without REPLICATION or CONNECT: retrying cannot help.
+        denial = privilege_denial(exc, role=_role_of(dsn))
+        if denial is not None:
+            raise denial from exc
         raise ConnectionLost(f"cannot connect to PostgreSQL: {exc}", service="postgres") from exc
+
+
+def _role_of(dsn: str) -> str | None:
+    try:
+        user = conninfo_to_dict(dsn).get("user")
+    except psycopg.ProgrammingError:
+        return None
+    return str(user) if user else None
 
 
 def system_identifier(conn: psycopg.Connection[tuple[object, ...]]) -> str:

@@ -1,10 +1,12 @@
 """``make run``: the whole system on this machine.
 
 Without ``PROJECTOR_PG_DSN`` / ``PROJECTOR_REDIS_URL`` it starts (or reuses) a local
-PostgreSQL and Redis under ``.run/`` (``make down`` stops them). Then it applies the
-migrations and runs the projector, the read API (the live page at ``/``) and, unless
-``DEMO=0``, the demo writer (``projector demo``) side by side until Ctrl-C/SIGTERM, which
-stops them all cleanly. ``DEMO_RATE`` sets the demo's writes per second (default 3).
+PostgreSQL and Redis under ``.run/`` (``make down`` stops them), applies the migrations as
+the owner and creates the least-privilege roles and Redis users (``servers.roles``) that the
+projector and the read API then log in as. It runs the projector, the read API (the live page
+at ``/``) and, unless ``DEMO=0``, the demo writer (``projector demo``, an app: it writes as
+the owner) side by side until Ctrl-C/SIGTERM, which stops them all cleanly. ``DEMO_RATE``
+sets the demo's writes per second (default 3).
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ import servers  # noqa: E402
 
 def main() -> int:
     env = dict(os.environ)
-    if not env.get("PROJECTOR_PG_DSN") or not env.get("PROJECTOR_REDIS_URL"):
-        local = servers.up(ROOT / ".run", "pomodoro")
-        for name, value in local.items():
+    local = not env.get("PROJECTOR_PG_DSN") or not env.get("PROJECTOR_REDIS_URL")
+    if local:
+        for name, value in servers.up(ROOT / ".run", "pomodoro").items():
             env.setdefault(name, value)
     python = sys.executable
     subprocess.run([python, "-m", "projector", "migrate"], env=env, cwd=ROOT, check=True)
+    owner = dict(env)  # migrations and the demo writer (an app) need to write
+    if local:
+        # The projector and the API run as least-privilege roles.
+        env.update(servers.roles(ROOT / ".run", env))
     host = env.get("PROJECTOR_API_HOST", "127.0.0.1")
     port = env.get("PROJECTOR_API_PORT", "8000")
     commands = {
@@ -40,7 +46,10 @@ def main() -> int:
     if demo:
         rate = env.get("DEMO_RATE") or "3"
         commands["demo"] = [python, "-m", "projector", "demo", "--rate", rate]
-    children = {name: subprocess.Popen(argv, env=env, cwd=ROOT) for name, argv in commands.items()}
+    children = {
+        name: subprocess.Popen(argv, env=owner if name == "demo" else env, cwd=ROOT)
+        for name, argv in commands.items()
+    }
     print(
         f"\n  the live leaderboard: http://{host}:{port}/"
         f"\n  the API:              http://{host}:{port}/v1/leaderboards/day"

@@ -7,6 +7,9 @@ be stopped, restarted or killed; the others raise `ServerControlUnsupported`.
 
 As a command, `servers.py up --dir .run` starts (or reuses) a persistent local PostgreSQL
 and Redis under `.run/` and prints `export` lines for the projector; `down` stops them.
+`roles` (after the migrations) creates the least-privilege PostgreSQL roles and Redis users
+with `projector roles --apply`, passwords kept in `.run/servers.json`, and prints the
+`export` lines that make the projector and the API log in as them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -1246,6 +1250,56 @@ def up(run_dir: Path, database: str) -> dict[str, str]:
     return {"PROJECTOR_PG_DSN": pg.dsn(database), "PROJECTOR_REDIS_URL": rd.url()}
 
 
+RUN_ROLE = "projector_run"
+API_ROLE = "projector_api"
+
+
+def roles(run_dir: Path, owner_env: Mapping[str, str]) -> dict[str, str]:
+    """Create or update the projector's and the API's roles and Redis users through the owner
+    DSN and admin URL in `owner_env` (run the migrations first: grants name the tables), with
+    passwords generated once and kept in `run_dir`; return the environment of processes that
+    log in as them (PROJECTOR_PG_DSN, PROJECTOR_REDIS_URL and the API's own pair)."""
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = _load_state(run_dir)
+    passwords = state.setdefault("passwords", {})
+    for role in (RUN_ROLE, API_ROLE):
+        passwords.setdefault(role, secrets.token_urlsafe(18))
+    _save_state(run_dir, state)
+    (run_dir / "servers.json").chmod(0o600)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PROJECTOR_")}
+    env.update(owner_env)
+    env.update(
+        PROJECTOR_RUN_ROLE=RUN_ROLE,
+        PROJECTOR_API_ROLE=API_ROLE,
+        PROJECTOR_RUN_PASSWORD=passwords[RUN_ROLE],
+        PROJECTOR_API_PASSWORD=passwords[API_ROLE],
+    )
+    for extra in ([], ["--redis"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "projector", "roles", "--apply", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise HarnessError(f"projector roles --apply {' '.join(extra)}: {done.stderr.strip()}")
+    pg_dsn, redis_url = owner_env["PROJECTOR_PG_DSN"], owner_env["PROJECTOR_REDIS_URL"]
+    return {
+        "PROJECTOR_PG_DSN": _with_login(pg_dsn, RUN_ROLE, passwords[RUN_ROLE]),
+        "PROJECTOR_REDIS_URL": _with_login(redis_url, RUN_ROLE, passwords[RUN_ROLE]),
+        "PROJECTOR_API_PG_DSN": _with_login(pg_dsn, API_ROLE, passwords[API_ROLE]),
+        "PROJECTOR_API_REDIS_URL": _with_login(redis_url, API_ROLE, passwords[API_ROLE]),
+    }
+
+
+def _with_login(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=f"{quote(user)}:{quote(password, safe='')}@{host}").geturl()
+
+
 def down(run_dir: Path, *, purge: bool = False) -> None:
     """Stop the persistent pair under `run_dir`; with `purge`, delete their data too."""
     run_dir = run_dir.resolve()
@@ -1273,6 +1327,12 @@ def main(argv: list[str] | None = None) -> int:
     start = commands.add_parser("up", help="start (or reuse) the servers; print export lines")
     start.add_argument("--dir", type=Path, default=Path(".run"), help="state directory")
     start.add_argument("--database", default="pomodoro", help="database to create and name")
+    grant = commands.add_parser(
+        "roles",
+        help="create the least-privilege roles and users (after migrating); print export lines",
+    )
+    grant.add_argument("--dir", type=Path, default=Path(".run"), help="state directory")
+    grant.add_argument("--database", default="pomodoro", help="database of the roles")
     stop = commands.add_parser("down", help="stop the servers")
     stop.add_argument("--dir", type=Path, default=Path(".run"), help="state directory")
     stop.add_argument("--purge", action="store_true", help="also delete their data")
@@ -1280,6 +1340,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             for name, value in up(args.dir, args.database).items():
+                print(f"export {name}={shlex.quote(value)}")
+        elif args.command == "roles":
+            owner = up(args.dir, args.database)
+            for name, value in roles(args.dir, owner).items():
                 print(f"export {name}={shlex.quote(value)}")
         else:
             down(args.dir, purge=args.purge)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -12,9 +13,9 @@ from api import routes
 from api.breaker import Breaker
 from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
-from api.openapi import openapi_document
+from api.openapi import bucket_pattern, openapi_document
 from projector.boards import DEFAULT_BOARDS
-from projector.buckets import Period
+from projector.buckets import Period, parse_bucket
 
 
 class FakeClock:
@@ -63,20 +64,24 @@ def test_metrics_render_prometheus_text() -> None:
     metrics.observe("/v1/users/{user_id}", "GET", 400, 9.0)
     metrics.answered("/v1/users/{user_id}", "redis")
     metrics.fell_back("redis_down")
+    metrics.min_lsn_waited()
+    metrics.fallback_shared()
     metrics.gauge("api_redis_up", "help", lambda: 1.0)
     lines = metrics.render().splitlines()
-    worker = f'worker="{__import__("os").getpid()}"'
     route = 'route="/v1/users/{user_id}"'
-    assert f'api_requests_total{{{worker},{route},method="GET",status="200"}} 2' in lines
-    assert f'api_requests_total{{{worker},{route},method="GET",status="400"}} 1' in lines
-    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="0.0005"}} 0' in lines
-    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="0.001"}} 1' in lines
-    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="2.5"}} 2' in lines
-    assert f'api_request_duration_seconds_bucket{{{worker},{route},le="+Inf"}} 3' in lines
-    assert f"api_request_duration_seconds_count{{{worker},{route}}} 3" in lines
-    assert f'api_fallbacks_total{{{worker},reason="redis_down"}} 1' in lines
-    assert f"api_redis_up{{{worker}}} 1" in lines
+    assert f'api_requests_total{{method="GET",{route},status="200"}} 2.0' in lines
+    assert f'api_requests_total{{method="GET",{route},status="400"}} 1.0' in lines
+    assert f'api_request_duration_seconds_bucket{{le="0.0005",{route}}} 0.0' in lines
+    assert f'api_request_duration_seconds_bucket{{le="0.001",{route}}} 1.0' in lines
+    assert f'api_request_duration_seconds_bucket{{le="2.5",{route}}} 2.0' in lines
+    assert f'api_request_duration_seconds_bucket{{le="+Inf",{route}}} 3.0' in lines
+    assert f"api_request_duration_seconds_count{{{route}}} 3.0" in lines
+    assert 'api_fallbacks_total{reason="redis_down"} 1.0' in lines
+    assert "api_min_lsn_waits_total 1.0" in lines
+    assert "api_fallbacks_shared_total 1.0" in lines
+    assert "api_redis_up 1.0" in lines
     assert "# TYPE api_request_duration_seconds histogram" in lines
+    assert not any("_created" in line for line in lines)
 
 
 @pytest.mark.parametrize(
@@ -123,37 +128,73 @@ def test_errors_name_the_parameter() -> None:
 
 
 def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> None:
-    """The document validates as OpenAPI 3.1 and names every route and accepted parameter."""
+    """The document validates as OpenAPI 3.1 and names every route (one path per period)
+    and every accepted parameter."""
     document = openapi_document()
     validate(document)  # type: ignore[arg-type]
     paths = document["paths"]
-    assert set(paths) == {
+    templates = (
         routes.BOARD,
         routes.STANDING,
+        routes.EVENTS,
+        *(
+            t.replace("{board}", DEFAULT_BOARDS[0].name)
+            for t in (routes.BOARD_PAGE, routes.MEMBER, routes.BOARD_EVENTS)
+        ),
+    )
+    per_period = {t.replace("{period}", period.value) for t in templates for period in Period}
+    assert set(paths) == per_period | {
         routes.USER,
         routes.HEALTHZ,
         routes.READYZ,
         routes.METRICS,
         routes.OPENAPI,
-        routes.EVENTS,
         routes.PAGE,
         "/static/app.css",
         "/static/app.js",
         "/static/favicon.svg",
         routes.BOARDS,
-        "/v1/boards/pomodoros/{period}",
-        "/v1/boards/pomodoros/{period}/members/{member}",
-        "/v1/boards/pomodoros/{period}/events",
     }
     components = document["components"]["parameters"]
-    for route, allowed in routes._ALLOWED.items():
-        # A declared board's routes are listed per board, with the board's name in the path.
-        listed = route.replace("{board}", "pomodoros")
+    for path, item in paths.items():
+        route = routes.resolve(path.replace("{user_id}", "x").replace("{member}", "x").encode())[0]
         names = {
             components[ref["$ref"].rsplit("/", 1)[1]]["name"] if "$ref" in ref else ref["name"]
-            for ref in paths[listed]["get"]["parameters"]
+            for ref in item["get"].get("parameters", [])
         }
-        path_names = {part[1:-1] for part in listed.split("/") if part.startswith("{")}
-        assert names == set(allowed) | path_names, route
+        path_names = {
+            part[1:-1]
+            for part in route.split("/")
+            if part.startswith("{") and part not in ("{period}", "{board}", "{asset}")
+        }
+        assert names == set(routes._ALLOWED.get(route, ())) | path_names, path
     assert components["limit"]["schema"]["maximum"] == routes.MAX_LIMIT
     assert components["user_id"]["schema"]["maxLength"] == routes.MAX_USER_ID
+
+
+def _accepted(period: Period, text: str) -> bool:
+    try:
+        return parse_bucket(period, text) == text
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize("period", list(Period))
+def test_bucket_patterns_are_exactly_the_buckets_the_api_accepts(period: Period) -> None:
+    """Each period's documented bucket pattern matches a candidate iff the API accepts it:
+    every year with every month and day 00-39, week 00-54 of every year, and odd shapes."""
+    pattern = re.compile(bucket_pattern(period))
+    years = [f"{y:04d}" for y in range(0, 10_000)]
+    if period == Period.DAY:
+        sample = [*years[:30], *years[95:105], *years[395:405], *years[1895:1905]]
+        sample += [*years[1996:2030], *years[9990:]]
+        candidates = [f"{y}-{m:02d}-{d:02d}" for y in sample for m in range(14) for d in range(40)]
+    elif period == Period.WEEK:
+        candidates = [f"{y}-W{w:02d}" for y in years for w in (0, 1, 9, 10, 52, 53, 54)]
+    elif period == Period.MONTH:
+        candidates = [f"{y}-{m:02d}" for y in years[:200] + years[-200:] for m in range(14)]
+    else:
+        candidates = years
+    candidates += ["all", "2026-W5", "2026-w05", "2026-1-01", "12026", "2026\n", " 2026", ""]
+    for text in candidates:
+        assert bool(pattern.fullmatch(text)) == _accepted(period, text), text

@@ -1,0 +1,44 @@
+"""What the projector and the read API require of their servers, checked at start-up.
+
+Redis 7.0 or later: the read API's scripts declare ``no-writes`` and run with ``EVALSHA_RO``,
+and its ACL user is read-only by key (``%R~``); none of these exist before 7.0. A server that
+is unreachable at start is not refused here: the processes retry (or fall back) as usual.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from projector.errors import ConfigError
+
+REDIS_FLOOR = (7, 0)
+
+
+def redis_version_problem(version: str) -> str | None:
+    """Why a Redis of ``version`` (``INFO server``'s ``redis_version``) will not do, or None."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return f"cannot read the Redis version {version!r}"
+    if found < REDIS_FLOOR:
+        floor = ".".join(map(str, REDIS_FLOOR))
+        return (
+            f"Redis {version} is too old: read-only scripts (EVALSHA_RO, no-writes) and "
+            f"read-only ACL users need Redis {floor} or later"
+        )
+    return None
+
+
+def check_redis(url: str, shown: str, *, timeout: float = 3.0) -> None:
+    """Refuse (``ConfigError``) a reachable Redis older than ``REDIS_FLOOR``; ``shown`` is the
+    URL with its password masked."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        info = client.info("server")
+    except (redis.ConnectionError, redis.TimeoutError):
+        return  # unreachable now: the caller's retries and fallbacks deal with it
+    finally:
+        client.close()
+    problem = redis_version_problem(str(info.get("redis_version", "?")))
+    if problem:
+        raise ConfigError(f"{problem} (at {shown})")
