@@ -266,20 +266,18 @@ def label_sources(boards: Iterable[Board]) -> tuple[Labels, ...]:
 
 # -- the live schema -----------------------------------------------------------------------
 
+# One statement (one snapshot): the replica identity and the columns it covers cannot
+# disagree with each other even while an ALTER TABLE runs.
 _COLUMNS_SQL = """
-SELECT c.relreplident::text, a.attname::text, format_type(a.atttypid, a.atttypmod),
-       a.atttypid::regtype::text
+SELECT c.relreplident::text, a.attname::text, a.atttypid::regtype::text,
+       c.relreplident = 'f' OR a.attnum = ANY (
+           SELECT unnest(i.indkey) FROM pg_index i
+           WHERE i.indrelid = c.oid
+             AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                     WHEN 'i' THEN i.indisreplident ELSE false END)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
-"""
-_IDENTITY_SQL = """
-SELECT a.attname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_index i ON i.indrelid = c.oid
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
-WHERE n.nspname = %s AND c.relname = %s
-  AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident
-      ELSE false END
 """
 _CHECKS_SQL = """
 SELECT pg_get_constraintdef(k.oid) FROM pg_constraint k
@@ -295,7 +293,7 @@ def check_schema(conn: psycopg.Connection[tuple[object, ...]], boards: Iterable[
     """Raise one ``ConfigError`` naming board, field and fix unless the live schema fits."""
     for board in boards:
         where = f"board {board.name!r}"
-        columns, identity = _columns(conn, board.table)
+        columns, identity, covered = _columns(conn, board.table)
         if columns is None:
             raise ConfigError(f"{where}: table {board.table} does not exist")
         for field_name, column, allowed, wanted in (
@@ -314,7 +312,6 @@ def check_schema(conn: psycopg.Connection[tuple[object, ...]], boards: Iterable[
                     f"{where}: field {field_name!r}: column {board.table}.{column} is "
                     f"{columns[column]}, it must be {wanted}"
                 )
-        covered = set(columns) if identity == "f" else _identity_columns(conn, board.table)
         missing = [c for c in board.columns if c not in covered]
         if missing:
             fix = sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(board.table.identifier())
@@ -334,7 +331,7 @@ def check_schema(conn: psycopg.Connection[tuple[object, ...]], boards: Iterable[
             )
         if board.labels is not None:
             labels = board.labels
-            label_columns, _ = _columns(conn, labels.table)
+            label_columns, label_identity, covered = _columns(conn, labels.table)
             if label_columns is None:
                 raise ConfigError(f"{where}: field 'labels': table {labels.table} does not exist")
             for name in (labels.key, labels.column):
@@ -342,12 +339,6 @@ def check_schema(conn: psycopg.Connection[tuple[object, ...]], boards: Iterable[
                     raise ConfigError(
                         f"{where}: field 'labels': {labels.table} has no column {name!r}"
                     )
-            label_identity = _columns(conn, labels.table)[1]
-            covered = (
-                set(label_columns)
-                if label_identity == "f"
-                else _identity_columns(conn, labels.table)
-            )
             if labels.key not in covered:
                 fix = sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(
                     labels.table.identifier()
@@ -387,15 +378,14 @@ def _identity_name(code: str | None) -> str:
 
 def _columns(
     conn: psycopg.Connection[tuple[object, ...]], table: Table
-) -> tuple[dict[str, str] | None, str | None]:
+) -> tuple[dict[str, str] | None, str | None, set[str]]:
+    """The table's column types, its replica identity, and the columns that identity logs
+    in the old row of an UPDATE or DELETE (None, None, {} when there is no such table)."""
     rows = conn.execute(_COLUMNS_SQL, (table.schema, table.name)).fetchall()
     if not rows:
-        return None, None
-    return {str(r[1]): str(r[3]) for r in rows}, str(rows[0][0])
-
-
-def _identity_columns(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> set[str]:
-    return {str(r[0]) for r in conn.execute(_IDENTITY_SQL, (table.schema, table.name))}
+        return None, None, set()
+    columns = {str(r[1]): str(r[2]) for r in rows}
+    return columns, str(rows[0][0]), {str(r[1]) for r in rows if r[3]}
 
 
 def _non_negative(conn: psycopg.Connection[tuple[object, ...]], table: Table, column: str) -> bool:

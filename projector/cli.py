@@ -366,8 +366,7 @@ def _run(settings: Settings) -> int:
         metrics=f"http://{settings.metrics_host}:{server.port}/metrics" if server else None,
     )
     try:
-        # Wiring: Worker(settings, stop, metrics) once the worker reports to ProjectorMetrics.
-        Worker(settings, stop).run_forever()
+        Worker(settings, stop, metrics).run_forever()
     finally:
         metrics.state("stopping")
         if server is not None:

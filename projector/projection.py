@@ -65,6 +65,20 @@ class BatchDelta:
     # The swap that makes built boards live (see projector.backfill), applied last.
     swap: Any = None
     row_changes: int = 0
+    # Row changes by kind, and transactions ending in this batch (for the metrics).
+    inserts: int = 0
+    updates: int = 0
+    deletes: int = 0
+    truncates: int = 0
+    transactions: int = 0
+
+    def kinds(self) -> dict[str, int]:
+        return {
+            "insert": self.inserts,
+            "update": self.updates,
+            "delete": self.deletes,
+            "truncate": self.truncates,
+        }
 
     def is_noop(self) -> bool:
         """True when applying it would change no key (a watermark may still move)."""
@@ -239,7 +253,9 @@ class Projection:
 
     def on_insert(self, msg: Insert) -> None:
         """A new row: its contribution to each board, or a label set."""
-        self._batch.row_changes += 1
+        batch = self._batch
+        batch.row_changes += 1
+        batch.inserts += 1
         plan = self._plans.get(msg.relation_id)
         if plan is None:
             return
@@ -251,7 +267,9 @@ class Projection:
 
     def on_update(self, msg: Update) -> None:
         """A changed row: its old contribution out, its new one in; or a label changed."""
-        self._batch.row_changes += 1
+        batch = self._batch
+        batch.row_changes += 1
+        batch.updates += 1
         plan = self._plans.get(msg.relation_id)
         if plan is None:
             return
@@ -279,7 +297,9 @@ class Projection:
 
     def on_delete(self, msg: Delete) -> None:
         """A removed row: its contribution retracted, or a label removed."""
-        self._batch.row_changes += 1
+        batch = self._batch
+        batch.row_changes += 1
+        batch.deletes += 1
         plan = self._plans.get(msg.relation_id)
         if plan is None:
             return
@@ -293,8 +313,9 @@ class Projection:
 
     def on_truncate(self, msg: Truncate) -> None:
         """Emptied tables: their boards, or their labels, start from nothing."""
-        self._batch.row_changes += 1
         batch = self._batch
+        batch.row_changes += 1
+        batch.truncates += 1
         for relation_id in msg.relation_ids:
             plan = self._plans.get(relation_id)
             if plan is None:
@@ -327,6 +348,10 @@ class Projection:
     @property
     def pending_row_changes(self) -> int:
         return self._batch.row_changes
+
+    def transaction_ended(self) -> None:
+        """A whole transaction's changes are in the batch (for the metrics)."""
+        self._batch.transactions += 1
 
     def take_batch(self) -> BatchDelta:
         """Return everything accumulated since the last call, and start a new batch."""

@@ -310,6 +310,8 @@ class Session:
 
     def _commit(self, tx: _Tx, msg: Commit) -> Actions:
         self.tx = None
+        if not tx.skip_all:
+            self.projection.transaction_ended()
         if msg.end_lsn > self._received:
             self._received = msg.end_lsn
         if tx.skip_all:

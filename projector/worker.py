@@ -12,8 +12,10 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 
 import psycopg
 import redis
@@ -24,6 +26,7 @@ from projector.boards import check_publication, check_schema
 from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
 from projector.fingerprint import BoardChange, ProjectionConfig, board_change
 from projector.lsn import format_lsn
+from projector.metrics import ProjectorMetrics
 from projector.pgoutput import Decoder
 from projector.projection import Projection, ReplicaIdentityError, identity_columns
 from projector.rebuild import RebuildInterrupted, advisory_lock, rebuild
@@ -61,7 +64,7 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 @contextmanager
-def _beating(sink: RedisSink, settings: Settings) -> Iterator[None]:
+def _beating(sink: RedisSink, settings: Settings, metrics: ProjectorMetrics) -> Iterator[None]:
     """Keep the heartbeat alive (state "rebuilding") while the block runs.
 
     A rebuild can outlast the heartbeat's TTL many times over (large tables, or a slot
@@ -75,6 +78,7 @@ def _beating(sink: RedisSink, settings: Settings) -> Iterator[None]:
             # An unreachable Redis fails, and is reported by, the rebuild itself.
             with suppress(ConnectionLost):
                 sink.beat(ttl, {"slot": settings.slot, "state": "rebuilding"})
+            metrics.progress()  # a long query is progress too
             if done.wait(settings.heartbeat_interval):
                 return
 
@@ -90,9 +94,15 @@ def _beating(sink: RedisSink, settings: Settings) -> Iterator[None]:
 class Worker:
     """Runs the projector until ``stop`` is set."""
 
-    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stop: threading.Event | None = None,
+        metrics: ProjectorMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
+        self.metrics = metrics or ProjectorMetrics()
 
     def run_forever(self) -> None:
         """Stream until stopped; retry lost connections, rebuild Redis when it lost data."""
@@ -112,15 +122,18 @@ class Worker:
                 return
             except RebuildRequired as exc:
                 log.warning("rebuilding Redis from PostgreSQL", reason=exc.reason)
+                self.metrics.rebuild(exc.reason)
                 reason = exc.reason
                 delay = 0.5
             except BuildRestart as exc:
                 log.warning("building boards again", reason=str(exc))
             except ReplayRequested as exc:
                 log.info("replay requested by operator", request=exc.request_id)
+                self.metrics.rebuild("replay")
                 reason, replay_id = "replay requested by operator", exc.request_id
                 delay = 0.5
             except ConnectionLost as exc:
+                self.metrics.reconnect(exc.service)
                 if time.monotonic() - started > _HEALTHY_SESSION:
                     delay = 0.5  # it worked for a while: this is a new outage
                 wait = min(delay, self.settings.reconnect_max_delay) * random.uniform(0.8, 1.2)
@@ -136,8 +149,17 @@ class Worker:
     # -- rebuild -----------------------------------------------------------------------
 
     def _rebuild(self, reason: str, replay_id: str | None) -> None:
-        with self._driving_slot() as (_pg, sink), _beating(sink, self.settings):
-            rebuild(self.settings, sink, reason=reason, replay_id=replay_id, stop=self.stop)
+        metrics = self.metrics
+        with self._driving_slot() as (_pg, sink), _beating(sink, self.settings, metrics):
+            metrics.state("rebuilding")
+            rebuild(
+                self.settings,
+                sink,
+                reason=reason,
+                replay_id=replay_id,
+                progress=lambda _state: metrics.progress(),
+                stop=self.stop,
+            )
 
     # -- streaming ---------------------------------------------------------------------
 
@@ -171,10 +193,12 @@ class Worker:
         try:
             with advisory_lock(pg, settings.slot, wait=False) as locked:
                 if not locked:
+                    self.metrics.role("standby")
                     raise ConnectionLost(
                         f"another projector process holds slot {settings.slot!r}",
                         service="postgres",
                     )
+                self.metrics.role("active")
                 yield pg, RedisSink(redis_client(settings), settings.keys)
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
@@ -292,6 +316,10 @@ class _Streaming:
             status_interval=settings.status_interval,
         )
         self.decoder = Decoder(1)
+        self.metrics = worker.metrics
+        # Sent batches not yet answered: when each was sent, its rows by kind, transactions.
+        self.sent: deque[tuple[float, dict[str, int], int]] = deque()
+        self.server_end = 0
         self.last_beat = 0.0
         self.last_wal_check = 0.0
         self.last_wal_heartbeat = time.monotonic()
@@ -305,6 +333,7 @@ class _Streaming:
             watermark=format_lsn(session.applied.lsn),
         )
         if self.backfill is not None:
+            self.metrics.rebuild("config_changed")
             session.build_from = self.backfill.start()
             # A message after the build's snapshot: once it arrives, every transaction the
             # snapshot holds has arrived too, even on an idle database.
@@ -318,6 +347,8 @@ class _Streaming:
     def _stream(self) -> None:
         session = self.session
         self.stream.start(session.applied.lsn)
+        metrics = self.metrics
+        metrics.state("streaming")
         stream = self.stream
         sink = self.sink
         decode = self.decoder.decode
@@ -328,6 +359,8 @@ class _Streaming:
             quiet = True
             for frame in stream.frames(_POLL_TIMEOUT, sink.reply_fd()):
                 quiet = False
+                if frame.wal_end > self.server_end:
+                    self.server_end = frame.wal_end
                 if isinstance(frame, PrimaryKeepalive):
                     actions = keepalive(frame.wal_end, frame.reply_requested)
                 else:
@@ -339,6 +372,7 @@ class _Streaming:
             # wait above wakes on Redis' answer): big batches when Redis is the bottleneck.
             self._collect()
             perform(session.tick(quiet=quiet))
+            metrics.progress()
             if self.backfill is not None:
                 self._check_backfill(self.backfill)
             now = time.monotonic()
@@ -350,6 +384,7 @@ class _Streaming:
             if interval and now - self.last_wal_heartbeat >= interval:
                 self._emit_wal_heartbeat(now)
             if self.stop.is_set():
+                metrics.state("stopping")
                 perform(session.stop())
                 stream.end_copy()
                 sink.forget_heartbeat()
@@ -361,6 +396,9 @@ class _Streaming:
         for action in actions:
             if isinstance(action, Send):
                 self.sink.send(action.batch, action.new, action.expected)
+                batch = action.batch
+                self.sent.append((time.monotonic(), batch.kinds(), batch.transactions))
+                self.metrics.in_flight(len(self.sent))
                 if action.new.tx_lsn:
                     log.info(
                         "applied a chunk of a large transaction",
@@ -369,6 +407,7 @@ class _Streaming:
                     )
             elif isinstance(action, Receive):
                 result = self.sink.receive()
+                self._applied()
                 if result.replay_request:
                     raise ReplayRequested(result.replay_request)
             elif isinstance(action, Confirm):
@@ -382,6 +421,19 @@ class _Streaming:
                     commit_lsn=format_lsn(action.tx_lsn),
                     rows_already_applied=action.rows_applied,
                 )
+
+    def _applied(self) -> None:
+        """Redis answered the oldest batch: count it, and how far Redis is behind."""
+        sent_at, kinds, transactions = self.sent.popleft()
+        metrics = self.metrics
+        metrics.batch_applied(kinds, transactions, time.monotonic() - sent_at)
+        metrics.in_flight(len(self.sent))
+        acked = self.session.acked
+        behind = max(0, self.server_end - acked.lsn)
+        seconds = 0.0
+        if behind and acked.commit_time is not None:
+            seconds = max(0.0, (datetime.now(UTC) - acked.commit_time).total_seconds())
+        metrics.lag(behind, seconds)
 
     def _check_backfill(self, backfill: Backfill) -> None:
         """Once the boards being built are loaded, make them live between transactions."""
@@ -407,6 +459,8 @@ class _Streaming:
     def _check_retained_wal(self, now: float) -> None:
         self.last_wal_check = now
         info = slot_info(self.pg, self.settings.slot)
+        if info is not None:
+            self.metrics.retained_wal(info.retained_bytes or 0)
         if info is not None and (info.retained_bytes or 0) > self.settings.wal_warning_bytes:
             log.warning(
                 "slot retains much WAL",

@@ -342,3 +342,39 @@ def test_a_watermark_from_another_timeline_rebuilds(
     proc, projected = start_process()
     assert "timeline 2, PostgreSQL is on timeline 1" in _rebuilt(proc)
     projected.assert_exact()
+
+
+def test_a_running_projector_reports_its_work_in_metrics(
+    config: dict[str, Any], start_process: StartProcess, migrated_dsn: str
+) -> None:
+    """`projector run` with PROJECTOR_METRICS_PORT: rows and transactions applied by kind,
+    the rebuild that bootstrapped it, role active, state streaming, and a healthy probe."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc, projected = start_process(metrics_port=port)
+    projected.caught_up()  # the bootstrap rebuild is done: what follows streams
+    _insert(migrated_dsn, [("ada", "2026-11-26 10:00+00"), ("bob", "2026-11-27 10:00+00")])
+    with psycopg.connect(migrated_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM pomodoros WHERE user_id = 'bob'")
+    projected.assert_exact()
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    deadline = time.monotonic() + 10
+    while 'projector_rows_applied_total{kind="delete"} 1.0' not in (text := scrape()):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.1)
+    assert 'projector_rows_applied_total{kind="insert"} 2.0' in text
+    assert "projector_transactions_applied_total 2.0" in text
+    assert 'projector_rebuilds_total{cause="slot_missing"} 1.0' in text
+    assert 'projector_role{role="active"} 1.0' in text
+    assert 'projector_state{state="streaming"} 1.0' in text
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        assert response.status == 200
+    proc.check()
