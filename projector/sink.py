@@ -73,7 +73,8 @@ class RedisSink:
             keys.replay_request,
             expected.position if expected else "",
             new.position,
-            encode_batch(batch, new),
+            # A batch that creates the watermark, or makes built boards live, writes it whole.
+            encode_batch(batch, new, full=expected is None or batch.swap is not None),
             keys.events,
         )
         try:
@@ -210,7 +211,7 @@ class RedisSink:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
 
 
-def encode_batch(batch: BatchDelta, new: Watermark) -> str:
+def encode_batch(batch: BatchDelta, new: Watermark, *, full: bool = True) -> str:
     """The JSON argument of apply_batch.lua (see its header for the shape)."""
     labels = []
     for hash_key, members in batch.labels.items():
@@ -231,7 +232,7 @@ def encode_batch(batch: BatchDelta, new: Watermark) -> str:
             expires = expiry.get(key)
             boards.append((key, "" if expires is None else expires, flat, int(key in raw)))
     document: dict[str, Any] = {
-        "w": [x for pair in new.fields().items() for x in pair],
+        "w": [x for pair in new.fields(full=full).items() for x in pair],
         "cb": sorted(batch.clear_boards),
         "cl": sorted(batch.clear_labels),
         "l": labels,

@@ -40,19 +40,25 @@ class Watermark:
         """The compare-and-set token stored beside the fields."""
         return f"{self.lsn:016X}:{self.tx_lsn:016X}:{self.tx_rows}:{self.fingerprint}"
 
-    def fields(self) -> dict[str, str]:
-        return {
+    def fields(self, *, full: bool = True) -> dict[str, str]:
+        """The hash's fields; without ``full`` only those a batch moves (the cluster, slot,
+        timeline and configuration stay as the rebuild or the last swap wrote them)."""
+        moved = {
             "lsn": format_lsn(self.lsn),
-            "system_id": self.system_id,
-            "slot": self.slot,
             "commit_time": self.commit_time.isoformat() if self.commit_time else "",
             "tx_lsn": format_lsn(self.tx_lsn),
             "tx_rows": str(self.tx_rows),
-            "timeline": str(self.timeline),
-            "fingerprint": self.fingerprint,
-            "config": self.config,
             "updated_at": datetime.now(UTC).isoformat(),
         }
+        if full:
+            moved.update(
+                system_id=self.system_id,
+                slot=self.slot,
+                timeline=str(self.timeline),
+                fingerprint=self.fingerprint,
+                config=self.config,
+            )
+        return moved
 
     @classmethod
     def from_fields(cls, raw: dict[str, str]) -> Watermark | None:
