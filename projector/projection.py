@@ -80,16 +80,6 @@ class BatchDelta:
             "truncate": self.truncates,
         }
 
-    def is_noop(self) -> bool:
-        """True when applying it would change no key (a watermark may still move)."""
-        return not (
-            self.clear_boards
-            or self.clear_labels
-            or any(self.labels.values())
-            or self.swap is not None
-            or any(any(v for v in members.values()) for members in self.deltas.values())
-        )
-
 
 class SchemaError(ProjectorError):
     """A projected table lacks a column the projection needs."""
