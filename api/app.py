@@ -22,7 +22,6 @@ from functools import partial
 from typing import Any
 
 import psycopg
-import redis.asyncio as aioredis
 import structlog
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
@@ -43,9 +42,10 @@ from api.postgres_reader import PostgresReader, configure_connection
 from api.redis_reader import RedisReader
 from api.routes import BoardQuery
 from api.sources import Sources
+from projector import redis_nodes
 from projector.boards import Board
 from projector.logs import configure_logging
-from projector.settings import Settings, load_settings, redact_dsn, redact_url
+from projector.settings import Settings, load_settings, redact_dsn
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -72,6 +72,7 @@ class _Running:
     """What lives from start-up to shutdown."""
 
     redis: AutoPipeline
+    replica: AutoPipeline | None
     pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]
     sources: Sources
     feed: WatermarkFeed
@@ -112,15 +113,19 @@ class App:
         if self._running is not None:
             return
         s = self.settings
-        redis_pool = aioredis.ConnectionPool.from_url(
-            s.api_redis,
-            # Each call is bounded as a whole (RedisReader, AutoPipeline), not per socket
-            # operation: redis-py would pay for a timer task per read and per write.
-            socket_timeout=None,
-            socket_connect_timeout=s.api_redis_timeout,
-            health_check_interval=0,
-        )
+        # Each call is bounded as a whole (RedisReader, AutoPipeline), not per socket
+        # operation: redis-py would pay for a timer task per read and per write.
+        redis_options: dict[str, Any] = {
+            "socket_timeout": None,
+            "socket_connect_timeout": s.api_redis_timeout,
+            "health_check_interval": 0,
+        }
+        redis_pool = redis_nodes.async_pool(s, s.api_redis, **redis_options)
         client = AutoPipeline(redis_pool, s.api_redis_timeout)
+        replica: AutoPipeline | None = None
+        if s.api_read_from_replicas:
+            replica_pool = redis_nodes.async_pool(s, s.api_redis, replicas=True, **redis_options)
+            replica = AutoPipeline(replica_pool, s.api_redis_timeout)
         pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
             s.api_dsn,
             min_size=1,
@@ -140,7 +145,7 @@ class App:
         )
         await pool.open(wait=False)
         metrics = self.metrics
-        reader = RedisReader(client, s.key_prefix, s.api_redis_timeout)
+        reader = RedisReader(client, s.keys.prefix, s.api_redis_timeout)
         feed = WatermarkFeed(redis_pool, reader.events_channel, reader.watermark_lsn)
         sources = Sources(
             reader,
@@ -152,6 +157,11 @@ class App:
             metrics=metrics,
             redact=s.redact,
             feed=feed,
+            replica=(
+                RedisReader(replica, s.keys.prefix, s.api_redis_timeout)
+                if replica is not None
+                else None
+            ),
         )
         events = BoardEvents(partial(self._board_body, sources), feed, self._tz)
         feed.start()
@@ -196,17 +206,18 @@ class App:
             if metrics.multiprocess
             else None
         )
-        self._running = _Running(client, pool, sources, feed, events, refresher)
+        self._running = _Running(client, replica, pool, sources, feed, events, refresher)
         # What is alive now (modules, settings, clients) lives as long as the process: freeze
         # it, so that the collections every few hundred requests set off do not rescan it all.
         gc.collect()
         gc.freeze()
         log.info(
             "api started",
-            redis=redact_url(s.api_redis),
+            redis=redis_nodes.describe(s, s.api_redis),
+            read_from_replicas=s.api_read_from_replicas,
             postgres=redact_dsn(s.api_dsn),
             timezone=s.timezone,
-            prefix=s.key_prefix,
+            prefix=s.keys.prefix,
         )
 
     async def shutdown(self) -> None:
@@ -221,6 +232,8 @@ class App:
         await running.feed.stop()
         await running.pool.close()
         await running.redis.aclose()
+        if running.replica is not None:
+            await running.replica.aclose()
 
     async def _refresh_gauges(self) -> None:
         while True:

@@ -90,6 +90,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self._replica_reads = Counter(
+            "api_replica_reads",
+            "Reads tried on a Redis replica, by outcome: served, behind (min_lsn), failed.",
+            ["outcome"],
+            registry=registry,
+        )
         self._min_lsn_waits = Counter(
             "api_min_lsn_waits",
             "Requests that waited for the projector (min_lsn).",
@@ -159,6 +165,10 @@ class Metrics:
     def fell_back(self, reason: str) -> None:
         """Count a query sent to PostgreSQL instead of Redis, by why."""
         self._fallbacks.labels(reason).inc()
+
+    def replica_read(self, outcome: str) -> None:
+        """Count a read tried on a replica: ``served``, ``behind`` or ``failed``."""
+        self._replica_reads.labels(outcome).inc()
 
     def min_lsn_waited(self) -> None:
         """Count a request that waited for the projector to reach its ``min_lsn``."""

@@ -92,8 +92,12 @@ class Sources:
         redact: Callable[[str], str] = str,
         feed: WatermarkFeed | None = None,
         safety_poll: float = 0.1,
+        replica: RedisReader | None = None,
     ) -> None:
         self._redis = redis
+        # Replicas answer first where their watermark satisfies the request's min_lsn.
+        self._replica = replica
+        self.replica_breaker = Breaker(cooldown)
         self._feed = feed
         # With events, how often a waiter still reads the watermark in case one was missed.
         self.safety_poll = safety_poll
@@ -118,7 +122,7 @@ class Sources:
             query.min_lsn,
             self._expired(p, b),
             ("board", board.name, p, b, query.offset, query.limit),
-            lambda: self._redis.board(board, p, b, query.offset, query.limit),
+            lambda redis: redis.board(board, p, b, query.offset, query.limit),
             lambda start: self._postgres.board(board, p, b, query.offset, query.limit, start),
         )
 
@@ -130,7 +134,7 @@ class Sources:
             query.min_lsn,
             self._expired(p, b),
             ("standing", board.name, p, b, user, around),
-            lambda: self._redis.standing(board, p, b, user, around),
+            lambda redis: redis.standing(board, p, b, user, around),
             lambda start: self._postgres.standing(board, p, b, user, around, start),
         )
 
@@ -143,7 +147,7 @@ class Sources:
             query.min_lsn,
             False,
             ("user", board.name, user, *buckets),
-            lambda: self._redis.user(board, user, buckets),
+            lambda redis: redis.user(board, user, buckets),
             lambda start: self._postgres.user(board, user, buckets, start),
         )
 
@@ -187,9 +191,13 @@ class Sources:
         min_lsn: int | None,
         expired: bool,
         key: tuple[Any, ...],
-        from_redis: Callable[[], Awaitable[T]],
+        from_redis: Callable[[RedisReader], Awaitable[T]],
         from_postgres: Callable[[OnStart], Awaitable[T]],
     ) -> tuple[T, str]:
+        if self._replica is not None and not expired:
+            answer = await self._from_replica(self._replica, min_lsn, from_redis)
+            if answer is not None:
+                return answer, "redis"
         if expired:
             reason = "expired"
         elif not self.redis_breaker.allow():
@@ -197,12 +205,12 @@ class Sources:
         else:
             breaker = self.redis_breaker
             try:
-                answer = await from_redis()
+                answer = await from_redis(self._redis)
                 if min_lsn is not None and answer.as_of.lsn < min_lsn:
                     await self._require_reached(min_lsn)
                     self._metrics.min_lsn_waited()
                     if await self._wait_for(min_lsn):
-                        answer = await from_redis()
+                        answer = await from_redis(self._redis)
             except StoreUnavailable as exc:
                 breaker.failed()
                 log.warning(
@@ -232,6 +240,34 @@ class Sources:
             fresh=min_lsn is not None,
         )
         return answer, "postgres"
+
+    async def _from_replica(
+        self,
+        replica: RedisReader,
+        min_lsn: int | None,
+        from_redis: Callable[[RedisReader], Awaitable[T]],
+    ) -> T | None:
+        """A replica's answer if one gives it at or past ``min_lsn``; else None (the master
+        answers). A failing replica is skipped for the breaker's cooldown."""
+        breaker = self.replica_breaker
+        if not breaker.allow():
+            return None
+        try:
+            answer = await from_redis(replica)
+        except (StoreUnavailable, NotBuilt) as exc:
+            breaker.failed()
+            self._metrics.replica_read("failed")
+            log.debug("replica cannot answer; asking the master", error=self._redact(str(exc)))
+            return None
+        except BaseException:
+            breaker.released()
+            raise
+        breaker.succeeded()
+        if min_lsn is not None and answer.as_of.lsn < min_lsn:
+            self._metrics.replica_read("behind")
+            return None
+        self._metrics.replica_read("served")
+        return answer
 
     async def _require_reached(self, min_lsn: int) -> None:
         """``BadParameter`` when ``min_lsn`` is ahead of the server's WAL position: no commit

@@ -1,64 +1,66 @@
 -- Apply one batch of board deltas and move the watermark, atomically.
 --
--- KEYS: 1 watermark, 2 registry of board keys, 3 replay request.
+-- KEYS: 1 watermark, 2 registry of board keys, 3 replay request, 4 owner (fencing token),
+--       then every other key the batch touches (all declared: in a Redis Cluster they share
+--       the prefix's hash tag, so one node runs the whole script).
 -- ARGV: 1 expected position ("" = no watermark may exist), 2 new position,
---       3 the batch as JSON (one argument: cheap to send, decoded in C by cjson):
+--       3 the batch as JSON (one argument: cheap to send, decoded in C by cjson), where a
+--       key is its index in KEYS:
 --   {"w": [field, value, ...],                      watermark fields
---    "cb": [board key prefix, ...],                 boards to empty first (TRUNCATE)
+--    "cb": [key, ...],                              registered boards to remove (TRUNCATE)
 --    "cl": [label hash, ...],                       label hashes to empty first
 --    "l": [[label hash, [member, label, ...], [member, ...]], ...]   labels to set / delete
 --    "b": [[key, expireat or "", [member, delta, ...], raw], ...],  board deltas; raw = 1:
 --         a key of boards being built: any score kept, no expiry, not registered
---    "s": {"started": marker, "u": [board key prefix, ...], "x": [[key, members], ...],
+--    "s": {"started": marker, "u": [key, ...], "x": [[key, members], ...],
 --          "m": [[base, delta, board, expireat or ""], ...]} or absent}
 --         the swap of built boards, applied last: every key in "x" must hold its members
---         (else the error "BUILD LOST"); boards under "u" go; each board becomes base + delta
+--         (else the error "BUILD LOST"); boards "u" go; each board becomes base + delta
 --         (scores at or below 0 dropped), registered with its expiry.
--- ARGV 4 is the channel that hears each new watermark LSN (readers' live updates).
+--   4 the channel that hears each new watermark LSN (readers' live updates),
+--   5 the writer's fencing token: it must be the owner's (set when a process takes the
+--     slot over), so a paused or cut-off former owner that wakes up writes nothing.
 -- Returns {"ok", replay request id or ""}, or the error "POSITION <found>" when the
--- stored position is not the expected one (lost data or a second writer).
+-- stored position is not the expected one (lost data or a second writer), or "FENCED".
 local wm_key, registry = KEYS[1], KEYS[2]
 local found = redis.call('HGET', wm_key, 'position')
 if not found then found = '' end
 if found ~= ARGV[1] then
   return redis.error_reply('POSITION ' .. found)
 end
+local owner = redis.call('GET', KEYS[4]) or ''
+if owner ~= ARGV[5] then
+  return redis.error_reply('FENCED ' .. owner)
+end
 local batch = cjson.decode(ARGV[3])
 local CHUNK = 2000
 local swap = batch.s
 if swap then
-  if redis.call('EXISTS', swap.started) == 0 then
+  if redis.call('EXISTS', KEYS[swap.started]) == 0 then
     return redis.error_reply('BUILD LOST')
   end
   for x = 1, #swap.x do
-    if redis.call('ZCARD', swap.x[x][1]) ~= swap.x[x][2] then
-      return redis.error_reply('BUILD LOST ' .. swap.x[x][1])
+    if redis.call('ZCARD', KEYS[swap.x[x][1]]) ~= swap.x[x][2] then
+      return redis.error_reply('BUILD LOST ' .. KEYS[swap.x[x][1]])
     end
   end
 end
 
--- Remove every registered board key that starts with one of ``prefixes``.
-local function unlink_boards(prefixes)
-  if #prefixes == 0 then return end
-  local keys = redis.call('ZRANGE', registry, 0, -1)
-  for k = 1, #keys do
-    for p = 1, #prefixes do
-      if string.sub(keys[k], 1, #prefixes[p]) == prefixes[p] then
-        redis.call('UNLINK', keys[k])
-        redis.call('ZREM', registry, keys[k])
-        break
-      end
-    end
+-- Remove registered boards (the writer read them from the registry and declared them).
+local function unlink_boards(indexes)
+  for k = 1, #indexes do
+    redis.call('UNLINK', KEYS[indexes[k]])
+    redis.call('ZREM', registry, KEYS[indexes[k]])
   end
 end
 
 unlink_boards(batch.cb)
 for c = 1, #batch.cl do
-  redis.call('UNLINK', batch.cl[c])
+  redis.call('UNLINK', KEYS[batch.cl[c]])
 end
 
 for li = 1, #batch.l do
-  local hash, set, del = batch.l[li][1], batch.l[li][2], batch.l[li][3]
+  local hash, set, del = KEYS[batch.l[li][1]], batch.l[li][2], batch.l[li][3]
   for s = 1, #set, 2 * CHUNK do
     redis.call('HSET', hash, unpack(set, s, math.min(#set, s + 2 * CHUNK - 1)))
   end
@@ -69,7 +71,7 @@ end
 
 local boards = batch.b
 for bi = 1, #boards do
-  local key, expireat, flat = boards[bi][1], boards[bi][2], boards[bi][3]
+  local key, expireat, flat = KEYS[boards[bi][1]], boards[bi][2], boards[bi][3]
   local raw = boards[bi][4] == 1
   local n = #flat / 2
   local fresh = true  -- no member had a score: the key may be new and needs its expiry
@@ -109,7 +111,8 @@ end
 if swap then
   unlink_boards(swap.u)
   for m = 1, #swap.m do
-    local base, delta, final, expireat = swap.m[m][1], swap.m[m][2], swap.m[m][3], swap.m[m][4]
+    local base, delta, final = KEYS[swap.m[m][1]], KEYS[swap.m[m][2]], KEYS[swap.m[m][3]]
+    local expireat = swap.m[m][4]
     redis.call('UNLINK', final)
     local has_base, has_delta = redis.call('EXISTS', base), redis.call('EXISTS', delta)
     if has_base == 1 and has_delta == 1 then
@@ -131,7 +134,7 @@ if swap then
       end
     end
   end
-  redis.call('UNLINK', swap.started)
+  redis.call('UNLINK', KEYS[swap.started])
 end
 
 local now = redis.call('TIME')[1]

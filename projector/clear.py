@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import redis
 
+from projector import redis_nodes
 from projector.errors import ConnectionLost
 from projector.settings import Settings
 
 
 def clear(settings: Settings) -> int:
     """Unlink every key under ``PROJECTOR_KEY_PREFIX``; return how many were removed."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5.0)
+    client = redis_nodes.client(settings, socket_timeout=None)
     try:
-        return unlink_matching(client, settings.key_prefix.replace("\\", "\\\\") + "*")
+        return unlink_matching(client, settings.keys.prefix.replace("\\", "\\\\") + "*")
     finally:
         client.close()
 

@@ -251,14 +251,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if not args.yes:
             print(
                 "projector: clear removes every key under "
-                f"{settings.key_prefix!r}; run again with --yes",
+                f"{settings.keys.prefix!r}; run again with --yes",
                 file=sys.stderr,
             )
             return 2
         from projector.clear import clear
 
         removed = clear(settings)
-        print(f"removed {removed} key(s) under {settings.key_prefix!r}")
+        print(f"removed {removed} key(s) under {settings.keys.prefix!r}")
         return 0
     if command == "roles":
         return _roles(args, settings)
@@ -286,14 +286,14 @@ def _roles(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--run-role and --api-role must differ: the API's role may not replicate")
     if args.redis:
         if args.apply:
-            roles.apply_redis(settings.redis_url, settings.key_prefix, run, api)
+            roles.apply_redis(settings.redis_url, settings.keys.prefix, run, api)
             print(
-                f"Redis users {run.name} and {api.name} set for keys under {settings.key_prefix!r}"
+                f"Redis users {run.name} and {api.name} set for keys under {settings.keys.prefix!r}"
             )
         elif args.aclfile:
-            print(roles.redis_aclfile(settings.key_prefix, run, api))
+            print(roles.redis_aclfile(settings.keys.prefix, run, api))
         else:
-            print(roles.redis_script(settings.key_prefix, run, api))
+            print(roles.redis_script(settings.keys.prefix, run, api))
         return EXIT_OK
     if args.apply:
         tables = roles.source_tables(settings.boards)
@@ -362,7 +362,7 @@ def _run(settings: Settings) -> int:
         slot=settings.slot,
         publication=settings.publication,
         timezone=settings.timezone,
-        prefix=settings.key_prefix,
+        prefix=settings.keys.prefix,
         metrics=f"http://{settings.metrics_host}:{server.port}/metrics" if server else None,
     )
     try:

@@ -34,6 +34,16 @@ class Keys:
         return f"{self.prefix}projector"
 
     @property
+    def owner(self) -> str:
+        """The fencing token of the process that drives the slot (``RedisSink.claim``)."""
+        return f"{self.prefix}owner"
+
+    @property
+    def standbys(self) -> str:
+        """Hash of the projector processes standing by: ``host:pid`` -> last seen (unix s)."""
+        return f"{self.prefix}standbys"
+
+    @property
     def replay_request(self) -> str:
         return f"{self.prefix}replay:request"
 

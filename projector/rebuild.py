@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from importlib import resources
 from typing import Any
 
 import psycopg
@@ -33,14 +32,13 @@ from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
 from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn
 from projector.settings import Settings
-from projector.sink import RedisSink
+from projector.sink import Fenced, RedisSink
+from projector.standby import LOCK_CLASS
 from projector.stream import ReplicationStream, ServerPosition, connect, drop_slot, slot_info
 from projector.watermark import Watermark
 
 log = structlog.get_logger(__name__)
 
-_SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
-_LOCK_CLASS = 0x504D4452  # advisory lock class id for "this slot is being driven"
 _BUILD_TTL = 24 * 3600  # build keys of a crashed rebuild disappear on their own
 _CHUNK = 5_000
 _PERIOD_INDEX = {Period.DAY: 0, Period.WEEK: 1, Period.MONTH: 2, Period.YEAR: 3}
@@ -75,18 +73,18 @@ def advisory_lock(
 ) -> Iterator[bool]:
     """Hold the session advisory lock that says "one process drives this slot"."""
     if wait:
-        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, slot))
+        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, slot))
         locked = True
     else:
         row = conn.execute(
-            "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, slot)
+            "SELECT pg_try_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, slot)
         ).fetchone()
         locked = bool(row and row[0])
     try:
         yield locked
     finally:
         if locked and not conn.closed:
-            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, slot))
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (LOCK_CLASS, slot))
 
 
 def rebuild(
@@ -147,6 +145,8 @@ def rebuild(
     )
     state.phase = "swapping"
     report()
+    if sink.owner:
+        sink.claim()  # the caller drives the slot: a former driver that wakes up is fenced
     _swap(sink, build, built, watermark, replay_id)
     state.phase = "done"
     report()
@@ -418,26 +418,23 @@ class _Loader:
 def _swap(
     sink: RedisSink, build: str, built: Built, watermark: Watermark, replay_id: str | None
 ) -> None:
-    keys = sink.keys
-    args: list[Any] = [keys.prefix, build, replay_id or "", watermark.position]
-    fields = watermark.fields()
-    args.append(len(fields))
-    for item in fields.items():
-        args.extend(item)
-    args.append(len(built.boards))
-    for suffix, expires in built.boards:
-        args.extend((suffix, "" if expires is None else expires, built.counts[suffix]))
-    args.append(len(built.labels))
-    for suffix in built.labels:
-        args.extend((suffix, built.counts.get(suffix, 0)))
+    boards = [(suffix, expires, built.counts[suffix]) for suffix, expires in built.boards]
+    labels = [(suffix, built.counts.get(suffix, 0)) for suffix in built.labels]
     try:
-        sink.client.eval(_SWAP_LUA, 3, keys.watermark, keys.registry, keys.replay_request, *args)
+        sink.swap_build(build, boards, labels, watermark, replay_id)
     except redis.exceptions.OutOfMemoryError as exc:
         raise _out_of_memory(exc) from exc
     except redis.ResponseError as exc:
-        if str(exc).startswith("BUILD LOST"):
+        message = str(exc)
+        if message.startswith("BUILD LOST"):
             raise RebuildRequired(
                 "Redis lost keys of the rebuild in progress (flushed, cleared or restarted)"
+            ) from exc
+        if message.startswith("FENCED"):
+            raise Fenced(message.removeprefix("FENCED").strip()) from exc
+        if message.startswith("REGISTRY CHANGED"):
+            raise ConnectionLost(
+                "another writer changed the board registry during the swap", service="redis"
             ) from exc
         raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:

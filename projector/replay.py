@@ -14,11 +14,12 @@ import uuid
 
 import redis
 
+from projector import redis_nodes
 from projector.errors import ConnectionLost, ProjectorError
 from projector.lsn import format_lsn
 from projector.rebuild import RebuildProgress, advisory_lock, rebuild
 from projector.settings import Settings
-from projector.sink import RedisSink, as_text
+from projector.sink import RedisSink, as_text, new_owner
 from projector.stream import connect
 
 _PHASES = ("starting", "creating slot", "loading boards", "swapping", "done")
@@ -26,8 +27,14 @@ _PHASES = ("starting", "creating slot", "loading boards", "swapping", "done")
 
 def replay(settings: Settings, *, timeout: float = 3600.0) -> int:
     """Rebuild Redis from a consistent snapshot, showing progress on stderr; 0 on success."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
-    sink = RedisSink(client, settings.keys)
+    client = redis_nodes.client(settings, socket_timeout=None)
+    sink = RedisSink(
+        client,
+        settings.keys,
+        owner=new_owner(),
+        min_replicas=settings.redis_min_replicas,
+        replica_timeout=settings.redis_replica_timeout,
+    )
     pg = connect(settings.pg_dsn)
     try:
         with advisory_lock(pg, settings.slot, wait=False) as locked:

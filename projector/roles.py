@@ -45,8 +45,9 @@ REDIS_PROJECTOR_COMMANDS = (
     "hget", "hmget", "hgetall", "hset", "hdel", "hlen",
     "zadd", "zrem", "zcard", "zcount", "zrange", "zrank", "zscore", "zmscore",
     "zremrangebyscore", "zunionstore",
-    # the watermark channel, server facts (version, eviction policy, clock), replicas
-    "publish", "info", "time", "wait",
+    # the watermark channel, server facts (version, eviction policy, clock), replicas,
+    # and who serves the projection's hash slot in a Cluster
+    "publish", "info", "time", "wait", "cluster|slots",
 )  # fmt: skip
 # The read API: read-only scripts over the boards, the watermark, and its channel.
 REDIS_API_COMMANDS = (
@@ -56,6 +57,8 @@ REDIS_API_COMMANDS = (
     "zcard", "zcount", "zrange", "zrank", "zscore", "zmscore",
     "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe",
     "info",
+    # a Cluster: who serves the slot, and reads from its replicas
+    "cluster|slots", "readonly",
 )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from projector.boards import Board, load_boards
@@ -31,6 +31,18 @@ class Settings(BaseSettings):
 
     pg_dsn: str = "postgresql://postgres@localhost:5432/postgres"
     redis_url: str = "redis://localhost:6379/0"
+    # Redis Sentinel: the master of this service is found through these (host:port,...);
+    # PROJECTOR_REDIS_URL then gives the data nodes' user, password, database and TLS only.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: str | None = None
+    # Redis Cluster: seed nodes (host:port,...); every key shares one hash tag (the prefix).
+    redis_cluster_nodes: str | None = None
+    # A batch is applied (and confirmed to PostgreSQL) only once this many replicas have it.
+    redis_min_replicas: int = Field(0, ge=0, le=100)
+    # How long one WAIT for those replicas may take before the projector retries.
+    redis_replica_timeout: float = Field(2.0, gt=0, le=300)
     slot: str = "projector"
     publication: str = "projector"
     timezone: str = "UTC"
@@ -57,6 +69,9 @@ class Settings(BaseSettings):
     # Connections (sharing one snapshot) that aggregate periods in parallel during a rebuild.
     rebuild_parallelism: int = Field(3, ge=1, le=6)
     reconnect_max_delay: float = Field(30.0, gt=0, le=3600)
+    # Hot standby: PostgreSQL ends the sessions of an active projector silent this long (a
+    # pause, a partition), which hands its lock to a waiting one; the takeover follows.
+    takeover_timeout: float = Field(5.0, ge=1, le=300)
     log_level: str = "info"
     log_format: str = "console"
 
@@ -80,6 +95,8 @@ class Settings(BaseSettings):
     # Bound on a fallback statement and on the wait for a pooled PostgreSQL connection.
     api_pg_timeout: float = Field(5.0, gt=0, le=300)
     api_access_log: bool = True
+    # Answer from Redis replicas where their watermark satisfies the request's min_lsn.
+    api_read_from_replicas: bool = False
 
     @field_validator("slot", "publication")
     @classmethod
@@ -116,7 +133,17 @@ class Settings(BaseSettings):
                 ) from None
         return value or None
 
-    @field_validator("metrics_port", "api_pg_dsn", "api_redis_url", mode="before")
+    @field_validator(
+        "metrics_port",
+        "api_pg_dsn",
+        "api_redis_url",
+        "redis_sentinels",
+        "redis_sentinel_master",
+        "redis_sentinel_username",
+        "redis_sentinel_password",
+        "redis_cluster_nodes",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -134,6 +161,27 @@ class Settings(BaseSettings):
         if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("redis_sentinels", "redis_cluster_nodes")
+    @classmethod
+    def _nodes(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_nodes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _topology(self) -> Settings:
+        if self.redis_sentinels and self.redis_cluster_nodes:
+            raise ValueError(
+                "PROJECTOR_REDIS_SENTINELS and PROJECTOR_REDIS_CLUSTER_NODES exclude each "
+                "other: Redis is either watched by Sentinels or a Cluster"
+            )
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError(
+                "PROJECTOR_REDIS_SENTINELS and PROJECTOR_REDIS_SENTINEL_MASTER go together: "
+                "the Sentinels' addresses and the name of the master they watch"
+            )
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -158,7 +206,17 @@ class Settings(BaseSettings):
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.key_prefix)
+        """Key names; in a Cluster under the prefix as a hash tag, so that every key lives in
+        one hash slot (one node) and each script's keys share it."""
+        prefix = self.key_prefix
+        return Keys(cluster_prefix(prefix) if self.redis_cluster_nodes else prefix)
+
+    @property
+    def redis_topology(self) -> str:
+        """``single``, ``sentinel`` or ``cluster``."""
+        if self.redis_sentinels:
+            return "sentinel"
+        return "cluster" if self.redis_cluster_nodes else "single"
 
     @property
     def zone(self) -> ZoneInfo:
@@ -200,6 +258,8 @@ class Settings(BaseSettings):
             if value
             for password in _passwords(value)
         }
+        if self.redis_sentinel_password:
+            found.add(self.redis_sentinel_password)
         # Longest first, so that a password containing another is masked whole.
         return tuple(sorted(found, key=len, reverse=True))
 
@@ -208,16 +268,21 @@ class Settings(BaseSettings):
         return redact_text(text, self.secrets)
 
 
+_SECRET_FIELDS = ("pg_dsn", "redis_url", "api_pg_dsn", "api_redis_url", "redis_sentinel_password")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment (and overrides), or raise one clear ``ConfigError``."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "?"
         message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across settings: its message names the variables
+            raise ConfigError(message) from None
+        field = str(first["loc"][0])
         given = first.get("input")
-        secret = field in ("pg_dsn", "redis_url", "api_pg_dsn", "api_redis_url")
+        secret = field in _SECRET_FIELDS
         shown = "" if secret else f" (got {given!r})"
         raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}{shown}") from None
 
@@ -228,6 +293,28 @@ _DSN_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IG
 _QUERY_PASSWORD = re.compile(r"((?:^|[?&;])password=)[^&#;]*", re.IGNORECASE)
 # URLs inside free text: scheme://user:secret@host
 _URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]*@", re.IGNORECASE)
+
+
+def parse_nodes(value: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as pairs ("[::1]:26379" for IPv6); ``ValueError`` if malformed."""
+    nodes = []
+    for item in value.split(","):
+        item = item.strip()
+        host, sep, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            raise ValueError(f"{item!r} is not host:port (a comma-separated list is expected)")
+        nodes.append((host, int(port)))
+    return nodes
+
+
+def cluster_prefix(prefix: str) -> str:
+    """The key prefix as a Redis Cluster hash tag: ``pomo:`` -> ``{pomo:}`` (kept as given
+    when it holds a tag already)."""
+    opening = prefix.find("{")
+    if opening >= 0 and prefix.find("}", opening + 1) > opening + 1:
+        return prefix
+    return "{" + prefix + "}"
 
 
 def redact_dsn(dsn: str) -> str:

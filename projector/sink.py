@@ -2,7 +2,13 @@
 
 ``RedisSink.apply`` writes a ``BatchDelta`` and the new ``Watermark`` in one Lua script:
 atomic, and guarded by compare-and-set on the watermark's position so a stale or second
-writer, or a Redis that lost data, fails loudly instead of counting twice.
+writer, or a Redis that lost data, fails loudly instead of counting twice. A process that
+takes the slot over first ``claim``s the projection: each script also checks that fencing
+token, so a former owner that was paused or cut off, and wakes up, writes nothing.
+
+With ``min_replicas`` a batch counts as applied only once ``WAIT`` confirms that many
+replicas received it: only then may its position be confirmed to PostgreSQL, so a Redis
+failover cannot lose a position PostgreSQL has already forgotten the WAL for.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections import deque
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from importlib import resources
@@ -19,12 +27,30 @@ from typing import Any
 
 import redis
 
-from projector.errors import ConfigError, ConnectionLost, RebuildRequired
+from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
 from projector.keys import Keys
 from projector.projection import BatchDelta
 from projector.watermark import Watermark
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
+_SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
+# Replies of a node that no longer serves the projection as master (failover, moved slot).
+_MOVED_AWAY = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+
+
+class Fenced(ConnectionLost):
+    """Another process took the projection over: this one must stop writing and stand by."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(
+            f"another projector took the slot over (owner {owner or 'none'}); standing by",
+            service="redis",
+        )
+        self.owner = owner
+
+
+class ReplicasBehind(ConnectionLost):
+    """Fewer replicas than required acknowledged a write within the timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +59,59 @@ class ApplyResult:
 
 
 class RedisSink:
-    """Writes batches, the watermark and the heartbeat under one key prefix."""
+    """Writes batches, the watermark and the heartbeat under one key prefix.
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    ``owner`` is this writer's fencing token (``new_owner()``); it writes only while Redis
+    names it the owner (``claim``). ``min_replicas``: see the module's doc.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        owner: str = "",
+        min_replicas: int = 0,
+        replica_timeout: float = 2.0,
+    ) -> None:
         self._client = client
         self.keys = keys
+        self.owner = owner
+        self.min_replicas = min_replicas
+        self._wait_ms = max(1, int(replica_timeout * 1000))
         self._apply = client.register_script(_APPLY_LUA)
         self._conn: Any = None
-        self._in_flight: deque[tuple[tuple[str | int, ...], Watermark, Watermark | None]] = deque()
+        self._in_flight: deque[tuple[tuple[object, ...], Watermark, Watermark | None]] = deque()
+        # Replies read ahead of ``receive`` (a batch that reads the registry waits for them).
+        self._answered: deque[Any] = deque()
 
     @property
     def client(self) -> redis.Redis:
         return self._client
+
+    def claim(self) -> None:
+        """Make this writer the owner: from now on only its scripts write (any former owner's
+        fail with "FENCED"). Durable on ``min_replicas`` replicas before it returns."""
+        if not self.owner:
+            raise ProjectorError("a sink without an owner token cannot claim the projection")
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(self.keys.owner, self.owner)
+        pipe.hdel(self.keys.standbys, _process_name())  # no longer standing by
+        self._call(pipe.execute)
+        self.wait_for_replicas()
+
+    def wait_for_replicas(self) -> None:
+        """Return once ``min_replicas`` replicas hold every write this client made so far
+        (writes are replicated in order: all earlier ones too); else ``ReplicasBehind``."""
+        if not self.min_replicas:
+            return
+        acked = self._wait()
+        if acked < self.min_replicas:
+            raise ReplicasBehind(
+                f"only {acked} of {self.min_replicas} Redis replicas (PROJECTOR_REDIS_MIN_REPLICAS)"
+                f" acknowledged within {self._wait_ms} ms",
+                service="redis",
+            )
 
     def read_watermark(self) -> Watermark | None:
         """The stored watermark, or None when Redis has none (lost or never built)."""
@@ -66,19 +133,42 @@ class RedisSink:
         refused every later one is refused too.
         """
         keys = self.keys
+        removed = sorted(batch.clear_boards) + (list(batch.swap["u"]) if batch.swap else [])
+        # Boards a batch removes are found in the registry, read after every earlier batch.
+        registered = self._registered(removed) if removed else []
+        declared, document = encode_batch(
+            batch,
+            new,
+            # A batch that creates the watermark, or makes built boards live, writes it whole.
+            full=expected is None or batch.swap is not None,
+            registered=registered,
+        )
         args = (
-            3,
+            4 + len(declared),
             keys.watermark,
             keys.registry,
             keys.replay_request,
+            keys.owner,
+            *declared,
             expected.position if expected else "",
             new.position,
-            # A batch that creates the watermark, or makes built boards live, writes it whole.
-            encode_batch(batch, new, full=expected is None or batch.swap is not None),
+            document,
             keys.events,
+            self.owner,
         )
         try:
-            self._connection().send_command("EVALSHA", self._apply.sha, *args)
+            connection = self._connection()
+            if self.min_replicas:
+                connection.send_packed_command(
+                    connection.pack_commands(
+                        [
+                            ("EVALSHA", self._apply.sha, *args),
+                            ("WAIT", self.min_replicas, self._wait_ms),
+                        ]
+                    )
+                )
+            else:
+                connection.send_command("EVALSHA", self._apply.sha, *args)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
@@ -91,13 +181,13 @@ class RedisSink:
 
     def reply_fd(self) -> int | None:
         """The socket that becomes readable when the oldest batch in flight is answered."""
-        if not self._in_flight or self._conn is None or self._conn._sock is None:
+        if not self._in_flight or self._answered or self._conn is None or self._conn._sock is None:
             return None
         return int(self._conn._sock.fileno())
 
     def busy(self) -> bool:
         """True while Redis has not yet answered the oldest batch in flight (never blocks)."""
-        if not self._in_flight:
+        if not self._in_flight or self._answered:
             return False
         try:
             return not self._connection().can_read(timeout=0)
@@ -105,43 +195,130 @@ class RedisSink:
             return False  # receive() will report it
 
     def receive(self) -> ApplyResult:
-        """Wait for the oldest batch in flight; raise ``RebuildRequired`` if Redis refused it."""
+        """Wait for the oldest batch in flight; raise ``RebuildRequired`` if Redis refused it,
+        ``Fenced`` if another process owns the projection now, ``ReplicasBehind`` if too few
+        replicas acknowledged it (then it is applied but must not be confirmed yet)."""
         if not self._in_flight:
             raise RuntimeError("no batch in flight")
         args, new, expected = self._in_flight.popleft()
+        outcome, acked = self._answered.popleft() if self._answered else self._read_answer()
+        if isinstance(outcome, redis.exceptions.NoScriptError):
+            # Redis restarted or flushed its scripts: load it and run it once more.
+            outcome, acked = self._retry_without_script(args)
+        if isinstance(outcome, Exception):
+            raise self._failure(outcome, new, expected) from outcome
+        if acked is not None and acked < self.min_replicas:
+            raise ReplicasBehind(
+                f"only {acked} of {self.min_replicas} Redis replicas acknowledged the batch "
+                f"up to {new.position} within {self._wait_ms} ms; retrying",
+                service="redis",
+            )
+        request = as_text(outcome[1]) if outcome and len(outcome) > 1 else ""
+        return ApplyResult(replay_request=request or None)
+
+    def _read_answer(self) -> tuple[Any, int | None]:
+        """The script's reply (or its error) and, with ``min_replicas``, WAIT's count."""
+        connection = self._connection()
         try:
             try:
-                reply = self._connection().read_response()
-            except redis.exceptions.NoScriptError:
-                # Redis restarted or flushed its scripts: load it and run it once more.
-                self._client.script_load(_APPLY_LUA)
-                reply = self._client.evalsha(self._apply.sha, *args)  # type: ignore[arg-type]
-        except redis.exceptions.ReadOnlyError as exc:
-            self._drop_connection()
-            raise ConnectionLost(
-                f"Redis is a read-only replica now (failover?): {exc}", service="redis"
-            ) from exc
-        except redis.ResponseError as exc:
-            message = str(exc)
-            if message.startswith("POSITION"):
-                found = message.removeprefix("POSITION").strip()
-                reason = (
-                    "Redis holds no watermark: it lost its data or was flushed"
-                    if not found
-                    else f"Redis watermark moved under us (expected "
-                    f"{expected.position if expected else 'nothing'}, found {found})"
-                )
-                raise RebuildRequired(reason, slot=new.slot, lsn=new.lsn) from exc
-            if message.startswith("BUILD LOST"):
-                raise RebuildRequired(
-                    f"Redis lost keys of boards being built ({message})", slot=new.slot
-                ) from exc
-            raise
+                outcome: Any = connection.read_response()
+            except redis.ResponseError as exc:  # this script's error; the stream is intact
+                outcome = exc
+            acked = int(connection.read_response()) if self.min_replicas else None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
-        request = as_text(reply[1]) if reply and len(reply) > 1 else ""
-        return ApplyResult(replay_request=request or None)
+        return outcome, acked
+
+    def _retry_without_script(self, args: tuple[object, ...]) -> tuple[Any, int | None]:
+        try:
+            self._client.script_load(_APPLY_LUA)
+            outcome: Any = self._client.evalsha(self._apply.sha, *args)  # type: ignore[arg-type]
+        except redis.ResponseError as exc:
+            outcome = exc
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._drop_connection()
+            raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+        acked = None
+        if self.min_replicas:
+            acked = self._wait()
+        return outcome, acked
+
+    def _wait(self) -> int:
+        """WAIT for ``min_replicas`` on the client's connection: how many acknowledged."""
+        command = self._client.execute_command
+        return int(self._call(command, "WAIT", self.min_replicas, self._wait_ms))
+
+    def _failure(self, exc: Exception, new: Watermark, expected: Watermark | None) -> Exception:
+        """What a refused script means for the projector."""
+        message = str(exc)
+        if isinstance(exc, redis.exceptions.ReadOnlyError) or message.startswith(_MOVED_AWAY):
+            self._drop_connection()
+            return ConnectionLost(
+                f"Redis is a read-only replica now, or no longer serves our keys (failover?): "
+                f"{exc}",
+                service="redis",
+            )
+        if message.startswith("POSITION"):
+            found = message.removeprefix("POSITION").strip()
+            reason = (
+                "Redis holds no watermark: it lost its data or was flushed"
+                if not found
+                else f"Redis watermark moved under us (expected "
+                f"{expected.position if expected else 'nothing'}, found {found})"
+            )
+            return RebuildRequired(reason, slot=new.slot, lsn=new.lsn)
+        if message.startswith("FENCED"):
+            return Fenced(message.removeprefix("FENCED").strip())
+        if message.startswith("BUILD LOST"):
+            return RebuildRequired(
+                f"Redis lost keys of boards being built ({message})", slot=new.slot
+            )
+        return exc
+
+    def _registered(self, prefixes: Iterable[str] | None = None) -> list[str]:
+        """Registered board keys (under ``prefixes``, if given), read once Redis answered
+        every batch in flight (their answers are kept for ``receive``)."""
+        while len(self._answered) < len(self._in_flight):
+            self._answered.append(self._read_answer())
+        listed = self._call(self._client.zrange, self.keys.registry, 0, -1)
+        listed = [as_text(key) for key in listed]
+        if prefixes is None:
+            return listed
+        starts = tuple(prefixes)
+        return [key for key in listed if key.startswith(starts)]
+
+    def swap_build(
+        self,
+        build: str,
+        boards: Sequence[tuple[str, int | None, int]],
+        labels: Sequence[tuple[str, int]],
+        watermark: Watermark,
+        replay_id: str | None,
+    ) -> None:
+        """Replace every board, label hash and the watermark by a rebuild's (swap_boards.lua):
+        ``boards`` (suffix, expiry, members) and ``labels`` (suffix, fields) under ``build``."""
+        keys = self.keys
+        old = self._registered()
+        declared: list[str] = [f"{build}started"]
+        args: list[Any] = [self.owner, replay_id or "", watermark.position, keys.events]
+        fields = watermark.fields()
+        args.append(len(fields))
+        for item in fields.items():
+            args.extend(item)
+        args.append(len(boards))
+        for suffix, expires, members in boards:
+            declared += (build + suffix, keys.prefix + suffix)
+            args.extend(("" if expires is None else expires, members))
+        args.append(len(labels))
+        for suffix, count in labels:
+            declared += (build + suffix, keys.prefix + suffix)
+            args.append(count)
+        args.append(len(old))
+        declared += old
+        fixed = (keys.watermark, keys.registry, keys.replay_request, keys.owner)
+        self._client.eval(_SWAP_LUA, len(fixed) + len(declared), *fixed, *declared, *args)
+        self.wait_for_replicas()
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -158,6 +335,7 @@ class RedisSink:
     def close(self) -> None:
         """Give the dedicated connection back; batches still in flight are abandoned."""
         self._in_flight.clear()
+        self._answered.clear()
         self._drop_connection()
 
     def beat(self, ttl_seconds: float, info: dict[str, str]) -> None:
@@ -166,12 +344,30 @@ class RedisSink:
             "pid": str(os.getpid()),
             "host": socket.gethostname(),
             "at": str(time.time()),
+            "owner": self.owner,
         }
         fields.update(info)
         pipe = self._client.pipeline(transaction=True)
         pipe.hset(self.keys.heartbeat, mapping=fields)
         pipe.pexpire(self.keys.heartbeat, max(1, int(ttl_seconds * 1000)))
         self._call(pipe.execute)
+
+    def announce_standby(self, ttl_seconds: float) -> None:
+        """Record that this process stands by (for ``status``), and forget long-gone ones."""
+        key, now = self.keys.standbys, time.time()
+        seen = self._call(self._client.hgetall, key)
+        gone = [field for field, until in seen.items() if float(until) < now]
+        pipe = self._client.pipeline(transaction=True)
+        if gone:
+            pipe.hdel(key, *gone)
+        pipe.hset(key, _process_name(), str(now + ttl_seconds))
+        self._call(pipe.execute)
+
+    def standbys(self) -> list[str]:
+        """``host:pid`` of every process standing by now."""
+        now = time.time()
+        seen = self._call(self._client.hgetall, self.keys.standbys)
+        return sorted(as_text(field) for field, until in seen.items() if float(until) >= now)
 
     def forget_heartbeat(self) -> None:
         """Say at once that the projector stopped (instead of letting the beat expire)."""
@@ -211,8 +407,31 @@ class RedisSink:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
 
 
-def encode_batch(batch: BatchDelta, new: Watermark, *, full: bool = True) -> str:
-    """The JSON argument of apply_batch.lua (see its header for the shape)."""
+def _process_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def new_owner() -> str:
+    """A fencing token naming this process and this takeover: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def encode_batch(
+    batch: BatchDelta, new: Watermark, *, full: bool = True, registered: Sequence[str] = ()
+) -> tuple[list[str], str]:
+    """The keys apply_batch.lua touches besides its fixed four (in KEYS order) and its JSON
+    argument, which names each key by its index in KEYS (see the script's header)."""
+    declared: list[str] = []
+    index: dict[str, int] = {}
+
+    def at(key: str) -> int:
+        found = index.get(key)
+        if found is None:
+            declared.append(key)
+            found = index[key] = 4 + len(declared)
+        return found
+
+    clear_starts = tuple(batch.clear_boards)
     labels = []
     for hash_key, members in batch.labels.items():
         set_pairs: list[str] = []
@@ -223,24 +442,31 @@ def encode_batch(batch: BatchDelta, new: Watermark, *, full: bool = True) -> str
             else:
                 set_pairs.append(member)
                 set_pairs.append(label)
-        labels.append((hash_key, set_pairs, deleted))
+        labels.append((at(hash_key), set_pairs, deleted))
     expiry, raw = batch.expiry, batch.raw
     boards = []
     for key, scores in batch.deltas.items():
         flat = [x for pair in scores.items() if pair[1] for x in pair]
         if flat:
             expires = expiry.get(key)
-            boards.append((key, "" if expires is None else expires, flat, int(key in raw)))
+            boards.append((at(key), "" if expires is None else expires, flat, int(key in raw)))
     document: dict[str, Any] = {
         "w": [x for pair in new.fields(full=full).items() for x in pair],
-        "cb": sorted(batch.clear_boards),
-        "cl": sorted(batch.clear_labels),
+        "cb": [at(key) for key in registered if clear_starts and key.startswith(clear_starts)],
+        "cl": [at(key) for key in sorted(batch.clear_labels)],
         "l": labels,
         "b": boards,
     }
-    if batch.swap is not None:
-        document["s"] = batch.swap
-    return json.dumps(
+    swap = batch.swap
+    if swap is not None:
+        going = tuple(swap["u"])
+        document["s"] = {
+            "started": at(swap["started"]),
+            "u": [at(key) for key in registered if going and key.startswith(going)],
+            "x": [[at(key), members] for key, members in swap["x"]],
+            "m": [[at(base), at(delta), at(final), when] for base, delta, final, when in swap["m"]],
+        }
+    return declared, json.dumps(
         document,
         ensure_ascii=False,
         separators=(",", ":"),

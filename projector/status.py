@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import redis
 
+from projector import redis_nodes
 from projector.buckets import Period, current_bucket
 from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn, parse_lsn
@@ -30,9 +31,10 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {
         "slot": {"name": settings.slot, "exists": False},
         "postgres": {"reachable": False, "dsn": settings.redacted_dsn},
-        "redis": {"reachable": False, "url": settings.redacted_redis_url},
+        "redis": {"reachable": False, "url": redis_nodes.describe(settings)},
         "watermark": None,
         "projector": {"alive": False},
+        "standbys": [],
         "lag": {"bytes": None, "seconds": None},
         "problems": [],
     }
@@ -80,7 +82,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         report["postgres"]["error"] = _first_line(exc)
         problems.append("PostgreSQL unreachable")
 
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    client = redis_nodes.client(settings, socket_timeout=5, connect_timeout=3)
     try:
         info = client.info()
         sink = RedisSink(client, settings.keys)
@@ -105,10 +107,14 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                 "pid": int(beat.get("pid", "0")),
                 "host": beat.get("host"),
                 "state": beat.get("state"),
+                "owner": beat.get("owner") or None,
                 "seconds_since_heartbeat": round(time.time() - float(beat.get("at", "0")), 3),
             }
         else:
             problems.append("projector is not alive (no heartbeat)")
+        report["standbys"] = sink.standbys()
+        report["redis"]["role"] = info.get("role")
+        report["redis"]["connected_replicas"] = info.get("connected_slaves")
         if wm is None:
             problems.append("Redis holds no watermark (not built, or lost its data)")
         else:
@@ -206,11 +212,13 @@ def render_status(report: dict[str, Any]) -> str:
             if proj["alive"]
             else "NOT ALIVE",
         ),
+        ("standby", ", ".join(report["standbys"]) or "none"),
         (
             "redis",
             f"{rd['url']} "
             + (
-                f"v{rd.get('version')}, {rd.get('used_memory_human')} used, "
+                f"v{rd.get('version')} {rd.get('role')} with {rd.get('connected_replicas')} "
+                f"replica(s), {rd.get('used_memory_human')} used, "
                 f"maxmemory-policy {rd.get('maxmemory_policy')}"
                 if rd["reachable"]
                 else f"DOWN: {rd.get('error')}"

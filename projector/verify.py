@@ -19,7 +19,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from projector import queries
+from projector import queries, redis_nodes
 from projector.boards import Board
 from projector.buckets import (
     TIMED_PERIODS,
@@ -144,7 +144,7 @@ def verify(settings: Settings, *, everything: bool = False, wait: float = 30.0) 
     started = time.monotonic()
     boards = boards_to_check(settings, everything)
     keys = [settings.keys.board(board.name, p, b) for board, p, b in boards]
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client = redis_nodes.client(settings, socket_timeout=None)
     sink = RedisSink(client, settings.keys)
     slot = f"verify_{uuid.uuid4().hex[:16]}"
     stream = ReplicationStream(settings.pg_dsn, slot, settings.publication)

@@ -21,6 +21,7 @@ import psycopg
 import redis
 import structlog
 
+from projector import redis_nodes
 from projector.backfill import Backfill, BuildRestart
 from projector.boards import check_publication, check_schema
 from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
@@ -29,12 +30,13 @@ from projector.lsn import format_lsn
 from projector.metrics import ProjectorMetrics
 from projector.pgoutput import Decoder
 from projector.projection import Projection, ReplicaIdentityError, identity_columns
-from projector.rebuild import RebuildInterrupted, advisory_lock, rebuild
+from projector.rebuild import RebuildInterrupted, rebuild
 from projector.replication import PrimaryKeepalive
 from projector.session import Actions, Collect, Confirm, Receive, Send, Session
 from projector.settings import Settings
-from projector.sink import RedisSink
-from projector.stream import ReplicationStream, ServerPosition, connect, slot_info
+from projector.sink import RedisSink, new_owner
+from projector.standby import SlotLock
+from projector.stream import ReplicationStream, ServerPosition, slot_info
 from projector.watermark import Watermark
 
 log = structlog.get_logger(__name__)
@@ -42,6 +44,10 @@ log = structlog.get_logger(__name__)
 _POLL_TIMEOUT = 0.2
 # A session that lasted this long resets the reconnect backoff.
 _HEALTHY_SESSION = 60.0
+
+
+class _StoppedStandingBy(ProjectorError):
+    """``stop`` was set while another process drove the slot."""
 
 
 class ReplayRequested(ProjectorError):
@@ -53,13 +59,18 @@ class ReplayRequested(ProjectorError):
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client with timeouts suited to a long-running writer."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=30.0,
-        socket_connect_timeout=5.0,
-        health_check_interval=30,
-        decode_responses=False,
+    """A Redis client (of the master) with timeouts suited to a long-running writer."""
+    return redis_nodes.client(settings, health_check_interval=30)
+
+
+def open_sink(settings: Settings, owner: str = "") -> RedisSink:
+    """The projector's sink, with its fencing token and durability settings."""
+    return RedisSink(
+        redis_client(settings),
+        settings.keys,
+        owner=owner,
+        min_replicas=settings.redis_min_replicas,
+        replica_timeout=settings.redis_replica_timeout,
     )
 
 
@@ -103,6 +114,7 @@ class Worker:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.metrics = metrics or ProjectorMetrics()
+        self._announced = 0.0
 
     def run_forever(self) -> None:
         """Stream until stopped; retry lost connections, rebuild Redis when it lost data."""
@@ -119,6 +131,9 @@ class Worker:
                 return
             except RebuildInterrupted as exc:
                 log.warning("stopped during a rebuild", error=str(exc))
+                return
+            except _StoppedStandingBy:
+                log.info("stopped while standing by")
                 return
             except RebuildRequired as exc:
                 log.warning("rebuilding Redis from PostgreSQL", reason=exc.reason)
@@ -150,7 +165,7 @@ class Worker:
 
     def _rebuild(self, reason: str, replay_id: str | None) -> None:
         metrics = self.metrics
-        with self._driving_slot() as (_pg, sink), _beating(sink, self.settings, metrics):
+        with self._driving_slot() as (_lock, sink), _beating(sink, self.settings, metrics):
             metrics.state("rebuilding")
             rebuild(
                 self.settings,
@@ -165,7 +180,8 @@ class Worker:
 
     def _session(self) -> None:
         settings = self.settings
-        with self._driving_slot() as (pg, sink):
+        with self._driving_slot() as (lock, sink):
+            pg = lock.pg
             sink.require_no_eviction()
             check_schema(pg, settings.boards)
             check_publication(pg, settings.publication, identity_columns(settings.boards))
@@ -173,7 +189,7 @@ class Worker:
             try:
                 stream.open()
                 applied, change = self._check_state(pg, sink, stream.identify_system())
-                _Streaming(self, sink, stream, pg, applied, change).run()
+                _Streaming(self, sink, stream, lock, applied, change).run()
             except ReplicaIdentityError as exc:
                 # Refused (ConfigError) while the table is still so; once it is fixed, the
                 # changes logged meanwhile still lack old values: only a rebuild is exact.
@@ -184,26 +200,47 @@ class Worker:
                 sink.close()
 
     @contextmanager
-    def _driving_slot(
-        self,
-    ) -> Iterator[tuple[psycopg.Connection[tuple[object, ...]], RedisSink]]:
-        """Hold the slot's advisory lock (one process drives it) and open the sink."""
+    def _driving_slot(self) -> Iterator[tuple[SlotLock, RedisSink]]:
+        """Drive the slot: stand by until this process holds its lock, and take it over from
+        a former driver. The sink has a fresh fencing token, for the caller to claim Redis
+        with before it reads state it trusts (a rebuild claims just before its swap)."""
         settings = self.settings
-        pg = connect(settings.pg_dsn)
+        lock = SlotLock(settings, self.stop)
         try:
-            with advisory_lock(pg, settings.slot, wait=False) as locked:
-                if not locked:
-                    self.metrics.role("standby")
-                    raise ConnectionLost(
-                        f"another projector process holds slot {settings.slot!r}",
-                        service="postgres",
-                    )
+            lock.acquire(on_standby=self._standing_by)
+            if lock.conn is None:
+                raise _StoppedStandingBy
+            sink = open_sink(settings, new_owner())
+            try:
+                lock.take_slot_over()
                 self.metrics.role("active")
-                yield pg, RedisSink(redis_client(settings), settings.keys)
+                log.info("active", slot=settings.slot, owner=sink.owner)
+                yield lock, sink
+            finally:
+                sink.close()
         except psycopg.OperationalError as exc:
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
         finally:
-            pg.close()
+            lock.close()
+
+    def _standing_by(self, first: bool) -> None:
+        """Called at each poll while another process drives the slot: say so, now and then
+        (in the log once, in Redis for ``status`` every heartbeat)."""
+        self.metrics.role("standby")
+        self.metrics.progress()
+        if first:
+            log.info("standby", slot=self.settings.slot, reason="another process drives the slot")
+        now = time.monotonic()
+        if not first and now - self._announced < self.settings.heartbeat_interval:
+            return
+        self._announced = now
+        sink = open_sink(self.settings)
+        try:
+            sink.announce_standby(max(3 * self.settings.heartbeat_interval, 5.0))
+        except ConnectionLost as exc:
+            log.debug("cannot announce the standby in Redis", error=str(exc))
+        finally:
+            sink.close()
 
     def _check_state(
         self,
@@ -231,9 +268,7 @@ class Worker:
                 service="postgres",
             )
         system_id = server.system_id
-        wm = sink.read_watermark()
-        if wm is None:
-            raise RebuildRequired("Redis holds no watermark (empty, flushed or lost data)")
+        wm = _claimed_watermark(sink)
         if wm.system_id != system_id:
             raise RebuildRequired(
                 f"PostgreSQL is a different cluster (system id {system_id}, "
@@ -282,6 +317,18 @@ class Worker:
         return wm, change
 
 
+def _claimed_watermark(sink: RedisSink) -> Watermark:
+    """Claim Redis (a former driver that wakes up writes nothing from now on), then read the
+    watermark it cannot move any more; ``RebuildRequired`` without one (then the rebuild
+    claims before its swap: nothing is written before it must be)."""
+    if sink.read_watermark() is not None:
+        sink.claim()
+        wm = sink.read_watermark()
+        if wm is not None:
+            return wm
+    raise RebuildRequired("Redis holds no watermark (empty, flushed or lost data)")
+
+
 class _Streaming:
     """The I/O of one connected session: frames in, the ``Session``'s actions carried out."""
 
@@ -290,7 +337,7 @@ class _Streaming:
         worker: Worker,
         sink: RedisSink,
         stream: ReplicationStream,
-        pg: psycopg.Connection[tuple[object, ...]],
+        lock: SlotLock,
         applied: Watermark,
         change: BoardChange | None,
     ) -> None:
@@ -299,7 +346,8 @@ class _Streaming:
         self.stop = worker.stop
         self.sink = sink
         self.stream = stream
-        self.pg = pg
+        self.lock = lock
+        self.pg = lock.pg
         self.backfill = Backfill(settings, change, sink) if change is not None else None
         self.session = Session(
             applied,
@@ -376,6 +424,7 @@ class _Streaming:
             if self.backfill is not None:
                 self._check_backfill(self.backfill)
             now = time.monotonic()
+            self.lock.check()
             if now - self.last_beat >= self.settings.heartbeat_interval:
                 self._beat(now)
             if now - self.last_wal_check >= self.settings.status_interval:
