@@ -155,7 +155,8 @@ class RedisReader:
         self._client = client
         self._keys = Keys(prefix)
         self._watermark = self._keys.watermark.encode()
-        self._label_keys: dict[Board, bytes] = {}
+        # By board name: hashing a Board hashes every field of its definition.
+        self._label_keys: dict[str, bytes] = {}
         # The projector publishes each new watermark LSN here (apply_batch.lua, swap_boards.lua).
         self.events_channel = self._keys.events.encode()
         self._timeout = timeout
@@ -169,10 +170,10 @@ class RedisReader:
 
     def _labels(self, board: Board) -> bytes:
         """The board's label hash (for a board without labels, a key never written)."""
-        key = self._label_keys.get(board)
+        key = self._label_keys.get(board.name)
         if key is None:
             name = self._keys.labels(board.labels) if board.labels else self._keys.no_labels
-            key = self._label_keys[board] = name.encode()
+            key = self._label_keys[board.name] = name.encode()
         return key
 
     async def board(
