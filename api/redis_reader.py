@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -290,6 +291,8 @@ def _entries(rows: list[Any]) -> list[Entry]:
     ]
 
 
+# The watermark moves once per applied batch, and every answer carries it: parse each once.
+@lru_cache(maxsize=64)
 def _as_of(lsn: bytes | str, commit_time: bytes | str) -> AsOf:
     try:
         position = parse_lsn(lsn.decode() if isinstance(lsn, bytes) else lsn)
