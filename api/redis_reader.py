@@ -280,14 +280,12 @@ class RedisReader:
 
 
 def _entries(rows: list[Any]) -> list[Entry]:
+    """Entries from the scripts' flat rows (member, score, rank, label, member, ...)."""
+    # Positional: keyword arguments cost a NamedTuple's __new__ a parse for every entry.
+    flat = iter(rows)
     return [
-        Entry(
-            rank=int(rows[k + 2]),
-            user_id=rows[k].decode(),
-            display_name=_text_or_none(rows[k + 3]),
-            score=int(rows[k + 1]),
-        )
-        for k in range(0, len(rows), 4)
+        Entry(int(rank), member.decode(), None if label is None else label.decode(), int(score))
+        for member, score, rank, label in zip(flat, flat, flat, flat, strict=True)
     ]
 
 
