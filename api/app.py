@@ -450,8 +450,12 @@ def _end_streams_on_exit_signals(end: Callable[[], None]) -> None:
         signal.signal(signum, chained)
 
 
+# Built once: json.dumps with any option builds a JSONEncoder for every call.
+_JSON_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _encode(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return _JSON_TEXT(body).encode()
 
 
 def _pg_user(dsn: str) -> str | None:
