@@ -10,7 +10,6 @@ competition ranks (1 + members with a higher score).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from datetime import datetime
 from functools import lru_cache
@@ -140,7 +139,8 @@ _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Commands(Protocol):
-    """What the reader needs of a Redis client."""
+    """What the reader needs of a Redis client: calls bounded in time, each raising
+    ``TimeoutError`` when its bound runs out."""
 
     async def execute_command(self, *command: Any) -> Any: ...
 
@@ -148,8 +148,11 @@ class Commands(Protocol):
 class RedisReader:
     """Answers from the boards under ``prefix``; raises ``NotBuilt`` or ``StoreUnavailable``.
 
-    Commands go through ``client`` (an ``AutoPipeline``); every call is bounded by ``timeout``
-    as a whole, and a call cut short leaves its reply to be read and dropped by its batch.
+    Commands go through ``client`` (an ``AutoPipeline``), which bounds every call: it gives
+    each batch ``timeout`` as a whole and fails its commands with ``TimeoutError`` past it.
+    The reader adds no timer of its own: per call, ``asyncio.timeout`` cost three
+    ``get_running_loop`` calls (each a getpid on Python 3.11) and a loop timer armed and
+    cancelled. ``timeout`` (the client's) names the bound in errors.
     """
 
     def __init__(self, client: Commands, prefix: str, timeout: float) -> None:
@@ -266,8 +269,7 @@ class RedisReader:
 
     async def _call(self, *command: Any) -> Any:
         try:
-            async with asyncio.timeout(self._timeout):
-                return await self._client.execute_command(*command)
+            return await self._client.execute_command(*command)
         except NoScriptError:
             raise
         except TimeoutError as exc:
