@@ -261,6 +261,9 @@ class App:
                 return
 
     async def _started(self) -> _Running:
+        """The running clients, started here under a server without lifespan. Requests look
+        at ``self._running`` first (``self._running or await self._started()``): awaiting this
+        costs a coroutine per request."""
         if self._running is None:
             # No lifespan (some test clients and servers): start on the first request.
             if self._starting is None:
@@ -269,9 +272,6 @@ class App:
                 await self.startup()
         assert self._running is not None
         return self._running
-
-    async def _sources(self) -> Sources:
-        return (await self._started()).sources
 
     async def _board_body(self, sources: Sources, query: BoardQuery) -> dict[str, Any]:
         """A board's JSON for the event streams."""
@@ -410,7 +410,8 @@ class App:
         if route == routes.METRICS:
             return self.metrics.render().encode(), None, METRICS_CONTENT_TYPE
         if route == routes.READYZ:
-            ready, state = await (await self._sources()).readiness(_READY_TIMEOUT)
+            sources = (self._running or await self._started()).sources
+            ready, state = await sources.readiness(_READY_TIMEOUT)
             return _encode(state), state["source"] if ready else None, _JSON
         if route == routes.BOARDS:
             routes.parse_query_string(query_string, route)
@@ -421,16 +422,19 @@ class App:
         if route == routes.BOARD or route == routes.BOARD_PAGE:
             board, args, alias = self._board_of(route, args)
             board_query = routes.board_query(args, params, tz, board, alias=alias)
-            page, source = await (await self._sources()).board(board_query)
+            sources = (self._running or await self._started()).sources
+            page, source = await sources.board(board_query)
             body = board_json(board_query, page, source, tz)
         elif route == routes.STANDING or route == routes.MEMBER:
             board, args, alias = self._board_of(route, args)
             standing_query = routes.standing_query(args, params, tz, board, alias=alias)
-            standing, source = await (await self._sources()).standing(standing_query)
+            sources = (self._running or await self._started()).sources
+            standing, source = await sources.standing(standing_query)
             body = standing_json(standing_query, standing, source, tz)
         else:
             user_query = routes.user_query(args, params, self._default)
-            user, source = await (await self._sources()).user(user_query)
+            sources = (self._running or await self._started()).sources
+            user, source = await sources.user(user_query)
             body = user_json(user_query, user, source, tz)
         self.metrics.answered(route, source)
         return _encode(body), source, _JSON
@@ -459,8 +463,12 @@ def _end_streams_on_exit_signals(end: Callable[[], None]) -> None:
         signal.signal(signum, chained)
 
 
+# Built once: json.dumps with any option builds a JSONEncoder for every call.
+_JSON_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _encode(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return _JSON_TEXT(body).encode()
 
 
 def _pg_user(dsn: str) -> str | None:

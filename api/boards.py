@@ -28,11 +28,15 @@ class AsOf:
     commit_time: datetime | None
 
     def to_json(self) -> dict[str, Any]:
-        when = self.commit_time
-        return {
-            "lsn": format_lsn(self.lsn),
-            "commit_time": None if when is None else when.astimezone(UTC).isoformat(),
-        }
+        lsn, commit_time = _as_of_text(self.lsn, self.commit_time)
+        return {"lsn": lsn, "commit_time": commit_time}
+
+
+@lru_cache(maxsize=64)
+def _as_of_text(lsn: int, commit_time: datetime | None) -> tuple[str, str | None]:
+    """An ``AsOf``'s JSON strings, made once per watermark (every answer there renders them)."""
+    when = None if commit_time is None else commit_time.astimezone(UTC).isoformat()
+    return format_lsn(lsn), when
 
 
 class Entry(NamedTuple):

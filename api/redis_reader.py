@@ -10,9 +10,9 @@ competition ranks (1 + members with a higher score).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -139,7 +139,8 @@ _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class Commands(Protocol):
-    """What the reader needs of a Redis client."""
+    """What the reader needs of a Redis client: calls bounded in time, each raising
+    ``TimeoutError`` when its bound runs out."""
 
     async def execute_command(self, *command: Any) -> Any: ...
 
@@ -147,15 +148,19 @@ class Commands(Protocol):
 class RedisReader:
     """Answers from the boards under ``prefix``; raises ``NotBuilt`` or ``StoreUnavailable``.
 
-    Commands go through ``client`` (an ``AutoPipeline``); every call is bounded by ``timeout``
-    as a whole, and a call cut short leaves its reply to be read and dropped by its batch.
+    Commands go through ``client`` (an ``AutoPipeline``), which bounds every call: it gives
+    each batch ``timeout`` as a whole and fails its commands with ``TimeoutError`` past it.
+    The reader adds no timer of its own: per call, ``asyncio.timeout`` cost three
+    ``get_running_loop`` calls (each a getpid on Python 3.11) and a loop timer armed and
+    cancelled. ``timeout`` (the client's) names the bound in errors.
     """
 
     def __init__(self, client: Commands, prefix: str, timeout: float) -> None:
         self._client = client
         self._keys = Keys(prefix)
         self._watermark = self._keys.watermark.encode()
-        self._label_keys: dict[Board, bytes] = {}
+        # By board name: hashing a Board hashes every field of its definition.
+        self._label_keys: dict[str, bytes] = {}
         # The projector publishes each new watermark LSN here (apply_batch.lua, swap_boards.lua).
         self.events_channel = self._keys.events.encode()
         self._timeout = timeout
@@ -169,10 +174,10 @@ class RedisReader:
 
     def _labels(self, board: Board) -> bytes:
         """The board's label hash (for a board without labels, a key never written)."""
-        key = self._label_keys.get(board)
+        key = self._label_keys.get(board.name)
         if key is None:
             name = self._keys.labels(board.labels) if board.labels else self._keys.no_labels
-            key = self._label_keys[board] = name.encode()
+            key = self._label_keys[board.name] = name.encode()
         return key
 
     async def board(
@@ -264,8 +269,7 @@ class RedisReader:
 
     async def _call(self, *command: Any) -> Any:
         try:
-            async with asyncio.timeout(self._timeout):
-                return await self._client.execute_command(*command)
+            return await self._client.execute_command(*command)
         except NoScriptError:
             raise
         except TimeoutError as exc:
@@ -278,17 +282,17 @@ class RedisReader:
 
 
 def _entries(rows: list[Any]) -> list[Entry]:
+    """Entries from the scripts' flat rows (member, score, rank, label, member, ...)."""
+    # Positional: keyword arguments cost a NamedTuple's __new__ a parse for every entry.
+    flat = iter(rows)
     return [
-        Entry(
-            rank=int(rows[k + 2]),
-            user_id=rows[k].decode(),
-            display_name=_text_or_none(rows[k + 3]),
-            score=int(rows[k + 1]),
-        )
-        for k in range(0, len(rows), 4)
+        Entry(int(rank), member.decode(), None if label is None else label.decode(), int(score))
+        for member, score, rank, label in zip(flat, flat, flat, flat, strict=True)
     ]
 
 
+# The watermark moves once per applied batch, and every answer carries it: parse each once.
+@lru_cache(maxsize=64)
 def _as_of(lsn: bytes | str, commit_time: bytes | str) -> AsOf:
     try:
         position = parse_lsn(lsn.decode() if isinstance(lsn, bytes) else lsn)
