@@ -23,14 +23,16 @@
 -- Returns {"ok", replay request id or ""}, or the error "POSITION <found>" when the
 -- stored position is not the expected one (lost data or a second writer), or "FENCED".
 local wm_key, registry = KEYS[1], KEYS[2]
+-- The owner first: a fenced writer goes back to standing by; it must not take the position
+-- the new owner moved on for lost data (which would make it rebuild once it drives again).
+local owner = redis.call('GET', KEYS[4]) or ''
+if owner ~= ARGV[5] then
+  return redis.error_reply('FENCED ' .. owner)
+end
 local found = redis.call('HGET', wm_key, 'position')
 if not found then found = '' end
 if found ~= ARGV[1] then
   return redis.error_reply('POSITION ' .. found)
-end
-local owner = redis.call('GET', KEYS[4]) or ''
-if owner ~= ARGV[5] then
-  return redis.error_reply('FENCED ' .. owner)
 end
 local batch = cjson.decode(ARGV[3])
 local CHUNK = 2000

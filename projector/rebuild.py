@@ -32,7 +32,7 @@ from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
 from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn
 from projector.settings import Settings
-from projector.sink import Fenced, RedisSink
+from projector.sink import MOVED_AWAY, Fenced, RedisSink
 from projector.standby import LOCK_CLASS
 from projector.stream import ReplicationStream, ServerPosition, connect, drop_slot, slot_info
 from projector.watermark import Watermark
@@ -400,7 +400,7 @@ class _Loader:
             self._pipe.execute()
         except redis.exceptions.OutOfMemoryError as exc:
             raise _out_of_memory(exc) from exc
-        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, *MOVED_AWAY) as exc:
             raise ConnectionLost(f"Redis cannot take writes: {exc}", service="redis") from exc
         self._queued = 0
         with self._lock:
@@ -455,7 +455,7 @@ def mark_started(sink: RedisSink, build: str) -> None:
     as Redis then lost keys of it (flushed, cleared or restarted) and it is incomplete."""
     try:
         sink.client.set(f"{build}started", "1", ex=_BUILD_TTL)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, *MOVED_AWAY) as exc:
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
 
 

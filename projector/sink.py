@@ -35,7 +35,21 @@ from projector.watermark import Watermark
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
 # Replies of a node that no longer serves the projection as master (failover, moved slot).
-_MOVED_AWAY = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+# What a node says that no longer takes our writes: demoted to a replica, or our hash slot
+# moved to another node (a Cluster failover). Followed as a lost connection is: the
+# master is found again. redis-py parses most into these classes (dropping the word).
+MOVED_AWAY = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.AskError,  # and MovedError
+    redis.exceptions.ClusterDownError,  # and MasterDownError
+    redis.exceptions.TryAgainError,
+)
+_MOVED_AWAY_WORDS = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY")
+
+
+def moved_away(exc: Exception) -> bool:
+    """Whether ``exc`` says this node no longer takes our writes (see ``MOVED_AWAY``)."""
+    return isinstance(exc, MOVED_AWAY) or str(exc).startswith(_MOVED_AWAY_WORDS)
 
 
 class Fenced(ConnectionLost):
@@ -94,22 +108,36 @@ class RedisSink:
         fail with "FENCED"). Durable on ``min_replicas`` replicas before it returns."""
         if not self.owner:
             raise ProjectorError("a sink without an owner token cannot claim the projection")
-        pipe = self._client.pipeline(transaction=True)
+        pipe = self._client.pipeline(transaction=False)
         pipe.set(self.keys.owner, self.owner)
         pipe.hdel(self.keys.standbys, _process_name())  # no longer standing by
-        self._call(pipe.execute)
-        self.wait_for_replicas()
+        self._durably(pipe)
 
-    def wait_for_replicas(self) -> None:
-        """Return once ``min_replicas`` replicas hold every write this client made so far
-        (writes are replicated in order: all earlier ones too); else ``ReplicasBehind``."""
-        if not self.min_replicas:
-            return
-        acked = self._wait()
+    def _durably(self, pipe: Any) -> list[Any]:
+        """Run ``pipe`` on one connection, then WAIT there for ``min_replicas`` (WAIT counts
+        what its own connection wrote, and all that Redis replicated before it); return the
+        replies. ``ReplicasBehind`` when too few replicas acknowledged in time."""
+        if self.min_replicas:
+            pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
+        replies: list[Any] = self._call(pipe.execute, False)
+        for reply in replies[:-1] if self.min_replicas else replies:
+            if isinstance(reply, Exception) and moved_away(reply):
+                raise self._demoted(reply)
+            if isinstance(reply, Exception):
+                raise reply
+        if self.min_replicas:
+            acked = replies.pop()
+            if isinstance(acked, redis.ResponseError):  # WAIT on a node demoted meanwhile
+                raise self._demoted(acked)
+            self._require_replicas(int(acked), "the write")
+        return replies
+
+    def _require_replicas(self, acked: int, what: str) -> None:
         if acked < self.min_replicas:
             raise ReplicasBehind(
-                f"only {acked} of {self.min_replicas} Redis replicas (PROJECTOR_REDIS_MIN_REPLICAS)"
-                f" acknowledged within {self._wait_ms} ms",
+                f"only {acked} of {self.min_replicas} Redis replicas "
+                f"(PROJECTOR_REDIS_MIN_REPLICAS) acknowledged {what} within {self._wait_ms} ms;"
+                " retrying",
                 service="redis",
             )
 
@@ -207,12 +235,8 @@ class RedisSink:
             outcome, acked = self._retry_without_script(args)
         if isinstance(outcome, Exception):
             raise self._failure(outcome, new, expected) from outcome
-        if acked is not None and acked < self.min_replicas:
-            raise ReplicasBehind(
-                f"only {acked} of {self.min_replicas} Redis replicas acknowledged the batch "
-                f"up to {new.position} within {self._wait_ms} ms; retrying",
-                service="redis",
-            )
+        if acked is not None:
+            self._require_replicas(acked, f"the batch up to {new.position}")
         request = as_text(outcome[1]) if outcome and len(outcome) > 1 else ""
         return ApplyResult(replay_request=request or None)
 
@@ -228,37 +252,36 @@ class RedisSink:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+        except redis.ResponseError as exc:  # WAIT refused: the node was demoted meanwhile
+            raise self._demoted(exc) from exc
         return outcome, acked
 
     def _retry_without_script(self, args: tuple[object, ...]) -> tuple[Any, int | None]:
-        try:
-            self._client.script_load(_APPLY_LUA)
-            outcome: Any = self._client.evalsha(self._apply.sha, *args)  # type: ignore[arg-type]
-        except redis.ResponseError as exc:
-            outcome = exc
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._drop_connection()
-            raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
-        acked = None
+        self._call(self._client.script_load, _APPLY_LUA)
+        pipe: Any = self._client.pipeline(transaction=False)
+        pipe.evalsha(self._apply.sha, *args)
         if self.min_replicas:
-            acked = self._wait()
-        return outcome, acked
+            pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
+        replies = self._call(pipe.execute, False)
+        acked = replies[1] if self.min_replicas else None
+        if isinstance(acked, redis.ResponseError):
+            raise self._demoted(acked)
+        return replies[0], None if acked is None else int(acked)
 
-    def _wait(self) -> int:
-        """WAIT for ``min_replicas`` on the client's connection: how many acknowledged."""
-        command = self._client.execute_command
-        return int(self._call(command, "WAIT", self.min_replicas, self._wait_ms))
+    def _demoted(self, exc: Exception) -> ConnectionLost:
+        """The node took our write as a master but is a replica now (or no longer serves
+        our keys): what it took is unconfirmed; find the master again."""
+        self._drop_connection()
+        return ConnectionLost(
+            f"Redis is a read-only replica now, or no longer serves our keys (failover?): {exc}",
+            service="redis",
+        )
 
     def _failure(self, exc: Exception, new: Watermark, expected: Watermark | None) -> Exception:
         """What a refused script means for the projector."""
         message = str(exc)
-        if isinstance(exc, redis.exceptions.ReadOnlyError) or message.startswith(_MOVED_AWAY):
-            self._drop_connection()
-            return ConnectionLost(
-                f"Redis is a read-only replica now, or no longer serves our keys (failover?): "
-                f"{exc}",
-                service="redis",
-            )
+        if moved_away(exc):
+            return self._demoted(exc)
         if message.startswith("POSITION"):
             found = message.removeprefix("POSITION").strip()
             reason = (
@@ -317,8 +340,9 @@ class RedisSink:
         args.append(len(old))
         declared += old
         fixed = (keys.watermark, keys.registry, keys.replay_request, keys.owner)
-        self._client.eval(_SWAP_LUA, len(fixed) + len(declared), *fixed, *declared, *args)
-        self.wait_for_replicas()
+        pipe = self._client.pipeline(transaction=False)
+        pipe.eval(_SWAP_LUA, len(fixed) + len(declared), *fixed, *declared, *args)
+        self._durably(pipe)
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -405,6 +429,8 @@ class RedisSink:
             return fn(*args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+        except MOVED_AWAY as exc:
+            raise self._demoted(exc) from exc
 
 
 def _process_name() -> str:

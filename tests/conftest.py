@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,13 @@ import pytest
 #                             sessions and replication slots; settings changed with
 #                             postgres_server.set_config() are reset afterwards
 #   redis_url        test     redis://... of a Redis flushed before the test
+#   sentinel_topology test    a master, one replica and three Sentinels, fresh
+#   cluster_topology test     a three-master Redis Cluster with a replica each, fresh
 #
+# The topologies (scripts/redis_topology.py) are local redis-server processes, fresh per
+# test because failovers and kills change which node is master (half a second to start a
+# Sentinel one, two seconds a Cluster). Parametrize either indirectly with a dict of
+# constructor options, e.g. `{"password": "..."}`.
 # Servers come from PROJECTOR_TEST_PG_DSN / PROJECTOR_TEST_REDIS_URL, else local
 # binaries, else testcontainers. Only local servers can stop(), restart() or kill9();
 # elsewhere these raise servers.ServerControlUnsupported, which skips the test.
@@ -29,6 +36,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import servers
+from redis_topology import ClusterTopology, SentinelTopology
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +81,33 @@ def redis_url(redis_server: servers.RedisServer) -> str:
     redis_server.start()
     redis_server.flushall()
     return redis_server.url()
+
+
+def _topology_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    options: dict[str, Any] = getattr(request, "param", {})
+    return options
+
+
+@pytest.fixture
+def sentinel_topology(request: pytest.FixtureRequest) -> Iterator[SentinelTopology]:
+    """A started master, replica and three Sentinels, for this test alone."""
+    topology = SentinelTopology(**_topology_options(request))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.cleanup()
+
+
+@pytest.fixture
+def cluster_topology(request: pytest.FixtureRequest) -> Iterator[ClusterTopology]:
+    """A started three-master Redis Cluster with a replica per master, for this test alone."""
+    topology = ClusterTopology(**_topology_options(request))
+    try:
+        topology.start()
+        yield topology
+    finally:
+        topology.cleanup()
 
 
 def _skip_without_process_control() -> Generator[None, None, None]:

@@ -17,7 +17,7 @@ import redis
 from projector.errors import RebuildRequired
 from projector.keys import Keys
 from projector.projection import BatchDelta
-from projector.sink import RedisSink
+from projector.sink import Fenced, RedisSink
 from projector.watermark import Watermark
 
 PREFIX = "t:"
@@ -121,6 +121,32 @@ def test_cas_mismatch_raises_rebuild_required_and_changes_nothing(
     assert scores(client, ALL) == {"alice": 2.0}
     assert sink.read_watermark() == mark(200)
     assert client.exists(USERS) == 0
+
+
+def test_a_writer_that_lost_the_projection_is_fenced_and_changes_nothing(
+    client: redis.Redis,
+) -> None:
+    """Once another process claimed Redis, the former owner's batches are refused (even one
+    that names the right position) with ``Fenced``, not mistaken for lost data."""
+    former = RedisSink(client, KEYS, owner="former")
+    former.claim()
+    former.apply(batch({ALL: {"alice": 1}}), mark(100), None)
+    successor = RedisSink(client, KEYS, owner="successor")
+    successor.claim()
+    with pytest.raises(Fenced, match="took the slot over") as refused:
+        former.apply(batch({ALL: {"alice": 5}}, names={"x": "X"}), mark(200), mark(100))
+    assert refused.value.owner == "successor"
+    assert scores(client, ALL) == {"alice": 1.0}
+    assert client.exists(USERS) == 0
+    successor.apply(batch({ALL: {"bob": 1}}), mark(200), mark(100))
+    with pytest.raises(Fenced):  # the successor moved on: fenced, not "moved under us"
+        former.apply(batch({ALL: {"alice": 5}}), mark(200), mark(100))
+    assert scores(client, ALL) == {"alice": 1.0, "bob": 1.0}
+    assert sink_watermark(client) == mark(200)
+
+
+def sink_watermark(client: redis.Redis) -> Watermark | None:
+    return RedisSink(client, KEYS).read_watermark()
 
 
 def test_mid_transaction_position_is_part_of_the_cas(sink: RedisSink) -> None:

@@ -247,6 +247,8 @@ class Deployment:
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: list[ProjectorProcess] = field(default_factory=list)
+    # The client of the node holding the keys now (Sentinel, Cluster: it moves on failover).
+    redis_factory: Callable[[], redis.Redis] | None = None
 
     @property
     def watermark_key(self) -> str:
@@ -273,9 +275,9 @@ class Deployment:
         env.update(overrides)
         return env
 
-    def start(self, **env: str) -> ProjectorProcess:
-        """Start ``projector run``."""
-        log_path = self.workdir / "projector.log"
+    def start(self, log_name: str = "projector.log", **env: str) -> ProjectorProcess:
+        """Start ``projector run`` (logging to ``log_name`` under the work directory)."""
+        log_path = self.workdir / log_name
         log_path.touch()
         offset = log_path.stat().st_size
         with log_path.open("ab") as log:
@@ -305,6 +307,8 @@ class Deployment:
         )
 
     def redis(self) -> redis.Redis:
+        if self.redis_factory is not None:
+            return self.redis_factory()
         return redis.Redis.from_url(self.redis_url)
 
     def pg(self) -> psycopg.Connection[Any]:

@@ -25,12 +25,12 @@ from projector.keys import Keys
 from projector.logs import configure_logging
 from projector.migrate import migrate
 from tests.core.support import WIDE_RETENTION, projector_executable, settings_env, watermark
-from tests.soak.proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import servers  # noqa: E402
+from tcp_proxy import TcpProxy  # noqa: E402
 
 PREFIX = "pomo:"
 # The projector's own key names (watermark, heartbeat, replay request, build keys); the

@@ -7,8 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-
-from tests.soak.proxy import TcpProxy
+from tcp_proxy import TcpProxy
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
-"""A TCP forwarder on a loopback port that the soak's nemesis can stall or cut.
+"""A TCP forwarder on a loopback port that a test (the soak's nemesis, the standby tests)
+can stall or cut.
 
-The projector reaches PostgreSQL and Redis only through such proxies. ``stall`` stops the
-bytes (and the closes) in both directions while every connection stays open; ``cut``
-resets every connection and refuses new ones until ``heal``. Threads, one pair of pumps
-per connection: the projector opens a handful of connections, never thousands.
+In the soak the projector reaches PostgreSQL and Redis only through such proxies.
+``stall`` stops the bytes (and the closes) in both directions while every connection stays
+open; ``cut`` resets every connection and refuses new ones until ``heal``. Threads, one
+pair of pumps per connection: the projector opens a handful of connections, never
+thousands.
 """
 
 from __future__ import annotations
