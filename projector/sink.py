@@ -113,6 +113,15 @@ class RedisSink:
         pipe.hdel(self.keys.standbys, _process_name())  # no longer standing by
         self._durably(pipe)
 
+    def require_ownership(self) -> None:
+        """``Fenced`` when another process claimed Redis since this one did (then whatever
+        changed there is that process' doing, not lost data)."""
+        if not self.owner:
+            return
+        current = as_text(self._call(self._client.get, self.keys.owner) or b"")
+        if current != self.owner:
+            raise Fenced(current)
+
     def _durably(self, pipe: Any) -> list[Any]:
         """Run ``pipe`` on one connection, then WAIT there for ``min_replicas`` (WAIT counts
         what its own connection wrote, and all that Redis replicated before it); return the

@@ -532,6 +532,7 @@ class _Streaming:
         sink, session = self.sink, self.session
         ttl = max(3 * self.settings.heartbeat_interval, 5.0)
         lsn = format_lsn(session.acked.lsn)
+        sink.require_ownership()  # a zombie must not pass itself off as the live projector
         sink.beat(ttl, {"slot": self.settings.slot, "lsn": lsn, "state": "streaming"})
         # Someone may have switched Redis to an evicting policy while we run.
         sink.require_no_eviction()
@@ -539,6 +540,7 @@ class _Streaming:
             # Otherwise a flush of Redis goes unnoticed until the publication's next write.
             stored = sink.read_watermark()
             if stored is None or stored.position != session.acked.position:
+                sink.require_ownership()  # moved by a process that took over: stand by
                 raise RebuildRequired(
                     "Redis holds no watermark: it lost its data or was flushed"
                     if stored is None
