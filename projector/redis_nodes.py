@@ -22,6 +22,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.connection import parse_url
 from redis.crc import key_slot
 from redis.sentinel import Sentinel
@@ -164,8 +165,10 @@ def async_pool(
             **options,
         )
         name = str(settings.redis_sentinel_master)
-        found = sentinel.slave_for(name) if replicas else sentinel.master_for(name)
-        pool: aioredis.ConnectionPool = found.connection_pool
+        pick = sentinel.slave_for if replicas else sentinel.master_for
+        pool: aioredis.ConnectionPool = pick(
+            name, connection_pool_class=_SentinelPool
+        ).connection_pool
         return pool
     if settings.redis_cluster_nodes:
         resolver = _SlotResolver(settings, url, replicas=replicas)
@@ -181,6 +184,16 @@ def async_pool(
             "PROJECTOR_REDIS_CLUSTER_NODES: replicas are found through them"
         )
     return aioredis.ConnectionPool.from_url(url, **options)
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """redis-py's pool of a Sentinel-named node, which closes the Sentinels' connections
+    too when it is closed."""
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for client in self.sentinel_manager.sentinels:
+            await client.aclose()
 
 
 class _SlotResolver:

@@ -1,0 +1,122 @@
+"""Reads from Redis replicas (PROJECTOR_API_READ_FROM_REPLICAS=true), on a real Sentinel
+topology: the API finds master and replica through the Sentinels, answers from the replica,
+and asks the master instead where the replica's watermark is behind the request's min_lsn.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from redis_topology import RedisNode, SentinelTopology
+
+from projector.settings import Settings
+
+from .support import ApiServer, ProjectorThread, current_lsn, insert_rows, serve, wait_caught_up
+
+pytestmark = pytest.mark.timeout(120)
+
+BOARD = "/v1/leaderboards/day"
+TODAY = [("ann", None), ("ann", None), ("bob", None)]
+
+
+def _scores(body: dict[str, Any]) -> dict[str, int]:
+    return {entry["user_id"]: entry["score"] for entry in body["entries"]}
+
+
+def _replica_reads(api: ApiServer) -> dict[str, float]:
+    text = api.get("/metrics").text
+    return {
+        outcome: float(value)
+        for outcome, value in re.findall(
+            r'^api_replica_reads_total\{outcome="(\w+)"\} (\S+)$', text, re.MULTILINE
+        )
+    }
+
+
+@contextmanager
+def _replication_held(replica: RedisNode) -> Iterator[None]:
+    """The replica stops applying what the master sends (CLIENT PAUSE WRITE holds the
+    replication stream too) but goes on answering reads: a lagging replica."""
+    replica.execute("CLIENT", "PAUSE", "60000", "WRITE")
+    try:
+        yield
+    finally:
+        replica.execute("CLIENT", "UNPAUSE")
+
+
+def test_reads_come_from_the_replica_unless_it_is_behind_min_lsn(
+    settings_for: Callable[..., Settings], sentinel_topology: SentinelTopology
+) -> None:
+    topology = sentinel_topology
+    settings = settings_for(
+        redis_url=topology.master().url(),
+        redis_sentinels=",".join(f"{host}:{port}" for host, port in topology.sentinels),
+        redis_sentinel_master=topology.master_name,
+        api_read_from_replicas=True,
+    )
+    insert_rows(settings.pg_dsn, TODAY)
+    projector = ProjectorThread(settings)
+    try:
+        wait_caught_up(settings)
+        topology.wait_replicas_in_sync()
+        (address,) = topology.replicas()
+        replica = topology.node_at(address)
+        with serve(settings) as api:
+            body = api.json(BOARD)
+            assert body["source"] == "redis" and _scores(body) == {"ann": 2, "bob": 1}
+            assert _replica_reads(api).get("served", 0) >= 1
+
+            with _replication_held(replica):
+                insert_rows(settings.pg_dsn, [("newbie", None)])
+                lsn = current_lsn(settings.pg_dsn)
+                wait_caught_up(settings)  # on the master
+                stale = api.json(BOARD)  # no min_lsn: the replica's answer will do
+                assert stale["source"] == "redis" and "newbie" not in _scores(stale)
+                before = _replica_reads(api).get("behind", 0)
+                fresh = api.json(BOARD, min_lsn=lsn)
+                assert fresh["source"] == "redis" and _scores(fresh)["newbie"] == 1
+                assert _replica_reads(api).get("behind", 0) == before + 1
+
+            deadline = time.monotonic() + 10
+            while "newbie" not in _scores(api.json(BOARD)):  # the replica caught up
+                assert time.monotonic() < deadline, "the replica did not catch up"
+                time.sleep(0.05)
+    finally:
+        projector.stop()
+
+
+def test_a_replica_down_leaves_reads_to_the_master(
+    settings_for: Callable[..., Settings], sentinel_topology: SentinelTopology
+) -> None:
+    """A frozen replica costs one timeout; then its breaker sends reads to the master."""
+    topology = sentinel_topology
+    settings = settings_for(
+        redis_url=topology.master().url(),
+        redis_sentinels=",".join(f"{host}:{port}" for host, port in topology.sentinels),
+        redis_sentinel_master=topology.master_name,
+        api_read_from_replicas=True,
+        api_redis_timeout=0.3,
+    )
+    insert_rows(settings.pg_dsn, TODAY)
+    projector = ProjectorThread(settings)
+    try:
+        wait_caught_up(settings)
+        (address,) = topology.replicas()
+        replica = topology.node_at(address)
+        with serve(settings) as api:
+            assert api.json(BOARD)["source"] == "redis"
+            topology.pause(replica)
+            try:
+                for _ in range(5):
+                    body = api.json(BOARD)
+                    assert body["source"] == "redis" and _scores(body) == {"ann": 2, "bob": 1}
+                assert _replica_reads(api).get("failed", 0) >= 1
+            finally:
+                topology.resume(replica)
+    finally:
+        projector.stop()
