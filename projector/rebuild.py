@@ -31,8 +31,9 @@ from projector.clear import unlink_matching
 from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
 from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn
+from projector.redis_nodes import MOVED_AWAY
 from projector.settings import Settings
-from projector.sink import MOVED_AWAY, Fenced, RedisSink
+from projector.sink import Fenced, RedisSink
 from projector.standby import LOCK_CLASS
 from projector.stream import ReplicationStream, ServerPosition, connect, drop_slot, slot_info
 from projector.watermark import Watermark

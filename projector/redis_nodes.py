@@ -30,8 +30,21 @@ from redis.sentinel import Sentinel
 from projector.errors import ConfigError, ConnectionLost
 from projector.settings import Settings, parse_nodes, redact_url
 
-# Replies that mean "this node no longer serves the slot as master": look it up again.
-MOVED_AWAY = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY")
+# What a node says that no longer serves our keys as we asked: demoted to a replica, or our
+# hash slot moved to another node (a Cluster failover). Followed as a lost connection is:
+# the node is looked up again. redis-py parses most into these classes (dropping the word).
+MOVED_AWAY = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.AskError,  # and MovedError
+    redis.exceptions.ClusterDownError,  # and MasterDownError
+    redis.exceptions.TryAgainError,
+)
+_MOVED_AWAY_WORDS = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY")
+
+
+def moved_away(exc: Exception) -> bool:
+    """Whether ``exc`` says this node no longer takes our writes (see ``MOVED_AWAY``)."""
+    return isinstance(exc, MOVED_AWAY) or str(exc).startswith(_MOVED_AWAY_WORDS)
 
 
 def connection_kwargs(url: str) -> dict[str, Any]:
@@ -236,7 +249,7 @@ class SlotConnection(aioredis.Connection):
         try:
             return await super().read_response(*args, **kwargs)
         except redis.ResponseError as exc:
-            if str(exc).startswith(MOVED_AWAY) or isinstance(exc, redis.ReadOnlyError):
+            if moved_away(exc):
                 await self.disconnect()
                 raise redis.ConnectionError(f"the slot moved ({exc})") from exc
             raise

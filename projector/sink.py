@@ -30,26 +30,12 @@ import redis
 from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
 from projector.keys import Keys
 from projector.projection import BatchDelta
+from projector.redis_nodes import MOVED_AWAY, moved_away
 from projector.watermark import Watermark
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
 # Replies of a node that no longer serves the projection as master (failover, moved slot).
-# What a node says that no longer takes our writes: demoted to a replica, or our hash slot
-# moved to another node (a Cluster failover). Followed as a lost connection is: the
-# master is found again. redis-py parses most into these classes (dropping the word).
-MOVED_AWAY = (
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.AskError,  # and MovedError
-    redis.exceptions.ClusterDownError,  # and MasterDownError
-    redis.exceptions.TryAgainError,
-)
-_MOVED_AWAY_WORDS = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY")
-
-
-def moved_away(exc: Exception) -> bool:
-    """Whether ``exc`` says this node no longer takes our writes (see ``MOVED_AWAY``)."""
-    return isinstance(exc, MOVED_AWAY) or str(exc).startswith(_MOVED_AWAY_WORDS)
 
 
 class Fenced(ConnectionLost):

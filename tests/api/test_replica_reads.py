@@ -12,11 +12,19 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from redis_topology import RedisNode, SentinelTopology
+from redis_topology import ClusterTopology, RedisNode, SentinelTopology
 
 from projector.settings import Settings
 
-from .support import ApiServer, ProjectorThread, current_lsn, insert_rows, serve, wait_caught_up
+from .support import (
+    ApiServer,
+    ProjectorThread,
+    current_lsn,
+    insert_rows,
+    parse_lsn,
+    serve,
+    wait_caught_up,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -120,3 +128,56 @@ def test_a_replica_down_leaves_reads_to_the_master(
                 topology.resume(replica)
     finally:
         projector.stop()
+
+
+def test_cluster_reads_follow_a_failover_from_replica_and_master(
+    settings_for: Callable[..., Settings], cluster_topology: ClusterTopology
+) -> None:
+    """On a Cluster the API finds the prefix's slot, reads from its replica, and keeps
+    answering from Redis through a CLUSTER FAILOVER (the old connections meet MOVED or
+    READONLY and are dropped; new ones look the slot up again)."""
+    topology = cluster_topology
+    host, port = topology.startup_nodes[0]
+    settings = settings_for(
+        redis_url=f"redis://{host}:{port}/0",
+        redis_cluster_nodes=",".join(f"{h}:{p}" for h, p in topology.startup_nodes),
+        api_read_from_replicas=True,
+    )
+    insert_rows(settings.pg_dsn, TODAY)
+    projector = ProjectorThread(settings)
+    try:
+        watermark = settings.keys.watermark
+        _wait_lsn(topology.node_for_key(watermark), watermark, current_lsn(settings.pg_dsn))
+        with serve(settings) as api:
+            body = api.json(BOARD)
+            assert body["source"] == "redis" and _scores(body) == {"ann": 2, "bob": 1}
+            assert _replica_reads(api).get("served", 0) >= 1
+            topology.failover(watermark)
+            insert_rows(settings.pg_dsn, [("newbie", None)])
+            lsn = current_lsn(settings.pg_dsn)
+            deadline = time.monotonic() + 30
+            while True:  # the projector follows the failover too
+                fresh = api.json(BOARD, min_lsn=lsn)
+                if fresh["source"] == "redis":
+                    break
+                assert time.monotonic() < deadline, fresh
+                time.sleep(0.1)
+            assert _scores(fresh) == {"ann": 2, "bob": 1, "newbie": 1}
+            served = _replica_reads(api).get("served", 0)
+            deadline = time.monotonic() + 10
+            while _replica_reads(api).get("served", 0) == served:  # replicas serve again
+                assert api.json(BOARD)["source"] == "redis"
+                assert time.monotonic() < deadline, _replica_reads(api)
+                time.sleep(0.05)
+    finally:
+        projector.stop()
+
+
+def _wait_lsn(node: RedisNode, key: str, target: str, timeout: float = 30.0) -> None:
+    """Wait until the watermark at ``key`` on ``node`` reached LSN ``target``."""
+    want = parse_lsn(target)
+    deadline = time.monotonic() + timeout
+    with node.client() as client:
+        while (lsn := client.hget(key, "lsn")) is None or parse_lsn(lsn.decode()) < want:
+            assert time.monotonic() < deadline, f"{key} did not reach {target}"
+            time.sleep(0.02)
