@@ -23,7 +23,7 @@ from api.metrics import MULTIPROC_ENV
 from projector.compatibility import check_redis
 from projector.errors import ConfigError
 from projector.logs import configure_logging
-from projector.settings import load_settings, redact_url
+from projector.settings import load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         settings = load_settings(**overrides)
-        check_redis(settings.api_redis, redact_url(settings.api_redis))
+        check_redis(settings, settings.api_redis)
     except ConfigError as exc:
         print(f"api: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -344,7 +344,7 @@ def _run(settings: Settings) -> int:
     from projector.metrics import ProjectorMetrics, serve
     from projector.worker import Worker
 
-    check_redis(settings.redis_url, settings.redacted_redis_url)
+    check_redis(settings)
     metrics = ProjectorMetrics(stale_after=settings.health_stale_seconds)
     server = serve(metrics, settings.metrics_host, settings.metrics_port)
     stop = threading.Event()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import redis
 
-from projector.errors import ConfigError
+from projector import redis_nodes
+from projector.errors import ConfigError, ConnectionLost
+from projector.settings import Settings
 
 REDIS_FLOOR = (7, 0)
 
@@ -29,16 +31,22 @@ def redis_version_problem(version: str) -> str | None:
     return None
 
 
-def check_redis(url: str, shown: str, *, timeout: float = 3.0) -> None:
-    """Refuse (``ConfigError``) a reachable Redis older than ``REDIS_FLOOR``; ``shown`` is the
-    URL with its password masked."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+def check_redis(settings: Settings, url: str | None = None, *, timeout: float = 3.0) -> None:
+    """Refuse (``ConfigError``) a reachable Redis older than ``REDIS_FLOOR``: the master that
+    ``settings`` name (a single node, through the Sentinels, or the Cluster node of the
+    projection's slot), logging in with ``url``'s credentials (default the projector's)."""
+    try:
+        client = redis_nodes.client(
+            settings, url=url, socket_timeout=timeout, connect_timeout=timeout
+        )
+    except ConnectionLost:
+        return  # unreachable now: the caller's retries and fallbacks deal with it
     try:
         info = client.info("server")
     except (redis.ConnectionError, redis.TimeoutError):
-        return  # unreachable now: the caller's retries and fallbacks deal with it
+        return
     finally:
         client.close()
     problem = redis_version_problem(str(info.get("redis_version", "?")))
     if problem:
-        raise ConfigError(f"{problem} (at {shown})")
+        raise ConfigError(f"{problem} (at {redis_nodes.describe(settings, url)})")
