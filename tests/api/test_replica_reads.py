@@ -46,6 +46,19 @@ def _replica_reads(api: ApiServer) -> dict[str, float]:
     }
 
 
+def _behind_sentinels(
+    settings_for: Callable[..., Settings], topology: SentinelTopology, **extra: Any
+) -> Settings:
+    """Settings that find Redis through the topology's Sentinels, reading from replicas."""
+    return settings_for(
+        redis_url=topology.master().url(),
+        redis_sentinels=",".join(f"{host}:{port}" for host, port in topology.sentinels),
+        redis_sentinel_master=topology.master_name,
+        api_read_from_replicas=True,
+        **extra,
+    )
+
+
 @contextmanager
 def _replication_held(replica: RedisNode) -> Iterator[None]:
     """The replica stops applying what the master sends (CLIENT PAUSE WRITE holds the
@@ -61,12 +74,7 @@ def test_reads_come_from_the_replica_unless_it_is_behind_min_lsn(
     settings_for: Callable[..., Settings], sentinel_topology: SentinelTopology
 ) -> None:
     topology = sentinel_topology
-    settings = settings_for(
-        redis_url=topology.master().url(),
-        redis_sentinels=",".join(f"{host}:{port}" for host, port in topology.sentinels),
-        redis_sentinel_master=topology.master_name,
-        api_read_from_replicas=True,
-    )
+    settings = _behind_sentinels(settings_for, topology)
     insert_rows(settings.pg_dsn, TODAY)
     projector = ProjectorThread(settings)
     try:
@@ -103,13 +111,7 @@ def test_a_replica_down_leaves_reads_to_the_master(
 ) -> None:
     """A frozen replica costs one timeout; then its breaker sends reads to the master."""
     topology = sentinel_topology
-    settings = settings_for(
-        redis_url=topology.master().url(),
-        redis_sentinels=",".join(f"{host}:{port}" for host, port in topology.sentinels),
-        redis_sentinel_master=topology.master_name,
-        api_read_from_replicas=True,
-        api_redis_timeout=0.3,
-    )
+    settings = _behind_sentinels(settings_for, topology, api_redis_timeout=0.3)
     insert_rows(settings.pg_dsn, TODAY)
     projector = ProjectorThread(settings)
     try:
