@@ -95,8 +95,11 @@ def test_writes_continue_after_failover(sentinel_topology: SentinelTopology) -> 
     assert old.info("replication")["role"] == "slave"  # demoted, so it takes no more writes
 
 
-def test_writes_continue_after_master_is_killed(sentinel_topology: SentinelTopology) -> None:
-    """After kill -9 of the master a replica is promoted and the client writes to it."""
+def test_writes_continue_after_master_is_killed_and_it_rejoins_as_replica(
+    sentinel_topology: SentinelTopology,
+) -> None:
+    """After kill -9 of the master a replica is promoted and the client writes to it;
+    restart_node brings the killed one back as an in-sync replica of its successor."""
     with sentinel_master(sentinel_topology) as client:
         assert write_and_wait(client, "before", 1, 5000) == 1
         killed = sentinel_topology.kill9_master()
@@ -105,12 +108,6 @@ def test_writes_continue_after_master_is_killed(sentinel_topology: SentinelTopol
         assert client.mget("before", "after") == [b"1", b"1"]
     assert not killed.is_running()
     assert new is not killed
-
-
-def test_killed_master_rejoins_as_replica(sentinel_topology: SentinelTopology) -> None:
-    """restart_node brings a killed master back as an in-sync replica of its successor."""
-    killed = sentinel_topology.kill9_master()
-    new = sentinel_topology.wait_for_new_master(killed)
     sentinel_topology.restart_node(killed)
     replication = killed.info("replication")
     assert (replication["role"], replication["master_port"]) == ("slave", str(new.port))
@@ -182,10 +179,11 @@ def test_cluster_writes_continue_after_failover(cluster_topology: ClusterTopolog
     assert cluster_topology.replica_of(new) is old
 
 
-def test_cluster_writes_continue_after_master_is_killed(
+def test_cluster_writes_continue_after_master_is_killed_and_it_rejoins_as_replica(
     cluster_topology: ClusterTopology,
 ) -> None:
-    """After kill9_master_of(key) the replica serves the slot and RedisCluster writes to it."""
+    """After kill9_master_of(key) the replica serves the slot and RedisCluster writes to it;
+    restart_node brings the killed master back as a replica of its successor."""
     key = f"{TAG}x"
     old = cluster_topology.node_for_key(key)
     replica = cluster_topology.replica_of(old)
@@ -197,13 +195,6 @@ def test_cluster_writes_continue_after_master_is_killed(
     assert new is replica
     assert not old.is_running()
     assert cluster_topology.node_for_key(key) is new
-
-
-def test_killed_cluster_master_rejoins_as_replica(cluster_topology: ClusterTopology) -> None:
-    """restart_node brings a killed cluster master back as a replica of its successor."""
-    key = f"{TAG}x"
-    old = cluster_topology.node_for_key(key)
-    new = cluster_topology.kill9_master_of(key)
     cluster_topology.restart_node(old)
     assert cluster_topology.replica_of(new) is old
     assert old.info("replication")["master_link_status"] == "up"
