@@ -115,6 +115,7 @@ class Worker:
         self.stop = stop or threading.Event()
         self.metrics = metrics or ProjectorMetrics()
         self._announced = 0.0
+        self._standby_sink: RedisSink | None = None  # while standing by: to announce it
 
     def run_forever(self) -> None:
         """Stream until stopped; retry lost connections, rebuild Redis when it lost data."""
@@ -207,7 +208,10 @@ class Worker:
         settings = self.settings
         lock = SlotLock(settings, self.stop)
         try:
-            lock.acquire(on_standby=self._standing_by)
+            try:
+                lock.acquire(on_standby=self._standing_by)
+            finally:
+                self._stop_announcing()
             if lock.conn is None:
                 raise _StoppedStandingBy
             sink = open_sink(settings, new_owner())
@@ -234,12 +238,17 @@ class Worker:
         if not first and now - self._announced < self.settings.heartbeat_interval:
             return
         self._announced = now
-        sink = open_sink(self.settings)
         try:
-            sink.announce_standby(max(3 * self.settings.heartbeat_interval, 5.0))
+            if self._standby_sink is None:
+                self._standby_sink = open_sink(self.settings)
+            self._standby_sink.announce_standby(max(3 * self.settings.heartbeat_interval, 5.0))
         except ConnectionLost as exc:
             log.debug("cannot announce the standby in Redis", error=str(exc))
-        finally:
+            self._stop_announcing()  # a fresh client next time (a failover may have moved it)
+
+    def _stop_announcing(self) -> None:
+        sink, self._standby_sink = self._standby_sink, None
+        if sink is not None:
             sink.close()
 
     def _check_state(
