@@ -196,7 +196,8 @@ import sys, time, redis
 key = "pomo:lb:pomodoros:all:all"
 member, total, deadline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 clients = [redis.Redis.from_url(url) for url in sys.argv[4:]]
-seen = [0] * len(clients)
+seen = [int(r.zscore(key, member) or 0) for r in clients]
+print("ready", flush=True)
 out = []
 while min(seen) < total and time.monotonic() < deadline:
     for i, r in enumerate(clients):
@@ -230,6 +231,9 @@ def freshness(
     client = redis.Redis.from_url(redis_url)
     proc = start_projector(env, log)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # Redis may hold the position already (a previous run's watermark): wait for a new
+        # commit, which only this projector, once it streams, can apply.
+        conn.execute("INSERT INTO pomodoros (user_id) VALUES ('warm-up')")
         wait_for(client, current_lsn(conn), 60)
     probe = f"probe-{os.getpid()}"
     total = int(rate * seconds)
@@ -247,7 +251,11 @@ def freshness(
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)
+    # Only once the watcher polls: a commit made before would count its start-up as latency
+    # (on a busy machine, starting Python and importing redis can outlast any fixed sleep).
+    assert watcher.stdout is not None
+    if watcher.stdout.readline().strip() != "ready":
+        raise RuntimeError("the freshness watcher did not start")
     commits: list[float] = []
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("SELECT 1")
