@@ -28,14 +28,19 @@ on a shared machine skews every number).
 - catch-up: bench_projector's backlog (``--transactions`` 10,000 x ``--rows-per-tx`` 100,
   100,000 users over 400 days) projected into the single Redis, and into the Sentinel
   topology with MIN_REPLICAS=1; rows/s of each and their ratio (target >= 0.80), with the
-  CPU per row of the master, the replica and the projector.
+  CPU per row of the master, the replica and the projector, and the longest batch script
+  (Redis SLOWLOG). Also the topology with MIN_REPLICAS=0, which tells the cost of
+  replicating from the cost of waiting for it.
 - api: bench_api's top-10 scenario (wrk with 32 connections for ``--api-duration`` s, then
   1,000 req/s on a fixed schedule) over ``--api-users`` (100,000) users, the API on the
   Sentinel topology with PROJECTOR_API_READ_FROM_REPLICAS=false, then true; req/s of each,
   the share of answers the replica gave (from the API's ``api_replica_reads_total``), and
   the Redis CPU each node spent.
 
-``--rounds N`` repeats freshness, catch-up and api N times, alternating the two variants.
+``--rounds N`` repeats freshness, catch-up and api N times, alternating the variants, and
+reports the median run. The Sentinels call a master down after ``--sentinel-down-after-ms``
+(5,000) without an answer: the failover tests' 1,000 ms is shorter than a catch-up script
+on a busy 2-core machine, and the catch-up would then measure failovers.
 """
 
 from __future__ import annotations
@@ -467,31 +472,47 @@ def _catch_up_run(
     if variant == "single":
         url, extra = rd_url, {}
     else:
-        url, extra = topology.master().url(_DB["catch-up"]), _sentinel_env(topology, 1)
-    _empty(url)
+        url = topology.master().url(_DB["catch-up"])
+        extra = _sentinel_env(topology, 0 if variant == "sentinel_no_wait" else 1)
+    client = _empty(url)
     print(f"\n== catch-up, {_VARIANTS[variant]}", flush=True)
-    replica = _replica(topology) if variant == "sentinel" else None
+    replica = None if variant == "single" else _replica(topology)
     before = _node_cpu(replica) if replica is not None else 0.0
+    client.slowlog_reset()
     result = catch_up(dsn, url, log, args.transactions, args.rows_per_tx, extra_env=extra)
+    # How long one batch's script held the master (SLOWLOG keeps commands over 10 ms): a
+    # Sentinel that hears no PING answer for down-after-milliseconds calls the master down.
+    scripts = [
+        entry["duration"] / 1000
+        for entry in client.slowlog_get(128)
+        if bytes(entry["command"]).upper().startswith(b"EVALSHA")
+    ]
+    result["longest_script_ms"] = round(max(scripts, default=0.0), 1)
     if replica is not None:
         spent = _node_cpu(replica) - before
         result["replica_cpu_us_per_row"] = round(spent * 1e6 / result["rows"], 2)
-        print(f"  replica CPU {result['replica_cpu_us_per_row']} us/row")
+    print(
+        f"  longest script {result['longest_script_ms']} ms"
+        + (f"; replica CPU {result['replica_cpu_us_per_row']} us/row" if replica else "")
+    )
     return result
 
 
 _VARIANTS = {
     "sentinel": "Sentinel topology (master + replica), PROJECTOR_REDIS_MIN_REPLICAS=1",
+    "sentinel_no_wait": "Sentinel topology (master + replica), PROJECTOR_REDIS_MIN_REPLICAS=0",
     "single": "single Redis, no replica",
 }
 
 
 def _alternating(
-    run: Callable[[str, int], dict[str, Any]], rounds: int
+    run: Callable[[str, int], dict[str, Any]], variants: tuple[str, ...], rounds: int
 ) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {"sentinel": [], "single": []}
+    """Each variant once a round, in reverse order every other round (on a shared machine,
+    load drifts: neither variant always goes first)."""
+    out: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
     for round_ in range(rounds):
-        for variant in ("sentinel", "single") if round_ % 2 == 0 else ("single", "sentinel"):
+        for variant in variants if round_ % 2 == 0 else variants[::-1]:
             out[variant].append(run(variant, round_))
     return out
 
@@ -653,6 +674,11 @@ def _report(results: dict[str, Any]) -> str:
             f"{cu['sentinel_min_replicas_1']['rows_per_second']:,} / "
             f"{cu['single']['rows_per_second']:,} rows/s = {cu['ratio']:.3f}"
         )
+        lines.append(
+            f"{'catch-up, replica, no WAIT / single':<40} "
+            f"{cu['sentinel_min_replicas_0']['rows_per_second']:,} / "
+            f"{cu['single']['rows_per_second']:,} rows/s = {cu['ratio_min_replicas_0']:.3f}"
+        )
     ap = results.get("api")
     if ap:
         t, f = ap["read_from_replicas_true"], ap["read_from_replicas_false"]
@@ -693,6 +719,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--sentinel-down-after-ms",
+        type=int,
+        default=5_000,
+        help="Sentinel down-after-milliseconds (default 5000; the failover tests use 1000)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="when the takeovers strike")
     parser.add_argument("--output", default="", help="results name (default ha, or ha-SECTIONS)")
     args = parser.parse_args(argv)
@@ -712,7 +744,11 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": _load(),
     }
     print(f"logs in {logs}", flush=True)
-    with throwaway_servers() as (pg, rd), SentinelTopology() as topology:
+    # Sentinel's failure detection as in production, not as in the failover tests (1 s): a
+    # catch-up script holds the master for up to ~1 s here, and a master silent for
+    # down-after-milliseconds is failed over (see --sentinel-down-after-ms).
+    topology = SentinelTopology(down_after_ms=args.sentinel_down_after_ms)
+    with throwaway_servers() as (pg, rd), topology:
         if "takeover" in only or "pause" in only:
             dsn = pg.create_database("ha_takeover")
             results["takeover"] = takeover(dsn, topology, logs, args)
@@ -720,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         if "freshness" in only:
             fresh = _alternating(
                 lambda v, r: _fresh_run(v, pg, rd.url(_DB["freshness"]), topology, log, args, r),
+                ("sentinel", "single"),
                 args.rounds,
             )
             results["freshness"] = {
@@ -731,14 +768,20 @@ def main(argv: list[str] | None = None) -> int:
         if "catch-up" in only:
             caught = _alternating(
                 lambda v, r: _catch_up_run(v, pg, rd.url(_DB["catch-up"]), topology, log, args, r),
+                ("sentinel", "sentinel_no_wait", "single"),
                 args.rounds,
             )
             sentinel = _median_run(caught["sentinel"], "rows_per_second")
+            no_wait = _median_run(caught["sentinel_no_wait"], "rows_per_second")
             single = _median_run(caught["single"], "rows_per_second")
             results["catch_up"] = {
                 "sentinel_min_replicas_1": sentinel,
+                "sentinel_min_replicas_0": no_wait,
                 "single": single,
                 "ratio": round(sentinel["rows_per_second"] / single["rows_per_second"], 3),
+                "ratio_min_replicas_0": round(
+                    no_wait["rows_per_second"] / single["rows_per_second"], 3
+                ),
                 "all_rows_per_second": {
                     k: [r["rows_per_second"] for r in v] for k, v in caught.items()
                 },

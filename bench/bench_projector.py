@@ -169,9 +169,11 @@ def catch_up(
     cpu0 = redis_cpu(client)
     t0 = time.monotonic()
     proc = start_projector(env, log)
-    t1 = wait_for(client, target, 600)
-    projector_cpu = process_cpu(proc.pid)
-    stop_projector(proc)
+    try:
+        t1 = wait_for(client, target, 600)
+        projector_cpu = process_cpu(proc.pid)
+    finally:
+        stop_projector(proc)
     cpu = redis_cpu(client) - cpu0
     rows = txs * rows_per_tx
     seconds = t1 - t0
@@ -230,46 +232,48 @@ def freshness(
     env = projector_env(pg_dsn, redis_url, **(extra_env or {}))
     client = redis.Redis.from_url(redis_url)
     proc = start_projector(env, log)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        # Redis may hold the position already (a previous run's watermark): wait for a new
-        # commit, which only this projector, once it streams, can apply.
-        conn.execute("INSERT INTO pomodoros (user_id) VALUES ('warm-up')")
-        wait_for(client, current_lsn(conn), 60)
-    probe = f"probe-{os.getpid()}"
-    total = int(rate * seconds)
-    watched = [redis_url] if replica_url is None else [redis_url, replica_url]
-    watcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _WATCHER,
-            probe,
-            str(total),
-            repr(time.monotonic() + seconds + 60),
-            *watched,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    # Only once the watcher polls: a commit made before would count its start-up as latency
-    # (on a busy machine, starting Python and importing redis can outlast any fixed sleep).
-    assert watcher.stdout is not None
-    if watcher.stdout.readline().strip() != "ready":
-        raise RuntimeError("the freshness watcher did not start")
-    commits: list[float] = []
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("SELECT 1")
-        start = time.monotonic()
-        for i in range(total):
-            due = start + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            conn.execute("INSERT INTO pomodoros (user_id) VALUES (%s)", (probe,))
-            commits.append(time.monotonic())
-        achieved = total / (time.monotonic() - start)
-    out, _ = watcher.communicate(timeout=120)
-    stop_projector(proc)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            # Redis may hold the position already (a previous run's watermark): wait for a new
+            # commit, which only this projector, once it streams, can apply.
+            conn.execute("INSERT INTO pomodoros (user_id) VALUES ('warm-up')")
+            wait_for(client, current_lsn(conn), 60)
+        probe = f"probe-{os.getpid()}"
+        total = int(rate * seconds)
+        watched = [redis_url] if replica_url is None else [redis_url, replica_url]
+        watcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WATCHER,
+                probe,
+                str(total),
+                repr(time.monotonic() + seconds + 60),
+                *watched,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        # Only once the watcher polls: a commit made before would count its start-up as latency
+        # (on a busy machine, starting Python and importing redis can outlast any fixed sleep).
+        assert watcher.stdout is not None
+        if watcher.stdout.readline().strip() != "ready":
+            raise RuntimeError("the freshness watcher did not start")
+        commits: list[float] = []
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+            start = time.monotonic()
+            for i in range(total):
+                due = start + i / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                conn.execute("INSERT INTO pomodoros (user_id) VALUES (%s)", (probe,))
+                commits.append(time.monotonic())
+            achieved = total / (time.monotonic() - start)
+        out, _ = watcher.communicate(timeout=120)
+    finally:
+        stop_projector(proc)
     visible: list[list[tuple[float, int]]] = [[] for _ in watched]
     for line in out.strip().splitlines():
         which, t, score = line.split()
