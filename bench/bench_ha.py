@@ -23,8 +23,9 @@ on a shared machine skews every number).
 - freshness: ``--rate`` (1,000) single-row commits/s for ``--seconds`` (20), latency from a
   commit returning to the pomodoro being visible on the master (bench_projector's method);
   with the Sentinel topology and MIN_REPLICAS=1 (the watcher also polls the replica, in
-  turn with the master: latency to the replica too), then with the single Redis and no
-  replica. p50 / p99 / max ms; target p99 <= 5 ms with the replica.
+  turn with the master: latency to the replica too), the same with MIN_REPLICAS=0, and
+  the single Redis without a replica. p50 / p99 / max ms; target p99 <= 5 ms with the
+  replica and MIN_REPLICAS=1.
 - catch-up: bench_projector's backlog (``--transactions`` 10,000 x ``--rows-per-tx`` 100,
   100,000 users over 400 days) projected into the single Redis, and into the Sentinel
   topology with MIN_REPLICAS=1; rows/s of each and their ratio (target >= 0.80), with the
@@ -38,7 +39,9 @@ on a shared machine skews every number).
   the Redis CPU each node spent.
 
 ``--rounds N`` repeats freshness, catch-up and api N times, alternating the variants, and
-reports the median run. The Sentinels call a master down after ``--sentinel-down-after-ms``
+reports the median run of each variant and, for a ratio, the median of the rounds' ratios
+(the two runs of a round are made one after the other, so a drift in the machine's load
+between rounds cancels out). The Sentinels call a master down after ``--sentinel-down-after-ms``
 (5,000) without an answer: the failover tests' 1,000 ms is shorter than a catch-up script
 on a busy 2-core machine, and the catch-up would then measure failovers.
 """
@@ -52,6 +55,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -452,7 +456,8 @@ def _fresh_run(
         url, extra, replica_url = rd_url, {}, None
     else:
         url = topology.master().url(_DB["freshness"])
-        extra, replica_url = _sentinel_env(topology, 1), _replica(topology).url(_DB["freshness"])
+        extra = _sentinel_env(topology, 0 if variant == "sentinel_no_wait" else 1)
+        replica_url = _replica(topology).url(_DB["freshness"])
     client = _empty(url)
     print(f"\n== freshness, {_VARIANTS[variant]}", flush=True)
     bootstrap(dsn, projector_env(dsn, url, **extra), client, log)
@@ -518,8 +523,17 @@ def _alternating(
 
 
 def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the median ``key`` (the lower middle one of an even count)."""
     ordered = sorted(runs, key=lambda run: float(run[key]))
     return {**ordered[(len(ordered) - 1) // 2], "runs": len(runs)}
+
+
+def _paired_ratio(
+    numerators: list[dict[str, Any]], denominators: list[dict[str, Any]], key: str
+) -> dict[str, Any]:
+    """The median over rounds of numerator/denominator, each pair measured side by side."""
+    ratios = [float(a[key]) / float(b[key]) for a, b in zip(numerators, denominators, strict=True)]
+    return {"median": round(statistics.median(ratios), 3), "rounds": [round(r, 3) for r in ratios]}
 
 
 # --- the API reading from replicas ------------------------------------------------------------
@@ -625,6 +639,11 @@ def api(
             )
             runs[replicas].append(measured)
     return {
+        "ratio_true_to_false": _paired_ratio(
+            [r["throughput"] for r in runs["true"]],
+            [r["throughput"] for r in runs["false"]],
+            "requests_per_s",
+        ),
         "users": args.api_users,
         "pomodoros": rows,
         "workers": args.workers,
@@ -660,6 +679,7 @@ def _report(results: dict[str, Any]) -> str:
     if fr:
         for key, label in (
             ("sentinel_min_replicas_1", "freshness, replica + WAIT 1"),
+            ("sentinel_min_replicas_0", "freshness, replica, no WAIT"),
             ("single", "freshness, single Redis"),
         ):
             s = fr[key]
@@ -672,12 +692,13 @@ def _report(results: dict[str, Any]) -> str:
         lines.append(
             f"{'catch-up, replica + WAIT 1 / single':<40} "
             f"{cu['sentinel_min_replicas_1']['rows_per_second']:,} / "
-            f"{cu['single']['rows_per_second']:,} rows/s = {cu['ratio']:.3f}"
+            f"{cu['single']['rows_per_second']:,} rows/s; paired ratio {cu['ratio']['median']:.3f}"
         )
         lines.append(
             f"{'catch-up, replica, no WAIT / single':<40} "
             f"{cu['sentinel_min_replicas_0']['rows_per_second']:,} / "
-            f"{cu['single']['rows_per_second']:,} rows/s = {cu['ratio_min_replicas_0']:.3f}"
+            f"{cu['single']['rows_per_second']:,} rows/s; paired ratio "
+            f"{cu['ratio_min_replicas_0']['median']:.3f}"
         )
     ap = results.get("api")
     if ap:
@@ -686,7 +707,8 @@ def _report(results: dict[str, Any]) -> str:
             f"{'API top 10, replica reads on / off':<40} "
             f"{t['throughput']['requests_per_s']:,} / {f['throughput']['requests_per_s']:,} req/s;"
             f" p99 at {t['steady']['target_rate']:g} req/s {t['steady']['p99_ms']:.2f} / "
-            f"{f['steady']['p99_ms']:.2f} ms; replica share {t['replica_share']}"
+            f"{f['steady']['p99_ms']:.2f} ms; replica share {t['replica_share']}; paired ratio "
+            f"{ap['ratio_true_to_false']['median']:.3f}"
         )
     return "\n".join(lines)
 
@@ -756,12 +778,14 @@ def main(argv: list[str] | None = None) -> int:
         if "freshness" in only:
             fresh = _alternating(
                 lambda v, r: _fresh_run(v, pg, rd.url(_DB["freshness"]), topology, log, args, r),
-                ("sentinel", "single"),
+                ("sentinel", "sentinel_no_wait", "single"),
                 args.rounds,
             )
             results["freshness"] = {
                 "sentinel_min_replicas_1": _median_run(fresh["sentinel"], "p99_ms"),
+                "sentinel_min_replicas_0": _median_run(fresh["sentinel_no_wait"], "p99_ms"),
                 "single": _median_run(fresh["single"], "p99_ms"),
+                "all_p50_ms": {k: [r["p50_ms"] for r in v] for k, v in fresh.items()},
                 "all_p99_ms": {k: [r["p99_ms"] for r in v] for k, v in fresh.items()},
                 "load_average": _load(),
             }
@@ -778,9 +802,11 @@ def main(argv: list[str] | None = None) -> int:
                 "sentinel_min_replicas_1": sentinel,
                 "sentinel_min_replicas_0": no_wait,
                 "single": single,
-                "ratio": round(sentinel["rows_per_second"] / single["rows_per_second"], 3),
-                "ratio_min_replicas_0": round(
-                    no_wait["rows_per_second"] / single["rows_per_second"], 3
+                # Each round's ratio of runs made one after the other (the machine's load
+                # drifts between rounds), then the median of those.
+                "ratio": _paired_ratio(caught["sentinel"], caught["single"], "rows_per_second"),
+                "ratio_min_replicas_0": _paired_ratio(
+                    caught["sentinel_no_wait"], caught["single"], "rows_per_second"
                 ),
                 "all_rows_per_second": {
                     k: [r["rows_per_second"] for r in v] for k, v in caught.items()
