@@ -17,9 +17,12 @@ on a shared machine skews every number).
   the new active's log said ``active`` (it holds the slot's lock) and ``streaming``.
 - pause: the same with SIGSTOP instead of kill -9 (``--pauses``, 5). PostgreSQL ends the
   frozen process's lock session after PROJECTOR_TAKEOVER_TIMEOUT, so expect about that
-  plus the standby's poll (<= 1 s). Then SIGCONT: the time until the woken process logs
-  ``standby`` again (what it logged meanwhile is kept), then kill -9 and a fresh standby.
-  After the takeovers, ``projector verify``: Redis must equal PostgreSQL.
+  plus the standby's poll (<= 1 s); the lock's session may have been idle up to a third of
+  that already. Then SIGCONT: the time until the woken process logs ``standby`` again
+  (what it logged meanwhile is kept; ``woken_decided_to_rebuild`` counts the times it
+  concluded Redis had to be rebuilt, which it would then do at its next takeover), then
+  kill -9 and a fresh standby. After the takeovers, ``projector verify``: Redis must equal
+  PostgreSQL.
 - freshness: ``--rate`` (1,000) single-row commits/s for ``--seconds`` (20), latency from a
   commit returning to the pomodoro being visible on the master (bench_projector's method);
   with the Sentinel topology and MIN_REPLICAS=1 (the watcher also polls the replica, in
@@ -343,7 +346,8 @@ def _takeovers(
             os.kill(pid, signal.SIGCONT)
             run["woken_standby_s"] = round(fleet.wait_role(active, "standby", 60), 3)
             run["woken_logged"] = [
-                f"{e.get('event')}: {e.get('error', '')}"[:200] for e in fleet.events(active)[seen:]
+                f"{e.get('event')}: {e.get('error') or e.get('reason') or ''}"[:200]
+                for e in fleet.events(active)[seen:]
             ]
             os.kill(pid, signal.SIGKILL)
         fleet.reap(active)
