@@ -112,7 +112,10 @@ def build_redis(env: dict[str, str], dsn: str, redis_url: str, log: Path) -> flo
     try:
         while True:
             lsn = client.hget(f"{env['PROJECTOR_KEY_PREFIX']}watermark", "lsn")
-            if lsn is not None and parse_lsn(lsn.decode()) >= target:
+            if (
+                lsn is not None
+                and parse_lsn(lsn.decode() if isinstance(lsn, bytes) else lsn) >= target
+            ):
                 return time.monotonic() - started
             if proc.poll() is not None:
                 raise RuntimeError(f"the projector exited ({proc.returncode}); see {log}")

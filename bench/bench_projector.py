@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ FOCUS_SQL = ROOT / "examples" / "focus_minutes.sql"
 FOCUS_BOARDS = ROOT / "examples" / "focus_minutes.toml"
 
 
-def _env(pg_dsn: str, redis_url: str, **extra: str) -> dict[str, str]:
+def projector_env(pg_dsn: str, redis_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         PROJECTOR_PG_DSN=pg_dsn,
@@ -54,13 +55,13 @@ def _env(pg_dsn: str, redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def _start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         PROJECTOR, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("ab")
     )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_projector(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(30)
@@ -69,22 +70,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _watermark_lsn(client: redis.Redis, prefix: str = "pomo:") -> int:
+def watermark_lsn(client: redis.Redis, prefix: str = "pomo:") -> int:
     raw = client.hget(f"{prefix}watermark", "lsn")
     if not raw:
         return -1
-    return parse_lsn(raw.decode())
+    return parse_lsn(raw.decode() if isinstance(raw, bytes) else raw)
 
 
-def _current_lsn(conn: psycopg.Connection[Any]) -> int:
+def current_lsn(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
     assert row is not None
     return parse_lsn(str(row[0]))
 
 
-def _wait_for(client: redis.Redis, lsn: int, timeout: float) -> float:
+def wait_for(client: redis.Redis, lsn: int, timeout: float) -> float:
     deadline = time.monotonic() + timeout
-    while _watermark_lsn(client) < lsn:
+    while watermark_lsn(client) < lsn:
         if time.monotonic() > deadline:
             raise TimeoutError(f"projector did not reach {lsn:X}")
         time.sleep(0.002)
@@ -102,38 +103,49 @@ def _migrate(env: dict[str, str], log: Path) -> None:
     )
 
 
-def _bootstrap(pg_dsn: str, env: dict[str, str], client: redis.Redis, log: Path) -> None:
+def bootstrap(pg_dsn: str, env: dict[str, str], client: redis.Redis, log: Path) -> None:
     _migrate(env, log)
     if env.get("PROJECTOR_BOARDS_FILE"):  # the example's columns and label table, then
         with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the publication again
-            conn.execute(FOCUS_SQL.read_text())  # type: ignore[arg-type]
+            conn.execute(FOCUS_SQL.read_text())
         _migrate(env, log)
-    proc = _start_projector(env, log)
+    proc = start_projector(env, log)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        _wait_for(client, _current_lsn(conn), 60)
-    _stop(proc)
+        wait_for(client, current_lsn(conn), 60)
+    stop_projector(proc)
 
 
-def _process_cpu(pid: int) -> float:
+def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has used: less sensitive than wall time to
     other load on a shared machine."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _redis_cpu(client: redis.Redis) -> float:
+def redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def catch_up(
-    pg_dsn: str, redis_url: str, log: Path, txs: int, rows_per_tx: int, focus: bool = False
+    pg_dsn: str,
+    redis_url: str,
+    log: Path,
+    txs: int,
+    rows_per_tx: int,
+    focus: bool = False,
+    extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    env = _env(pg_dsn, redis_url)
+    """Rows/s of a fresh projector through a backlog written while none ran.
+
+    ``redis_url`` is the server the clock and the CPU count read (the master); ``extra_env``
+    configures the projector further (a Sentinel topology, say, found through it).
+    """
+    env = projector_env(pg_dsn, redis_url, **(extra_env or {}))
     if focus:
         env.update(PROJECTOR_BOARDS_FILE=str(FOCUS_BOARDS), PROJECTOR_SLOT="bench_focus")
     client = redis.Redis.from_url(redis_url)
-    _bootstrap(pg_dsn, env, client, log)
+    bootstrap(pg_dsn, env, client, log)
     print(f"writing backlog: {txs:,} transactions x {rows_per_tx} rows ...", flush=True)
     started = time.monotonic()
     insert = (
@@ -149,18 +161,20 @@ def catch_up(
     )
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         for i in range(txs):
-            conn.execute(insert, (rows_per_tx,))  # type: ignore[arg-type]
+            conn.execute(insert, (rows_per_tx,))
             if i % 2000 == 0:
                 print(f"  {i:,} transactions", flush=True)
-        target = _current_lsn(conn)
+        target = current_lsn(conn)
     print(f"backlog written in {time.monotonic() - started:.1f}s; projecting ...", flush=True)
-    cpu0 = _redis_cpu(client)
+    cpu0 = redis_cpu(client)
     t0 = time.monotonic()
-    proc = _start_projector(env, log)
-    t1 = _wait_for(client, target, 600)
-    projector_cpu = _process_cpu(proc.pid)
-    _stop(proc)
-    cpu = _redis_cpu(client) - cpu0
+    proc = start_projector(env, log)
+    try:
+        t1 = wait_for(client, target, 600)
+        projector_cpu = process_cpu(proc.pid)
+    finally:
+        stop_projector(proc)
+    cpu = redis_cpu(client) - cpu0
     rows = txs * rows_per_tx
     seconds = t1 - t0
     print(
@@ -181,67 +195,111 @@ def catch_up(
 
 _WATCHER = """
 import sys, time, redis
-r = redis.Redis.from_url(sys.argv[1])
 key = "pomo:lb:pomodoros:all:all"
-member, total, deadline = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-seen = 0
+member, total, deadline = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+clients = [redis.Redis.from_url(url) for url in sys.argv[4:]]
+seen = [int(r.zscore(key, member) or 0) for r in clients]
+print("ready", flush=True)
 out = []
-while seen < total and time.monotonic() < deadline:
-    score = int(r.zscore(key, member) or 0)
-    if score > seen:
-        out.append(f"{time.monotonic()!r} {score}")
-        seen = score
+while min(seen) < total and time.monotonic() < deadline:
+    for i, r in enumerate(clients):
+        score = int(r.zscore(key, member) or 0)
+        if score > seen[i]:
+            out.append(f"{i} {time.monotonic()!r} {score}")
+            seen[i] = score
 print("\\n".join(out))
 """
 
 
-def freshness(pg_dsn: str, redis_url: str, log: Path, rate: int, seconds: float) -> dict[str, Any]:
+def freshness(
+    pg_dsn: str,
+    redis_url: str,
+    log: Path,
+    rate: int,
+    seconds: float,
+    extra_env: Mapping[str, str] | None = None,
+    replica_url: str | None = None,
+) -> dict[str, Any]:
     """Commit-to-visible latency at a steady commit rate.
 
     The watcher is a separate process (no shared GIL with the writer) that polls the probe
     member's score as fast as Redis answers and notes when each count first became visible;
     CLOCK_MONOTONIC is shared by all processes, so its times compare with the writer's.
+    ``redis_url`` is the server (the master) whose visibility counts; ``extra_env``
+    configures the projector further; with ``replica_url`` the watcher polls that replica
+    in turn with the master, and the result also gives the latency to the replica.
     """
-    env = _env(pg_dsn, redis_url)
+    env = projector_env(pg_dsn, redis_url, **(extra_env or {}))
     client = redis.Redis.from_url(redis_url)
-    proc = _start_projector(env, log)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        _wait_for(client, _current_lsn(conn), 60)
-    probe = f"probe-{os.getpid()}"
-    total = int(rate * seconds)
-    watcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _WATCHER,
-            redis_url,
-            probe,
-            str(total),
-            repr(time.monotonic() + seconds + 60),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    proc = start_projector(env, log)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            # Redis may hold the position already (a previous run's watermark): wait for a new
+            # commit, which only this projector, once it streams, can apply.
+            conn.execute("INSERT INTO pomodoros (user_id) VALUES ('warm-up')")
+            wait_for(client, current_lsn(conn), 60)
+        probe = f"probe-{os.getpid()}"
+        total = int(rate * seconds)
+        watched = [redis_url] if replica_url is None else [redis_url, replica_url]
+        watcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WATCHER,
+                probe,
+                str(total),
+                repr(time.monotonic() + seconds + 60),
+                *watched,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        # Only once the watcher polls: a commit made before would count its start-up as latency
+        # (on a busy machine, starting Python and importing redis can outlast any fixed sleep).
+        assert watcher.stdout is not None
+        if watcher.stdout.readline().strip() != "ready":
+            raise RuntimeError("the freshness watcher did not start")
+        commits: list[float] = []
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+            start = time.monotonic()
+            for i in range(total):
+                due = start + i / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                conn.execute("INSERT INTO pomodoros (user_id) VALUES (%s)", (probe,))
+                commits.append(time.monotonic())
+            achieved = total / (time.monotonic() - start)
+        out, _ = watcher.communicate(timeout=120)
+    finally:
+        stop_projector(proc)
+    visible: list[list[tuple[float, int]]] = [[] for _ in watched]
+    for line in out.strip().splitlines():
+        which, t, score = line.split()
+        visible[int(which)].append((float(t), int(score)))
+    latencies = _latencies(commits, visible[0])
+    result = {
+        "target_commits_per_second": rate,
+        "achieved_commits_per_second": round(achieved),
+        "commits": total,
+        **_latency_summary(latencies),
+    }
+    print(
+        f"freshness at {achieved:,.0f} commits/s: p50 {result['p50_ms']} ms, "
+        f"p99 {result['p99_ms']} ms, max {result['max_ms']} ms"
     )
-    time.sleep(0.5)
-    commits: list[float] = []
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("SELECT 1")
-        start = time.monotonic()
-        for i in range(total):
-            due = start + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            conn.execute("INSERT INTO pomodoros (user_id) VALUES (%s)", (probe,))
-            commits.append(time.monotonic())
-        achieved = total / (time.monotonic() - start)
-    out, _ = watcher.communicate(timeout=120)
-    _stop(proc)
-    visible: list[tuple[float, int]] = []
-    pairs = out.strip().splitlines()
-    for line in pairs:
-        t, score = line.split()
-        visible.append((float(t), int(score)))
+    if replica_url is not None:
+        replica = result["replica"] = _latency_summary(_latencies(commits, visible[1]))
+        print(
+            f"  visible on the replica: p50 {replica['p50_ms']} ms, "
+            f"p99 {replica['p99_ms']} ms, max {replica['max_ms']} ms"
+        )
+    return result
+
+
+def _latencies(commits: list[float], visible: list[tuple[float, int]]) -> list[float]:
+    """Milliseconds from each commit (the k-th) to the first time the count reached k."""
     latencies: list[float] = []
     index = 0
     for k, committed in enumerate(commits, start=1):
@@ -250,25 +308,21 @@ def freshness(pg_dsn: str, redis_url: str, log: Path, rate: int, seconds: float)
         if index == len(visible):
             break
         latencies.append((visible[index][0] - committed) * 1000)
-    result = {
-        "target_commits_per_second": rate,
-        "achieved_commits_per_second": round(achieved),
-        "commits": total,
+    return latencies
+
+
+def _latency_summary(latencies: list[float]) -> dict[str, Any]:
+    return {
         "observed": len(latencies),
         "p50_ms": round(percentile(latencies, 50), 3),
         "p90_ms": round(percentile(latencies, 90), 3),
         "p99_ms": round(percentile(latencies, 99), 3),
         "max_ms": round(max(latencies), 3),
     }
-    print(
-        f"freshness at {achieved:,.0f} commits/s: p50 {result['p50_ms']} ms, "
-        f"p99 {result['p99_ms']} ms, max {result['max_ms']} ms"
-    )
-    return result
 
 
 def memory(pg_dsn: str, redis_url: str, log: Path, rows: int) -> dict[str, Any]:
-    env = _env(pg_dsn, redis_url)
+    env = projector_env(pg_dsn, redis_url)
     client = redis.Redis.from_url(redis_url)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         print(f"writing one transaction of {rows:,} rows ...", flush=True)
@@ -278,12 +332,12 @@ def memory(pg_dsn: str, redis_url: str, log: Path, rows: int) -> dict[str, Any]:
             " FROM generate_series(1, %s)",
             (rows,),
         )
-        target = _current_lsn(conn)
-    proc = _start_projector(env, log)
+        target = current_lsn(conn)
+    proc = start_projector(env, log)
     peak = 0
     t0 = time.monotonic()
     status = Path(f"/proc/{proc.pid}/status")
-    while _watermark_lsn(client) < target:
+    while watermark_lsn(client) < target:
         try:
             for line in status.read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -297,7 +351,7 @@ def memory(pg_dsn: str, redis_url: str, log: Path, rows: int) -> dict[str, Any]:
     for line in status.read_text().splitlines():
         if line.startswith("VmHWM:"):
             peak = max(peak, int(line.split()[1]))
-    _stop(proc)
+    stop_projector(proc)
     print(
         f"memory: one {rows:,}-row transaction applied in {seconds:.1f}s, "
         f"projector peak RSS {peak / 1024:.1f} MB"
@@ -329,7 +383,7 @@ def main() -> None:
                 focus_dsn, rd.url(1), log, args.transactions, args.rows_per_tx, focus=True
             )
         if args.only not in (None, "catch-up"):
-            _bootstrap(dsn, _env(dsn, url), redis.Redis.from_url(url), log)
+            bootstrap(dsn, projector_env(dsn, url), redis.Redis.from_url(url), log)
         if args.only in (None, "freshness"):
             results["freshness"] = freshness(dsn, url, log, args.rate, args.seconds)
         if args.only in (None, "memory"):
