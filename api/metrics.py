@@ -112,6 +112,7 @@ class Metrics:
         self._pending_requests: dict[tuple[str, str, int], int] = {}
         self._pending_latency: dict[str, list[float]] = {}  # bucket counts..., sum
         self._pending_answers: dict[tuple[str, str], int] = {}
+        self._pending_replica_reads: dict[str, int] = {}
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._answer_children: dict[tuple[str, str], Any] = {}
@@ -151,6 +152,9 @@ class Metrics:
             if child is None:
                 child = self._answer_children[answer] = self._answers.labels(*answer)
             child.inc(count)
+        replica_reads, self._pending_replica_reads = self._pending_replica_reads, {}
+        for outcome, count in replica_reads.items():
+            self._replica_reads.labels(outcome).inc(count)
         latencies, self._pending_latency = self._pending_latency, {}
         for route, counts in latencies.items():
             child = self._latency_children.get(route)
@@ -167,8 +171,9 @@ class Metrics:
         self._fallbacks.labels(reason).inc()
 
     def replica_read(self, outcome: str) -> None:
-        """Count a read tried on a replica: ``served``, ``behind`` or ``failed``."""
-        self._replica_reads.labels(outcome).inc()
+        """Count a read tried on a replica: ``served``, ``behind`` or ``failed`` (one per
+        request when replicas are read: counted like ``answered``, flushed later)."""
+        self._pending_replica_reads[outcome] = self._pending_replica_reads.get(outcome, 0) + 1
 
     def min_lsn_waited(self) -> None:
         """Count a request that waited for the projector to reach its ``min_lsn``."""
