@@ -23,7 +23,7 @@ from .support import current_lsn, wait_caught_up
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 # The whole run, start-up included, stays well under a minute.
-MAX_SECONDS = 35
+MAX_SECONDS = 25
 
 
 def _free_port() -> int:
