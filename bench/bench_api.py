@@ -42,7 +42,7 @@ import psycopg
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, percentile, save, throwaway_servers
+from common import ROOT, api_env, machine, migrate, percentile, save, throwaway_servers
 
 sys.path.insert(0, str(ROOT))
 from projector.lsn import parse_lsn
@@ -412,24 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     with throwaway_servers() as (pg, rd):
         dsn = pg.create_database("bench_api")
-        env = dict(os.environ)
-        env.update(
-            PROJECTOR_PG_DSN=dsn,
-            PROJECTOR_REDIS_URL=rd.url(),
-            PROJECTOR_SLOT="bench_api",
-            PROJECTOR_PUBLICATION="bench_api",
-            PROJECTOR_KEY_PREFIX="pomo:",
-            PROJECTOR_TIMEZONE="UTC",
-            PROJECTOR_LOG_LEVEL="warning",
-            PROJECTOR_API_ACCESS_LOG="true" if args.access_log else "false",
-        )
-        subprocess.run(
-            [sys.executable, "-m", "projector", "migrate"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        env = api_env(dsn, rd.url(), "bench_api", access_log=args.access_log)
+        migrate(env)
         started = time.monotonic()
         rows = load_data(dsn, args.users, args.seed)
         print(

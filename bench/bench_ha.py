@@ -84,7 +84,7 @@ from bench_projector import (
     freshness,
     projector_env,
 )
-from common import ROOT, percentile, save, throwaway_servers
+from common import ROOT, api_env, migrate, percentile, save, throwaway_servers
 from redis_topology import RedisNode, SentinelTopology
 
 SECTIONS = ("takeover", "pause", "freshness", "catch-up", "api")
@@ -403,13 +403,7 @@ def takeover(
     env = projector_env(pg_dsn, master_url, **_sentinel_env(topology, 1))
     if args.takeover_timeout:
         env["PROJECTOR_TAKEOVER_TIMEOUT"] = str(args.takeover_timeout)
-    subprocess.run(
-        [sys.executable, "-m", "projector", "migrate"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    migrate(env)
     result: dict[str, Any] = {"processes": args.processes, "commit_interval_s": args.interval}
     rng = random.Random(args.seed)
     with (
@@ -446,6 +440,17 @@ def takeover(
 # --- freshness and catch-up with a replica ----------------------------------------------------
 
 
+def _variant_redis(
+    variant: str, rd_url: str, topology: SentinelTopology, section: str
+) -> tuple[str, dict[str, str]]:
+    """The Redis URL and projector settings of a variant: the single node, or the
+    topology's master through the Sentinels with MIN_REPLICAS 1 (0: ``sentinel_no_wait``)."""
+    if variant == "single":
+        return rd_url, {}
+    extra = _sentinel_env(topology, 0 if variant == "sentinel_no_wait" else 1)
+    return topology.master().url(_DB[section]), extra
+
+
 def _fresh_run(
     variant: str,
     pg: servers.PostgresServer,
@@ -456,12 +461,8 @@ def _fresh_run(
     round_: int,
 ) -> dict[str, Any]:
     dsn = pg.create_database(f"ha_fresh_{variant}_{round_}")
-    if variant == "single":
-        url, extra, replica_url = rd_url, {}, None
-    else:
-        url = topology.master().url(_DB["freshness"])
-        extra = _sentinel_env(topology, 0 if variant == "sentinel_no_wait" else 1)
-        replica_url = _replica(topology).url(_DB["freshness"])
+    url, extra = _variant_redis(variant, rd_url, topology, "freshness")
+    replica_url = None if variant == "single" else _replica(topology).url(_DB["freshness"])
     client = _empty(url)
     print(f"\n== freshness, {_VARIANTS[variant]}", flush=True)
     bootstrap(dsn, projector_env(dsn, url, **extra), client, log)
@@ -478,11 +479,7 @@ def _catch_up_run(
     round_: int,
 ) -> dict[str, Any]:
     dsn = pg.create_database(f"ha_catchup_{variant}_{round_}")
-    if variant == "single":
-        url, extra = rd_url, {}
-    else:
-        url = topology.master().url(_DB["catch-up"])
-        extra = _sentinel_env(topology, 0 if variant == "sentinel_no_wait" else 1)
+    url, extra = _variant_redis(variant, rd_url, topology, "catch-up")
     client = _empty(url)
     print(f"\n== catch-up, {_VARIANTS[variant]}", flush=True)
     replica = None if variant == "single" else _replica(topology)
@@ -574,25 +571,9 @@ def api(
     master, replica = topology.master(), _replica(topology)
     url = master.url(_DB["api"])
     _empty(url)
-    env = dict(os.environ)
-    env.update(
-        PROJECTOR_PG_DSN=dsn,
-        PROJECTOR_REDIS_URL=url,
-        PROJECTOR_SLOT="bench_api",
-        PROJECTOR_PUBLICATION="bench_api",
-        PROJECTOR_KEY_PREFIX=PREFIX,
-        PROJECTOR_TIMEZONE="UTC",
-        PROJECTOR_LOG_LEVEL="warning",
-        PROJECTOR_API_ACCESS_LOG="false",
-        **_sentinel_env(topology, 1),
-    )
-    subprocess.run(
-        [sys.executable, "-m", "projector", "migrate"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    env = api_env(dsn, url, "bench_api")
+    env.update(_sentinel_env(topology, 1))
+    migrate(env)
     rows = load_data(dsn, args.api_users, 1)
     built = build_redis(env, dsn, url, logs / "api-projector.log")
     topology.wait_replicas_in_sync()

@@ -29,7 +29,7 @@ import psycopg
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, percentile, save, throwaway_servers
+from common import ROOT, migrate, percentile, save, throwaway_servers
 
 sys.path.insert(0, str(ROOT))
 from projector.lsn import parse_lsn
@@ -92,23 +92,12 @@ def wait_for(client: redis.Redis, lsn: int, timeout: float) -> float:
     return time.monotonic()
 
 
-def _migrate(env: dict[str, str], log: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "projector", "migrate"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-    )
-
-
 def bootstrap(pg_dsn: str, env: dict[str, str], client: redis.Redis, log: Path) -> None:
-    _migrate(env, log)
+    migrate(env, log)
     if env.get("PROJECTOR_BOARDS_FILE"):  # the example's columns and label table, then
         with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the publication again
             conn.execute(FOCUS_SQL.read_text())
-        _migrate(env, log)
+        migrate(env, log)
     proc = start_projector(env, log)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         wait_for(client, current_lsn(conn), 60)

@@ -39,7 +39,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_api import ApiServer
-from common import ROOT, machine, percentile, save, throwaway_servers
+from common import ROOT, api_env, machine, migrate, percentile, save, throwaway_servers
 
 sys.path.insert(0, str(ROOT))
 from projector.lsn import parse_lsn
@@ -229,24 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     with throwaway_servers() as (pg, rd):
         dsn = pg.create_database("bench_sse")
-        env = dict(os.environ)
-        env.update(
-            PROJECTOR_PG_DSN=dsn,
-            PROJECTOR_REDIS_URL=rd.url(),
-            PROJECTOR_SLOT="bench_sse",
-            PROJECTOR_PUBLICATION="bench_sse",
-            PROJECTOR_KEY_PREFIX="pomo:",
-            PROJECTOR_TIMEZONE="UTC",
-            PROJECTOR_LOG_LEVEL="warning",
-            PROJECTOR_API_ACCESS_LOG="false",
-        )
-        subprocess.run(
-            [sys.executable, "-m", "projector", "migrate"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        env = api_env(dsn, rd.url(), "bench_sse")
+        migrate(env)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for user in USERS:
                 conn.execute("INSERT INTO users VALUES (%s, %s)", (user, f"Bench {user[5:]}"))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,36 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {path.relative_to(ROOT)}")
     return path
+
+
+def migrate(env: dict[str, str], log: Path | None = None) -> None:
+    """``projector migrate`` with ``env``; its log goes to ``log`` (else to stderr)."""
+    with log.open("ab") if log is not None else nullcontext() as stderr:
+        subprocess.run(
+            [sys.executable, "-m", "projector", "migrate"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+
+def api_env(pg_dsn: str, redis_url: str, name: str, *, access_log: bool = False) -> dict[str, str]:
+    """The environment of the projector and the API for a read benchmark named ``name``
+    (its slot and publication), keys under ``pomo:`` in UTC, quiet logs."""
+    env = dict(os.environ)
+    env.update(
+        PROJECTOR_PG_DSN=pg_dsn,
+        PROJECTOR_REDIS_URL=redis_url,
+        PROJECTOR_SLOT=name,
+        PROJECTOR_PUBLICATION=name,
+        PROJECTOR_KEY_PREFIX="pomo:",
+        PROJECTOR_TIMEZONE="UTC",
+        PROJECTOR_LOG_LEVEL="warning",
+        PROJECTOR_API_ACCESS_LOG="true" if access_log else "false",
+    )
+    return env
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_api import TOP10, _free_port, build_redis, load_data, wrk
-from common import ROOT, save, throwaway_servers
+from common import ROOT, api_env, migrate, save, throwaway_servers
 
 
 def _serve(env: dict[str, str], cwd: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -87,24 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_us: dict[str, list[float]] = {name: [] for name in versions}
     with throwaway_servers() as (pg, rd):
         dsn = pg.create_database("bench_compare")
-        env = dict(os.environ)
-        env.update(
-            PROJECTOR_PG_DSN=dsn,
-            PROJECTOR_REDIS_URL=rd.url(),
-            PROJECTOR_SLOT="bench_compare",
-            PROJECTOR_PUBLICATION="bench_compare",
-            PROJECTOR_KEY_PREFIX="pomo:",
-            PROJECTOR_TIMEZONE="UTC",
-            PROJECTOR_LOG_LEVEL="warning",
-            PROJECTOR_API_ACCESS_LOG="false",
-        )
-        subprocess.run(
-            [sys.executable, "-m", "projector", "migrate"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        env = api_env(dsn, rd.url(), "bench_compare")
+        migrate(env)
         load_data(dsn, args.users, 1)
         build_redis(env, dsn, rd.url(), logs / "projector.log")
         for index in range(args.rounds):
