@@ -35,7 +35,6 @@ from projector.watermark import Watermark
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
-# Replies of a node that no longer serves the projection as master (failover, moved slot).
 
 
 class Fenced(ConnectionLost):
@@ -109,23 +108,29 @@ class RedisSink:
             raise Fenced(current)
 
     def _durably(self, pipe: Any) -> list[Any]:
-        """Run ``pipe`` on one connection, then WAIT there for ``min_replicas`` (WAIT counts
-        what its own connection wrote, and all that Redis replicated before it); return the
-        replies. ``ReplicasBehind`` when too few replicas acknowledged in time."""
+        """Run ``pipe`` and WAIT for ``min_replicas`` (``_waited``); return the replies.
+        A refused command raises; ``ReplicasBehind`` when too few replicas acknowledged."""
+        replies, acked = self._waited(pipe)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise self._demoted(reply) if moved_away(reply) else reply
+        if acked is not None:
+            self._require_replicas(acked, "the write")
+        return replies
+
+    def _waited(self, pipe: Any) -> tuple[list[Any], int | None]:
+        """Run ``pipe`` on one connection, then (with ``min_replicas``) WAIT there: WAIT counts
+        what its own connection wrote, and all that Redis replicated before it. Returns the
+        replies (errors as values) and how many replicas acknowledged (None: no WAIT)."""
         if self.min_replicas:
             pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
         replies: list[Any] = self._call(pipe.execute, False)
-        for reply in replies[:-1] if self.min_replicas else replies:
-            if isinstance(reply, Exception) and moved_away(reply):
-                raise self._demoted(reply)
-            if isinstance(reply, Exception):
-                raise reply
-        if self.min_replicas:
-            acked = replies.pop()
-            if isinstance(acked, redis.ResponseError):  # WAIT on a node demoted meanwhile
-                raise self._demoted(acked)
-            self._require_replicas(int(acked), "the write")
-        return replies
+        if not self.min_replicas:
+            return replies, None
+        acked = replies.pop()
+        if isinstance(acked, redis.ResponseError):  # WAIT on a node demoted meanwhile
+            raise self._demoted(acked)
+        return replies, int(acked)
 
     def _require_replicas(self, acked: int, what: str) -> None:
         if acked < self.min_replicas:
@@ -253,15 +258,10 @@ class RedisSink:
 
     def _retry_without_script(self, args: tuple[object, ...]) -> tuple[Any, int | None]:
         self._call(self._client.script_load, _APPLY_LUA)
-        pipe: Any = self._client.pipeline(transaction=False)
-        pipe.evalsha(self._apply.sha, *args)
-        if self.min_replicas:
-            pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
-        replies = self._call(pipe.execute, False)
-        acked = replies[1] if self.min_replicas else None
-        if isinstance(acked, redis.ResponseError):
-            raise self._demoted(acked)
-        return replies[0], None if acked is None else int(acked)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.evalsha(self._apply.sha, *args)  # type: ignore[arg-type]
+        (outcome,), acked = self._waited(pipe)
+        return outcome, acked
 
     def _demoted(self, exc: Exception) -> ConnectionLost:
         """The node took our write as a master but is a replica now (or no longer serves

@@ -17,7 +17,7 @@ import redis
 from projector.errors import RebuildRequired
 from projector.keys import Keys
 from projector.projection import BatchDelta
-from projector.sink import Fenced, RedisSink
+from projector.sink import Fenced, RedisSink, ReplicasBehind
 from projector.watermark import Watermark
 
 PREFIX = "t:"
@@ -147,6 +147,39 @@ def test_a_writer_that_lost_the_projection_is_fenced_and_changes_nothing(
 
 def sink_watermark(client: redis.Redis) -> Watermark | None:
     return RedisSink(client, KEYS).read_watermark()
+
+
+def test_a_batch_after_redis_forgot_the_script_loads_it_again(
+    sink: RedisSink, client: redis.Redis
+) -> None:
+    """After SCRIPT FLUSH (a restarted or failed-over Redis) the next batch reloads the
+    script once and applies; its compare-and-set still holds."""
+    sink.apply(batch({ALL: {"alice": 1}}), mark(100), None)
+    client.script_flush()
+    sink.apply(batch({ALL: {"alice": 2}}), mark(200), mark(100))
+    assert scores(client, ALL) == {"alice": 3.0}
+    client.script_flush()
+    with pytest.raises(RebuildRequired, match="moved under us"):
+        sink.apply(batch({ALL: {"alice": 5}}), mark(300), mark(100))
+    assert scores(client, ALL) == {"alice": 3.0}
+
+
+def test_without_the_replicas_asked_for_a_batch_is_applied_but_not_acknowledged(
+    redis_url: str,
+) -> None:
+    """PROJECTOR_REDIS_MIN_REPLICAS=1 on a Redis without replicas: WAIT counts 0, so the
+    batch (also one sent again after SCRIPT FLUSH) and a claim raise ``ReplicasBehind``."""
+    with redis.Redis.from_url(redis_url) as client:
+        sink = RedisSink(client, KEYS, owner="me", min_replicas=1, replica_timeout=0.05)
+        with pytest.raises(ReplicasBehind, match="0 of 1"):
+            sink.claim()
+        with pytest.raises(ReplicasBehind, match="the batch up to"):
+            sink.apply(batch({ALL: {"alice": 1}}), mark(100), None)
+        client.script_flush()
+        with pytest.raises(ReplicasBehind, match="the batch up to"):
+            sink.apply(batch({ALL: {"alice": 1}}), mark(200), mark(100))
+        assert scores(client, ALL) == {"alice": 2.0}  # applied: only not confirmed
+        sink.close()
 
 
 def test_mid_transaction_position_is_part_of_the_cas(sink: RedisSink) -> None:
