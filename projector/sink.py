@@ -42,7 +42,11 @@ class Fenced(ConnectionLost):
 
     def __init__(self, owner: str) -> None:
         super().__init__(
-            f"another projector took the slot over (owner {owner or 'none'}); standing by",
+            f"another projector took the slot over, or Redis went back to an older claim"
+            f" (owner {owner}); standing by"
+            if owner
+            else "Redis no longer holds this process' ownership (it lost data, or failed over"
+            " to a replica that never received the claim); standing by, then claiming again",
             service="redis",
         )
         self.owner = owner

@@ -145,6 +145,19 @@ def test_a_writer_that_lost_the_projection_is_fenced_and_changes_nothing(
     assert sink_watermark(client) == mark(200)
 
 
+def test_a_writer_whose_claim_redis_lost_is_fenced_and_says_so(client: redis.Redis) -> None:
+    """A Redis that lost the claim itself (flushed, or failed over before the claim reached
+    a replica) refuses the owner's next batch as fenced, with a message that says that."""
+    owner = RedisSink(client, KEYS, owner="owner")
+    owner.claim()
+    owner.apply(batch({ALL: {"alice": 1}}), mark(100), None)
+    client.flushall()
+    with pytest.raises(Fenced, match="no longer holds this process' ownership") as refused:
+        owner.apply(batch({ALL: {"alice": 5}}), mark(200), mark(100))
+    assert refused.value.owner == ""
+    assert client.dbsize() == 0
+
+
 def sink_watermark(client: redis.Redis) -> Watermark | None:
     return RedisSink(client, KEYS).read_watermark()
 
