@@ -76,8 +76,18 @@ def _ask_running_projector(sink: RedisSink, client: redis.Redis, timeout: float)
             if state.phase == "done":
                 _finish("rebuilt by the running projector")
                 return 0
-        elif client.get(sink.keys.replay_request) is None and raw.get("id") != request:
-            raise ProjectorError("the replay request disappeared (Redis flushed?); run again")
+        else:
+            pending = client.get(sink.keys.replay_request)
+            if pending is None:
+                raise ProjectorError("the replay request disappeared (Redis flushed?); run again")
+            if as_text(pending) != request:
+                # A later replay replaced this request before the projector took it: its
+                # rebuild starts after this request was made, so it answers this one too.
+                request = as_text(pending)
+                print(
+                    f"\na later replay (request {request}) replaces this one; following it",
+                    file=sys.stderr,
+                )
         time.sleep(0.25)
     client.delete(sink.keys.replay_request)
     raise ProjectorError(f"the projector did not finish the rebuild within {timeout:.0f}s")

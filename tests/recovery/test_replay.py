@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from .support import Deployment, lsn_int, seed, writing
 
 
@@ -27,6 +30,38 @@ def test_replay_during_writes_with_projector_running_ends_exact(deployment: Depl
     projector.assert_running()
     with deployment.redis() as client:
         assert client.get(f"{deployment.prefix}replay:request") is None
+
+
+def test_two_replays_at_once_both_end_when_the_boards_are_rebuilt(
+    deployment: Deployment,
+) -> None:
+    """A second replay that replaces the first's request before the projector took it: the
+    first follows the later request (its rebuild starts after both were made); both exit 0."""
+    seed(deployment.pg_dsn, rows=20_000, users=200, days=60)
+    projector = deployment.start()
+    projector.wait_event("rebuild finished")
+    replays = [
+        subprocess.Popen(
+            [sys.executable, "-m", "projector", "replay"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=deployment.env(),
+        )
+        for _ in range(2)
+    ]
+    outputs = [replay.communicate(timeout=120) for replay in replays]
+    for replay, (out, err) in zip(replays, outputs, strict=True):
+        assert replay.returncode == 0, out + err
+        assert "rebuilt by the running projector" in out
+    errors = "".join(err for _, err in outputs)
+    rebuilds = projector.count("replay requested by operator")
+    # Either the projector took both requests in turn, or one replaced the other first.
+    assert rebuilds == 2 or "replaces this one; following it" in errors, (rebuilds, errors)
+    deployment.wait_caught_up()
+    deployment.assert_matches_postgres()
+    projector.assert_running()
 
 
 def test_replay_without_projector_rebuilds_in_process(deployment: Deployment) -> None:
