@@ -25,6 +25,11 @@ def _running(deployment: Deployment, **env: str) -> ProjectorProcess:
     projector = deployment.start(**env)
     projector.wait_event("rebuild finished")
     deployment.wait_caught_up()
+    # Caught up already by the rebuild's swap: wait until the stream holds the slot too.
+    deadline = time.monotonic() + 15
+    while not (row := deployment.slot_row()) or not row["active"]:
+        assert time.monotonic() < deadline, f"the slot never became active: {row}"
+        time.sleep(0.05)
     return projector
 
 
