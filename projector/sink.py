@@ -6,9 +6,12 @@ writer, or a Redis that lost data, fails loudly instead of counting twice. A pro
 takes the slot over first ``claim``s the projection: each script also checks that fencing
 token, so a former owner that was paused or cut off, and wakes up, writes nothing.
 
-With ``min_replicas`` a batch counts as applied only once ``WAIT`` confirms that many
-replicas received it: only then may its position be confirmed to PostgreSQL, so a Redis
-failover cannot lose a position PostgreSQL has already forgotten the WAL for.
+With ``min_replicas`` a batch is durable only once ``WAIT`` confirms that many replicas
+received it: only then may its position be confirmed to PostgreSQL, so a Redis failover
+cannot lose a position PostgreSQL has already forgotten the WAL for. WAIT blocks its
+connection, and so every batch sent behind it, for a round trip to the replicas: while
+batches follow each other (catch-up) one WAIT covers all those sent in ``_WAIT_EVERY``;
+a batch sent to an idle connection gets its own, and ``seal`` covers the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from projector.watermark import Watermark
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
+# With min_replicas, while batches follow each other: at most this long between WAITs.
+_WAIT_EVERY = 0.05
 
 
 class Fenced(ConnectionLost):
@@ -59,6 +64,9 @@ class ReplicasBehind(ConnectionLost):
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     replay_request: str | None
+    # The position up to which every batch is durable now (this one's, when a WAIT covered
+    # it or none is required), or None: not yet.
+    durable: int | None = None
 
 
 class RedisSink:
@@ -84,9 +92,13 @@ class RedisSink:
         self._wait_ms = max(1, int(replica_timeout * 1000))
         self._apply = client.register_script(_APPLY_LUA)
         self._conn: Any = None
-        self._in_flight: deque[tuple[tuple[object, ...], Watermark, Watermark | None]] = deque()
+        # Sent batches: script arguments, new and expected watermark, whether a WAIT follows.
+        self._in_flight: deque[tuple[tuple[object, ...], Watermark, Watermark | None, bool]] = (
+            deque()
+        )
         # Replies read ahead of ``receive`` (a batch that reads the registry waits for them).
         self._answered: deque[Any] = deque()
+        self._waited_at = 0.0
 
     @property
     def client(self) -> redis.Redis:
@@ -188,9 +200,14 @@ class RedisSink:
             keys.events,
             self.owner,
         )
+        now = time.monotonic()
+        wait = bool(self.min_replicas) and (
+            not self._in_flight or now - self._waited_at >= _WAIT_EVERY
+        )
         try:
             connection = self._connection()
-            if self.min_replicas:
+            if wait:
+                self._waited_at = now
                 connection.send_packed_command(
                     connection.pack_commands(
                         [
@@ -204,7 +221,7 @@ class RedisSink:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
-        self._in_flight.append((args, new, expected))
+        self._in_flight.append((args, new, expected, wait))
 
     @property
     def in_flight(self) -> int:
@@ -232,27 +249,47 @@ class RedisSink:
         replicas acknowledged it (then it is applied but must not be confirmed yet)."""
         if not self._in_flight:
             raise RuntimeError("no batch in flight")
-        args, new, expected = self._in_flight.popleft()
-        outcome, acked = self._answered.popleft() if self._answered else self._read_answer()
+        args, new, expected, wait = self._in_flight.popleft()
+        outcome, acked = self._answered.popleft() if self._answered else self._read_answer(wait)
         if isinstance(outcome, redis.exceptions.NoScriptError):
             # Redis restarted or flushed its scripts: load it and run it once more.
             outcome, acked = self._retry_without_script(args)
         if isinstance(outcome, Exception):
             raise self._failure(outcome, new, expected) from outcome
         if acked is not None:
-            self._require_replicas(acked, f"the batch up to {new.position}")
+            self._require_replicas(acked, f"the batches up to {new.position}")
         request = as_text(outcome[1]) if outcome and len(outcome) > 1 else ""
-        return ApplyResult(replay_request=request or None)
+        durable = new.lsn if acked is not None or not self.min_replicas else None
+        return ApplyResult(replay_request=request or None, durable=durable)
 
-    def _read_answer(self) -> tuple[Any, int | None]:
-        """The script's reply (or its error) and, with ``min_replicas``, WAIT's count."""
+    def seal(self) -> None:
+        """With ``min_replicas`` and no batch in flight: WAIT until every batch applied so far
+        is durable; ``ReplicasBehind`` if too few replicas acknowledged them in time."""
+        if not self.min_replicas:
+            return
+        if self._in_flight:
+            raise RuntimeError("seal with batches in flight")
+        connection = self._connection()
+        try:
+            connection.send_command("WAIT", self.min_replicas, self._wait_ms)
+            acked = int(connection.read_response())
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self._drop_connection()
+            raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+        except redis.ResponseError as exc:  # WAIT refused: the node was demoted meanwhile
+            raise self._demoted(exc) from exc
+        self._waited_at = time.monotonic()
+        self._require_replicas(acked, "the batches applied")
+
+    def _read_answer(self, wait: bool) -> tuple[Any, int | None]:
+        """The script's reply (or its error) and, if a WAIT followed it, WAIT's count."""
         connection = self._connection()
         try:
             try:
                 outcome: Any = connection.read_response()
             except redis.ResponseError as exc:  # this script's error; the stream is intact
                 outcome = exc
-            acked = int(connection.read_response()) if self.min_replicas else None
+            acked = int(connection.read_response()) if wait else None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
@@ -302,7 +339,7 @@ class RedisSink:
         """Registered board keys (under ``prefixes``, if given), read once Redis answered
         every batch in flight (their answers are kept for ``receive``)."""
         while len(self._answered) < len(self._in_flight):
-            self._answered.append(self._read_answer())
+            self._answered.append(self._read_answer(self._in_flight[len(self._answered)][3]))
         listed = self._call(self._client.zrange, self.keys.registry, 0, -1)
         listed = [as_text(key) for key in listed]
         if prefixes is None:

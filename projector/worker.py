@@ -377,6 +377,9 @@ class _Streaming:
         # Sent batches not yet answered: when each was sent, its rows by kind, transactions.
         self.sent: deque[tuple[float, dict[str, int], int]] = deque()
         self.server_end = 0
+        # Every batch up to here is on PROJECTOR_REDIS_MIN_REPLICAS replicas (the claim's WAIT
+        # covered what Redis held at the start): PostgreSQL is never told more.
+        self.durable = applied.lsn
         self.last_beat = 0.0
         self.last_wal_check = 0.0
         self.last_wal_heartbeat = time.monotonic()
@@ -466,10 +469,12 @@ class _Streaming:
             elif isinstance(action, Receive):
                 result = self.sink.receive()
                 self._applied()
+                if result.durable is not None and result.durable > self.durable:
+                    self.durable = result.durable
                 if result.replay_request:
                     raise ReplayRequested(result.replay_request)
             elif isinstance(action, Confirm):
-                self.stream.send_status(action.lsn)
+                self.stream.send_status(self._durable(action.lsn))
             elif isinstance(action, Collect):
                 self._collect()
                 self._perform(self.session.flush_if_idle())
@@ -479,6 +484,14 @@ class _Streaming:
                     commit_lsn=format_lsn(action.tx_lsn),
                     rows_already_applied=action.rows_applied,
                 )
+
+    def _durable(self, lsn: int) -> int:
+        """How much of ``lsn`` may be confirmed: what is on enough Redis replicas; with none
+        in flight, everything applied is made so first (``RedisSink.seal``)."""
+        if lsn > self.durable and not self.sink.in_flight:
+            self.sink.seal()
+            self.durable = max(self.durable, self.session.acked.lsn)
+        return min(lsn, self.durable)
 
     def _applied(self) -> None:
         """Redis answered the oldest batch: count it, and how far Redis is behind."""

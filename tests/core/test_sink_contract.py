@@ -186,13 +186,31 @@ def test_without_the_replicas_asked_for_a_batch_is_applied_but_not_acknowledged(
         sink = RedisSink(client, KEYS, owner="me", min_replicas=1, replica_timeout=0.05)
         with pytest.raises(ReplicasBehind, match="0 of 1"):
             sink.claim()
-        with pytest.raises(ReplicasBehind, match="the batch up to"):
+        with pytest.raises(ReplicasBehind, match="the batches up to"):
             sink.apply(batch({ALL: {"alice": 1}}), mark(100), None)
         client.script_flush()
-        with pytest.raises(ReplicasBehind, match="the batch up to"):
+        with pytest.raises(ReplicasBehind, match="the batches up to"):
             sink.apply(batch({ALL: {"alice": 1}}), mark(200), mark(100))
         assert scores(client, ALL) == {"alice": 2.0}  # applied: only not confirmed
+        # Sent behind another (catch-up): no WAIT of its own, so not durable yet; the
+        # WAIT that ``seal`` sends once none is in flight refuses it too.
+        sink.send(batch({ALL: {"alice": 1}}), mark(300), mark(200))
+        sink.send(batch({ALL: {"alice": 1}}), mark(400), mark(300))
+        with pytest.raises(ReplicasBehind):
+            sink.receive()
+        assert sink.receive().durable is None
+        with pytest.raises(ReplicasBehind, match="the batches applied"):
+            sink.seal()
+        assert scores(client, ALL) == {"alice": 4.0}
         sink.close()
+
+
+def test_without_min_replicas_every_batch_is_durable_once_applied(sink: RedisSink) -> None:
+    """N=0: each answer makes its position durable; ``seal`` has nothing to wait for."""
+    sink.send(batch({ALL: {"alice": 1}}), mark(100), None)
+    sink.send(batch({ALL: {"alice": 1}}), mark(200), mark(100))
+    assert [sink.receive().durable, sink.receive().durable] == [100, 200]
+    sink.seal()
 
 
 def test_mid_transaction_position_is_part_of_the_cas(sink: RedisSink) -> None:
