@@ -9,9 +9,9 @@ token, so a former owner that was paused or cut off, and wakes up, writes nothin
 With ``min_replicas`` a batch is durable only once ``WAIT`` confirms that many replicas
 received it: only then may its position be confirmed to PostgreSQL, so a Redis failover
 cannot lose a position PostgreSQL has already forgotten the WAL for. WAIT blocks its
-connection, and so every batch sent behind it, for a round trip to the replicas: while
-batches follow each other (catch-up) one WAIT covers all those sent in ``_WAIT_EVERY``;
-a batch sent to an idle connection gets its own, and ``seal`` covers the rest.
+connection, and so every batch sent behind it, until the replicas have applied what it
+covers: so a WAIT follows a batch at most every ``_WAIT_EVERY``, and ``seal`` covers the
+rest before the projector confirms them.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from projector.watermark import Watermark
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
-# With min_replicas, while batches follow each other: at most this long between WAITs.
-_WAIT_EVERY = 0.05
+# With min_replicas: how often a batch is followed by a WAIT (each costs the replicas' time
+# to apply what it covers, with the connection blocked meanwhile).
+_WAIT_EVERY = 0.5
 
 
 class Fenced(ConnectionLost):
@@ -201,9 +202,7 @@ class RedisSink:
             self.owner,
         )
         now = time.monotonic()
-        wait = bool(self.min_replicas) and (
-            not self._in_flight or now - self._waited_at >= _WAIT_EVERY
-        )
+        wait = bool(self.min_replicas) and now - self._waited_at >= _WAIT_EVERY
         try:
             connection = self._connection()
             if wait:

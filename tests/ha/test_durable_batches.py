@@ -29,9 +29,9 @@ def _one(n: int) -> BatchDelta:
 def test_batches_sent_back_to_back_share_one_wait_and_seal_makes_the_rest_durable(
     sentinel_topology: SentinelTopology,
 ) -> None:
-    """Catch-up: the batch sent to an idle connection is durable on its answer; the ones
-    sent right behind it are applied without a WAIT of their own (none blocks the next);
-    ``seal`` then makes them durable, and the replica holds every one."""
+    """The first batch is followed by a WAIT, so durable on its answer; the ones sent right
+    behind it get none of their own (no WAIT holds them up); ``seal`` then makes them
+    durable, and the replica holds every one."""
     with sentinel_topology.master().client() as client:
         sink = _sink(sentinel_topology, client)
         sink.send(_one(0), mark(100), None)
@@ -48,8 +48,8 @@ def test_batches_sent_back_to_back_share_one_wait_and_seal_makes_the_rest_durabl
 
 
 def test_a_lagging_replica_makes_seal_refuse(sentinel_topology: SentinelTopology) -> None:
-    """With the replica stopped, applied batches never become durable: the next batch to
-    an idle connection and ``seal`` raise ``ReplicasBehind`` (nothing is confirmed)."""
+    """With the replica stopped, applied batches never become durable: a batch's WAIT and
+    ``seal`` raise ``ReplicasBehind`` (nothing is confirmed)."""
     with sentinel_topology.master().client() as client:
         sink = _sink(sentinel_topology, client)
         replica = sentinel_topology.data_nodes[1]
@@ -58,7 +58,7 @@ def test_a_lagging_replica_makes_seal_refuse(sentinel_topology: SentinelTopology
             sink.send(_one(0), mark(100), None)
             sink.send(_one(1), mark(200), mark(100))
             with pytest.raises(ReplicasBehind, match="0 of 1"):
-                sink.receive()
+                sink.receive()  # the first batch's WAIT
             assert sink.receive().durable is None
             with pytest.raises(ReplicasBehind, match="the batches applied"):
                 sink.seal()
