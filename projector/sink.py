@@ -8,10 +8,13 @@ token, so a former owner that was paused or cut off, and wakes up, writes nothin
 
 With ``min_replicas`` a batch is durable only once ``WAIT`` confirms that many replicas
 received it: only then may its position be confirmed to PostgreSQL, so a Redis failover
-cannot lose a position PostgreSQL has already forgotten the WAL for. WAIT blocks its
+cannot lose a position PostgreSQL has already forgotten the WAL for. WAIT would block the
 connection, and so every batch sent behind it, until the replicas have applied what it
-covers: so a WAIT follows a batch at most every ``_WAIT_EVERY``, and ``seal`` covers the
-rest before the projector confirms them.
+covers; so while batches flow, a batch is followed (at most every ``_PROBE_EVERY``) by
+``INFO replication`` instead, which never blocks: the master's replication offset after
+that batch, and the offsets the replicas acknowledged (about every second). A batch is
+durable once ``min_replicas`` replicas acknowledged its offset. Before the projector
+confirms what is not durable yet, with nothing in flight, ``seal`` WAITs for the rest.
 """
 
 from __future__ import annotations
@@ -38,9 +41,8 @@ from projector.watermark import Watermark
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
-# With min_replicas: how often a batch is followed by a WAIT (each costs the replicas' time
-# to apply what it covers, with the connection blocked meanwhile).
-_WAIT_EVERY = 0.5
+# With min_replicas: how often a batch is followed by INFO replication (see the module doc).
+_PROBE_EVERY = 0.5
 
 
 class Fenced(ConnectionLost):
@@ -93,13 +95,15 @@ class RedisSink:
         self._wait_ms = max(1, int(replica_timeout * 1000))
         self._apply = client.register_script(_APPLY_LUA)
         self._conn: Any = None
-        # Sent batches: script arguments, new and expected watermark, whether a WAIT follows.
+        # Sent batches: script arguments, new and expected watermark, whether INFO follows.
         self._in_flight: deque[tuple[tuple[object, ...], Watermark, Watermark | None, bool]] = (
             deque()
         )
         # Replies read ahead of ``receive`` (a batch that reads the registry waits for them).
         self._answered: deque[Any] = deque()
-        self._waited_at = 0.0
+        self._probed_at = 0.0
+        # Applied batches not known durable yet: (master's offset after it, its position).
+        self._undurable: deque[tuple[int, int]] = deque()
 
     @property
     def client(self) -> redis.Redis:
@@ -202,17 +206,14 @@ class RedisSink:
             self.owner,
         )
         now = time.monotonic()
-        wait = bool(self.min_replicas) and now - self._waited_at >= _WAIT_EVERY
+        probe = bool(self.min_replicas) and now - self._probed_at >= _PROBE_EVERY
         try:
             connection = self._connection()
-            if wait:
-                self._waited_at = now
+            if probe:
+                self._probed_at = now
                 connection.send_packed_command(
                     connection.pack_commands(
-                        [
-                            ("EVALSHA", self._apply.sha, *args),
-                            ("WAIT", self.min_replicas, self._wait_ms),
-                        ]
+                        [("EVALSHA", self._apply.sha, *args), ("INFO", "replication")]
                     )
                 )
             else:
@@ -220,7 +221,7 @@ class RedisSink:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
-        self._in_flight.append((args, new, expected, wait))
+        self._in_flight.append((args, new, expected, probe))
 
     @property
     def in_flight(self) -> int:
@@ -244,21 +245,28 @@ class RedisSink:
 
     def receive(self) -> ApplyResult:
         """Wait for the oldest batch in flight; raise ``RebuildRequired`` if Redis refused it,
-        ``Fenced`` if another process owns the projection now, ``ReplicasBehind`` if too few
-        replicas acknowledged it (then it is applied but must not be confirmed yet)."""
+        ``Fenced`` if another process owns the projection now. With ``min_replicas`` the
+        result says up to where batches are durable, if that moved."""
         if not self._in_flight:
             raise RuntimeError("no batch in flight")
-        args, new, expected, wait = self._in_flight.popleft()
-        outcome, acked = self._answered.popleft() if self._answered else self._read_answer(wait)
+        args, new, expected, probe = self._in_flight.popleft()
+        outcome, info = self._answered.popleft() if self._answered else self._read_answer(probe)
         if isinstance(outcome, redis.exceptions.NoScriptError):
-            # Redis restarted or flushed its scripts: load it and run it once more.
-            outcome, acked = self._retry_without_script(args)
+            # Redis restarted or flushed its scripts: load it and run it once more (INFO's
+            # offset came before that write: no measure of it).
+            outcome, info = self._retry_without_script(args), None
         if isinstance(outcome, Exception):
             raise self._failure(outcome, new, expected) from outcome
-        if acked is not None:
-            self._require_replicas(acked, f"the batches up to {new.position}")
         request = as_text(outcome[1]) if outcome and len(outcome) > 1 else ""
-        durable = new.lsn if acked is not None or not self.min_replicas else None
+        if not self.min_replicas:
+            return ApplyResult(replay_request=request or None, durable=new.lsn)
+        durable = None
+        if info is not None:
+            offset, acknowledged = _replication(info, self.min_replicas)
+            undurable = self._undurable
+            while undurable and undurable[0][0] <= acknowledged:
+                durable = undurable.popleft()[1]
+            undurable.append((offset, new.lsn))
         return ApplyResult(replay_request=request or None, durable=durable)
 
     def seal(self) -> None:
@@ -277,31 +285,29 @@ class RedisSink:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
         except redis.ResponseError as exc:  # WAIT refused: the node was demoted meanwhile
             raise self._demoted(exc) from exc
-        self._waited_at = time.monotonic()
         self._require_replicas(acked, "the batches applied")
+        self._undurable.clear()
 
-    def _read_answer(self, wait: bool) -> tuple[Any, int | None]:
-        """The script's reply (or its error) and, if a WAIT followed it, WAIT's count."""
+    def _read_answer(self, probe: bool) -> tuple[Any, Any]:
+        """The script's reply (or its error) and, if INFO followed it, INFO's."""
         connection = self._connection()
         try:
             try:
                 outcome: Any = connection.read_response()
             except redis.ResponseError as exc:  # this script's error; the stream is intact
                 outcome = exc
-            acked = int(connection.read_response()) if wait else None
+            info = connection.read_response() if probe else None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._drop_connection()
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
-        except redis.ResponseError as exc:  # WAIT refused: the node was demoted meanwhile
-            raise self._demoted(exc) from exc
-        return outcome, acked
+        return outcome, info
 
-    def _retry_without_script(self, args: tuple[object, ...]) -> tuple[Any, int | None]:
+    def _retry_without_script(self, args: tuple[object, ...]) -> Any:
         self._call(self._client.script_load, _APPLY_LUA)
         pipe = self._client.pipeline(transaction=False)
         pipe.evalsha(self._apply.sha, *args)  # type: ignore[arg-type]
-        (outcome,), acked = self._waited(pipe)
-        return outcome, acked
+        (outcome,) = self._call(pipe.execute, False)
+        return outcome
 
     def _demoted(self, exc: Exception) -> ConnectionLost:
         """The node took our write as a master but is a replica now (or no longer serves
@@ -466,6 +472,21 @@ class RedisSink:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
         except MOVED_AWAY as exc:
             raise self._demoted(exc) from exc
+
+
+def _replication(info: Any, replicas: int) -> tuple[int, int]:
+    """From ``INFO replication``: the master's replication offset, and the offset that at
+    least ``replicas`` replicas acknowledged (-1 if fewer are connected)."""
+    offset, acknowledged = 0, []
+    for line in as_text(info).splitlines():
+        if line.startswith("master_repl_offset:"):
+            offset = int(line.partition(":")[2])
+        elif line.startswith("slave") and ",offset=" in line:
+            fields = dict(item.split("=", 1) for item in line.partition(":")[2].split(","))
+            if fields.get("state") == "online":
+                acknowledged.append(int(fields["offset"]))
+    acknowledged.sort(reverse=True)
+    return offset, acknowledged[replicas - 1] if len(acknowledged) >= replicas else -1
 
 
 def _process_name() -> str:
