@@ -251,14 +251,19 @@ class RedisSink:
             raise RuntimeError("no batch in flight")
         args, new, expected, probe = self._in_flight.popleft()
         outcome, info = self._answered.popleft() if self._answered else self._read_answer(probe)
+        acked = None
         if isinstance(outcome, redis.exceptions.NoScriptError):
             # Redis restarted or flushed its scripts: load it and run it once more (INFO's
             # offset came before that write: no measure of it).
-            outcome, info = self._retry_without_script(args), None
+            (outcome, acked), info = self._retry_without_script(args), None
         if isinstance(outcome, Exception):
             raise self._failure(outcome, new, expected) from outcome
         request = as_text(outcome[1]) if outcome and len(outcome) > 1 else ""
         if not self.min_replicas:
+            return ApplyResult(replay_request=request or None, durable=new.lsn)
+        if acked is not None:  # that WAIT covered it and everything before it
+            self._require_replicas(acked, f"the batches up to {new.position}")
+            self._undurable.clear()
             return ApplyResult(replay_request=request or None, durable=new.lsn)
         durable = None
         if info is not None:
@@ -302,12 +307,14 @@ class RedisSink:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
         return outcome, info
 
-    def _retry_without_script(self, args: tuple[object, ...]) -> Any:
+    def _retry_without_script(self, args: tuple[object, ...]) -> tuple[Any, int | None]:
+        """Run the batch once more, on another connection (so ``seal``'s WAIT would not
+        cover it): with ``min_replicas`` a WAIT follows it there."""
         self._call(self._client.script_load, _APPLY_LUA)
         pipe = self._client.pipeline(transaction=False)
         pipe.evalsha(self._apply.sha, *args)  # type: ignore[arg-type]
-        (outcome,) = self._call(pipe.execute, False)
-        return outcome
+        (outcome,), acked = self._waited(pipe)
+        return outcome, acked
 
     def _demoted(self, exc: Exception) -> ConnectionLost:
         """The node took our write as a master but is a replica now (or no longer serves
