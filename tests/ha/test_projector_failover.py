@@ -77,7 +77,9 @@ def test_the_oracle_workload_through_a_sentinel_failover(
 def _cut_off_replica(deployment: Deployment, topology: SentinelTopology, replica: RedisNode) -> int:
     """Freeze the replica (SIGSTOP) and have the master drop its link at once: writes from
     then on never reach it. Returns the master's watermark LSN at that moment (the most the
-    replica can hold)."""
+    replica can hold). First the replica catches up (a full resync after the bootstrap's
+    burst can still be loading): what it holds then is what the failover keeps."""
+    topology.wait_replicas_in_sync()
     topology.pause(replica)
     topology.master().execute("CLIENT", "KILL", "TYPE", "replica")
     return _watermark_lsn(deployment)
