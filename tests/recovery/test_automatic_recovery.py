@@ -27,6 +27,8 @@ def _started(deployment: Deployment, rows: int = 5_000) -> ProjectorProcess:
     seed(deployment.pg_dsn, rows=rows, users=100, days=60)
     projector = deployment.start()
     projector.wait_event("rebuild finished")
+    # The rebuild's swap catches up by itself: the faults are meant for a streaming session.
+    projector.wait_event("streaming")
     deployment.wait_caught_up()
     return projector
 
