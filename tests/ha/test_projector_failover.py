@@ -50,6 +50,15 @@ def _redis_lost(event: dict[str, object]) -> bool:
     return event.get("event") == "connection lost; retrying" and event.get("service") == "redis"
 
 
+def _followed_the_failover(deployment: Deployment, process: ProjectorProcess) -> None:
+    """Exact in the end; the projector followed the new master without a restart (it lost
+    its Redis connection and went on) and lost no acknowledged work (no rebuild but the
+    bootstrap)."""
+    _finish(deployment, process)
+    assert any(_redis_lost(e) for e in process.events()), process.log_text()[-3000:]
+    assert process.count(REBUILDING) == 1, process.log_text()[-3000:]
+
+
 @pytest.mark.parametrize("fault", ["sentinel-failover", "kill-9-master"])
 def test_the_oracle_workload_through_a_sentinel_failover(
     sentinel_deployment: tuple[Deployment, SentinelTopology], fault: str
@@ -68,10 +77,7 @@ def test_the_oracle_workload_through_a_sentinel_failover(
             topology.restart_node(old)
         assert new is not old
         writer.wait_commits(100)
-    _finish(deployment, process)
-    # The projector followed the master without a restart, and lost no acknowledged work.
-    assert any(_redis_lost(e) for e in process.events()), process.log_text()[-3000:]
-    assert process.count(REBUILDING) == 1, process.log_text()[-3000:]  # the bootstrap only
+    _followed_the_failover(deployment, process)
 
 
 def _cut_off_replica(deployment: Deployment, topology: SentinelTopology, replica: RedisNode) -> int:
@@ -169,9 +175,7 @@ def test_the_oracle_workload_through_a_cluster_failover(
             topology.restart_node(old)  # rejoins as the new master's replica
         assert topology.node_for_key(key) is new
         writer.wait_commits(100)
-    _finish(deployment, process)
-    assert any(_redis_lost(e) for e in process.events()), process.log_text()[-3000:]
-    assert process.count(REBUILDING) == 1, process.log_text()[-3000:]
+    _followed_the_failover(deployment, process)
     # Every key of the deployment lives on the one node serving the prefix's hash tag.
     with deployment.redis() as client:
         keys = [k.decode() for k in client.scan_iter(match=f"{deployment.prefix}*")]
