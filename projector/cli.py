@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +16,7 @@ from projector import __version__
 from projector.errors import ConfigError, ConnectionLost, MissingPrivilege, ProjectorError
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings
+from projector.signals import stop_on_signals
 
 log = structlog.get_logger("projector")
 
@@ -306,25 +304,12 @@ def _roles(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _stop_on_signals(message: str) -> threading.Event:
-    """An event set by SIGTERM or SIGINT (logged with ``message``)."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info(message, signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    return stop
-
-
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     import random
 
     from projector.demo import DemoPlan, DemoWriter, people
 
-    stop = _stop_on_signals("stopping the demo writer")
+    stop = stop_on_signals("stopping the demo writer")
     plan = DemoPlan(people(args.users), random.Random(args.seed))
     log.info("demo starting", pg=settings.redacted_dsn, rate=args.rate, users=args.users)
     writer = DemoWriter(
@@ -344,17 +329,10 @@ def _run(settings: Settings) -> int:
     from projector.metrics import ProjectorMetrics, serve
     from projector.worker import Worker
 
+    stop = stop_on_signals("stopping: finishing the batch")  # before any other thread
     check_redis(settings)
     metrics = ProjectorMetrics(stale_after=settings.health_stale_seconds)
     server = serve(metrics, settings.metrics_host, settings.metrics_port)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping: finishing the batch", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     log.info(
         "projector starting",
         pg=settings.redacted_dsn,

@@ -42,7 +42,7 @@ def _insert(dsn: str, rows: list[tuple[str, str]]) -> None:
 
 def _stop(proc: ProjectorProcess) -> None:
     proc.signal(signal.SIGTERM)
-    assert proc.wait(30) == 0, proc.log_tail()
+    assert _wait_exit(proc) == 0, proc.log_tail()
 
 
 def _wait_exit(proc: ProjectorProcess, timeout: float = 30.0) -> int:
