@@ -934,14 +934,19 @@ class ClusterTopology(_Topology):
             if "master" in e.flags and e.slots and not e.failing
         ]
 
-    def replica_of(self, node: RedisNode) -> RedisNode:
-        """A live replica of master `node`."""
-        view = self._first_view()
-        master_id = next((entry.node_id for entry in view if entry.port == node.port), None)
-        for entry in view:
-            if master_id is not None and entry.master_id == master_id and not entry.failing:
-                return self._node_by_port(entry.port)
-        raise TopologyError(f"{node.name} has no live replica")
+    def replica_of(self, node: RedisNode, timeout: float = 10.0) -> RedisNode:
+        """A live replica of master `node`, waiting up to `timeout` for one (on a loaded
+        machine a node may briefly see a replica as `fail?`)."""
+
+        def live_replica() -> RedisNode:
+            view = self._first_view()
+            master_id = next((entry.node_id for entry in view if entry.port == node.port), None)
+            for entry in view:
+                if master_id is not None and entry.master_id == master_id and not entry.failing:
+                    return self._node_by_port(entry.port)
+            raise _NotYet(f"{node.name} has no live replica")
+
+        return self._wait_until(f"a live replica of {node.name}", live_replica, timeout)
 
     def _settled(self) -> bool:
         """Every live node reports cluster_state:ok, sees every other live node connected,
