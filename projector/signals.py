@@ -23,7 +23,8 @@ def stop_on_signals(message: str) -> threading.Event:
     """An event set by SIGTERM or SIGINT, each logged with ``message``.
 
     Call it before starting any other thread: a thread inherits the signal mask only from
-    the thread that starts it, and one started earlier would still take the signals.
+    the thread that starts it, and one started earlier would still take the signals. A
+    child process would inherit the blocked signals too: the commands using this start none.
     """
     stop = threading.Event()
     signal.pthread_sigmask(signal.SIG_BLOCK, EXIT_SIGNALS)
