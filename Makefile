@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 SOURCES := projector api tests bench scripts
 
-.PHONY: test lint typecheck bench soak run down clean system-run system-test
+.PHONY: test lint typecheck bench soak run down clean system-run system-test system-bench
 
 # `make run` needs the runtime dependencies only (a fresh clone is up in seconds, not after
 # installing the test tools); every other habit needs the dev extras too.
@@ -23,6 +23,9 @@ system-run:
 system-test:
 	@bash scripts/ensure_system.sh test
 
+system-bench:
+	@bash scripts/ensure_system.sh bench
+
 test: system-test $(VENV)/.installed
 	$(VENV)/bin/pytest -p no:cacheprovider
 
@@ -33,7 +36,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-bench: $(VENV)/.installed
+bench: system-bench $(VENV)/.installed
 	$(VENV)/bin/python bench/run_all.py
 
 # The randomized fault soak: `make soak ROUNDS=250 SEED=42`. Round i uses seed SEED+i, so a

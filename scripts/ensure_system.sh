@@ -2,17 +2,17 @@
 # Install the system packages that `make run` and `make test` need, when missing, on
 # Debian/Ubuntu: the PostgreSQL server binaries, redis-server 7, make, Python's venv, and for
 # `test` also promtool (Debian's prometheus package, for the alert-rule checks) and a headless
-# Chromium with its driver and a font (the live page's tests).
-#   scripts/ensure_system.sh run|test
+# Chromium with its driver and a font (the live page's tests); for `bench` also wrk.
+#   scripts/ensure_system.sh run|test|bench
 # As root it runs apt-get; as another user it prints the one command to run and exits 1.
 # Used by .ci/run, `make run` and `make test`; quiet when nothing is missing.
 set -euo pipefail
 
 purpose="${1:-test}"
 case "$purpose" in
-    run | test) ;;
+    run | test | bench) ;;
     *)
-        echo "usage: $0 run|test" >&2
+        echo "usage: $0 run|test|bench" >&2
         exit 2
         ;;
 esac
@@ -34,10 +34,10 @@ postgres_package() {
 
 missing=()
 # Servers from the environment need no local binaries.
-if [[ -z "${PROJECTOR_TEST_PG_DSN:-}" || "$purpose" == run ]]; then
+if [[ -z "${PROJECTOR_TEST_PG_DSN:-}" || "$purpose" != test ]]; then
     have_postgres || missing+=("$(postgres_package)")
 fi
-if [[ -z "${PROJECTOR_TEST_REDIS_URL:-}" || "$purpose" == run ]]; then
+if [[ -z "${PROJECTOR_TEST_REDIS_URL:-}" || "$purpose" != test ]]; then
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 fi
 command -v make >/dev/null 2>&1 || missing+=(make)
@@ -45,6 +45,9 @@ if ! command -v python3 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
 elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
+fi
+if [[ "$purpose" == bench ]]; then
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk) # the API's throughput
 fi
 if [[ "$purpose" == test ]]; then
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

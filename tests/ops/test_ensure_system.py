@@ -82,6 +82,10 @@ def test_not_root_prints_the_one_command_and_fails(tmp_path: Path) -> None:
     assert run.returncode == 1 and run.stderr.strip().endswith(
         "install -y --no-install-recommends redis-server"
     )
+    bench = _run(directory, "bench", user="nobody")  # `make bench` needs wrk
+    assert bench.returncode == 1 and bench.stderr.strip().endswith(
+        "install -y --no-install-recommends redis-server wrk"
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the apt-get path runs as root only")
