@@ -663,8 +663,8 @@ def _report(results: dict[str, Any]) -> str:
     fr = results.get("freshness")
     if fr:
         for key, label in (
-            ("sentinel_min_replicas_1", "freshness, replica + WAIT 1"),
-            ("sentinel_min_replicas_0", "freshness, replica, no WAIT"),
+            ("sentinel_min_replicas_1", "freshness, replica, MIN_REPLICAS=1"),
+            ("sentinel_min_replicas_0", "freshness, replica, MIN_REPLICAS=0"),
             ("single", "freshness, single Redis"),
         ):
             s = fr[key]
@@ -675,12 +675,12 @@ def _report(results: dict[str, Any]) -> str:
     cu = results.get("catch_up")
     if cu:
         lines.append(
-            f"{'catch-up, replica + WAIT 1 / single':<40} "
+            f"{'catch-up, MIN_REPLICAS=1 / single':<40} "
             f"{cu['sentinel_min_replicas_1']['rows_per_second']:,} / "
             f"{cu['single']['rows_per_second']:,} rows/s; paired ratio {cu['ratio']['median']:.3f}"
         )
         lines.append(
-            f"{'catch-up, replica, no WAIT / single':<40} "
+            f"{'catch-up, MIN_REPLICAS=0 / single':<40} "
             f"{cu['sentinel_min_replicas_0']['rows_per_second']:,} / "
             f"{cu['single']['rows_per_second']:,} rows/s; paired ratio "
             f"{cu['ratio_min_replicas_0']['median']:.3f}"
