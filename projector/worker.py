@@ -116,9 +116,20 @@ class Worker:
         self.metrics = metrics or ProjectorMetrics()
         self._announced = 0.0
         self._standby_sink: RedisSink | None = None  # while standing by: to announce it
+        # The slot's lock, held on from a session into the rebuild it asked for and from a
+        # rebuild into its session: no standby or `replay` takes the slot in between.
+        self._kept_lock: SlotLock | None = None
 
     def run_forever(self) -> None:
         """Stream until stopped; retry lost connections, rebuild Redis when it lost data."""
+        try:
+            self._run()
+        finally:
+            lock, self._kept_lock = self._kept_lock, None
+            if lock is not None:
+                lock.close()
+
+    def _run(self) -> None:
         delay = 0.5
         replay_id: str | None = None
         reason: str | None = None
@@ -166,7 +177,10 @@ class Worker:
 
     def _rebuild(self, reason: str, replay_id: str | None) -> None:
         metrics = self.metrics
-        with self._driving_slot() as (_lock, sink), _beating(sink, self.settings, metrics):
+        with (
+            self._driving_slot(keep_after=True) as (_lock, sink),
+            _beating(sink, self.settings, metrics),
+        ):
             metrics.state("rebuilding")
             rebuild(
                 self.settings,
@@ -201,31 +215,47 @@ class Worker:
                 sink.close()
 
     @contextmanager
-    def _driving_slot(self) -> Iterator[tuple[SlotLock, RedisSink]]:
+    def _driving_slot(self, *, keep_after: bool = False) -> Iterator[tuple[SlotLock, RedisSink]]:
         """Drive the slot: stand by until this process holds its lock, and take it over from
         a former driver. The sink has a fresh fencing token, for the caller to claim Redis
-        with before it reads state it trusts (a rebuild claims just before its swap)."""
+        with before it reads state it trusts (a rebuild claims just before its swap).
+
+        The lock is kept for the next phase when this one ends asking for a rebuild, or
+        ends normally with ``keep_after`` (a rebuild, which its session follows)."""
         settings = self.settings
-        lock = SlotLock(settings, self.stop)
+        lock, self._kept_lock = self._kept_lock, None
+        keep = False
         try:
-            try:
-                lock.acquire(on_standby=self._standing_by)
-            finally:
-                self._stop_announcing()
-            if lock.conn is None:
-                raise _StoppedStandingBy
+            if lock is None:
+                lock = SlotLock(settings, self.stop)
+                try:
+                    lock.acquire(on_standby=self._standing_by)
+                finally:
+                    self._stop_announcing()
+                if lock.conn is None:
+                    raise _StoppedStandingBy
+            else:
+                lock.check()  # the keeper thread found PostgreSQL ended the lock's session
             sink = open_sink(settings, new_owner())
             try:
                 lock.take_slot_over()
                 self.metrics.role("active")
                 log.info("active", slot=settings.slot, owner=sink.owner)
                 yield lock, sink
+                keep = keep_after
+            except (RebuildRequired, ReplayRequested, BuildRestart):
+                keep = True
+                raise
             finally:
                 sink.close()
         except psycopg.OperationalError as exc:
+            keep = False
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
         finally:
-            lock.close()
+            if keep and lock is not None and not self.stop.is_set():
+                self._kept_lock = lock
+            elif lock is not None:
+                lock.close()
 
     def _standing_by(self, first: bool) -> None:
         """Called at each poll while another process drives the slot: say so, now and then

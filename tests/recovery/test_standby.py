@@ -18,7 +18,9 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tcp_proxy import TcpProxy
 
-from .support import DEFAULT_BOARD, Deployment, ProjectorProcess, writing
+from projector.standby import LOCK_CLASS
+
+from .support import DEFAULT_BOARD, Deployment, ProjectorProcess, seed, writing
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -194,3 +196,39 @@ def test_processes_started_together_pick_one_driver_and_status_names_them(
     with psycopg.connect(deployment.pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO pomodoros (user_id, completed_at) VALUES ('x', now())")
     _finish(deployment)
+
+
+def _lock_holders(deployment: Deployment) -> list[int]:
+    """Backends holding the slot's advisory lock (its first key is LOCK_CLASS)."""
+    rows = deployment.sql(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid"
+        " AND objsubid = 2 AND granted",
+        (LOCK_CLASS,),
+    )
+    return [int(row[0]) for row in rows]
+
+
+def test_the_active_holds_the_lock_from_its_rebuilds_into_its_sessions(
+    deployment: Deployment,
+) -> None:
+    """The session that finds Redis empty, the rebuild it asks for, the session after it,
+    and a replay's rebuild all run under one lock session: there is no moment in which a
+    standby or `projector replay` could take the slot (a replay then always goes through
+    the running projector)."""
+    seed(deployment.pg_dsn, rows=20_000, users=200, days=60)
+    projector = deployment.start(PROJECTOR_TAKEOVER_TIMEOUT=TAKEOVER)
+    deadline = time.monotonic() + 30
+    while not (holders := _lock_holders(deployment)):
+        projector.assert_running()
+        assert time.monotonic() < deadline, "the projector never took the slot's lock"
+        time.sleep(0.005)
+    first = holders
+    projector.wait_event("streaming")
+    assert projector.count("rebuilding Redis from PostgreSQL") == 1
+    assert _lock_holders(deployment) == first
+    replay = deployment.cli("replay")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "rebuilt by the running projector" in replay.stdout
+    projector.wait_event("streaming", after=1)
+    assert _lock_holders(deployment) == first
+    deployment.assert_matches_postgres()
