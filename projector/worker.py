@@ -223,18 +223,18 @@ class Worker:
         The lock is kept for the next phase when this one ends asking for a rebuild, or
         ends normally with ``keep_after`` (a rebuild, which its session follows)."""
         settings = self.settings
-        lock, self._kept_lock = self._kept_lock, None
+        lock = self._kept_lock or SlotLock(settings, self.stop)
+        self._kept_lock = None
         keep = False
         try:
-            if lock is None:
-                lock = SlotLock(settings, self.stop)
+            if lock.conn is None:
                 try:
                     lock.acquire(on_standby=self._standing_by)
                 finally:
                     self._stop_announcing()
                 if lock.conn is None:
                     raise _StoppedStandingBy
-            else:
+            else:  # kept from the phase before
                 lock.check()  # the keeper thread found PostgreSQL ended the lock's session
             sink = open_sink(settings, new_owner())
             try:
@@ -249,12 +249,11 @@ class Worker:
             finally:
                 sink.close()
         except psycopg.OperationalError as exc:
-            keep = False
             raise ConnectionLost(f"lost PostgreSQL: {exc}", service="postgres") from exc
         finally:
-            if keep and lock is not None and not self.stop.is_set():
+            if keep and not self.stop.is_set():
                 self._kept_lock = lock
-            elif lock is not None:
+            else:
                 lock.close()
 
     def _standing_by(self, first: bool) -> None:
