@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,21 +18,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from projector.migrate import migrate
 
+from .support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def two_workers(pg_dsn: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The API with two uvicorn workers; its temporary files go under ``tmp_path``."""
     migrate(pg_dsn, "projector")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROJECTOR_", "PROMETHEUS"))}
     env.update(
         PROJECTOR_PG_DSN=pg_dsn,

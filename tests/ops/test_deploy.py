@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import App
 from projector.metrics import ProjectorMetrics
 from projector.settings import load_settings
+
+from .support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -248,9 +249,7 @@ def test_compose_acl_file_is_what_projector_roles_prints(tmp_path: Path) -> None
     assert lines[0].startswith("user default on #") and lines[1:] == printed
     server = shutil.which("redis-server")
     assert server is not None
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir"]
     proc = subprocess.Popen(
         [*argv, str(tmp_path), "--aclfile", str(DEPLOY / "redis/users.acl")],

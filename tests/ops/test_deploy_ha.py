@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,8 @@ import yaml
 
 from projector import redis_nodes
 from projector.settings import Settings, load_settings
+
+from .support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -127,13 +128,6 @@ def test_projector_standby_and_api_settings_load_and_use_the_sentinels(
 # ------------------------------------------------------------------ on local binaries
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _until(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
     deadline = time.monotonic() + timeout
     last: object = None
@@ -185,7 +179,7 @@ def _role(port: int) -> dict[str, Any]:
 def test_the_nodes_and_sentinels_fail_over_from_their_compose_configuration(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ports = {"redis": _free_port(), "redis-replica": _free_port()}
+    ports = {"redis": free_port(), "redis-replica": free_port()}
     for node in ("redis", "redis-replica"):
         argv = _local_node(SERVICES[node]["command"], ports[node], ports, tmp_path / node)
         processes.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL))
@@ -195,7 +189,7 @@ def test_the_nodes_and_sentinels_fail_over_from_their_compose_configuration(
     sentinel_ports = []
     for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
         # The compose command copies the file, as Sentinel rewrites it; so does this.
-        port = _free_port()
+        port = free_port()
         conf = tmp_path / f"{name}.conf"
         conf.write_text(
             SENTINEL_CONF.replace("port 26379", f"port {port}\nbind 127.0.0.1").replace(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,12 @@ import pytest
 
 from projector.migrate import migrate
 
-from .support import current_lsn, wait_caught_up
+from .support import current_lsn, free_port, wait_caught_up
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 # The whole run, start-up included, stays well under a minute.
 MAX_SECONDS = 25
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -53,7 +46,7 @@ def running_api(pg_dsn: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[s
         PROJECTOR_API_ACCESS_LOG="false",
         PROJECTOR_API_MIN_LSN_WAIT="0.05",
     )
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "processes.log").open("wb")
     children = [
         subprocess.Popen(
