@@ -1,8 +1,9 @@
 """The few kinds of failure a caller must treat differently.
 
 ``ConnectionLost`` is retried with backoff, ``RebuildRequired`` makes the projector
-rebuild Redis from a PostgreSQL snapshot, ``ProtocolError``, ``ConfigError`` and
-``MissingPrivilege`` (a role or ACL user lacks a grant) stop it.
+rebuild Redis from a PostgreSQL snapshot, ``BoardsChanged`` starts a new session with
+another set of boards (one broke, or may be built again), ``ProtocolError``,
+``ConfigError`` and ``MissingPrivilege`` (a role or ACL user lacks a grant) stop it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ class RebuildRequired(ProjectorError):
         self.reason = reason
         self.slot = slot
         self.lsn = lsn
+
+
+class BoardsChanged(ProjectorError):
+    """Which boards can be projected changed: ``broken`` maps each board that cannot be any
+    more to its problem (the next session drops it, and the others stream on); with none,
+    a broken board fits its table again or a partitioned table's partitions changed (the
+    next session builds the board again)."""
+
+    def __init__(self, reason: str, broken: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.broken = broken or {}
 
 
 class ProtocolError(ProjectorError):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from projector.boards import Board, board_from_description, label_sources
+from projector.boards import Board, Table, board_from_description, label_sources
+from projector.errors import ConfigError
 from projector.settings import Settings
 
 # The Redis key layout (projector.keys). 1: {prefix}lb:{period}:{bucket};
@@ -30,7 +32,21 @@ class ProjectionConfig:
     fingerprint: str
 
     @classmethod
-    def of(cls, settings: Settings) -> ProjectionConfig:
+    def of(
+        cls,
+        settings: Settings,
+        boards: Iterable[Board] | None = None,
+        partitions: Mapping[Table, str] | None = None,
+    ) -> ProjectionConfig:
+        """The configuration of ``boards`` (default: every declared board). A board over a
+        partitioned table records its partitions (``boards.partition_states``): when they
+        change, by maintenance that no row change reports, the board is built again."""
+        partitions = partitions or {}
+        described = {}
+        for board in settings.boards if boards is None else boards:
+            described[board.name] = board.description()
+            if board.table in partitions:
+                described[board.name]["partitions"] = partitions[board.table]
         description = {
             "key_layout": KEY_LAYOUT,
             "timezone": settings.timezone,
@@ -40,10 +56,23 @@ class ProjectionConfig:
                 "month_months": settings.retention_month_months,
                 "year_years": settings.retention_year_years,
             },
-            "boards": {board.name: board.description() for board in settings.boards},
+            "boards": described,
         }
+        return cls._of(description)
+
+    @classmethod
+    def _of(cls, description: Mapping[str, Any]) -> ProjectionConfig:
         text = json.dumps(description, sort_keys=True, separators=(",", ":"))
         return cls(text, hashlib.sha256(text.encode()).hexdigest()[:16])
+
+    def without(self, names: Iterable[str]) -> ProjectionConfig:
+        """This configuration less the named boards (each other board recorded as it is)."""
+        description: dict[str, Any] = json.loads(self.text)
+        gone = set(names)
+        description["boards"] = {
+            name: board for name, board in description["boards"].items() if name not in gone
+        }
+        return self._of(description)
 
     def changes_since(self, stored_text: str) -> list[str]:
         """What differs from a stored description, one phrase per setting, for the log."""
@@ -72,12 +101,19 @@ class ProjectionConfig:
 
 @dataclass(frozen=True, slots=True)
 class BoardChange:
-    """Boards Redis was built with (``live``), and those to build beside them (``build``):
-    added or changed ones. Once built they replace every ``live`` board not in ``keep``."""
+    """How to go from the boards Redis holds to ``target``.
+
+    ``drop`` go at once (broken, or no longer declared); ``live`` stream on meanwhile (those
+    Redis holds, less ``drop``); ``build`` (added, changed, repaired, or whose partitions
+    changed) are built beside them and, once built, replace every ``live`` board not in
+    ``keep``. ``target`` is the configuration recorded then.
+    """
 
     live: tuple[Board, ...]
     build: tuple[Board, ...]
     keep: tuple[str, ...]
+    drop: tuple[Board, ...] = ()
+    target: ProjectionConfig | None = None
 
     def describe(self) -> str:
         names = {b.name for b in self.live}
@@ -86,27 +122,55 @@ class BoardChange:
         ]
         new_names = set(self.keep) | {b.name for b in self.build}
         parts += [f"board {name!r} removed" for name in sorted(names - new_names)]
+        parts += [f"board {b.name!r} dropped" for b in self.drop]
         return "; ".join(parts)
 
 
-def board_change(
-    stored_text: str, current: ProjectionConfig, boards: tuple[Board, ...]
-) -> BoardChange | None:
-    """When only board definitions differ (same zone, retention, layout and label sources),
-    what to build while the rest streams on; None when a full rebuild is needed instead."""
+def recorded_boards(stored_text: str) -> dict[str, Board] | None:
+    """The boards a stored configuration describes, by name (None when unreadable)."""
     try:
         before: dict[str, Any] = json.loads(stored_text)
-        old = tuple(board_from_description(d) for d in (before.get("boards") or {}).values())
-    except (ValueError, KeyError, TypeError):
+        return {
+            name: board_from_description(
+                {k: v for k, v in d.items() if k != "partitions"}  # not part of a definition
+            )
+            for name, d in (before.get("boards") or {}).items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError, ConfigError):
+        return None  # unreadable, or a board this version cannot parse
+
+
+def board_change(
+    stored_text: str,
+    current: ProjectionConfig,
+    boards: tuple[Board, ...],
+    broken: Iterable[str] = (),
+) -> BoardChange | None:
+    """When only board definitions (or partitions) differ (same zone, retention, layout and
+    label sources), what to drop now and build while the rest streams on; None when a full
+    rebuild is needed instead. ``current`` describes ``boards``, the boards that can be
+    projected now; ``broken`` names recorded boards that cannot be any more, as recorded."""
+    old = recorded_boards(stored_text)
+    if old is None:
         return None
+    before: dict[str, Any] = json.loads(stored_text)
     now: dict[str, Any] = json.loads(current.text)
     if {k: v for k, v in before.items() if k != "boards"} != {
         k: v for k, v in now.items() if k != "boards"
     }:
         return None
-    if set(label_sources(old)) != set(label_sources(boards)):
+    old_descriptions = before.get("boards") or {}
+    new_descriptions = now["boards"]
+    gone = set(broken) | (set(old) - set(new_descriptions))
+    drop = tuple(board for name, board in old.items() if name in gone)
+    live = tuple(board for name, board in old.items() if name not in gone)
+    if set(label_sources(boards)) - set(label_sources(old.values())):
         return None  # labels are rebuilt whole: a new label source needs a full rebuild
-    old_by_name = {b.name: b for b in old}
-    build = tuple(b for b in boards if old_by_name.get(b.name) != b)
-    keep = tuple(b.name for b in boards if old_by_name.get(b.name) == b)
-    return BoardChange(old, build, keep)
+    # A dropped board that can be projected again is built from a snapshot, like a new one.
+    build = tuple(
+        b
+        for b in boards
+        if b.name in gone or old_descriptions.get(b.name) != new_descriptions[b.name]
+    )
+    keep = tuple(b.name for b in boards if b not in build)
+    return BoardChange(live, build, keep, drop, current)

@@ -187,6 +187,14 @@ class ProjectorMetrics:
             ["state"],
             registry=r,
         )
+        self._unavailable = Gauge(
+            "projector_board_unavailable",
+            "1 for each declared board that cannot be projected now (the log and `projector "
+            "status` name the cause and the fix); the other boards stream on.",
+            ["board"],
+            registry=r,
+        )
+        self._unavailable_now: dict[str, str] = {}
         Gauge(
             "projector_last_progress_age_seconds",
             "Seconds since the main loop last made progress (-1 before it started).",
@@ -253,6 +261,14 @@ class ProjectorMetrics:
             self._states.labels(state).set(1 if state == name else 0)
         self.progress()
 
+    def unavailable(self, problems: dict[str, str]) -> None:
+        """The declared boards that cannot be projected now, each with its problem."""
+        for board in set(self._unavailable_now) - set(problems):
+            self._unavailable.remove(board)
+        for board in problems:
+            self._unavailable.labels(board).set(1)
+        self._unavailable_now = dict(problems)
+
     def progress(self) -> None:
         """The main loop made progress (one pass of the loop, a rebuild step)."""
         self._last_progress = self._clock()
@@ -263,12 +279,14 @@ class ProjectorMetrics:
         """Healthy while streaming or rebuilding with progress within ``stale_after``."""
         age = self._progress_age()
         healthy = self._state in ("streaming", "rebuilding") and 0 <= age <= self._stale_after
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if healthy else "unhealthy",
             "state": self._state,
             "last_progress_seconds_ago": None if age < 0 else round(age, 3),
             "stale_after_seconds": self._stale_after,
         }
+        if self._unavailable_now:
+            body["unavailable_boards"] = dict(self._unavailable_now)
         return healthy, body
 
     def render(self) -> bytes:

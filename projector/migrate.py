@@ -1,8 +1,8 @@
 """Schema migrations: plain SQL files applied in name order, each once, recorded in a table.
 
 ``migrate`` also makes the publication (``PROJECTOR_PUBLICATION``) cover exactly the
-tables the boards read (their own tables and their label tables). Running it twice, or
-from two processes at once, is safe.
+tables the boards read (their own tables and their label tables), publishing partitioned
+tables through their root. Running it twice, or from two processes at once, is safe.
 """
 
 from __future__ import annotations
@@ -100,13 +100,22 @@ def ensure_publication(
     exists = conn.execute(
         "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
     ).fetchone()
+    # A partitioned table's changes are published as the table's own (not as those of its
+    # partitions, which the boards do not name, and which come and go).
     if exists:
         conn.execute(
             sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(publication), names)
         )
+        conn.execute(
+            sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)").format(
+                sql.Identifier(publication)
+            )
+        )
     else:
         conn.execute(
-            sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(publication), names)
+            sql.SQL(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)"
+            ).format(sql.Identifier(publication), names)
         )
 
 

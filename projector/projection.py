@@ -25,8 +25,9 @@ from projector.buckets import (
     expires_at,
     local_date,
 )
-from projector.errors import ProjectorError
+from projector.errors import BoardsChanged, RebuildRequired
 from projector.keys import Keys
+from projector.limits import MAX_MEMBER, clean_label
 from projector.pgoutput import (
     UNCHANGED_TOAST,
     ColumnValue,
@@ -81,20 +82,9 @@ class BatchDelta:
         }
 
 
-class SchemaError(ProjectorError):
-    """A projected table lacks a column the projection needs."""
-
-
-class ReplicaIdentityError(ProjectorError):
-    """The stream's changes of a table lack old values the projection needs."""
-
-    def __init__(self, table: str, missing: list[str], identity: str) -> None:
-        super().__init__(
-            f"changes of {table} were logged with a replica identity ({identity!r}) that does "
-            f"not cover {', '.join(missing)}: deletes and changes of its rows cannot be projected"
-        )
-        self.table = table
-        self.missing = missing
+_TIMESTAMPTZ = 1184
+_INTEGER_OIDS = frozenset({20, 21, 23})  # bigint, smallint, integer
+_IDENTITY_NAMES = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}
 
 
 def identity_columns(boards: Iterable[Board]) -> dict[Table, tuple[str, ...]]:
@@ -158,7 +148,45 @@ def _column_index(rel: Relation, name: str) -> int:
     for index, column in enumerate(rel.columns):
         if column.name == name:
             return index
-    raise SchemaError(f"table {rel.namespace}.{rel.name} has no column {name!r}")
+    return -1
+
+
+def _plan_problem(board: Board, rel: Relation) -> str | None:
+    """Why the stream's layout of the board's table cannot be projected, with the fix."""
+    table = f"{rel.namespace}.{rel.name}"
+    for field_name, column, oids, wanted in (
+        ("member", board.member, None, ""),
+        ("time", board.time, frozenset({_TIMESTAMPTZ}), "timestamptz"),
+        ("score.sum", board.sum, _INTEGER_OIDS, "an integer"),
+    ):
+        if column is None:
+            continue
+        index = _column_index(rel, column)
+        if index < 0:
+            return (
+                f"field {field_name!r}: {table} has no column {column!r} (renamed or dropped?); "
+                "restore it or change the board's definition"
+            )
+        if oids is not None and rel.columns[index].type_oid not in oids:
+            return (
+                f"field {field_name!r}: column {table}.{column} is no longer {wanted}; "
+                "change it back or change the board's definition"
+            )
+    return _identity_problem(rel, board.columns, "table")
+
+
+def _identity_problem(rel: Relation, needed: Iterable[str], what: str) -> str | None:
+    """Whether the old rows of ``rel``'s changes carry ``needed``, else the fix."""
+    keys = {column.name for column in rel.columns if column.flags & _IS_KEY}
+    missing = [name for name in needed if name not in keys]
+    if not missing:
+        return None
+    identity = _IDENTITY_NAMES.get(rel.replica_identity, rel.replica_identity)
+    return (
+        f"{what} {rel.namespace}.{rel.name} has REPLICA IDENTITY {identity}, which does not "
+        f"log the old {', '.join(missing)} of deleted or changed rows; fix it with: "
+        f'ALTER TABLE "{rel.namespace}"."{rel.name}" REPLICA IDENTITY FULL'
+    )
 
 
 class Projection:
@@ -173,6 +201,7 @@ class Projection:
         clock: Callable[[], float] = time.time,
         building: Iterable[Board] = (),
         building_keys: Keys | None = None,
+        partitioned: Iterable[Table] = (),
     ) -> None:
         self._boards = tuple(boards)
         self._keys = keys
@@ -191,6 +220,11 @@ class Projection:
         self._identity = identity_columns(self._boards + self._building)
         self._labels = {labels.table: labels for labels in label_sources(self._boards)}
         self._plans: dict[int, _TablePlan] = {}
+        # pgoutput follows the Relation of a partitioned table (published through its root)
+        # with the Relation of the leaf partition whose change comes next: its flags say what
+        # that partition's replica identity logs.
+        self._partitioned = frozenset(partitioned)
+        self._partition_of_next: Table | None = None
         self._hour_cache: dict[bytes, date | None] = {}
         self._now = clock()
         self._batch = BatchDelta()
@@ -198,35 +232,70 @@ class Projection:
     # -- relations -------------------------------------------------------------------
 
     def on_relation(self, rel: Relation) -> None:
-        """Learn a table's column layout (sent before its first change and after DDL)."""
+        """Learn a table's column layout (sent before its first change and after DDL).
+
+        ``BoardsChanged`` names every board the layout cannot be projected with: a column
+        it reads gone or retyped, or a replica identity (of the table or of the partition
+        whose change follows) that does not log the old values it needs. Nothing of that
+        table has been projected with the new layout then.
+        """
         self._plans.pop(rel.relation_id, None)
         self._relations[rel.relation_id] = rel
         table = Table(rel.namespace, rel.name)
-        needed = self._identity.get(table)
-        if needed is None:
+        root, self._partition_of_next = self._partition_of_next, None
+        if table not in self._identity:
+            if root is not None:
+                self._check_partition(rel, root)
             return
-        keys = {column.name for column in rel.columns if column.flags & _IS_KEY}
-        missing = [name for name in needed if name not in keys]
-        if missing:
-            raise ReplicaIdentityError(str(table), missing, rel.replica_identity)
-        boards = tuple(
-            _BoardPlan(b, rel, self._keys) for b in self._boards if b.table == table
-        ) + tuple(
-            _BoardPlan(b, rel, self._building_keys, building=True)
-            for b in self._building
-            if b.table == table
-        )
+        if table in self._partitioned:
+            self._partition_of_next = table
+        problems: dict[str, str] = {}
+        plans: list[_BoardPlan] = []
+        for board, keys, building in self._boards_of(table):
+            problem = _plan_problem(board, rel)
+            if problem is None:
+                plans.append(_BoardPlan(board, rel, keys, building=building))
+            elif not building or self.building_on:
+                # (A board being built ignores a layout older than its snapshot.)
+                problems[board.name] = f"board {board.name!r}: {problem}"
         labels = self._labels.get(table)
-        label_plan = (
-            _LabelPlan(
-                _column_index(rel, labels.key),
-                _column_index(rel, labels.column),
-                self._keys.labels(labels),
+        label_plan = None
+        if labels is not None:
+            key, column = _column_index(rel, labels.key), _column_index(rel, labels.column)
+            problem = (
+                f"{table} has no column {labels.key if key < 0 else labels.column!r}"
+                if key < 0 or column < 0
+                else _identity_problem(rel, (labels.key,), "table")
             )
-            if labels is not None
-            else None
-        )
-        self._plans[rel.relation_id] = _TablePlan(boards, label_plan)
+            if problem is not None:
+                for board in self._boards:
+                    if board.labels is not None and board.labels.table == table:
+                        problems[board.name] = f"board {board.name!r}: field 'labels': {problem}"
+            else:
+                label_plan = _LabelPlan(key, column, self._keys.labels(labels))
+        if problems:
+            raise BoardsChanged("; ".join(problems.values()), problems)
+        self._plans[rel.relation_id] = _TablePlan(tuple(plans), label_plan)
+
+    def _boards_of(self, table: Table) -> Iterable[tuple[Board, Keys, bool]]:
+        for board in self._boards:
+            if board.table == table:
+                yield board, self._keys, False
+        for board in self._building:
+            if board.table == table:
+                yield board, self._building_keys, True
+
+    def _check_partition(self, rel: Relation, root: Table) -> None:
+        """The leaf partition of ``root`` whose change follows must log what its boards read."""
+        problems = {}
+        for board, _keys, building in self._boards_of(root):
+            if building and not self.building_on:
+                continue
+            problem = _identity_problem(rel, board.columns, f"partition of {root},")
+            if problem is not None:
+                problems[board.name] = f"board {board.name!r}: {problem}"
+        if problems:
+            raise BoardsChanged("; ".join(problems.values()), problems)
 
     # -- row changes -----------------------------------------------------------------
 
@@ -303,6 +372,7 @@ class Projection:
 
     def on_truncate(self, msg: Truncate) -> None:
         """Emptied tables: their boards, or their labels, start from nothing."""
+        self._partition_of_next = None
         batch = self._batch
         batch.row_changes += 1
         batch.truncates += 1
@@ -331,6 +401,7 @@ class Projection:
         self.built_keys = set()
         self._identity = identity_columns(self._boards)
         for rel in list(self._relations.values()):
+            self._partition_of_next = None  # (the leaves were checked as they came)
             self.on_relation(rel)
 
     # -- batches ---------------------------------------------------------------------
@@ -371,7 +442,7 @@ class Projection:
     def _label(self, plan: _LabelPlan, member: ColumnValue, label: ColumnValue) -> None:
         if isinstance(member, bytes):
             self._labels_of(plan.hash_key)[member.decode()] = (
-                label.decode() if isinstance(label, bytes) else None
+                clean_label(label.decode()) if isinstance(label, bytes) else None
             )
 
     def _relabel(self, msg: Update, plan: _LabelPlan) -> None:
@@ -386,9 +457,11 @@ class Projection:
                 return  # label untouched and the member kept its key
             # Only a whole old row (REPLICA IDENTITY FULL) still carries the label.
             if msg.old_kind != "O" or msg.old[plan.column] is UNCHANGED_TOAST:
-                raise SchemaError(
-                    f"a {msg.relation_id} row changed its key while its label was an unchanged "
-                    "TOAST value; set REPLICA IDENTITY FULL on the label table to project this"
+                # The stream does not say the label: only a snapshot does.
+                rel = self._relations[msg.relation_id]
+                raise RebuildRequired(
+                    f"a row of {rel.namespace}.{rel.name} changed its key while its long label"
+                    " was not logged; REPLICA IDENTITY FULL on that table avoids this rebuild"
                 )
             label = msg.old[plan.column]
         self._label(plan, new_member, label)
@@ -411,6 +484,9 @@ class Projection:
         if not delta:
             return
         member = member_value.decode()
+        # Bytes bound code points from above: only a long member is measured.
+        if len(member_value) > MAX_MEMBER and len(member) > MAX_MEMBER:
+            return  # too long to rank (projector.limits), like a NULL member
         deltas = self._batch.deltas
         if board.all_key:
             members = deltas.get(board.all_key)

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from projector.boards import Board, Labels
 from projector.buckets import Period
+from projector.limits import clean_label_sql, ranked_member_sql
 
 _UNITS = {Period.DAY: "day", Period.WEEK: "week", Period.MONTH: "month", Period.YEAR: "year"}
 
@@ -42,12 +43,13 @@ def period_scores(board: Board, period: Period) -> sql.Composed:
     from ``%(since)s`` on, ordered by bucket. Parameters: ``tz``, ``since``."""
     return sql.SQL(
         "SELECT date_trunc({unit}, {t} AT TIME ZONE %(tz)s)::date, {m}::text, {score}"
-        " FROM {table} WHERE {m} IS NOT NULL AND {t} >= %(since)s AND {calendar}"
+        " FROM {table} WHERE {ranked} AND {t} >= %(since)s AND {calendar}"
         " GROUP BY 1, 2{having} ORDER BY 1"
     ).format(
         unit=sql.Literal(_UNITS[period]),
         t=sql.Identifier(board.time),
         m=sql.Identifier(board.member),
+        ranked=ranked_member_sql(sql.Identifier(board.member)),
         score=score_expression(board),
         table=board.table.identifier(),
         calendar=_in_calendar(board),
@@ -58,9 +60,10 @@ def period_scores(board: Board, period: Period) -> sql.Composed:
 def all_time_scores(board: Board) -> sql.Composed:
     """Every member's all-time score (every row counts, whatever its instant)."""
     return sql.SQL(
-        "SELECT {m}::text, {score} FROM {table} WHERE {m} IS NOT NULL GROUP BY 1{having}"
+        "SELECT {m}::text, {score} FROM {table} WHERE {ranked} GROUP BY 1{having}"
     ).format(
         m=sql.Identifier(board.member),
+        ranked=ranked_member_sql(sql.Identifier(board.member)),
         score=score_expression(board),
         table=board.table.identifier(),
         having=_having(board),
@@ -74,7 +77,7 @@ def bucket_filter(
     its bounds (``bucket_bounds``); a bucket whose end lies past local year 9999
     (``open_end``) is bounded by the calendar instead, with parameter ``tz``. Nothing
     bounds the all-time bucket."""
-    member = sql.SQL("{} IS NOT NULL").format(sql.Identifier(board.member))
+    member = ranked_member_sql(sql.Identifier(board.member))
     if period is Period.ALL:
         return member
     start = sql.Placeholder(f"{name}start")
@@ -115,7 +118,9 @@ def label_join(
         key=sql.Identifier(labels.key),
         member=member,
     )
-    return join, sql.SQL("{}.{}::text").format(sql.Identifier(alias), sql.Identifier(labels.column))
+    return join, clean_label_sql(
+        sql.SQL("{}.{}::text").format(sql.Identifier(alias), sql.Identifier(labels.column))
+    )
 
 
 def label_of(board: Board, member: sql.Composable) -> sql.Composable:
@@ -123,8 +128,8 @@ def label_of(board: Board, member: sql.Composable) -> sql.Composable:
     labels = board.labels
     if labels is None:
         return sql.SQL("NULL::text")
-    return sql.SQL("(SELECT {c}::text FROM {table} WHERE {k}::text = {member} LIMIT 1)").format(
-        c=sql.Identifier(labels.column),
+    return sql.SQL("(SELECT {c} FROM {table} WHERE {k}::text = {member} LIMIT 1)").format(
+        c=clean_label_sql(sql.SQL("{}::text").format(sql.Identifier(labels.column))),
         table=labels.table.identifier(),
         k=sql.Identifier(labels.key),
         member=member,
@@ -134,10 +139,11 @@ def label_of(board: Board, member: sql.Composable) -> sql.Composable:
 def all_labels(labels: Labels) -> sql.Composed:
     """Every (member, label) of a label source."""
     return sql.SQL(
-        "SELECT {k}::text, {c}::text FROM {table} WHERE {k} IS NOT NULL AND {c} IS NOT NULL"
+        "SELECT {k}::text, {c} FROM {table} WHERE {k} IS NOT NULL AND {column} IS NOT NULL"
     ).format(
         k=sql.Identifier(labels.key),
-        c=sql.Identifier(labels.column),
+        c=clean_label_sql(sql.SQL("{}::text").format(sql.Identifier(labels.column))),
+        column=sql.Identifier(labels.column),
         table=labels.table.identifier(),
     )
 
@@ -145,10 +151,11 @@ def all_labels(labels: Labels) -> sql.Composed:
 def labels_of(labels: Labels) -> sql.Composed:
     """The labels of the members in ``%(members)s`` (a text array)."""
     return sql.SQL(
-        "SELECT {k}::text, {c}::text FROM {table} WHERE {k}::text = ANY(%(members)s)"
-        " AND {c} IS NOT NULL"
+        "SELECT {k}::text, {c} FROM {table} WHERE {k}::text = ANY(%(members)s)"
+        " AND {column} IS NOT NULL"
     ).format(
         k=sql.Identifier(labels.key),
-        c=sql.Identifier(labels.column),
+        c=clean_label_sql(sql.SQL("{}::text").format(sql.Identifier(labels.column))),
+        column=sql.Identifier(labels.column),
         table=labels.table.identifier(),
     )

@@ -25,10 +25,10 @@ import structlog
 from psycopg import sql
 
 from projector import queries
-from projector.boards import Board, Labels, label_sources
+from projector.boards import Board, Labels, label_sources, partition_states, schema_problems
 from projector.buckets import Period, bucket_ids_for_date, expires_at, oldest_retained_bucket_start
 from projector.clear import unlink_matching
-from projector.errors import ConnectionLost, ProjectorError, RebuildRequired
+from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
 from projector.fingerprint import ProjectionConfig
 from projector.lsn import format_lsn
 from projector.redis_nodes import MOVED_AWAY
@@ -36,7 +36,7 @@ from projector.settings import Settings
 from projector.sink import Fenced, RedisSink
 from projector.standby import LOCK_CLASS
 from projector.stream import ReplicationStream, ServerPosition, connect, drop_slot, slot_info
-from projector.watermark import Watermark
+from projector.watermark import Watermark, encode_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -105,9 +105,9 @@ def rebuild(
     report = reporter(sink, replay_id, state, progress, stop)
     log.info("rebuild started", reason=reason, slot=settings.slot)
     sink.require_no_eviction()
-    config = ProjectionConfig.of(settings)
     pg = connect(settings.pg_dsn)
     try:
+        boards, config, unavailable = _boards_to_build(pg, settings)
         # A walsender we just left may need a moment to let go of the slot.
         deadline = time.monotonic() + 10.0
         while (existing := slot_info(pg, settings.slot)) is not None and existing.active:
@@ -129,9 +129,7 @@ def rebuild(
         assert state.lsn is not None
         snapshot_time = conns[0].execute("SELECT now()").fetchone()
         mark_started(sink, build)
-        built = build_boards(
-            settings, settings.boards, sink, conns, build, state, report, with_labels=True
-        )
+        built = build_boards(settings, boards, sink, conns, build, state, report, with_labels=True)
     finally:
         for conn in conns:
             conn.close()
@@ -143,6 +141,7 @@ def rebuild(
         timeline=server.timeline,
         fingerprint=config.fingerprint,
         config=config.text,
+        unavailable=encode_unavailable(unavailable),
     )
     state.phase = "swapping"
     report()
@@ -159,6 +158,23 @@ def rebuild(
         watermark=format_lsn(state.lsn),
     )
     return watermark
+
+
+def _boards_to_build(
+    pg: psycopg.Connection[tuple[object, ...]], settings: Settings
+) -> tuple[tuple[Board, ...], ProjectionConfig, dict[str, str]]:
+    """The declared boards the live schema fits, their configuration, and the problem of
+    each other one (left unavailable; ``ConfigError`` when none fits). Read before the
+    snapshot: partition maintenance after this read but before the snapshot makes the
+    recorded partitions differ from the catalog, so the board is built once more."""
+    problems = schema_problems(pg, settings.boards, settings.publication)
+    boards = tuple(b for b in settings.boards if b.name not in problems)
+    if not boards:
+        raise ConfigError("; ".join(problems.values()))
+    for board, problem in problems.items():
+        log.error("board unavailable; the others are built", board=board, problem=problem)
+    partitions = partition_states(pg, {b.table for b in settings.boards})
+    return boards, ProjectionConfig.of(settings, boards, partitions), problems
 
 
 def snapshot_connections(

@@ -188,8 +188,11 @@ class RedisSink:
         declared, document = encode_batch(
             batch,
             new,
-            # A batch that creates the watermark, or makes built boards live, writes it whole.
-            full=expected is None or batch.swap is not None,
+            # A batch that creates the watermark, makes built boards live or changes which
+            # boards Redis holds writes it whole.
+            full=expected is None
+            or batch.swap is not None
+            or (new.fingerprint, new.unavailable) != (expected.fingerprint, expected.unavailable),
             registered=registered,
         )
         args = (

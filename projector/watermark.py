@@ -7,6 +7,8 @@ writer with another configuration can never extend state built under a different
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,7 +24,8 @@ class Watermark:
     its Begin message) and ``tx_rows`` the number of its row changes already applied.
     ``timeline`` is PostgreSQL's timeline when Redis was built; ``config`` describes what
     decides a row's contribution (see ``projector.fingerprint``) and ``fingerprint`` is
-    its digest.
+    its digest. ``unavailable`` is a JSON object of the declared boards that cannot be
+    projected now (board -> the problem and its fix): Redis holds none of their keys.
     """
 
     lsn: int
@@ -34,6 +37,7 @@ class Watermark:
     timeline: int = 0
     fingerprint: str = ""
     config: str = ""
+    unavailable: str = ""
 
     @property
     def position(self) -> str:
@@ -57,6 +61,7 @@ class Watermark:
                 timeline=str(self.timeline),
                 fingerprint=self.fingerprint,
                 config=self.config,
+                unavailable=self.unavailable,
             )
         return moved
 
@@ -75,6 +80,31 @@ class Watermark:
                 timeline=int(raw.get("timeline", "0")),
                 fingerprint=raw.get("fingerprint", ""),
                 config=raw.get("config", ""),
+                unavailable=raw.get("unavailable", ""),
             )
         except (KeyError, ValueError):
             return None
+
+    def unavailable_boards(self) -> dict[str, str]:
+        """``unavailable`` as a mapping (empty when there is none, or it is unreadable)."""
+        return unavailable_boards(self.unavailable)
+
+
+def unavailable_boards(text: str) -> dict[str, str]:
+    """The watermark's ``unavailable`` field as board -> problem."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def encode_unavailable(problems: Mapping[str, str]) -> str:
+    """The ``unavailable`` field for ``problems`` (canonical; "" for none)."""
+    if not problems:
+        return ""
+    return json.dumps(dict(sorted(problems.items())), separators=(",", ":"))

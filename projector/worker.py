@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import psycopg
@@ -23,13 +24,19 @@ import structlog
 
 from projector import redis_nodes
 from projector.backfill import Backfill, BuildRestart
-from projector.boards import check_publication, check_schema
-from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
-from projector.fingerprint import BoardChange, ProjectionConfig, board_change
+from projector.boards import Board, Table, partition_states, schema_problems
+from projector.errors import (
+    BoardsChanged,
+    ConfigError,
+    ConnectionLost,
+    ProjectorError,
+    RebuildRequired,
+)
+from projector.fingerprint import BoardChange, ProjectionConfig, board_change, recorded_boards
 from projector.lsn import format_lsn
 from projector.metrics import ProjectorMetrics
 from projector.pgoutput import Decoder
-from projector.projection import Projection, ReplicaIdentityError, identity_columns
+from projector.projection import BatchDelta, Projection
 from projector.rebuild import RebuildInterrupted, rebuild
 from projector.replication import PrimaryKeepalive
 from projector.session import Actions, Collect, Confirm, Receive, Send, Session
@@ -37,7 +44,7 @@ from projector.settings import Settings
 from projector.sink import RedisSink, new_owner
 from projector.standby import SlotLock
 from projector.stream import ReplicationStream, ServerPosition, slot_info
-from projector.watermark import Watermark
+from projector.watermark import Watermark, encode_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +55,20 @@ _HEALTHY_SESSION = 60.0
 
 class _StoppedStandingBy(ProjectorError):
     """``stop`` was set while another process drove the slot."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """What a streaming session starts from: the watermark, the boards that stream
+    (``live``), a build beside them (``change``), the declared boards that cannot be
+    projected (``unavailable``: board -> problem) and the partitions seen at the start."""
+
+    watermark: Watermark
+    live: tuple[Board, ...]
+    change: BoardChange | None
+    effective: tuple[Board, ...]
+    unavailable: dict[str, str]
+    partitions: dict[Table, str]
 
 
 class ReplayRequested(ProjectorError):
@@ -119,6 +140,9 @@ class Worker:
         # The slot's lock, held on from a session into the rebuild it asked for and from a
         # rebuild into its session: no standby or `replay` takes the slot in between.
         self._kept_lock: SlotLock | None = None
+        # Boards the stream found it cannot project (board -> problem): the next session
+        # drops them whatever the catalog says now (the stream's layout is older).
+        self._broken: dict[str, str] = {}
 
     def run_forever(self) -> None:
         """Stream until stopped; retry lost connections, rebuild Redis when it lost data."""
@@ -154,6 +178,17 @@ class Worker:
                 delay = 0.5
             except BuildRestart as exc:
                 log.warning("building boards again", reason=str(exc))
+            except BoardsChanged as exc:
+                for board, problem in exc.broken.items():
+                    log.error(
+                        "board cannot be projected; dropping it, the others stream on",
+                        board=board,
+                        problem=problem,
+                    )
+                if not exc.broken:
+                    log.warning("boards change", reason=exc.reason)
+                self._broken.update(exc.broken)
+                delay = 0.5
             except ReplayRequested as exc:
                 log.info("replay requested by operator", request=exc.request_id)
                 self.metrics.rebuild("replay")
@@ -198,18 +233,11 @@ class Worker:
         with self._driving_slot() as (lock, sink):
             pg = lock.pg
             sink.require_no_eviction()
-            check_schema(pg, settings.boards)
-            check_publication(pg, settings.publication, identity_columns(settings.boards))
             stream = ReplicationStream(settings.pg_dsn, settings.slot, settings.publication)
             try:
                 stream.open()
-                applied, change = self._check_state(pg, sink, stream.identify_system())
-                _Streaming(self, sink, stream, lock, applied, change).run()
-            except ReplicaIdentityError as exc:
-                # Refused (ConfigError) while the table is still so; once it is fixed, the
-                # changes logged meanwhile still lack old values: only a rebuild is exact.
-                check_schema(pg, settings.boards)
-                raise RebuildRequired(f"{exc}; the replica identity is fixed now") from exc
+                start = self._check_state(pg, sink, stream.identify_system())
+                _Streaming(self, sink, stream, lock, start).run()
             finally:
                 stream.close()
                 sink.close()
@@ -243,7 +271,7 @@ class Worker:
                 log.info("active", slot=settings.slot, owner=sink.owner)
                 yield lock, sink
                 keep = keep_after
-            except (RebuildRequired, ReplayRequested, BuildRestart):
+            except (RebuildRequired, ReplayRequested, BuildRestart, BoardsChanged):
                 keep = True
                 raise
             finally:
@@ -285,7 +313,7 @@ class Worker:
         pg: psycopg.Connection[tuple[object, ...]],
         sink: RedisSink,
         server: ServerPosition,
-    ) -> tuple[Watermark, BoardChange | None]:
+    ) -> _Start:
         """The watermark to resume from; ``RebuildRequired`` unless Redis provably matches.
 
         Redis must hold a watermark of this cluster, slot and timeline, not behind what the
@@ -336,23 +364,82 @@ class Worker:
                 f"{server.timeline} (point-in-time recovery or promotion)",
                 slot=slot_name,
             )
-        config = ProjectionConfig.of(self.settings)
+        return self._boards_to_stream(pg, sink, wm)
+
+    def _boards_to_stream(
+        self, pg: psycopg.Connection[tuple[object, ...]], sink: RedisSink, wm: Watermark
+    ) -> _Start:
+        """Which boards stream, which are built beside them, and which are dropped now.
+
+        A declared board that the live schema (or the stream, before) does not fit is
+        unavailable: Redis drops it, in one atomic step that records the boards it still
+        holds, and the others stream on. ``RebuildRequired`` when only a full rebuild
+        makes Redis match this configuration; ``ConfigError`` when no board fits at all.
+        """
+        settings = self.settings
+        declared = settings.boards
+        problems = schema_problems(pg, declared, settings.publication)
+        effective = tuple(b for b in declared if b.name not in problems)
+        if not effective:
+            raise ConfigError("; ".join(problems.values()))
+        partitions = partition_states(pg, {b.table for b in declared})
+        config = ProjectionConfig.of(settings, effective, partitions)
+        unavailable = encode_unavailable(problems)
         change = None
-        if wm.fingerprint != config.fingerprint:
-            change = board_change(wm.config, config, self.settings.boards)
-            if change is not None:
-                try:  # the boards Redis holds must still be projectable while the new build
-                    check_schema(pg, change.live)
-                except ConfigError:
-                    change = None
+        # Boards the stream broke but the schema fits now: their changes since the break
+        # were not applied; built again from a snapshot.
+        stale = set(self._broken) - set(problems)
+        if wm.fingerprint != config.fingerprint or stale:
+            recorded = recorded_boards(wm.config) or {}
+            broken = {n for n in recorded if n in problems or n in self._broken}
+            differing = [b for n, b in recorded.items() if n not in broken and b not in declared]
+            broken |= set(schema_problems(pg, differing))  # as recorded, still projectable?
+            change = board_change(wm.config, config, effective, broken)
             if change is None:
                 raise RebuildRequired(
                     "the configuration changed since Redis was built: "
                     + "; ".join(config.changes_since(wm.config)),
-                    slot=slot_name,
+                    slot=settings.slot,
                 )
-            log.warning("board definitions changed; building them", changes=change.describe())
-        return wm, change
+            log.warning("boards changed; building them", changes=change.describe())
+        if change is not None and (change.drop or not change.build):
+            # Whatever is dropped goes now; with nothing to build, this is the target.
+            recorded_config = ProjectionConfig(wm.config, wm.fingerprint)
+            target = (
+                config if not change.build else recorded_config.without(b.name for b in change.drop)
+            )
+            wm = self._reconfigure(sink, wm, change.drop, target, unavailable)
+        elif wm.unavailable != unavailable:
+            wm = self._reconfigure(
+                sink, wm, (), ProjectionConfig(wm.config, wm.fingerprint), unavailable
+            )
+        self._broken.clear()  # recorded now: Redis holds none of those boards
+        for board, problem in problems.items():
+            log.error("board unavailable; the others stream on", board=board, problem=problem)
+        self.metrics.unavailable(problems)
+        if change is not None and not change.build:
+            change = None
+        live = change.live if change is not None else effective
+        return _Start(wm, live, change, effective, problems, partitions)
+
+    def _reconfigure(
+        self,
+        sink: RedisSink,
+        wm: Watermark,
+        drop: tuple[Board, ...],
+        config: ProjectionConfig,
+        unavailable: str,
+    ) -> Watermark:
+        """Drop ``drop`` and record ``config`` and ``unavailable``, atomically, at the same
+        position: the first change not applied to a dropped board comes after it."""
+        keys = self.settings.keys
+        new = replace(
+            wm, fingerprint=config.fingerprint, config=config.text, unavailable=unavailable
+        )
+        sink.apply(BatchDelta(clear_boards={keys.board_prefix(b.name) for b in drop}), new, wm)
+        if drop:
+            log.warning("boards dropped from Redis", boards=[b.name for b in drop])
+        return new
 
 
 def _claimed_watermark(sink: RedisSink) -> Watermark:
@@ -376,8 +463,7 @@ class _Streaming:
         sink: RedisSink,
         stream: ReplicationStream,
         lock: SlotLock,
-        applied: Watermark,
-        change: BoardChange | None,
+        start: _Start,
     ) -> None:
         settings = worker.settings
         self.settings = settings
@@ -386,16 +472,19 @@ class _Streaming:
         self.stream = stream
         self.lock = lock
         self.pg = lock.pg
+        self.start = start
+        applied, change = start.watermark, start.change
         self.backfill = Backfill(settings, change, sink) if change is not None else None
         self.session = Session(
             applied,
             Projection(
-                change.live if change is not None else settings.boards,
+                start.live,
                 settings.keys,
                 settings.zone,
                 settings.retention,
                 building=change.build if change is not None else (),
                 building_keys=self.backfill.delta_keys if self.backfill is not None else None,
+                partitioned=start.partitions,
             ),
             max_tx_changes=settings.max_tx_changes,
             batch_changes=settings.batch_changes,
@@ -542,10 +631,11 @@ class _Streaming:
             raise BuildRestart("a TRUNCATE emptied a table of the boards being built")
         if not session.can_swap() or not backfill.ready():
             return
-        config = ProjectionConfig.of(self.settings)
+        config = backfill.change.target
+        assert config is not None
         spec = backfill.swap(session.projection.built_keys)
         self._perform(session.swap(spec, config.fingerprint, config.text))
-        session.projection.promote(self.settings.boards)
+        session.projection.promote(self.start.effective)
         session.build_from = None
         self.backfill = None
         log.info("boards built and live", boards=[b.name for b in backfill.change.build])
@@ -602,3 +692,25 @@ class _Streaming:
         request = sink.replay_request()
         if request:
             raise ReplayRequested(request)
+        self._check_boards()
+
+    def _check_boards(self) -> None:
+        """``BoardsChanged`` when partition maintenance changed what a board's table holds
+        (no row change reports it), or an unavailable board fits its table again."""
+        start = self.start
+        if start.partitions:
+            now = partition_states(self.pg, start.partitions)
+            changed = sorted(str(t) for t in start.partitions if now.get(t) != start.partitions[t])
+            if changed:
+                raise BoardsChanged(
+                    f"partitions of {', '.join(changed)} were attached, detached, dropped, "
+                    "truncated or rewritten: building their boards again"
+                )
+        if start.unavailable:
+            settings = self.settings
+            waiting = [b for b in settings.boards if b.name in start.unavailable]
+            fixed = set(start.unavailable) - set(
+                schema_problems(self.pg, waiting, settings.publication)
+            )
+            if fixed:
+                raise BoardsChanged(f"boards {sorted(fixed)} fit their tables again: building them")

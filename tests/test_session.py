@@ -33,7 +33,8 @@ from projector.pgoutput import (
     Truncate,
     pg_time_to_datetime,
 )
-from projector.projection import BatchDelta, Projection, ReplicaIdentityError
+from projector.errors import BoardsChanged
+from projector.projection import BatchDelta, Projection
 from projector.session import (
     MAX_IN_FLIGHT,
     Actions,
@@ -415,8 +416,8 @@ def test_a_resent_transaction_with_fewer_rows_demands_a_rebuild() -> None:
         run.feed(tx.commit())
 
 
-def test_relation_without_old_values_is_refused() -> None:
-    """A Relation whose replica identity does not cover the projected columns raises."""
+def test_relation_without_old_values_breaks_the_board() -> None:
+    """A Relation whose replica identity does not cover a board's columns names the board."""
     run = Run(World([]), max_tx_changes=10)
     default_identity = Relation(
         None,
@@ -430,8 +431,9 @@ def test_relation_without_old_values_is_refused() -> None:
             Column(0, "completed_at", 1184, -1),
         ),
     )
-    with pytest.raises(ReplicaIdentityError, match="user_id, completed_at"):
+    with pytest.raises(BoardsChanged, match="user_id, completed_at") as raised:
         run.feed(default_identity)
+    assert set(raised.value.broken) == {"pomodoros"}
 
 
 def test_idle_keepalives_move_watermark_and_slot_when_nothing_is_pending() -> None:

@@ -31,6 +31,7 @@ from psycopg import sql
 
 from projector.boards import DEFAULT_BOARDS, Board
 from projector.keys import Keys
+from projector.limits import MAX_MEMBER, clean_label
 
 Boards = dict[tuple[str, str], dict[str, int]]
 
@@ -113,13 +114,13 @@ def recompute(
             table=sql.Identifier(board.table.schema, board.table.name),
         )
         for period, bucket, member, score in conn.execute(query, params):
-            if period in board.periods and score > 0:
+            if period in board.periods and score > 0 and len(member) <= MAX_MEMBER:
                 boards.setdefault((period, bucket), {})[member] = int(score)
         names: dict[str, str] = {}
         if board.labels is not None:
             labels = board.labels
             names = {
-                str(key): str(label)
+                str(key): clean_label(str(label))
                 for key, label in conn.execute(
                     sql.SQL("SELECT {}, {} FROM {} WHERE {} IS NOT NULL").format(
                         sql.Identifier(labels.key),

@@ -210,18 +210,20 @@ def _run_refused(config: dict[str, Any], **overrides: Any) -> str:
         ),
         (
             "ALTER PUBLICATION projector DROP TABLE teams",
-            "publication 'projector' does not publish public.teams, which the boards read; run "
-            "`projector migrate` (or ALTER PUBLICATION projector ADD TABLE public.teams)",
+            "board 'team-focus': publication 'projector' does not publish public.teams, which "
+            "the board reads; run `projector migrate` (or ALTER PUBLICATION projector ADD TABLE "
+            "public.teams)",
         ),
     ],
 )
 def test_the_live_schema_is_checked_at_start(
-    focus_dsn: str, config: dict[str, Any], sql: str, expected: str
+    focus_dsn: str, config: dict[str, Any], tmp_path: Path, sql: str, expected: str
 ) -> None:
-    """A schema that does not fit a board stops start-up with one line and the fix."""
+    """A schema that fits no declared board stops start-up with one line and the fix."""
     with psycopg.connect(focus_dsn, autocommit=True) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
-    assert _run_refused(config, boards_file=FOCUS) == f"projector: {expected}"
+    only = _partial_boards(tmp_path, "team-focus")
+    assert _run_refused(config, boards_file=only) == f"projector: {expected}"
 
 
 def test_a_time_column_that_is_not_timestamptz_is_refused(
@@ -293,7 +295,7 @@ def test_an_added_board_is_built_beside_the_others_while_they_stream(
     focus_dsn: str, start_process: StartProcess, tmp_path: Path
 ) -> None:
     """Adding a board builds only it, from a snapshot, while the live board keeps streaming
-    and writes go on; then a removed board's keys go, without any full rebuild."""
+    and writes go on; then a removed board's keys go at once, without any full rebuild."""
     rng = random.Random(5)
     proc, projected = start_process(boards_file=_partial_boards(tmp_path, "pomodoros"))
     with psycopg.connect(focus_dsn, autocommit=True) as conn:
@@ -324,7 +326,7 @@ def test_an_added_board_is_built_beside_the_others_while_they_stream(
         assert proc.wait(30) == 0
         proc, projected = start_process(boards_file=_partial_boards(tmp_path, "pomodoros"))
         _insert(conn, _some_rows(rng, 5))
-        _wait_log(proc, "boards built and live")
+        _wait_log(proc, "boards dropped from Redis")
         projected.assert_exact()
         assert not list(projected.client.scan_iter(match="pomo:lb:focus-minutes:*"))
         assert not list(projected.client.scan_iter(match="pomo:rebuild:*"))
