@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from projector.boards import DEFAULT_BOARDS
 from projector.buckets import Retention
-from projector.errors import ProtocolError, RebuildRequired
+from projector.errors import BoardsChanged, ProtocolError, RebuildRequired
 from projector.keys import Keys
 from projector.pgoutput import (
     Begin,
@@ -33,7 +33,6 @@ from projector.pgoutput import (
     Truncate,
     pg_time_to_datetime,
 )
-from projector.errors import BoardsChanged
 from projector.projection import BatchDelta, Projection
 from projector.session import (
     MAX_IN_FLIGHT,
