@@ -94,10 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Print (default) or create (--apply) the PostgreSQL roles for "
         "'projector run' (LOGIN REPLICATION, SELECT on the projected tables) and the read "
         "API (SELECT only), or with --redis the Redis ACL users (the projector may write "
-        "only under PROJECTOR_KEY_PREFIX, the API may only read, run read-only scripts and "
-        "subscribe). --apply connects with PROJECTOR_PG_DSN (a superuser) or "
-        "PROJECTOR_REDIS_URL (an admin). Passwords come from the environment only: "
-        "PROJECTOR_RUN_PASSWORD and PROJECTOR_API_PASSWORD; they are never printed. "
+        "only under PROJECTOR_KEY_PREFIX and loads the API's functions, the API may only "
+        "read, call those functions (FCALL_RO) and subscribe). --apply connects with "
+        "PROJECTOR_PG_DSN (a superuser) or PROJECTOR_REDIS_URL (an admin). Passwords come "
+        "from the environment only: PROJECTOR_RUN_PASSWORD and PROJECTOR_API_PASSWORD; they "
+        "are never printed. "
         "Safe to run again: it brings existing roles and users to exactly these grants.",
     )
     roles.add_argument(

@@ -1,7 +1,8 @@
 """What the projector and the read API require of their servers, checked at start-up.
 
-Redis 7.0 or later: the read API's scripts declare ``no-writes`` and run with ``EVALSHA_RO``,
-and its ACL user is read-only by key (``%R~``); none of these exist before 7.0. A server that
+Redis 7.0 or later: the read API calls Redis Functions (``FUNCTION LOAD`` by the projector,
+``FCALL_RO`` of functions flagged ``no-writes``), and its ACL user is read-only by key
+(``%R~``); none of these exist before 7.0. A server that
 is unreachable at start is not refused here: the processes retry (or fall back) as usual.
 """
 
@@ -25,7 +26,7 @@ def redis_version_problem(version: str) -> str | None:
     if found < REDIS_FLOOR:
         floor = ".".join(map(str, REDIS_FLOOR))
         return (
-            f"Redis {version} is too old: read-only scripts (EVALSHA_RO, no-writes) and "
+            f"Redis {version} is too old: read-only functions (FCALL_RO, no-writes) and "
             f"read-only ACL users need Redis {floor} or later"
         )
     return None

@@ -5,9 +5,10 @@ temporary slot) and may SELECT the tables the boards read (their own and their l
 everything else it runs (slot and WAL positions, ``pg_logical_emit_message``, advisory locks,
 ``pg_control_system``) is open to every role. The API's role may only SELECT the same tables.
 Migrations keep using an owner. In Redis the projector's user may run the commands it uses
-on keys and channels under the prefix; the API's user may only read those keys (``%R~``),
-run read-only scripts and subscribe. Statements are idempotent; passwords are sent hashed,
-never printed.
+on keys and channels under the prefix, and loads the read API's functions
+(``read_functions``); the API's user may only read those keys (``%R~``), call those
+functions read-only (``FCALL_RO``; never ``EVAL_RO`` of code of its own) and subscribe.
+Statements are idempotent; passwords are sent hashed, never printed.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ _NAME = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
 REDIS_PROJECTOR_COMMANDS = (
     # connection
     "ping", "select",
-    # scripts and transactions
-    "eval", "evalsha", "eval_ro", "evalsha_ro", "script|load", "script|exists",
+    # its own scripts, transactions, and the read API's functions (loaded by the projector;
+    # FCALL_RO too, for an API that shares this user when PROJECTOR_API_REDIS_URL is unset)
+    "eval", "evalsha", "script|load", "script|exists",
     "multi", "exec", "discard",
+    "function|load", "fcall_ro",
     # keys under the prefix
     "get", "set", "del", "unlink", "exists", "rename", "type",
     "expire", "pexpire", "expireat", "persist", "ttl", "pttl", "scan",
@@ -49,10 +52,11 @@ REDIS_PROJECTOR_COMMANDS = (
     # and who serves the projection's hash slot in a Cluster
     "publish", "info", "time", "wait", "cluster|slots",
 )  # fmt: skip
-# The read API: read-only scripts over the boards, the watermark, and its channel.
+# The read API: the projector's read-only functions over the boards (FCALL_RO only: no
+# EVAL_RO, which runs any code, and no FUNCTION LOAD), the watermark, and its channel.
 REDIS_API_COMMANDS = (
     "ping", "select",
-    "evalsha_ro", "eval_ro",
+    "fcall_ro",
     "get", "exists", "type", "ttl", "hget", "hmget", "hgetall",
     "zcard", "zcount", "zrange", "zrank", "zscore", "zmscore",
     "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe",

@@ -33,6 +33,7 @@ from typing import Any
 
 import redis
 
+from projector import read_functions
 from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
 from projector.keys import Keys
 from projector.projection import BatchDelta
@@ -111,10 +112,15 @@ class RedisSink:
 
     def claim(self) -> None:
         """Make this writer the owner: from now on only its scripts write (any former owner's
-        fail with "FENCED"). Durable on ``min_replicas`` replicas before it returns."""
+        fail with "FENCED"). Durable on ``min_replicas`` replicas before it returns.
+
+        Every session and every rebuild's swap starts here, so this also (re)loads the read
+        API's functions (``read_functions``): a Redis that lost them has them again before
+        the watermark the API needs is (re)written."""
         if not self.owner:
             raise ProjectorError("a sink without an owner token cannot claim the projection")
         pipe = self._client.pipeline(transaction=False)
+        read_functions.queue_load(pipe)
         pipe.set(self.keys.owner, self.owner)
         pipe.hdel(self.keys.standbys, _process_name())  # no longer standing by
         self._durably(pipe)

@@ -7,6 +7,11 @@ be stopped, restarted or killed; the others raise `ServerControlUnsupported`.
 
 As a command, `servers.py up --dir .run` starts (or reuses) a persistent local PostgreSQL
 and Redis under `.run/` and prints `export` lines for the projector; `down` stops them.
+Those two accept no one without credentials: PostgreSQL asks every connection, socket or TCP,
+for a SCRAM password, Redis's default user has a password; both are generated once and kept
+in `.run/servers.json` (mode 0600). A `.run/` of the passwordless era is upgraded in place
+(its data kept) on the next `up`. The throwaway test servers keep `trust` and a passwordless
+Redis: they live in private temporary directories for one test run.
 `roles` (after the migrations) creates the least-privilege PostgreSQL roles and Redis users
 with `projector roles --apply`, passwords kept in `.run/servers.json`, and prints the
 `export` lines that make the projector and the API log in as them.
@@ -72,6 +77,16 @@ _PG_SETTINGS = {
 _PG_THROWAWAY_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 _PG_STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; ".s.PGSQL.NNNNN" must fit too
+# pg_hba.conf of a server with a password: SCRAM for every connection, socket or TCP.
+_HBA_SCRAM = """\
+# scripts/servers.py: every connection, socket or TCP, logs in with a password (SCRAM)
+local   all          all                  scram-sha-256
+host    all          all    127.0.0.1/32  scram-sha-256
+host    all          all    ::1/128       scram-sha-256
+local   replication  all                  scram-sha-256
+host    replication  all    127.0.0.1/32  scram-sha-256
+host    replication  all    ::1/128       scram-sha-256
+"""
 
 StopMode = Literal["smart", "fast", "immediate"]
 
@@ -381,7 +396,7 @@ class PostgresServer(ABC):
         """Whether the server behind `conn` is this one, not another on the same port."""
         return True
 
-    def _wait_ready(self, alive: Callable[[], bool] | None = None) -> None:
+    def _wait_ready(self, alive: Callable[[], bool] | None = None, dsn: str | None = None) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if alive is not None and not alive():
@@ -389,7 +404,7 @@ class PostgresServer(ABC):
                     f"PostgreSQL on port {self.port} exited while starting{self._log_hint()}"
                 )
             try:
-                with psycopg.connect(self._admin_dsn(), connect_timeout=2) as conn:
+                with psycopg.connect(dsn or self._admin_dsn(), connect_timeout=2) as conn:
                     if self._answers_for_us(conn):
                         return
                 problem = "another server answers on that port"
@@ -516,7 +531,9 @@ class LocalPostgres(PostgresServer):
 
     Without `base_dir` everything lives in a temporary directory removed by `cleanup()`
     (registered with atexit). With `persistent=True` the server keeps durable settings,
-    outlives this Python process and can be adopted again by a later `start()`.
+    outlives this Python process and can be adopted again by a later `start()`. With
+    `password` the superuser `postgres` has it and every connection (socket or TCP) must
+    give a password (`scram-sha-256`); without, everyone is trusted (throwaway servers).
     """
 
     kind = "local"
@@ -529,8 +546,10 @@ class LocalPostgres(PostgresServer):
         port: int | None = None,
         persistent: bool = False,
         bindir: Path | None = None,
+        password: str | None = None,
     ) -> None:
         super().__init__()
+        self._password = password
         found = bindir or find_postgres_bindir()
         if found is None:
             raise HarnessError(
@@ -580,7 +599,12 @@ class LocalPostgres(PostgresServer):
         return Path("/tmp") / f"projector-pg-sock-{_path_key(self._base)}"
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self._port}/{quote(dbname, safe='')}"
+        login = f"postgres:{quote(self._password, safe='')}" if self._password else "postgres"
+        return f"postgresql://{login}@127.0.0.1:{self._port}/{quote(dbname, safe='')}"
+
+    @property
+    def hba_path(self) -> Path:
+        return self.data_dir / "pg_hba.conf"
 
     def postmaster_pid(self) -> int | None:
         """The running postmaster's PID, or None."""
@@ -600,9 +624,16 @@ class LocalPostgres(PostgresServer):
     def start(self) -> None:
         if self.is_running():
             self._wait_ready(self.is_running)
+            if not self._requires_password():  # started by the passwordless version
+                with self._admin() as conn:
+                    self._set_password(conn)
+                    self._write_hba()
+                    conn.execute("SELECT pg_reload_conf()")
             return
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        elif not self._requires_password():
+            self._upgrade_from_trust()
         for attempt in range(3):
             self._launch()
             try:
@@ -622,6 +653,47 @@ class LocalPostgres(PostgresServer):
         row = conn.execute("SHOW data_directory").fetchone()
         return row is not None and Path(row[0]) == self.data_dir
 
+    def _requires_password(self) -> bool:
+        """Whether the server asks what it should: nothing (no password), else SCRAM for
+        every connection (the pg_hba.conf `_write_hba` writes)."""
+        if self._password is None:
+            return True
+        try:
+            return self.hba_path.read_text().startswith(_HBA_SCRAM)
+        except FileNotFoundError:
+            return False
+
+    def _write_hba(self) -> None:
+        self.hba_path.write_text(_HBA_SCRAM)
+        _give_to(self.hba_path, self._user)
+
+    def _set_password(self, conn: psycopg.Connection[Any]) -> None:
+        """Give `postgres` the password, hashed here (SCRAM) so no log ever sees it."""
+        assert self._password is not None
+        verifier = conn.pgconn.encrypt_password(
+            self._password.encode(), b"postgres", b"scram-sha-256"
+        )
+        conn.execute(
+            sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(verifier.decode()))
+        )
+
+    def _socket_dsn(self) -> str:
+        return make_conninfo(
+            host=str(self.socket_dir), port=str(self._port), user="postgres", dbname="postgres"
+        )
+
+    def _upgrade_from_trust(self) -> None:
+        """A data directory of the passwordless version, stopped: start it reachable only
+        through a socket closed to other OS users, set the password, require it, stop."""
+        self._launch(private=True)
+        try:
+            self._wait_ready(self.is_running, dsn=self._socket_dsn())
+            with psycopg.connect(self._socket_dsn(), autocommit=True) as conn:
+                self._set_password(conn)
+            self._write_hba()
+        finally:
+            self.stop("fast")
+
     def _initdb(self) -> None:
         argv = [
             str(self._bindir / "initdb"),
@@ -629,25 +701,36 @@ class LocalPostgres(PostgresServer):
             str(self.data_dir),
             "--username",
             "postgres",
-            "--auth",
-            "trust",
             "--encoding",
             "UTF8",
             "--locale",
             "C",
             "--no-sync",
         ]
-        result = subprocess.run(
-            argv,
-            cwd=self._base,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            user=self._user.pw_uid if self._user else None,
-            group=self._user.pw_gid if self._user else None,
-            extra_groups=[] if self._user else None,
-            check=False,
-        )
+        pwfile = self._base / "initdb.pw"
+        if self._password is None:
+            argv += ["--auth", "trust"]
+        else:
+            # Readable by the server's OS user only, and only while initdb runs.
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(self._password + "\n")
+            _give_to(pwfile, self._user)
+            argv += ["--auth", "scram-sha-256", "--pwfile", str(pwfile)]
+        try:
+            result = subprocess.run(
+                argv,
+                cwd=self._base,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                user=self._user.pw_uid if self._user else None,
+                group=self._user.pw_gid if self._user else None,
+                extra_groups=[] if self._user else None,
+                check=False,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise HarnessError(
                 f"initdb into {self.data_dir} failed ({result.returncode}):\n"
@@ -659,8 +742,11 @@ class LocalPostgres(PostgresServer):
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\n# Added by scripts/servers.py\n")
             conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
+        if self._password is not None:
+            self._write_hba()
 
-    def _launch(self) -> None:
+    def _launch(self, *, private: bool = False) -> None:
+        """Start the postmaster; `private`: no TCP, a socket for this OS user alone."""
         sock = self.socket_dir
         sock.mkdir(parents=True, exist_ok=True)
         _give_to(sock, self._user)
@@ -674,8 +760,11 @@ class LocalPostgres(PostgresServer):
             str(self._port),
             "-k",
             str(sock),
-            "-c",
-            "listen_addresses=127.0.0.1",
+            *(
+                ["-c", "listen_addresses=", "-c", "unix_socket_permissions=0700"]
+                if private
+                else ["-c", "listen_addresses=127.0.0.1"]
+            ),
         ]
         self._proc = _spawn(
             argv,
@@ -911,14 +1000,22 @@ class LocalRedis(RedisServer):
 
     Throwaway by default: no persistence, so `restart()` brings it back empty on the same
     port. With `persistent=True` it keeps an append-only file and outlives this process.
+    With `password` the default user needs it (set in a config file of mode 0600, never on
+    the command line, which every local user can read); without, it needs none.
     """
 
     kind = "local"
     process_control = True
 
     def __init__(
-        self, base_dir: Path | None = None, *, port: int | None = None, persistent: bool = False
+        self,
+        base_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        persistent: bool = False,
+        password: str | None = None,
     ) -> None:
+        self._password = password
         found = find_redis_server()
         if found is None:
             raise HarnessError("no redis-server on PATH; install redis-server")
@@ -947,7 +1044,38 @@ class LocalRedis(RedisServer):
         return self._base / "redis.pid"
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self._port}/{db}"
+        login = f":{quote(self._password, safe='')}@" if self._password else ""
+        return f"redis://{login}127.0.0.1:{self._port}/{db}"
+
+    @property
+    def config_path(self) -> Path:
+        return self._base / "redis.conf"
+
+    def _default_user(self) -> list[str]:
+        """ACL rules of the default user: an admin that must give the password."""
+        assert self._password is not None
+        digest = hashlib.sha256(self._password.encode()).hexdigest()
+        return ["on", "resetpass", f"#{digest}", "~*", "&*", "+@all"]
+
+    def _write_config(self) -> None:
+        """The config file that gives the default user its password, mode 0600."""
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.config_path.chmod(0o600)  # also when it existed before
+        with os.fdopen(fd, "w") as file:
+            file.write(f"user default {' '.join(self._default_user())}\n")
+
+    def _require_password(self) -> None:
+        """A server started by the passwordless version, still running: its default user
+        gets the password now (the config file gives it from the next start)."""
+        with redis.Redis(
+            host="127.0.0.1", port=self._port, socket_connect_timeout=2, socket_timeout=10
+        ) as anonymous:
+            try:
+                anonymous.ping()
+            except redis.exceptions.AuthenticationError:
+                return  # it asks for a password already (and was started with the file)
+            anonymous.execute_command("ACL", "SETUSER", "default", *self._default_user())
+        self._write_config()
 
     def pid(self) -> int | None:
         """The running server's PID, or None."""
@@ -966,6 +1094,8 @@ class LocalRedis(RedisServer):
 
     def start(self) -> None:
         if self.is_running():
+            if self._password is not None:
+                self._require_password()
             self._wait_ready(self.is_running)
             return
         for attempt in range(3):
@@ -990,8 +1120,13 @@ class LocalRedis(RedisServer):
         self.log_path.touch()
         self._log_offset = self.log_path.stat().st_size
         persistence = ["--appendonly", "yes"] if self._persistent else ["--appendonly", "no"]
+        config = []
+        if self._password is not None:
+            self._write_config()
+            config = [str(self.config_path)]
         argv = [
             str(self._executable),
+            *config,
             "--port",
             str(self._port),
             "--bind",
@@ -1198,9 +1333,17 @@ def redis_for_tests(environ: Mapping[str, str] = os.environ) -> RedisServer:
 def _persistent_servers(state: Mapping[str, Any]) -> tuple[LocalPostgres, LocalRedis]:
     return (
         LocalPostgres(
-            Path(state["postgres_dir"]), port=int(state["postgres_port"]), persistent=True
+            Path(state["postgres_dir"]),
+            port=int(state["postgres_port"]),
+            persistent=True,
+            password=state.get("postgres_password"),
         ),
-        LocalRedis(Path(state["redis_dir"]), port=int(state["redis_port"]), persistent=True),
+        LocalRedis(
+            Path(state["redis_dir"]),
+            port=int(state["redis_port"]),
+            persistent=True,
+            password=state.get("redis_password"),
+        ),
     )
 
 
@@ -1215,7 +1358,12 @@ def _load_state(run_dir: Path) -> dict[str, Any]:
 
 
 def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
-    (run_dir / "servers.json").write_text(json.dumps(state, indent=2) + "\n")
+    """Write the state, passwords included, readable by this OS user alone."""
+    path = run_dir / "servers.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.chmod(0o600)  # also when it existed before
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps(state, indent=2) + "\n")
 
 
 def up(run_dir: Path, database: str) -> dict[str, str]:
@@ -1232,6 +1380,9 @@ def up(run_dir: Path, database: str) -> dict[str, str]:
         state["redis_dir"] = str(run_dir / "redis")
     state.setdefault("postgres_port", UP_POSTGRES_PORT)
     state.setdefault("redis_port", UP_REDIS_PORT)
+    # Superuser and admin passwords: a .run/ of the passwordless version gets them here.
+    state.setdefault("postgres_password", secrets.token_urlsafe(18))
+    state.setdefault("redis_password", secrets.token_urlsafe(18))
     pg, rd = _persistent_servers(state)
     if not pg.is_running() and not _port_is_free(pg.port):
         state["postgres_port"] = _free_port()
@@ -1266,7 +1417,6 @@ def roles(run_dir: Path, owner_env: Mapping[str, str]) -> dict[str, str]:
     for role in (RUN_ROLE, API_ROLE):
         passwords.setdefault(role, secrets.token_urlsafe(18))
     _save_state(run_dir, state)
-    (run_dir / "servers.json").chmod(0o600)
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROJECTOR_")}
     env.update(owner_env)
     env.update(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,114 @@ def test_cli_up_reuses_its_servers_and_down_stops_them(tmp_path: Path) -> None:
             assert conn.execute("SELECT to_regclass('kept')").fetchone() == ("kept",)
     finally:
         cli("down", "--purge")
+
+
+def _cli(run_dir: Path, *args: str) -> dict[str, str]:
+    """Run `servers.py ARGS --dir run_dir`; its `export` lines as a dict."""
+    done = subprocess.run(
+        [sys.executable, str(SERVERS_SCRIPT), *args, "--dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line.removeprefix("export ") for line in done.stdout.splitlines()]
+    return {name: value.strip("'") for name, value in (line.split("=", 1) for line in lines)}
+
+
+def _assert_credentials_required(run_dir: Path, exports: dict[str, str]) -> None:
+    """PostgreSQL (socket and TCP, also replication) and Redis refuse a login without the
+    generated passwords and accept the ones `up` exported; the state file is 0600."""
+    state = json.loads((run_dir / "servers.json").read_text())
+    assert oct((run_dir / "servers.json").stat().st_mode & 0o777) == "0o600"
+    pg, rd = servers._persistent_servers(state)
+    no_passfile = {"passfile": str(run_dir / "no-such-passfile"), "connect_timeout": 5}
+    for host in ("127.0.0.1", str(pg.socket_dir)):
+        for extra in ({}, {"replication": "database"}):
+            with (
+                pytest.raises(psycopg.OperationalError, match="password"),
+                psycopg.connect(
+                    host=host, port=pg.port, user="postgres", dbname="postgres",
+                    **no_passfile, **extra,
+                ),
+            ):  # fmt: skip
+                pass
+        password = state["postgres_password"]
+        with psycopg.connect(
+            host=host, port=pg.port, user="postgres", dbname="postgres", password=password,
+            **no_passfile,
+        ) as conn:  # fmt: skip
+            assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    with psycopg.connect(exports["PROJECTOR_PG_DSN"], **no_passfile) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    with (
+        redis.Redis(host="127.0.0.1", port=rd.port, socket_timeout=5) as anonymous,
+        pytest.raises(redis.exceptions.AuthenticationError),
+    ):
+        anonymous.ping()
+    with redis.Redis.from_url(exports["PROJECTOR_REDIS_URL"], socket_timeout=5) as admin:
+        assert admin.ping()
+        pid = admin.info("server")["process_id"]
+    # Not on the command line, which every local user may read.
+    assert state["redis_password"].encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert oct(rd.config_path.stat().st_mode & 0o777) == "0o600"
+
+
+@needs_local_binaries
+def test_make_run_servers_accept_no_one_without_the_generated_credentials(
+    tmp_path: Path,
+) -> None:
+    """`servers.py up` (what `make run` starts) on a fresh `.run/` requires SCRAM passwords of
+    PostgreSQL on its socket and on TCP and a password of Redis."""
+    run_dir = tmp_path / "run"
+    try:
+        exports = _cli(run_dir, "up")
+        _assert_credentials_required(run_dir, exports)
+    finally:
+        _cli(run_dir, "down", "--purge")
+
+
+@needs_local_binaries
+@pytest.mark.parametrize("running", [True, False], ids=["left-running", "stopped"])
+def test_a_run_dir_of_the_passwordless_version_is_upgraded_in_place(
+    tmp_path: Path, running: bool
+) -> None:
+    """A `.run/` made by the version with `trust` and a passwordless Redis (its servers still
+    running, or stopped: then started afresh from the files `up` wrote) is secured by the
+    next `up`, its data kept."""
+    run_dir = (tmp_path / "run").resolve()
+    run_dir.mkdir()
+    pg_dir = run_dir / "postgres"
+    if not servers._reachable_by(pg_dir, servers._postgres_os_user()):  # as `up` places it
+        pg_dir = Path("/var/tmp") / f"projector-run-{servers._path_key(run_dir)}" / "postgres"
+    state = {
+        "postgres_dir": str(pg_dir),
+        "redis_dir": str(run_dir / "redis"),
+        "postgres_port": servers._free_port(),
+        "redis_port": servers._free_port(),
+    }
+    (run_dir / "servers.json").write_text(json.dumps(state))
+    old_pg, old_redis = servers._persistent_servers(state)  # no passwords: the old servers
+    try:
+        old_pg.start()
+        old_redis.start()
+        old_pg.create_database("pomodoro")
+        with psycopg.connect(old_pg.dsn("pomodoro"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (id int)")
+        with old_redis.client() as client:
+            client.set("kept", "1")
+            client.execute_command("BGREWRITEAOF")
+        if not running:
+            old_redis.stop()
+            old_pg.stop()
+        exports = _cli(run_dir, "up")
+        _assert_credentials_required(run_dir, exports)
+        with psycopg.connect(exports["PROJECTOR_PG_DSN"]) as conn:
+            assert conn.execute("SELECT to_regclass('kept')").fetchone() == ("kept",)
+        with redis.Redis.from_url(exports["PROJECTOR_REDIS_URL"]) as client:
+            assert client.get("kept") == b"1"
+    finally:
+        _cli(run_dir, "down", "--purge")
+        old_pg.cleanup()
+        old_redis.cleanup()

@@ -12,8 +12,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import redis
 from redis_topology import ClusterTopology, RedisNode, SentinelTopology
 
+from projector import read_functions
+from projector.roles import Grantee, apply_redis
 from projector.settings import Settings
 
 from .support import (
@@ -132,17 +135,83 @@ def test_a_replica_down_leaves_reads_to_the_master(
         projector.stop()
 
 
+def _least_privilege_users(nodes: list[RedisNode], prefix: str) -> tuple[str, str]:
+    """The projector's and the API's ACL users (``projector roles``) set on every node, as
+    the README asks (ACL users are per node); their logins as ``user:password``."""
+    run = Grantee("replica_run", "replica-run-pw", replication=True)
+    api = Grantee("replica_api", "replica-api-pw", replication=False)
+    for node in nodes:
+        apply_redis(node.url(), prefix, run, api)
+    return "replica_run:replica-run-pw", "replica_api:replica-api-pw"
+
+
+def _as(login: str, node: RedisNode) -> str:
+    return node.url().replace("redis://", f"redis://{login}@", 1)
+
+
+def _assert_functions_only(node: RedisNode, api_login: str, watermark: str) -> None:
+    """``node`` holds the read functions (replicated: the projector loads them on a master
+    only) and the API's user may call them there but not EVAL_RO code of its own (on a
+    Cluster, ``node`` must serve the watermark's slot as master)."""
+    with node.client() as admin:
+        assert admin.execute_command("FUNCTION", "LIST", "LIBRARYNAME", read_functions.LIBRARY)
+    with redis.Redis.from_url(_as(api_login, node)) as client:
+        lsn, _ = client.execute_command("FCALL_RO", read_functions.WATERMARK, 1, watermark)
+        assert lsn is not None
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command("EVAL_RO", "#!lua flags=no-writes\nreturn 1", 0)
+
+
+def test_replica_reads_call_the_functions_the_projector_loaded_on_the_master(
+    settings_for: Callable[..., Settings], sentinel_topology: SentinelTopology
+) -> None:
+    """As their least-privilege ACL users, the projector loads the read functions on the
+    master and the API (which may not EVAL_RO) answers from the replica by calling them."""
+    topology = sentinel_topology
+    master = topology.master()
+    (address,) = topology.replicas()
+    replica = topology.node_at(address)
+    run, api_login = _least_privilege_users([master, replica], "pomo:")
+    settings = settings_for(
+        redis_url=_as(run, master),
+        api_redis_url=_as(api_login, master),
+        redis_sentinels=",".join(f"{host}:{port}" for host, port in topology.sentinels),
+        redis_sentinel_master=topology.master_name,
+        api_read_from_replicas=True,
+    )
+    insert_rows(settings.pg_dsn, TODAY)
+    projector = ProjectorThread(settings)
+    try:
+        wait_caught_up(settings)
+        topology.wait_replicas_in_sync()
+        _assert_functions_only(replica, api_login, settings.keys.watermark)
+        with serve(settings) as api:
+            body = api.json(BOARD)
+            assert body["source"] == "redis" and _scores(body) == {"ann": 2, "bob": 1}
+            assert _replica_reads(api).get("served", 0) >= 1
+            assert _replica_reads(api).get("failed", 0) == 0
+    finally:
+        projector.stop()
+
+
 def test_cluster_reads_follow_a_failover_from_replica_and_master(
     settings_for: Callable[..., Settings], cluster_topology: ClusterTopology
 ) -> None:
     """On a Cluster the API finds the prefix's slot, reads from its replica, and keeps
     answering from Redis through a CLUSTER FAILOVER (the old connections meet MOVED or
-    READONLY and are dropped; new ones look the slot up again)."""
+    READONLY and are dropped; new ones look the slot up again); both log in as their
+    least-privilege users, the API calling the functions the projector loaded, which the
+    promoted replica holds too."""
     topology = cluster_topology
     host, port = topology.startup_nodes[0]
+    seeds = ",".join(f"{h}:{p}" for h, p in topology.startup_nodes)
+    prefix = settings_for(redis_cluster_nodes=seeds).keys.prefix
+    run, api_login = _least_privilege_users(topology.nodes, prefix)
+    seed = topology.node_at((host, port))
     settings = settings_for(
-        redis_url=f"redis://{host}:{port}/0",
-        redis_cluster_nodes=",".join(f"{h}:{p}" for h, p in topology.startup_nodes),
+        redis_url=_as(run, seed),
+        api_redis_url=_as(api_login, seed),
+        redis_cluster_nodes=seeds,
         api_read_from_replicas=True,
     )
     insert_rows(settings.pg_dsn, TODAY)
@@ -154,7 +223,8 @@ def test_cluster_reads_follow_a_failover_from_replica_and_master(
             body = api.json(BOARD)
             assert body["source"] == "redis" and _scores(body) == {"ann": 2, "bob": 1}
             assert _replica_reads(api).get("served", 0) >= 1
-            topology.failover(watermark)
+            promoted = topology.failover(watermark)
+            _assert_functions_only(promoted, api_login, watermark)
             insert_rows(settings.pg_dsn, [("newbie", None)])
             lsn = current_lsn(settings.pg_dsn)
             deadline = time.monotonic() + 30

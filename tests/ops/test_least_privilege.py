@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import redis
 
+from projector import read_functions
 from projector.migrate import migrate
 from projector.privileges import privilege_denial
 from projector.roles import (
@@ -32,6 +33,10 @@ from projector.settings import Settings, load_settings
 from projector.worker import Worker
 
 from .support import ApiServer, insert_rows, serve, wait_caught_up
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import servers
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "lp:"
@@ -264,18 +269,14 @@ def test_projector_redis_user_stays_under_its_prefix(deployment: Deployment) -> 
         client.eval(f"return redis.call('SET', '{PREFIX}probe', '2')", 0)
 
 
-def test_api_redis_user_only_reads_runs_read_only_scripts_and_subscribes(
-    deployment: Deployment,
-) -> None:
-    """The API's ACL user reads under the prefix, runs no-writes scripts, subscribes; it
-    cannot write (ZADD is NOPERM), not even from a script."""
+def test_api_redis_user_only_reads_and_subscribes(deployment: Deployment) -> None:
+    """The API's ACL user reads under the prefix and subscribes; it cannot write (ZADD is
+    NOPERM)."""
     with redis.Redis.from_url(deployment.admin_url) as admin:
         admin.zadd(f"{PREFIX}lb:all:all", {"ann": 3})
         admin.set("other:key", "1")
     with redis.Redis.from_url(deployment.api_url) as client:
         assert client.zscore(f"{PREFIX}lb:all:all", "ann") == 3
-        read = "#!lua flags=no-writes\nreturn redis.call('ZCARD', KEYS[1])"
-        assert client.execute_command("EVAL_RO", read, 1, f"{PREFIX}lb:all:all") == 1
         for command in (
             ("ZADD", f"{PREFIX}lb:all:all", "1", "eve"),
             ("HSET", f"{PREFIX}watermark", "lsn", "0/0"),
@@ -289,9 +290,6 @@ def test_api_redis_user_only_reads_runs_read_only_scripts_and_subscribes(
         ):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 client.execute_command(*command)
-        write = "return redis.call('ZADD', KEYS[1], 1, 'eve')"
-        with pytest.raises(redis.ResponseError):
-            client.execute_command("EVAL_RO", write, 1, f"{PREFIX}lb:all:all")
         pubsub = client.pubsub()
         pubsub.subscribe(f"{PREFIX}watermark")
         assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
@@ -306,6 +304,114 @@ def test_api_redis_user_only_reads_runs_read_only_scripts_and_subscribes(
             other.get_message(timeout=5)
         other.close()
     assert "zadd" not in REDIS_API_COMMANDS and "evalsha" not in REDIS_API_COMMANDS
+
+
+def test_api_redis_user_runs_only_the_functions_the_projector_loaded(
+    deployment: Deployment,
+) -> None:
+    """The projector's ACL user loads the read functions; the API's user calls them
+    (FCALL_RO) and may run no code of its own: EVAL_RO, EVAL, EVALSHA(_RO), SCRIPT LOAD,
+    FUNCTION LOAD/DELETE/FLUSH and FCALL are NOPERM."""
+    watermark = f"{PREFIX}watermark"
+    with redis.Redis.from_url(deployment.admin_url) as admin:
+        admin.execute_command("FUNCTION", "FLUSH")
+        admin.hset(watermark, mapping={"lsn": "0/10", "commit_time": ""})
+        # Cached by someone else: EVALSHA_RO would find it, were the API allowed to run it.
+        sha = admin.script_load("#!lua flags=no-writes\nreturn 1")
+    with redis.Redis.from_url(deployment.run_url) as run:
+        pipe = run.pipeline(transaction=False)
+        read_functions.queue_load(pipe)
+        assert pipe.execute() == [read_functions.LIBRARY.encode()]
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            run.execute_command("FUNCTION", "FLUSH")
+    with redis.Redis.from_url(deployment.api_url) as client:
+        reply = client.execute_command("FCALL_RO", read_functions.WATERMARK, 1, watermark)
+        assert reply == [b"0/10", b""]
+        for command in (
+            ("EVAL_RO", "#!lua flags=no-writes\nreturn 1", 0),
+            ("EVAL", "return 1", 0),
+            ("EVALSHA_RO", sha, 0),
+            ("EVALSHA", sha, 0),
+            ("SCRIPT", "LOAD", "return 1"),
+            ("FUNCTION", "LOAD", "REPLACE", read_functions.CODE),
+            ("FUNCTION", "DELETE", read_functions.LIBRARY),
+            ("FUNCTION", "FLUSH"),
+            ("FCALL", read_functions.WATERMARK, 1, watermark),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.execute_command(*command)
+    with redis.Redis.from_url(deployment.admin_url) as admin:
+        assert admin.execute_command("FUNCTION", "LIST", "LIBRARYNAME", read_functions.LIBRARY)
+
+
+def _answers_from(api: ApiServer, source: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The all-time board once ``source`` answers it (the projector may still be starting)."""
+    deadline = time.monotonic() + timeout
+    while (body := api.json("/v1/leaderboards/all"))["source"] != source:
+        assert time.monotonic() < deadline, body
+        time.sleep(0.05)
+    return body
+
+
+def _scores(body: dict[str, Any]) -> dict[str, int]:
+    return {entry["user_id"]: entry["score"] for entry in body["entries"]}
+
+
+def test_api_answers_from_postgres_while_the_read_functions_are_missing(
+    deployment: Deployment,
+) -> None:
+    """With the watermark in place but the read functions gone (FUNCTION FLUSH), the API as
+    its ACL user answers every route from PostgreSQL and /readyz says so; the projector's
+    next session loads them again and Redis answers."""
+    settings = deployment.settings()
+    insert_rows(deployment.owner_dsn, [("ann", None), ("ann", None), ("bob", None)])
+    projector = _Projector(settings)
+    try:
+        wait_caught_up(deployment.owner_dsn, deployment.admin_url, PREFIX)
+    finally:
+        projector.close()
+    with redis.Redis.from_url(deployment.admin_url) as admin:
+        admin.execute_command("FUNCTION", "FLUSH")
+        assert admin.hget(f"{PREFIX}watermark", "lsn") is not None
+    with serve(settings) as api:
+        body = api.json("/v1/leaderboards/all")
+        assert body["source"] == "postgres" and _scores(body) == {"ann": 2, "bob": 1}
+        assert api.json("/v1/leaderboards/all/users/bob")["source"] == "postgres"
+        assert api.json("/v1/users/ann")["source"] == "postgres"
+        ready = api.json("/readyz")
+        assert ready["source"] == "postgres" and ready["redis"]["built"] is False
+        projector = _Projector(settings)
+        try:
+            assert _scores(_answers_from(api, "redis")) == {"ann": 2, "bob": 1}
+            assert api.json("/readyz")["source"] == "redis"
+        finally:
+            projector.close()
+
+
+def test_after_redis_restarts_empty_the_api_falls_back_until_the_projector_rebuilt(
+    deployment: Deployment, redis_server: servers.RedisServer
+) -> None:
+    """Redis restarted empty (its ACL users restored, as an aclfile would): the API answers
+    from PostgreSQL until the projector has rebuilt, which loads the read functions again."""
+    settings = deployment.settings()
+    insert_rows(deployment.owner_dsn, [("ann", None), ("ann", None), ("bob", None)])
+    projector = _Projector(settings)
+    try:
+        wait_caught_up(deployment.owner_dsn, deployment.admin_url, PREFIX)
+    finally:
+        projector.close()
+    redis_server.restart()
+    apply_redis(deployment.admin_url, PREFIX, deployment.run, deployment.api)
+    with serve(settings) as api:
+        body = api.json("/v1/leaderboards/all")
+        assert body["source"] == "postgres" and _scores(body) == {"ann": 2, "bob": 1}
+        projector = _Projector(settings)
+        try:
+            assert _scores(_answers_from(api, "redis")) == {"ann": 2, "bob": 1}
+        finally:
+            projector.close()
+    with redis.Redis.from_url(deployment.admin_url) as admin:
+        assert admin.execute_command("FUNCTION", "LIST", "LIBRARYNAME", read_functions.LIBRARY)
 
 
 def _one_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -1,0 +1,121 @@
+-- The read API's Redis Functions: every answer is one function call, reading the board, the
+-- labels and the watermark together. Loaded by the projector (read_functions.py prepends the
+-- library's name line and VERSION); flagged no-writes, so FCALL_RO runs them, on replicas too.
+
+-- page(board, offset, count, total) -> {member, score, rank, ...} in rank order, ties by
+-- member. Scores along positions are the same in both orders; only a tie group's members
+-- are reversed. A group wholly inside the page is the REV slice reversed; a group the page
+-- cuts (the first or the last) is re-read by ascending index.
+local function page(board, offset, count, total)
+  local out = {}
+  if count <= 0 or offset >= total then return out end
+  local rev = redis.call('ZRANGE', board, offset, offset + count - 1, 'REV', 'WITHSCORES')
+  local n = #rev / 2
+  local i = 1
+  while i <= n do
+    local score = rev[2 * i]
+    local j = i
+    while j < n and rev[2 * (j + 1)] == score do j = j + 1 end
+    local p0, p1 = offset + i - 1, offset + j - 1
+    local above
+    if i > 1 and j < n then
+      above = p0
+      for k = j, i, -1 do
+        out[#out + 1] = rev[2 * k - 1]; out[#out + 1] = score; out[#out + 1] = above + 1
+      end
+    else
+      above = redis.call('ZCOUNT', board, '(' .. score, '+inf')
+      local size = redis.call('ZCOUNT', board, score, score)
+      local low = total - above - size
+      local members = redis.call('ZRANGE', board, low + p0 - above, low + p1 - above)
+      for k = 1, #members do
+        out[#out + 1] = members[k]; out[#out + 1] = score; out[#out + 1] = above + 1
+      end
+    end
+    i = j + 1
+  end
+  return out
+end
+
+local function with_names(users, rows)
+  if #rows == 0 then return rows end
+  local ids = {}
+  for k = 1, #rows, 3 do ids[#ids + 1] = rows[k] end
+  local names = redis.call('HMGET', users, unpack(ids))
+  local out = {}
+  for k = 1, #ids do
+    local r = 3 * k - 2
+    out[#out + 1] = rows[r]; out[#out + 1] = rows[r + 1]
+    out[#out + 1] = rows[r + 2]; out[#out + 1] = names[k]
+  end
+  return out
+end
+
+-- KEYS board, users, watermark; ARGV offset, limit.
+-- -> false without a watermark, else {lsn, commit_time, total, {member, score, rank, name...}}
+local function board(KEYS, ARGV)
+  local mark = redis.call('HMGET', KEYS[3], 'lsn', 'commit_time')
+  if not mark[1] then return false end
+  local total = redis.call('ZCARD', KEYS[1])
+  local rows = page(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), total)
+  return {mark[1], mark[2] or '', total, with_names(KEYS[2], rows)}
+end
+
+-- KEYS board, users, watermark; ARGV user, around.
+-- -> false, or {lsn, commit_time, total, name, position|false, first position, rows}
+local function standing(KEYS, ARGV)
+  local mark = redis.call('HMGET', KEYS[3], 'lsn', 'commit_time')
+  if not mark[1] then return false end
+  local key, user, around = KEYS[1], ARGV[1], tonumber(ARGV[2])
+  local total = redis.call('ZCARD', key)
+  local name = redis.call('HGET', KEYS[2], user)
+  local score = redis.call('ZSCORE', key, user)
+  if not score then return {mark[1], mark[2] or '', total, name, false, 0, {}} end
+  local above = redis.call('ZCOUNT', key, '(' .. score, '+inf')
+  local size = redis.call('ZCOUNT', key, score, score)
+  local position = above + redis.call('ZRANK', key, user) - (total - above - size)
+  local first = position - around
+  if first < 0 then first = 0 end
+  local rows = page(key, first, position + around - first + 1, total)
+  return {mark[1], mark[2] or '', total, name, position, first, with_names(KEYS[2], rows)}
+end
+
+-- KEYS users, watermark, board...; ARGV user.
+-- -> false, or {lsn, commit_time, name, {total, score|false, rank|false} per board}
+local function user(KEYS, ARGV)
+  local mark = redis.call('HMGET', KEYS[2], 'lsn', 'commit_time')
+  if not mark[1] then return false end
+  local member = ARGV[1]
+  local out = {}
+  for k = 3, #KEYS do
+    local key = KEYS[k]
+    local score = redis.call('ZSCORE', key, member)
+    out[#out + 1] = redis.call('ZCARD', key)
+    out[#out + 1] = score
+    if score then
+      out[#out + 1] = redis.call('ZCOUNT', key, '(' .. score, '+inf') + 1
+    else
+      out[#out + 1] = false
+    end
+  end
+  return {mark[1], mark[2] or '', redis.call('HGET', KEYS[1], member), out}
+end
+
+-- KEYS watermark -> {lsn|false, commit_time|false}: readiness, through a function, so a
+-- Redis without this library is not reported ready for answers it cannot give.
+local function watermark(KEYS, ARGV)
+  return redis.call('HMGET', KEYS[1], 'lsn', 'commit_time')
+end
+
+local function register(name, callback)
+  redis.register_function{
+    function_name = 'leaderboard_' .. name .. '_' .. VERSION,
+    callback = callback,
+    flags = {'no-writes'},
+  }
+end
+
+register('board', board)
+register('standing', standing)
+register('user', user)
+register('watermark', watermark)
