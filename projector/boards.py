@@ -309,6 +309,8 @@ SELECT n.nspname::text, c.relname::text,
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'p' AND (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
+# The fix of a board whose column went away or changed type.
+RESTORE = "restore it, or change the board's definition"
 _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 _MEMBER_TYPES = _INTEGER_TYPES | {"text", "character varying", "character", "uuid", "citext"}
 _IDENTITY_NAMES = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}
@@ -378,11 +380,11 @@ def _board_problem(
         if column is None:
             continue
         if column not in columns:
-            return f"field {field_name!r}: {board.table} has no column {column!r}"
+            return f"field {field_name!r}: {board.table} has no column {column!r}; {RESTORE}"
         if columns[column] not in allowed:
             return (
                 f"field {field_name!r}: column {board.table}.{column} is "
-                f"{columns[column]}, it must be {wanted}"
+                f"{columns[column]}, it must be {wanted}; {RESTORE}"
             )
     problem = _identity_problem(conn, relations, board.columns, "of deleted or changed rows")
     if problem is not None:
@@ -498,7 +500,10 @@ def _relations(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> li
 def _non_negative(conn: psycopg.Connection[tuple[object, ...]], table: Table, column: str) -> bool:
     """True when a validated CHECK constraint says ``column >= 0`` (or ``> 0``)."""
     quoted = re.escape(column) + "|" + re.escape(f'"{column}"')
-    pattern = re.compile(rf"CHECK \(\(?({quoted}) (>=|>) 0\)?\)")
+    # A type change in between leaves casts: CHECK (((minutes)::numeric >= (0)::numeric)).
+    value = rf"(?:{quoted}|\((?:{quoted})\)::[a-z ]+)"
+    zero = r"(?:0|\(0\)::[a-z ]+)"
+    pattern = re.compile(rf"CHECK \(\(?{value} (>=|>) {zero}\)?\)")
     return any(
         pattern.fullmatch(str(r[0])) for r in conn.execute(_CHECKS_SQL, (table.schema, table.name))
     )

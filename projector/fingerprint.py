@@ -153,12 +153,10 @@ def board_change(
     old = recorded_boards(stored_text)
     if old is None:
         return None
+    if not same_layout(stored_text, current):
+        return None
     before: dict[str, Any] = json.loads(stored_text)
     now: dict[str, Any] = json.loads(current.text)
-    if {k: v for k, v in before.items() if k != "boards"} != {
-        k: v for k, v in now.items() if k != "boards"
-    }:
-        return None
     old_descriptions = before.get("boards") or {}
     new_descriptions = now["boards"]
     gone = set(broken) | (set(old) - set(new_descriptions))
@@ -174,3 +172,62 @@ def board_change(
     )
     keep = tuple(b.name for b in boards if b not in build)
     return BoardChange(live, build, keep, drop, current)
+
+
+def board_states(
+    stored_text: str,
+    unavailable: Mapping[str, str],
+    current: ProjectionConfig,
+    problems: Mapping[str, str],
+) -> dict[str, dict[str, str]]:
+    """Each declared board's state, for ``status``: ``live``; ``unavailable`` (its problem,
+    as the projector recorded it, or as the live schema says before the projector noticed);
+    ``building`` (added, changed or fixed: built beside the others) or ``rebuilding`` (its
+    partitions changed since it was built: until it is built again it may differ from
+    PostgreSQL). ``current`` describes the boards the live schema fits."""
+    try:
+        recorded: dict[str, Any] = json.loads(stored_text).get("boards") or {}
+    except (ValueError, AttributeError):
+        recorded = {}
+    wanted: dict[str, Any] = json.loads(current.text)["boards"]
+    states: dict[str, dict[str, str]] = {}
+    for name in list(wanted) + [n for n in problems if n not in wanted]:
+        if name in unavailable or name in problems:
+            states[name] = {
+                "state": "unavailable",
+                "detail": unavailable.get(name) or problems[name],
+            }
+            continue
+        have, want = recorded.get(name), wanted[name]
+        if have == want:
+            states[name] = {"state": "live", "detail": ""}
+        elif have is not None and _without_partitions(have) == _without_partitions(want):
+            states[name] = {
+                "state": "rebuilding",
+                "detail": f"partitions of {want['table']} were attached, detached, dropped, "
+                "truncated or rewritten since it was built: it is built again, and may differ "
+                "from PostgreSQL until then",
+            }
+        else:
+            states[name] = {
+                "state": "building",
+                "detail": "added, changed or fixed: built beside the other boards",
+            }
+    return states
+
+
+def _without_partitions(description: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in description.items() if k != "partitions"}
+
+
+def same_layout(stored_text: str, current: ProjectionConfig) -> bool:
+    """Whether everything but the boards (zone, retention, key layout) is as recorded: else
+    only a full rebuild makes Redis match."""
+    try:
+        before: dict[str, Any] = json.loads(stored_text)
+    except ValueError:
+        return False
+    now: dict[str, Any] = json.loads(current.text)
+    return {k: v for k, v in before.items() if k != "boards"} == {
+        k: v for k, v in now.items() if k != "boards"
+    }

@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from projector.boards import Board, Table, label_sources
+from projector.boards import RESTORE, Board, Table, label_sources
 from projector.buckets import (
     TIMED_PERIODS,
     Period,
@@ -163,15 +163,9 @@ def _plan_problem(board: Board, rel: Relation) -> str | None:
             continue
         index = _column_index(rel, column)
         if index < 0:
-            return (
-                f"field {field_name!r}: {table} has no column {column!r} (renamed or dropped?); "
-                "restore it or change the board's definition"
-            )
+            return f"field {field_name!r}: {table} has no column {column!r}; {RESTORE}"
         if oids is not None and rel.columns[index].type_oid not in oids:
-            return (
-                f"field {field_name!r}: column {table}.{column} is no longer {wanted}; "
-                "change it back or change the board's definition"
-            )
+            return f"field {field_name!r}: column {table}.{column} is no longer {wanted}; {RESTORE}"
     return _identity_problem(rel, board.columns, "table")
 
 

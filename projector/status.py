@@ -3,7 +3,8 @@
 ``collect_status`` gathers it (never raising for an unreachable service: that is part of
 the report), ``print_status`` renders a table or JSON and returns the exit code:
 0 healthy, 1 unhealthy (slot missing or lost, projector not alive, lag too high, Redis
-down or unbuilt).
+down or unbuilt, a board unavailable). Each declared board's state (live, unavailable with
+its problem and fix, building, or rebuilding after partition maintenance) is listed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import psycopg
 import redis
 
 from projector import redis_nodes
+from projector.boards import Table, partition_states, schema_problems
 from projector.buckets import Period, current_bucket
-from projector.fingerprint import ProjectionConfig
+from projector.fingerprint import ProjectionConfig, board_states, same_layout
 from projector.lsn import format_lsn, parse_lsn
 from projector.settings import Settings
 from projector.sink import RedisSink, as_text
@@ -36,11 +38,14 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "projector": {"alive": False},
         "standbys": [],
         "lag": {"bytes": None, "seconds": None},
+        "boards": {},
         "problems": [],
     }
     problems: list[str] = report["problems"]
     server_lsn: int | None = None
     system_id: str | None = None
+    schema: dict[str, str] = {}
+    partitions: dict[Table, str] = {}
     try:
         with psycopg.connect(settings.pg_dsn, autocommit=True, connect_timeout=5) as conn:
             row = conn.execute(
@@ -56,6 +61,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                 server_lsn=format_lsn(server_lsn),
                 system_id=system_id,
             )
+            schema = schema_problems(conn, settings.boards, settings.publication)
+            partitions = partition_states(conn, {b.table for b in settings.boards})
             slot = slot_info(conn, settings.slot)
             if slot is None:
                 problems.append(f"replication slot {settings.slot!r} does not exist")
@@ -121,13 +128,20 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             report["watermark"] = _watermark(wm)
             if system_id is not None and wm.system_id != system_id:
                 problems.append("watermark names another PostgreSQL cluster")
-            config = ProjectionConfig.of(settings)
+            effective = [b for b in settings.boards if b.name not in schema]
+            config = ProjectionConfig.of(settings, effective, partitions)
             report["watermark"]["config_matches"] = wm.fingerprint == config.fingerprint
-            if wm.fingerprint != config.fingerprint:
+            if not same_layout(wm.config, config):
                 problems.append(
                     "Redis was built under another configuration ("
                     + "; ".join(config.changes_since(wm.config))
                     + "): the projector rebuilds it on start"
+                )
+            else:
+                states = board_states(wm.config, wm.unavailable_boards(), config, schema)
+                report["boards"] = states
+                problems.extend(
+                    state["detail"] for state in states.values() if state["state"] == "unavailable"
                 )
             if server_lsn is not None:
                 lag_bytes = max(0, server_lsn - wm.lsn)
@@ -225,6 +239,10 @@ def render_status(report: dict[str, Any]) -> str:
             ),
         ),
     ]
+    for name, state in report["boards"].items():
+        rows.append((f"board {name}", state["state"]))
+        if state["state"] not in ("live", "unavailable"):  # unavailable: a problem below
+            rows.append(("", state["detail"]))
     for name, size in (rd.get("boards") or {}).items():
         rows.append((f"  board {name}", f"{size['key']}: {size['members']} members"))
     width = max(len(name) for name, _ in rows)

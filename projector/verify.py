@@ -12,6 +12,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import redis
 from psycopg import sql
 
 from projector import queries, redis_nodes
-from projector.boards import Board
+from projector.boards import Board, partition_states, schema_problems
 from projector.buckets import (
     TIMED_PERIODS,
     Period,
@@ -31,7 +32,8 @@ from projector.buckets import (
     oldest_retained_bucket_start,
     previous_bucket,
 )
-from projector.errors import ConnectionLost, ProjectorError
+from projector.errors import BoardsChanged, ConnectionLost, ProjectorError
+from projector.fingerprint import ProjectionConfig, board_states, same_layout
 from projector.lsn import format_lsn
 from projector.pgoutput import Begin, Commit, Decoder, Delete, Insert, Relation, Truncate, Update
 from projector.projection import Projection
@@ -70,6 +72,11 @@ class VerifyReport:
     matching: int
     diffs: list[BoardDiff]
     seconds: float
+    # Declared boards Redis does not hold now (unavailable, or being built): board -> why.
+    not_checked: dict[str, str] = field(default_factory=dict)
+    # Boards whose partitions changed since they were built: drift there is expected until
+    # the projector has built them again.
+    rebuilding: dict[str, str] = field(default_factory=dict)
 
     @property
     def in_sync(self) -> bool:
@@ -87,6 +94,8 @@ class VerifyReport:
             "members_checked": self.members,
             "sync_percent": round(self.sync_percent, 4),
             "seconds": round(self.seconds, 3),
+            "not_checked": self.not_checked,
+            "rebuilding": self.rebuilding,
             "drift": [
                 {
                     "key": d.key,
@@ -102,15 +111,36 @@ class VerifyReport:
         }
 
 
-def boards_to_check(settings: Settings, everything: bool) -> list[tuple[Board, Period, str]]:
+def boards_to_check(
+    settings: Settings, boards: Iterable[Board], everything: bool
+) -> list[tuple[Board, Period, str]]:
     """Per board, the current and previous bucket of each timed period it keeps, plus
     all-time (or every bucket still in retention)."""
     return [
         (board, period, bucket)
-        for board in settings.boards
+        for board in boards
         for period, bucket in _buckets_to_check(settings, everything)
         if period in board.periods
     ]
+
+
+def _board_states(settings: Settings, wm: Watermark) -> dict[str, dict[str, str]]:
+    """Each declared board's state (``fingerprint.board_states``) as the catalog says now."""
+    try:
+        with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+            problems = schema_problems(conn, settings.boards, settings.publication)
+            partitions = partition_states(conn, {b.table for b in settings.boards})
+    except psycopg.OperationalError as exc:
+        raise ConnectionLost(f"cannot connect to PostgreSQL: {exc}", service="postgres") from exc
+    effective = [b for b in settings.boards if b.name not in problems]
+    config = ProjectionConfig.of(settings, effective, partitions)
+    if not same_layout(wm.config, config):
+        raise ProjectorError(
+            "Redis was built under another configuration ("
+            + "; ".join(config.changes_since(wm.config))
+            + "): the projector rebuilds it on start"
+        )
+    return board_states(wm.config, wm.unavailable_boards(), config, problems)
 
 
 def _buckets_to_check(settings: Settings, everything: bool) -> list[tuple[Period, str]]:
@@ -142,22 +172,25 @@ def _buckets_to_check(settings: Settings, everything: bool) -> list[tuple[Period
 def verify(settings: Settings, *, everything: bool = False, wait: float = 30.0) -> VerifyReport:
     """Compare the chosen boards in Redis with PostgreSQL at the same position."""
     started = time.monotonic()
-    boards = boards_to_check(settings, everything)
-    keys = [settings.keys.board(board.name, p, b) for board, p, b in boards]
     client = redis_nodes.client(settings, socket_timeout=None)
     sink = RedisSink(client, settings.keys)
     slot = f"verify_{uuid.uuid4().hex[:16]}"
     stream = ReplicationStream(settings.pg_dsn, slot, settings.publication)
     try:
-        if sink.read_watermark() is None:
+        held = sink.read_watermark()
+        if held is None:
             raise ProjectorError("Redis holds no watermark: nothing to verify (is it built?)")
+        states = _board_states(settings, held)
+        checked = [b for b in settings.boards if states[b.name]["state"] in ("live", "rebuilding")]
+        boards = boards_to_check(settings, checked, everything)
+        keys = [settings.keys.board(board.name, p, b) for board, p, b in boards]
         stream.open()
         consistent_point, snapshot = stream.create_slot(temporary=True)
         expected = _recompute(settings, snapshot, boards, keys)
         _wait_for(sink, consistent_point, wait)
         redis_wm, actual = _read_boards(client, sink, keys)
         # Project onto the recomputation the changes Redis already holds beyond C.
-        _roll_forward(settings, stream, consistent_point, redis_wm, expected, set(keys))
+        _roll_forward(settings, checked, stream, consistent_point, redis_wm, expected, set(keys))
         position = redis_wm.position
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
@@ -165,7 +198,20 @@ def verify(settings: Settings, *, everything: bool = False, wait: float = 30.0) 
         stream.close()
         client.close()
     diffs, members, matching = _compare(keys, expected, actual)
-    return VerifyReport(position, len(keys), members, matching, diffs, time.monotonic() - started)
+    return VerifyReport(
+        position,
+        len(keys),
+        members,
+        matching,
+        diffs,
+        time.monotonic() - started,
+        not_checked={
+            name: f"{state['state']}: {state['detail']}"
+            for name, state in states.items()
+            if state["state"] in ("unavailable", "building")
+        },
+        rebuilding={n: s["detail"] for n, s in states.items() if s["state"] == "rebuilding"},
+    )
 
 
 def _recompute(
@@ -229,6 +275,7 @@ def _read_boards(
 
 def _roll_forward(
     settings: Settings,
+    boards: list[Board],
     stream: ReplicationStream,
     start: int,
     target: Watermark,
@@ -238,7 +285,7 @@ def _roll_forward(
     """Apply to ``expected`` every change Redis holds beyond ``start``, up to ``target``."""
     if target.lsn <= start and not target.tx_lsn:
         return
-    projection = Projection(settings.boards, settings.keys, settings.zone, settings.retention)
+    projection = Projection(boards, settings.keys, settings.zone, settings.retention)
     decoder = Decoder(1)
     stream.start(start)
     deadline = time.monotonic() + 60.0
@@ -262,7 +309,10 @@ def _roll_forward(
                     break
                 in_tx, rows = msg, 0
             elif isinstance(msg, Relation):
-                projection.on_relation(msg)
+                try:
+                    projection.on_relation(msg)
+                except BoardsChanged as exc:
+                    raise ProjectorError(f"cannot follow the changes: {exc}") from exc
             elif isinstance(msg, Insert | Update | Delete | Truncate):
                 assert in_tx is not None
                 rows += 1
@@ -332,6 +382,10 @@ def print_verify(settings: Settings, *, as_json: bool, everything: bool) -> int:
             f"{report.sync_percent:.4f}% in sync, at position {report.position} "
             f"({report.seconds:.2f}s)"
         )
+        for name, why in sorted(report.not_checked.items()):
+            print(f"  board {name} not checked: {why}")
+        for name, why in sorted(report.rebuilding.items()):
+            print(f"  board {name}: {why}")
         for diff in report.diffs:
             if diff.clean:
                 continue

@@ -709,8 +709,9 @@ class _Streaming:
         if start.unavailable:
             settings = self.settings
             waiting = [b for b in settings.boards if b.name in start.unavailable]
-            fixed = set(start.unavailable) - set(
-                schema_problems(self.pg, waiting, settings.publication)
-            )
+            problems = schema_problems(self.pg, waiting, settings.publication)
+            fixed = set(start.unavailable) - set(problems)
             if fixed:
                 raise BoardsChanged(f"boards {sorted(fixed)} fit their tables again: building them")
+            if problems != start.unavailable:  # another problem now: say that one
+                raise BoardsChanged("the problems of unavailable boards changed")

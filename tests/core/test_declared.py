@@ -202,11 +202,12 @@ def _run_refused(config: dict[str, Any], **overrides: Any) -> str:
         (
             "ALTER TABLE pomodoros ALTER COLUMN minutes TYPE numeric",
             "board 'team-focus': field 'score.sum': column public.pomodoros.minutes is numeric, "
-            "it must be an integer",
+            "it must be an integer; restore it, or change the board's definition",
         ),
         (
             "ALTER TABLE pomodoros RENAME COLUMN team_id TO squad",
-            "board 'team-focus': field 'member': public.pomodoros has no column 'team_id'",
+            "board 'team-focus': field 'member': public.pomodoros has no column 'team_id'; "
+            "restore it, or change the board's definition",
         ),
         (
             "ALTER PUBLICATION projector DROP TABLE teams",
@@ -237,7 +238,7 @@ def test_a_time_column_that_is_not_timestamptz_is_refused(
     )
     assert _run_refused(config, boards_file=str(boards)) == (
         "projector: board 'x': field 'time': column public.pomodoros.done_at is timestamp "
-        "without time zone, it must be timestamptz"
+        "without time zone, it must be timestamptz; restore it, or change the board's definition"
     )
 
 
