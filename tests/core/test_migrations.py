@@ -3,6 +3,8 @@ stream; what breaks one board stops that board only, and it is built again once 
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +16,14 @@ import pytest
 from projector.watermark import unavailable_boards
 
 from .conftest import Projected
-from .support import ProjectorProcess, Writer, assert_same, watermark
+from .support import (
+    ProjectorProcess,
+    Writer,
+    assert_same,
+    projector_executable,
+    settings_env,
+    watermark,
+)
 
 StartProcess = Callable[..., tuple[ProjectorProcess, Projected]]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -112,6 +121,17 @@ def test_migrations_while_streaming_stop_only_the_board_they_break(
         _exact(projected, everything - broken)
         for problem in _unavailable(projected).values():
             assert "restore it, or change the board's definition" in problem
+        status = subprocess.run(
+            [projector_executable(), "status", "--json"],
+            env=settings_env(projected.config),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 1  # unhealthy: a board is not served
+        states = json.loads(status.stdout)["boards"]
+        assert {n for n, s in states.items() if s["state"] == "unavailable"} == broken
+        assert {n for n, s in states.items() if s["state"] == "live"} == everything - broken
         db.execute(fix)  # type: ignore[arg-type]
         _wait(proc, "still unavailable", lambda: not _unavailable(projected))
         deadline = time.monotonic() + 30

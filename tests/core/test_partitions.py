@@ -4,7 +4,10 @@ does not report as row changes, while the other boards stream on."""
 
 from __future__ import annotations
 
+import json
 import random
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +21,13 @@ from projector.settings import load_settings
 from projector.watermark import unavailable_boards
 
 from .conftest import Projected
-from .support import ProjectorProcess, assert_same, watermark
+from .support import (
+    ProjectorProcess,
+    assert_same,
+    projector_executable,
+    settings_env,
+    watermark,
+)
 
 StartProcess = Callable[..., tuple[ProjectorProcess, Projected]]
 
@@ -171,3 +180,45 @@ def test_a_partition_whose_identity_loses_a_column_makes_its_board_unavailable(
     _eventually_exact(proc, projected)
     assert not unavailable_boards(watermark(projected.client).get("unavailable", ""))
     assert proc.log_text().count("rebuilding Redis") == 1  # the first start only
+
+
+def _cli(projected: Projected, *args: str) -> tuple[int, dict[str, Any]]:
+    run = subprocess.run(
+        [projector_executable(), *args, "--json"],
+        env=settings_env(projected.config),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return run.returncode, json.loads(run.stdout)
+
+
+def test_status_and_verify_name_the_window_after_partition_maintenance(
+    boards_file: str, db: psycopg.Connection[Any], start_process: StartProcess
+) -> None:
+    """Between a partition's detach and the projector's next look, ``status`` calls the
+    board rebuilding and ``verify`` says its drift is that window; both are clean after."""
+    rng = random.Random(17)
+    # A slow heartbeat: the projector looks at the partitions again only after the checks.
+    proc, projected = start_process(boards_file=boards_file, heartbeat_interval=60)
+    _insert(db, rng, 60)
+    projected.assert_exact()
+    db.execute("ALTER TABLE focus DETACH PARTITION focus_h1")
+
+    code, status = _cli(projected, "status")
+    assert status["boards"]["focus"]["state"] == "rebuilding"
+    assert "detached" in status["boards"]["focus"]["detail"]
+    assert status["boards"]["pomodoros"]["state"] == "live"
+    code, report = _cli(projected, "verify")
+    assert code == 1 and not report["in_sync"]  # the detached rows are still counted
+    assert "focus" in report["rebuilding"]
+    assert all(":lb:focus:" in drift["key"] for drift in report["drift"])
+
+    proc.signal(signal.SIGTERM)  # a new start looks at once
+    assert proc.wait(30) == 0
+    proc, projected = start_process(boards_file=boards_file)
+    _eventually_exact(proc, projected)
+    code, status = _cli(projected, "status")
+    assert status["boards"]["focus"]["state"] == "live"
+    code, report = _cli(projected, "verify")
+    assert code == 0 and report["in_sync"] and not report["rebuilding"]
