@@ -22,6 +22,9 @@ from projector.settings import Settings
 # The Redis key layout (projector.keys). 1: {prefix}lb:{period}:{bucket};
 # 2: {prefix}lb:{board}:{period}:{bucket}. Bump it with the layout.
 KEY_LAYOUT = 2
+# What one row may put into Redis (projector.limits). Absent: no limits (before them);
+# 1: members up to 200 code points, labels cleaned and cut to 64. Bump it with the rules.
+ROW_RULES = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class ProjectionConfig:
                 described[board.name]["partitions"] = partitions[board.table]
         description = {
             "key_layout": KEY_LAYOUT,
+            "row_rules": ROW_RULES,
             "timezone": settings.timezone,
             "retention": {
                 "day_days": settings.retention_day_days,
