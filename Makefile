@@ -26,8 +26,9 @@ system-test:
 system-bench:
 	@bash scripts/ensure_system.sh bench
 
+# Two workers (each starts its own servers on free ports): the suite is mostly waiting.
 test: system-test $(VENV)/.installed
-	$(VENV)/bin/pytest -p no:cacheprovider
+	$(VENV)/bin/pytest -p no:cacheprovider -n 2
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check $(SOURCES)

@@ -1383,15 +1383,22 @@ def up(run_dir: Path, database: str) -> dict[str, str]:
     # Superuser and admin passwords: a .run/ of the passwordless version gets them here.
     state.setdefault("postgres_password", secrets.token_urlsafe(18))
     state.setdefault("redis_password", secrets.token_urlsafe(18))
-    pg, rd = _persistent_servers(state)
-    if not pg.is_running() and not _port_is_free(pg.port):
-        state["postgres_port"] = _free_port()
-    if not rd.is_running() and not _port_is_free(rd.port):
-        state["redis_port"] = _free_port()
-    pg, rd = _persistent_servers(state)
-    _save_state(run_dir, state)
-    pg.start()
-    rd.start()
+    for attempt in range(3):
+        pg, rd = _persistent_servers(state)
+        if not pg.is_running() and not _port_is_free(pg.port):
+            state["postgres_port"] = _free_port()
+        if not rd.is_running() and not _port_is_free(rd.port):
+            state["redis_port"] = _free_port()
+        pg, rd = _persistent_servers(state)
+        _save_state(run_dir, state)
+        try:
+            pg.start()
+            rd.start()
+            break
+        except HarnessError:
+            # Another process took a port between the check and the bind: another one.
+            if attempt == 2 or (_port_is_free(pg.port) and _port_is_free(rd.port)):
+                raise
     pg.create_database(database, exist_ok=True)
     print(
         f"PostgreSQL on 127.0.0.1:{pg.port} (data {pg.data_dir}), Redis on 127.0.0.1:{rd.port}; "
