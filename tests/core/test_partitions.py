@@ -203,6 +203,12 @@ def test_status_and_verify_name_the_window_after_partition_maintenance(
     proc, projected = start_process(boards_file=boards_file, heartbeat_interval=60)
     _insert(db, rng, 60)
     projected.assert_exact()
+    # Past the stream's first heartbeat (it looks at the partitions right after writing it).
+    deadline = time.monotonic() + 30
+    while projected.client.hget("pomo:projector", "state") != b"streaming":
+        assert time.monotonic() < deadline, proc.log_tail()
+        time.sleep(0.05)
+    time.sleep(0.5)
     db.execute("ALTER TABLE focus DETACH PARTITION focus_h1")
 
     code, status = _cli(projected, "status")
