@@ -55,6 +55,8 @@ Send = Callable[[Message], Awaitable[None]]
 log = structlog.get_logger("api")
 
 _JSON = b"application/json"
+# Browsers must not guess another type (a JSON body holding user text run as HTML or script).
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _READY_TIMEOUT = 2.0
 
@@ -327,6 +329,8 @@ class App:
             )
             content_type, cache, extra = _JSON, b"no-store", []
         headers = [(b"cache-control", cache), *extra]
+        if _NOSNIFF not in extra:
+            headers.append(_NOSNIFF)
         if status != 304:
             headers[:0] = [
                 (b"content-type", content_type),
