@@ -132,7 +132,7 @@ class App:
             s.api_dsn,
             min_size=1,
             max_size=s.api_pg_concurrency,
-            max_waiting=max(100, 10 * s.api_pg_concurrency),
+            max_waiting=0,  # PostgresReader bounds the waiting (api_pg_queue)
             timeout=s.api_pg_timeout,
             kwargs={
                 "autocommit": True,
@@ -151,7 +151,13 @@ class App:
         feed = WatermarkFeed(redis_pool, reader.events_channel, reader.watermark_lsn)
         sources = Sources(
             reader,
-            PostgresReader(pool, self._tz, s.timezone, role=_pg_user(s.api_dsn)),
+            PostgresReader(
+                pool,
+                self._tz,
+                s.timezone,
+                role=_pg_user(s.api_dsn),
+                max_statements=s.api_pg_concurrency + s.api_pg_queue,
+            ),
             tz=self._tz,
             retention=s.retention,
             min_lsn_wait=s.api_min_lsn_wait,
@@ -164,6 +170,10 @@ class App:
                 if replica is not None
                 else None
             ),
+            fallback_rows=s.api_fallback_rows,
+            fallback_rankings=s.api_fallback_rankings,
+            fallback_ttl=s.api_fallback_ttl,
+            expired_ttl=s.api_expired_ttl,
         )
         events = BoardEvents(partial(self._board_body, sources), feed, self._tz)
         feed.start()

@@ -4,18 +4,23 @@ clients, and reads Redis once per board per update whatever the clients ask for.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import redis
 
-from .support import Stack, insert_pomodoros, start_stack
+from .support import ApiProcess, Stack, free_port, insert_pomodoros, start_stack
 
 # Small bounds, so that reaching them takes a few connections.
 LIMITS = {
@@ -25,7 +30,11 @@ LIMITS = {
     "api_header_timeout": 1.0,
     "api_max_headers": 50,
     "api_max_header_bytes": 8192,
+    "retention_day_days": 35,  # day buckets older than that are answered by PostgreSQL
 }
+# An expired day bucket with 300 members: member m0001 .. m0300 scores (i % 7) + 1.
+EXPIRED_DAY = (datetime.now(UTC) - timedelta(days=100)).date()
+EXPIRED_MEMBERS = {f"m{i:04d}": i % 7 + 1 for i in range(1, 301)}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +46,9 @@ def hostile(
     system, database = start_stack(postgres_server, redis_server, logs, "hostile", **LIMITS)
     try:
         insert_pomodoros(system.dsn, [("ann", None), ("bob", None)], {"ann": "Ann"})
+        noon = datetime.combine(EXPIRED_DAY, datetime.min.time(), UTC) + timedelta(hours=12)
+        old = [(m, noon) for m, score in EXPIRED_MEMBERS.items() for _ in range(score)]
+        insert_pomodoros(system.dsn, old)
         with redis.Redis.from_url(system.config["redis_url"]) as client:
             system.caught_up(client)
         yield system
@@ -154,3 +166,104 @@ def test_json_answers_say_nosniff(hostile: Stack) -> None:
         response = httpx.get(hostile.api.base_url + path)
         assert response.headers["content-type"] == "application/json", path
         assert response.headers["x-content-type-options"] == "nosniff", path
+
+
+def _table_scans(dsn: str) -> int:
+    """Scans of ``pomodoros`` so far (sequential or by index), with the API's sessions ended
+    first: a backend reports its counts when it exits, not after every statement."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'pomodoro-api'"
+        )
+        deadline = time.monotonic() + 10
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'pomodoro-api'"
+        ).fetchone() != (0,):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+        row = conn.execute(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+            " WHERE relname = 'pomodoros'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _expected_expired_ranking() -> list[dict[str, Any]]:
+    order = sorted(EXPIRED_MEMBERS.items(), key=lambda item: (-item[1], item[0]))
+    scores = list(EXPIRED_MEMBERS.values())
+    return [
+        {
+            "rank": 1 + sum(1 for other in scores if other > score),
+            "user_id": member,
+            "display_name": None,
+            "score": score,
+        }
+        for member, score in order
+    ]
+
+
+def test_expired_bucket_reads_with_random_offsets_cost_at_most_a_few_scans(
+    hostile: Stack,
+) -> None:
+    """200 concurrent reads of one expired bucket with random offsets and limits are answered
+    correctly from PostgreSQL with at most 3 scans of pomodoros (one shared ranking)."""
+    path = f"/v1/leaderboards/day?bucket={EXPIRED_DAY.isoformat()}"
+    expected = _expected_expired_ranking()
+    rng = random.Random(7)
+    pages = [(rng.randrange(0, 320), rng.randrange(1, 60)) for _ in range(200)]
+    before = _table_scans(hostile.dsn)
+
+    async def read_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(base_url=hostile.api.base_url, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.get(f"{path}&offset={o}&limit={n}", timeout=30) for o, n in pages)
+            )
+
+    responses = asyncio.run(read_all())
+    scans = _table_scans(hostile.dsn) - before
+    for (offset, limit), response in zip(pages, responses, strict=True):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["source"] == "postgres" and body["total"] == len(EXPIRED_MEMBERS)
+        assert body["entries"] == expected[offset : offset + limit], (offset, limit)
+    assert 1 <= scans <= 3, f"{scans} scans of pomodoros for 200 reads of one expired bucket"
+
+
+def test_fallback_statements_beyond_the_bound_get_503_at_once(hostile: Stack) -> None:
+    """With PROJECTOR_API_PG_CONCURRENCY=1 and PROJECTOR_API_PG_QUEUE=0, a fallback query
+    while one is running gets 503 (JSON, Retry-After) at once instead of waiting."""
+    env = {
+        **hostile.env,
+        "PROJECTOR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nobody listens
+        "PROJECTOR_API_PG_CONCURRENCY": "1",
+        "PROJECTOR_API_PG_QUEUE": "0",
+    }
+    api = ApiProcess(env, hostile.logs / "api-busy.log")
+    blocked: list[httpx.Response] = []
+    try:
+        with psycopg.connect(hostile.dsn) as lock:
+            lock.execute("LOCK TABLE pomodoros IN ACCESS EXCLUSIVE MODE")
+            first = threading.Thread(
+                target=lambda: blocked.append(
+                    httpx.get(api.base_url + "/v1/leaderboards/week", timeout=30)
+                )
+            )
+            first.start()
+            time.sleep(0.5)  # the first query waits for the lock, holding the one slot
+            started = time.monotonic()
+            response = httpx.get(api.base_url + "/v1/leaderboards/month", timeout=30)
+            elapsed = time.monotonic() - started
+            lock.rollback()
+        first.join(30)
+    finally:
+        api.stop()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "fallback_busy"
+    assert response.headers["retry-after"] == "1"
+    assert elapsed < 1.0
+    assert blocked and blocked[0].status_code == 200, blocked
