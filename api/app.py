@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import routes
 from api.autopipeline import AutoPipeline
-from api.boards import board_json, boards_json, standing_json, user_json
+from api.boards import BoardPage, board_json, boards_json, standing_json, user_json
 from api.errors import ApiError, MethodNotAllowed
 from api.events import HEADERS as EVENT_HEADERS
 from api.events import BoardEvents, BoardKey
@@ -175,7 +175,14 @@ class App:
             fallback_ttl=s.api_fallback_ttl,
             expired_ttl=s.api_expired_ttl,
         )
-        events = BoardEvents(partial(self._board_body, sources), feed, self._tz)
+        events = BoardEvents(
+            partial(self._board_page, sources),
+            feed,
+            self._tz,
+            fallback_interval=s.api_events_fallback_interval,
+            max_streams=s.api_max_streams,
+            max_streams_per_client=s.api_max_streams_per_client,
+        )
         feed.start()
         events.start()
         _end_streams_on_exit_signals(events.close)
@@ -285,11 +292,11 @@ class App:
         assert self._running is not None
         return self._running
 
-    async def _board_body(self, sources: Sources, query: BoardQuery) -> dict[str, Any]:
-        """A board's JSON for the event streams."""
+    async def _board_page(self, sources: Sources, query: BoardQuery) -> tuple[BoardPage, str]:
+        """A board's page for the event streams, and the store that gave it."""
         page, source = await sources.board(query)
         self.metrics.answered(routes.EVENTS, source)
-        return board_json(query, page, source, self._tz)
+        return page, source
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -310,7 +317,8 @@ class App:
             if route == routes.EVENTS or route == routes.BOARD_EVENTS:
                 key = self._board_key(route, args, scope["query_string"])
                 if method == "GET":
-                    await self._stream(key, receive, send)
+                    client = (scope.get("client") or ("",))[0]
+                    await self._stream(key, client, receive, send)
                     self._finished(scope, route, started, 200, None)
                     return
                 body, content_type, extra = b"", EVENT_HEADERS[0][1], EVENT_HEADERS[2:]
@@ -386,11 +394,11 @@ class App:
         bucket = params.get("bucket") and query.bucket
         return BoardKey(query.period, bucket, query.limit, query.board, query.alias)
 
-    async def _stream(self, key: BoardKey, receive: Receive, send: Send) -> None:
+    async def _stream(self, key: BoardKey, client: str, receive: Receive, send: Send) -> None:
         """Serve one event stream; errors before the first byte become error responses."""
         running = await self._started()
         try:
-            await running.events.stream(key, receive, send)
+            await running.events.stream(key, receive, send, client)
         except ApiError:
             raise
         except OSError as exc:  # the client went away mid-write

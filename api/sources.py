@@ -106,7 +106,7 @@ class Sources:
         replica: RedisReader | None = None,
         fallback_rows: int = 100_000,
         fallback_rankings: int = 8,
-        fallback_ttl: float = 1.0,
+        fallback_ttl: float = 0.0,
         expired_ttl: float = 60.0,
     ) -> None:
         self._redis = redis

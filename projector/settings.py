@@ -123,11 +123,12 @@ class Settings(BaseSettings):
     # at once are answered 503 at once.
     api_pg_queue: int = Field(32, ge=0, le=100_000)
     # PostgreSQL answers to board pages share one ranking per bucket: its first
-    # api_fallback_rows rows, kept for api_fallback_ttl seconds (api_expired_ttl for buckets
-    # expired from Redis), at most api_fallback_rankings of them per worker.
+    # api_fallback_rows rows, read once for every page asked while the statement runs, and
+    # kept afterwards for api_fallback_ttl seconds (0: fresh answers while Redis is down) or
+    # api_expired_ttl for buckets expired from Redis; at most api_fallback_rankings per worker.
     api_fallback_rows: int = Field(100_000, ge=1000, le=10_000_000)
     api_fallback_rankings: int = Field(8, ge=1, le=1000)
-    api_fallback_ttl: float = Field(1.0, ge=0, le=3600)
+    api_fallback_ttl: float = Field(0.0, ge=0, le=3600)
     api_expired_ttl: float = Field(60.0, ge=0, le=86_400)
 
     @field_validator("slot", "publication")

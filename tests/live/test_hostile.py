@@ -5,6 +5,7 @@ clients, and reads Redis once per board per update whatever the clients ask for.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import socket
@@ -267,3 +268,115 @@ def test_fallback_statements_beyond_the_bound_get_503_at_once(hostile: Stack) ->
     assert response.headers["retry-after"] == "1"
     assert elapsed < 1.0
     assert blocked and blocked[0].status_code == 200, blocked
+
+
+class _Stream:
+    """An event stream opened from the local address ``source``, kept open until ``close``."""
+
+    def __init__(self, base_url: str, path: str, source: str = "127.0.0.1") -> None:
+        self.client = httpx.Client(
+            base_url=base_url,
+            timeout=httpx.Timeout(10.0, read=5.0),
+            transport=httpx.HTTPTransport(local_address=source),
+        )
+        self._context = self.client.stream("GET", path)
+        self.response = self._context.__enter__()
+        self.status_code = self.response.status_code
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+        self.client.close()
+
+
+def _close_streams(streams: list[_Stream]) -> None:
+    for stream in streams:
+        stream.close()
+
+
+def test_streams_beyond_the_per_address_cap_get_429_with_retry_after(hostile: Stack) -> None:
+    """A client address holding PROJECTOR_API_MAX_STREAMS_PER_CLIENT streams (3 here) gets 429
+    with Retry-After and a JSON body for the next one; another address still gets a stream."""
+    streams = [_Stream(hostile.api.base_url, "/v1/leaderboards/day/events") for _ in range(3)]
+    try:
+        assert [stream.status_code for stream in streams] == [200] * 3
+        refused = httpx.get(hostile.api.base_url + "/v1/leaderboards/week/events?limit=3")
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) > 0
+        assert refused.headers["content-type"] == "application/json"
+        assert refused.json()["error"]["code"] == "too_many_streams"
+        other = _Stream(hostile.api.base_url, "/v1/leaderboards/day/events", "127.0.0.2")
+        streams.append(other)
+        assert other.status_code == 200
+    finally:
+        _close_streams(streams)
+
+
+def test_streams_beyond_the_per_worker_cap_get_429(hostile: Stack) -> None:
+    """A worker holding PROJECTOR_API_MAX_STREAMS streams (6 here, from three addresses) answers
+    429 to any address; once they close, streams are served again."""
+    streams = [
+        _Stream(hostile.api.base_url, "/v1/leaderboards/day/events", f"127.0.0.{n}")
+        for n in (11, 11, 12, 12, 13, 13)
+    ]
+    try:
+        assert [stream.status_code for stream in streams] == [200] * 6
+        refused = httpx.get(hostile.api.base_url + "/v1/leaderboards/day/events")
+        assert refused.status_code == 429
+        assert "retry-after" in refused.headers
+        assert refused.json()["error"]["code"] == "too_many_streams"
+    finally:
+        _close_streams(streams)
+    deadline = time.monotonic() + 5
+    while True:
+        stream = _Stream(hostile.api.base_url, "/v1/leaderboards/day/events")
+        status = stream.status_code
+        stream.close()
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+
+
+def _board_reads(client: redis.Redis) -> int:
+    """Read-only scripts Redis has run so far (every board read is one EVALSHA_RO)."""
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha_ro", {}).get("calls", 0)) + int(
+        stats.get("cmdstat_eval_ro", {}).get("calls", 0)
+    )
+
+
+def test_one_redis_read_per_board_per_update_whatever_the_limits(hostile: Stack) -> None:
+    """Streams of one board with five different limits cost one Redis read per update (the
+    largest limit, sliced for each), and each gets its own slice of the new state."""
+    limits = [1, 2, 3, 5, 8]
+    streams = [
+        _Stream(hostile.api.base_url, f"/v1/leaderboards/day/events?limit={n}", f"127.0.1.{n}")
+        for n in limits
+    ]
+    rds = redis.Redis.from_url(hostile.config["redis_url"])
+    try:
+        lines = [stream.response.iter_lines() for stream in streams]
+        for it in lines:
+            _next_data(it)  # the first event
+        time.sleep(0.3)  # quiet: no read in flight
+        before = _board_reads(rds)
+        insert_pomodoros(hostile.dsn, [("zed", None)] * 5, {"zed": "Zed"})
+        bodies = [_next_data(it) for it in lines]
+        time.sleep(0.3)
+        reads = _board_reads(rds) - before
+    finally:
+        _close_streams(streams)
+        rds.close()
+    for limit, body in zip(limits, bodies, strict=True):
+        assert body["limit"] == limit and len(body["entries"]) == min(limit, body["total"])
+        assert body["entries"][0]["user_id"] == "zed"
+    # One update is one read; a keepalive of the projector may move the watermark once more.
+    assert 1 <= reads <= 2, f"{reads} board reads for one update of one board"
+
+
+def _next_data(lines: Iterator[str]) -> dict[str, Any]:
+    for line in lines:
+        if line.startswith("data: "):
+            body: dict[str, Any] = json.loads(line.removeprefix("data: "))
+            return body
+    raise AssertionError("the stream ended")

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from api.boards import AsOf, BoardPage, Entry
 from api.errors import NotFound
 from api.events import BoardEvents, BoardKey
 from api.feed import WatermarkFeed
@@ -30,17 +31,15 @@ class FakeBoards:
         self.entries: dict[str, list[dict[str, Any]]] = {}
         self.lsn = 1
 
-    async def read(self, query: BoardQuery) -> dict[str, Any]:
+    async def read(self, query: BoardQuery) -> tuple[BoardPage, str]:
         self.reads[(query.period.value, query.bucket, query.limit)] += 1
         await asyncio.sleep(0)
-        return {
-            "period": query.period.value,
-            "bucket": query.bucket,
-            "limit": query.limit,
-            "entries": self.entries.get(query.period.value, [])[: query.limit],
-            "source": "redis",
-            "as_of": {"lsn": f"0/{self.lsn:X}", "commit_time": None},
-        }
+        rows = self.entries.get(query.period.value, [])
+        entries = [
+            Entry(e["rank"], e["user_id"], e.get("display_name"), e["score"])
+            for e in rows[: query.limit]
+        ]
+        return BoardPage(len(rows), entries, AsOf(self.lsn, None)), "redis"
 
 
 class Client:
@@ -118,7 +117,7 @@ def test_ticks_during_a_read_coalesce_and_slow_clients_skip_to_the_newest() -> N
         gate = asyncio.Event()
         gate.set()
 
-        async def slow_read(query: BoardQuery) -> dict[str, Any]:
+        async def slow_read(query: BoardQuery) -> tuple[BoardPage, str]:
             await gate.wait()
             return await boards.read(query)
 
