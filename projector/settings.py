@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     api_trusted_proxies: str | None = None
     # Event streams open at once, per worker and per client address within a worker (429).
     api_max_streams: int = Field(1000, ge=0, le=1_000_000)
-    api_max_streams_per_client: int = Field(16, ge=0, le=1_000_000)
+    api_max_streams_per_client: int = Field(64, ge=0, le=1_000_000)
     # A stream answered by PostgreSQL (Redis down, an expired bucket) is re-read this often.
     api_events_fallback_interval: float = Field(2.0, ge=0.1, le=3600)
     # Fallback statements that may wait for one of the api_pg_concurrency connections; more
