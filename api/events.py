@@ -332,7 +332,9 @@ class BoardEvents:
 
     async def _load(self, board: _Board) -> None:
         """One read of ``board`` shared by everyone waiting for it; raises what it raised."""
-        if board.loading is None:
+        # A finished read whose done-callback has not run yet is no read to join: awaiting it
+        # would not yield, and a caller that needs another read would spin.
+        if board.loading is None or board.loading.done():
             board.loading = asyncio.ensure_future(self._refresh(board))
             board.loading.add_done_callback(_loaded(board))
         await asyncio.shield(board.loading)
@@ -451,7 +453,8 @@ def _loaded(board: _Board) -> Callable[[asyncio.Task[None]], None]:
     """A done-callback that lets the next reader of ``board`` read it again."""
 
     def reset(task: asyncio.Task[None]) -> None:
-        board.loading = None
+        if board.loading is task:
+            board.loading = None
         if not task.cancelled():
             task.exception()  # retrieved: the clients that waited have seen it
 
