@@ -275,11 +275,14 @@ def test_fallback_statements_beyond_the_bound_get_503_at_once(hostile: Stack) ->
 class _Stream:
     """An event stream opened from the local address ``source``, kept open until ``close``."""
 
-    def __init__(self, base_url: str, path: str, source: str = "127.0.0.1") -> None:
+    def __init__(
+        self, base_url: str, path: str, source: str = "127.0.0.1", forwarded_for: str = ""
+    ) -> None:
         self.client = httpx.Client(
             base_url=base_url,
             timeout=httpx.Timeout(10.0, read=5.0),
             transport=httpx.HTTPTransport(local_address=source),
+            headers={"x-forwarded-for": forwarded_for} if forwarded_for else None,
         )
         self._context = self.client.stream("GET", path)
         self.response = self._context.__enter__()
@@ -337,6 +340,25 @@ def test_streams_beyond_the_per_worker_cap_get_429(hostile: Stack) -> None:
             break
         assert time.monotonic() < deadline, status
         time.sleep(0.1)
+
+
+def test_behind_a_trusted_proxy_streams_are_counted_per_forwarded_client(hostile: Stack) -> None:
+    """With PROJECTOR_API_TRUSTED_PROXIES naming the proxy, the per-address cap counts the
+    clients X-Forwarded-For names, not the proxy: one is refused, another still served."""
+    env = {**hostile.env, "PROJECTOR_API_TRUSTED_PROXIES": "127.0.0.1"}
+    api = ApiProcess(env, hostile.logs / "api-proxied.log")
+    streams: list[_Stream] = []
+    try:
+        path = "/v1/leaderboards/day/events"
+        streams = [_Stream(api.base_url, path, forwarded_for="203.0.113.7") for _ in range(3)]
+        assert [stream.status_code for stream in streams] == [200] * 3
+        refused = httpx.get(api.base_url + path, headers={"x-forwarded-for": "203.0.113.7"})
+        assert refused.status_code == 429
+        streams.append(_Stream(api.base_url, path, forwarded_for="203.0.113.8"))
+        assert streams[-1].status_code == 200
+    finally:
+        _close_streams(streams)
+        api.stop()
 
 
 def _board_reads(client: redis.Redis) -> int:
