@@ -2,7 +2,8 @@
 shares one statement.
 
 A ``Ranking`` is the first rows of one bucket's board (at most ``api_fallback_rows``), with the
-board's size and the state it reflects; any page inside it is a slice. ``Rankings`` keeps at
+board's size and the state it reflects; any page inside it is a slice, and so is a member's
+standing with its neighbours when the member is in it. ``Rankings`` keeps at
 most ``size`` of them, least recently used first out, each for the time-to-live it was stored
 with, so memory stays bounded by ``size`` times the rows of one ranking.
 """
@@ -12,18 +13,20 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass
 
-from api.boards import AsOf, BoardPage, Entry
+from api.boards import AsOf, BoardPage, Entry, Standing
 
 
-@dataclass(frozen=True, slots=True)
 class Ranking:
     """The first ``len(entries)`` members of a board in rank order, ``total`` in all."""
 
-    total: int
-    entries: list[Entry]
-    as_of: AsOf
+    __slots__ = ("_positions", "as_of", "entries", "total")
+
+    def __init__(self, total: int, entries: list[Entry], as_of: AsOf) -> None:
+        self.total = total
+        self.entries = entries
+        self.as_of = as_of
+        self._positions: dict[str, int] | None = None  # member -> index, built when needed
 
     @property
     def complete(self) -> bool:
@@ -36,6 +39,25 @@ class Ranking:
 
     def page(self, offset: int, limit: int) -> BoardPage:
         return BoardPage(self.total, self.entries[offset : offset + limit], self.as_of)
+
+    def standing(self, member: str, around: int) -> Standing | None:
+        """``member``'s standing with ``around`` neighbours either side, if the ranking holds
+        it (a member off the board has a label that only PostgreSQL can give: None)."""
+        if self._positions is None:
+            self._positions = {entry.user_id: i for i, entry in enumerate(self.entries)}
+        mine = self._positions.get(member)
+        if mine is None:
+            return None
+        me = self.entries[mine]
+        return Standing(
+            total=self.total,
+            display_name=me.display_name,
+            rank=me.rank,
+            score=me.score,
+            above=self.entries[max(0, mine - around) : mine],
+            below=self.entries[mine + 1 : mine + 1 + around],
+            as_of=self.as_of,
+        )
 
 
 class Rankings:

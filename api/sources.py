@@ -8,9 +8,10 @@ server's WAL position is a ``BadParameter``). PostgreSQL then answers the same q
 ``FallbackBusy``, 503), and identical queries share one statement (read-your-writes queries
 only one sent after they arrived). Board pages share more: one statement reads the bucket's
 ranking (its first ``fallback_rows``), kept briefly (``api.rankings``), and every page of it,
-whatever its offset and limit, is a slice. When PostgreSQL cannot answer either, the request
-gets ``Unavailable`` (503). A ``min_lsn`` wait wakes on the projector's
-watermark events (the ``WatermarkFeed``), with a slow read of the watermark as a safety net.
+whatever its offset and limit, is a slice; so is a member's standing in an expired bucket.
+When PostgreSQL cannot answer either, the request gets ``Unavailable`` (503). A ``min_lsn``
+wait wakes on the projector's watermark events (the ``WatermarkFeed``), with a slow read of
+the watermark as a safety net.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from api.postgres_reader import PostgresReader
 from api.rankings import Ranking, Rankings
 from api.redis_reader import RedisReader
 from api.routes import BoardQuery, StandingQuery, UserQuery
+from projector.boards import Board
 from projector.buckets import (
     ALL_BUCKET,
     TIMED_PERIODS,
@@ -105,7 +107,7 @@ class Sources:
         safety_poll: float = 0.1,
         replica: RedisReader | None = None,
         fallback_rows: int = 100_000,
-        fallback_rankings: int = 8,
+        fallback_rankings: int = 4,
         fallback_ttl: float = 0.0,
         expired_ttl: float = 60.0,
     ) -> None:
@@ -152,12 +154,15 @@ class Sources:
         """A user's place on a leaderboard and the store that gave it."""
         board, p, b = query.board, query.period, query.bucket
         user, around = query.user_id, query.around
+        expired = self._expired(p, b)
         return await self._answer(
             query.min_lsn,
-            self._expired(p, b),
+            expired,
             ("standing", board.name, p, b, user, around),
             lambda redis: redis.standing(board, p, b, user, around),
             lambda start: self._postgres.standing(board, p, b, user, around, start),
+            # An expired bucket's ranking is kept a while: standings are slices of it too.
+            ranked=partial(self._ranked_standing, query) if expired else None,
         )
 
     async def user(self, query: UserQuery, now: datetime | None = None) -> tuple[UserPeriods, str]:
@@ -286,7 +291,7 @@ class Sources:
             ranking = await self._shared(
                 key,
                 lambda start: self._from_postgres(
-                    lambda: self._ranking(query, key, expired, start), reason
+                    lambda: self._ranking(board, p, b, key, expired, start), reason
                 ),
                 fresh=min_lsn is not None,
             )
@@ -298,13 +303,46 @@ class Sources:
             fresh=min_lsn is not None,
         )
 
+    async def _ranked_standing(
+        self,
+        query: StandingQuery,
+        min_lsn: int | None,
+        reason: str,
+        from_postgres: Callable[[OnStart], Awaitable[Standing]],
+    ) -> Standing:
+        """A standing from PostgreSQL, sliced from the bucket's ranking when the member is in
+        it; else (off the board, or past ``fallback_rows``) its own statement."""
+        board, p, b = query.board, query.period, query.bucket
+        key = ("ranking", board.name, p, b)
+        ranking = self._rankings.get(key, min_lsn)
+        if ranking is None:
+            ranking = await self._shared(
+                key,
+                lambda start: self._from_postgres(
+                    lambda: self._ranking(board, p, b, key, True, start), reason
+                ),
+                fresh=min_lsn is not None,
+            )
+        standing = ranking.standing(query.user_id, query.around)
+        if standing is not None:
+            return standing
+        return await self._shared(
+            ("standing", board.name, p, b, query.user_id, query.around),
+            lambda start: self._from_postgres(lambda: from_postgres(start), reason),
+            fresh=min_lsn is not None,
+        )
+
     async def _ranking(
-        self, query: BoardQuery, key: tuple[Any, ...], expired: bool, on_start: OnStart
+        self,
+        board: Board,
+        period: Period,
+        bucket: str,
+        key: tuple[Any, ...],
+        expired: bool,
+        on_start: OnStart,
     ) -> Ranking:
         """Read the first ``fallback_rows`` of the bucket's ranking and keep them."""
-        top = await self._postgres.board(
-            query.board, query.period, query.bucket, 0, self.fallback_rows, on_start
-        )
+        top = await self._postgres.board(board, period, bucket, 0, self.fallback_rows, on_start)
         ranking = Ranking(top.total, top.entries, top.as_of)
         self._rankings.put(key, ranking, self._expired_ttl if expired else self._fallback_ttl)
         return ranking

@@ -125,9 +125,10 @@ class Settings(BaseSettings):
     # PostgreSQL answers to board pages share one ranking per bucket: its first
     # api_fallback_rows rows, read once for every page asked while the statement runs, and
     # kept afterwards for api_fallback_ttl seconds (0: fresh answers while Redis is down) or
-    # api_expired_ttl for buckets expired from Redis; at most api_fallback_rankings per worker.
+    # api_expired_ttl for buckets expired from Redis; at most api_fallback_rankings per worker
+    # (about 30 MB each at 100,000 rows).
     api_fallback_rows: int = Field(100_000, ge=1000, le=10_000_000)
-    api_fallback_rankings: int = Field(8, ge=1, le=1000)
+    api_fallback_rankings: int = Field(4, ge=1, le=1000)
     api_fallback_ttl: float = Field(0.0, ge=0, le=3600)
     api_expired_ttl: float = Field(60.0, ge=0, le=86_400)
 

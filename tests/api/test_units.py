@@ -236,3 +236,7 @@ def test_rankings_keep_at_most_their_size_for_their_time_to_live() -> None:
     assert rankings.get("t") is None
     assert not page.complete and page.covers(0, 2) and not page.covers(1, 2)
     assert page.page(1, 5).entries == [Entry(2, "b", None, 2)]
+    standing = page.standing("b", 1)
+    assert standing is not None and (standing.rank, standing.score) == (2, 2)
+    assert standing.above == [Entry(1, "a", None, 3)] and standing.below == []
+    assert page.standing("nobody", 1) is None  # its label and total need PostgreSQL

@@ -237,6 +237,44 @@ def test_expired_bucket_reads_with_random_offsets_cost_at_most_a_few_scans(
     assert 1 <= scans <= 3, f"{scans} scans of pomodoros for 200 reads of one expired bucket"
 
 
+def test_expired_bucket_standings_are_slices_of_the_same_ranking(hostile: Stack) -> None:
+    """100 standings in an expired bucket (random members and neighbours) are answered
+    correctly from one ranking: at most 3 scans of pomodoros; a member off the board too."""
+    expected = _expected_expired_ranking()
+    position = {entry["user_id"]: i for i, entry in enumerate(expected)}
+    rng = random.Random(11)
+    asked = [(rng.choice(list(EXPIRED_MEMBERS)), rng.randrange(0, 6)) for _ in range(100)]
+    bucket = EXPIRED_DAY.isoformat()
+    before = _table_scans(hostile.dsn)
+
+    async def read_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(base_url=hostile.api.base_url, limits=limits) as client:
+            return await asyncio.gather(
+                *(
+                    client.get(f"/v1/leaderboards/day/users/{m}?bucket={bucket}&around={n}")
+                    for m, n in asked
+                )
+            )
+
+    responses = asyncio.run(read_all())
+    scans = _table_scans(hostile.dsn) - before
+    for (member, around), response in zip(asked, responses, strict=True):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        i = position[member]
+        assert body["source"] == "postgres" and body["total"] == len(EXPIRED_MEMBERS)
+        assert (body["rank"], body["score"]) == (expected[i]["rank"], expected[i]["score"])
+        assert body["above"] == expected[max(0, i - around) : i], (member, around)
+        assert body["below"] == expected[i + 1 : i + 1 + around], (member, around)
+    # None at all when the board reads of the test before left the ranking kept.
+    assert scans <= 3, f"{scans} scans of pomodoros for 100 standings in one bucket"
+    absent = httpx.get(
+        f"{hostile.api.base_url}/v1/leaderboards/day/users/ann?bucket={bucket}&around=2"
+    ).json()
+    assert (absent["rank"], absent["score"], absent["display_name"]) == (None, 0, "Ann")
+
+
 def test_fallback_statements_beyond_the_bound_get_503_at_once(hostile: Stack) -> None:
     """With PROJECTOR_API_PG_CONCURRENCY=1 and PROJECTOR_API_PG_QUEUE=0, a fallback query
     while one is running gets 503 (JSON, Retry-After) at once instead of waiting."""
