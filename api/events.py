@@ -169,9 +169,6 @@ class _Board:
     def largest_limit(self) -> int:
         return max((view.limit for view in self.views.values()), default=1)
 
-    def subscribers(self) -> int:
-        return sum(len(view.subscribers) for view in self.views.values())
-
 
 class BoardEvents:
     """The boards that connected clients watch, each refreshed by its own task."""
