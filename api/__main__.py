@@ -4,7 +4,8 @@ Settings come from ``PROJECTOR_*`` variables; ``--host``, ``--port`` and ``--wor
 override ``PROJECTOR_API_HOST``, ``PROJECTOR_API_PORT`` and ``PROJECTOR_API_WORKERS``. Each
 worker process builds its own app through the factory ``api.app:create_app``. With several
 workers, their metrics meet in a fresh ``PROMETHEUS_MULTIPROC_DIR`` (removed on exit) unless
-one is given. A reachable Redis older than 7.0 stops start-up with one line.
+one is given. A reachable Redis older than 7.0 stops start-up with one line. What one client
+can cost a worker is bounded by ``server_bounds`` (``PROJECTOR_API_MAX_*`` and timeouts).
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
+from api.bounded_http import HttpBounds
 from api.metrics import MULTIPROC_ENV
 from projector.compatibility import check_redis
 from projector.errors import ConfigError
 from projector.logs import configure_logging
-from projector.settings import load_settings
+from projector.settings import Settings, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,11 +70,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_log=False,  # the app writes its own structured access log
             log_config=None,
             server_header=False,
-            proxy_headers=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            **server_bounds(settings),
         )
     return 0
+
+
+def server_bounds(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options that bound what one client can cost a worker: the request head's
+    size, field count and arrival time (``BoundedHttpProtocol``), open connections, idle
+    keep-alive, and whose ``X-Forwarded-For`` to believe."""
+    bounds = HttpBounds.of(settings)
+    proxies = settings.api_trusted_proxies
+    return {
+        "http": bounds.protocol(),
+        "limit_concurrency": settings.api_max_connections,
+        "timeout_keep_alive": settings.api_keep_alive_timeout,
+        # Only read by uvicorn's h11 protocol; the same bound, should it ever be chosen.
+        "h11_max_incomplete_event_size": settings.api_max_header_bytes,
+        "proxy_headers": proxies is not None,
+        "forwarded_allow_ips": proxies,
+    }
 
 
 @contextmanager

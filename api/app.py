@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import routes
 from api.autopipeline import AutoPipeline
-from api.boards import board_json, boards_json, standing_json, user_json
+from api.boards import BoardPage, board_json, boards_json, standing_json, user_json
 from api.errors import ApiError, MethodNotAllowed
 from api.events import HEADERS as EVENT_HEADERS
 from api.events import BoardEvents, BoardKey
@@ -55,6 +55,8 @@ Send = Callable[[Message], Awaitable[None]]
 log = structlog.get_logger("api")
 
 _JSON = b"application/json"
+# Browsers must not guess another type (a JSON body holding user text run as HTML or script).
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _READY_TIMEOUT = 2.0
 
@@ -130,7 +132,7 @@ class App:
             s.api_dsn,
             min_size=1,
             max_size=s.api_pg_concurrency,
-            max_waiting=max(100, 10 * s.api_pg_concurrency),
+            max_waiting=0,  # PostgresReader bounds the waiting (api_pg_queue)
             timeout=s.api_pg_timeout,
             kwargs={
                 "autocommit": True,
@@ -149,7 +151,13 @@ class App:
         feed = WatermarkFeed(redis_pool, reader.events_channel, reader.watermark_lsn)
         sources = Sources(
             reader,
-            PostgresReader(pool, self._tz, s.timezone, role=_pg_user(s.api_dsn)),
+            PostgresReader(
+                pool,
+                self._tz,
+                s.timezone,
+                role=_pg_user(s.api_dsn),
+                max_statements=s.api_pg_concurrency + s.api_pg_queue,
+            ),
             tz=self._tz,
             retention=s.retention,
             min_lsn_wait=s.api_min_lsn_wait,
@@ -162,8 +170,19 @@ class App:
                 if replica is not None
                 else None
             ),
+            fallback_rows=s.api_fallback_rows,
+            fallback_rankings=s.api_fallback_rankings,
+            fallback_ttl=s.api_fallback_ttl,
+            expired_ttl=s.api_expired_ttl,
         )
-        events = BoardEvents(partial(self._board_body, sources), feed, self._tz)
+        events = BoardEvents(
+            partial(self._board_page, sources),
+            feed,
+            self._tz,
+            fallback_interval=s.api_events_fallback_interval,
+            max_streams=s.api_max_streams,
+            max_streams_per_client=s.api_max_streams_per_client,
+        )
         feed.start()
         events.start()
         _end_streams_on_exit_signals(events.close)
@@ -273,11 +292,11 @@ class App:
         assert self._running is not None
         return self._running
 
-    async def _board_body(self, sources: Sources, query: BoardQuery) -> dict[str, Any]:
-        """A board's JSON for the event streams."""
+    async def _board_page(self, sources: Sources, query: BoardQuery) -> tuple[BoardPage, str]:
+        """A board's page for the event streams, and the store that gave it."""
         page, source = await sources.board(query)
         self.metrics.answered(routes.EVENTS, source)
-        return board_json(query, page, source, self._tz)
+        return page, source
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -298,7 +317,8 @@ class App:
             if route == routes.EVENTS or route == routes.BOARD_EVENTS:
                 key = self._board_key(route, args, scope["query_string"])
                 if method == "GET":
-                    await self._stream(key, receive, send)
+                    client = (scope.get("client") or ("",))[0]
+                    await self._stream(key, client, receive, send)
                     self._finished(scope, route, started, 200, None)
                     return
                 body, content_type, extra = b"", EVENT_HEADERS[0][1], EVENT_HEADERS[2:]
@@ -327,6 +347,8 @@ class App:
             )
             content_type, cache, extra = _JSON, b"no-store", []
         headers = [(b"cache-control", cache), *extra]
+        if _NOSNIFF not in extra:
+            headers.append(_NOSNIFF)
         if status != 304:
             headers[:0] = [
                 (b"content-type", content_type),
@@ -372,11 +394,11 @@ class App:
         bucket = params.get("bucket") and query.bucket
         return BoardKey(query.period, bucket, query.limit, query.board, query.alias)
 
-    async def _stream(self, key: BoardKey, receive: Receive, send: Send) -> None:
+    async def _stream(self, key: BoardKey, client: str, receive: Receive, send: Send) -> None:
         """Serve one event stream; errors before the first byte become error responses."""
         running = await self._started()
         try:
-            await running.events.stream(key, receive, send)
+            await running.events.stream(key, receive, send, client)
         except ApiError:
             raise
         except OSError as exc:  # the client went away mid-write

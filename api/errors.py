@@ -70,6 +70,26 @@ class Unavailable(ApiError):
         return [(b"retry-after", b"1")]
 
 
+class FallbackBusy(Unavailable):
+    """This process runs and queues as many PostgreSQL fallback statements as it may (503)."""
+
+    code = "fallback_busy"
+
+
+class TooManyStreams(ApiError):
+    """The process, or this client address, holds as many event streams as it may (429)."""
+
+    status = 429
+    code = "too_many_streams"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"%d" % self.retry_after)]
+
+
 class StoreUnavailable(Exception):
     """Redis or PostgreSQL could not answer.
 
@@ -80,6 +100,13 @@ class StoreUnavailable(Exception):
         super().__init__(f"{store}: {message}")
         self.store = store
         self.down = down
+
+
+class StoreBusy(StoreUnavailable):
+    """A store reader refused a statement: as many as it may run or queue are under way."""
+
+    def __init__(self, store: str, message: str) -> None:
+        super().__init__(store, message, down=False)
 
 
 class NotBuilt(Exception):

@@ -1,16 +1,21 @@
 """Live leaderboards over Server-Sent Events, driven by the projector's watermark events.
 
-Clients of ``GET /v1/leaderboards/{period}/events`` subscribe to a board: (period, bucket or
-"the current one", limit). On each tick of the ``WatermarkFeed`` every distinct board with
-subscribers is read once, whatever the number of clients, and its JSON (the body of
-``GET /v1/leaderboards/{period}``) is pushed only to that board's subscribers and only when
-it changed (``as_of`` alone moving is no change). Reads start at most every
-``min_interval`` seconds (ticks meanwhile coalesce): a lone commit is pushed at once, a busy
-board at most ten times a second, which nobody can read faster and which bounds the writes
-a thousand clients cost. A slow client skips to the newest state instead of queueing old
-ones. The first event is sent on connect, a comment keeps a stream that has been silent for
-``heartbeat`` seconds open through proxies, and every stream ends cleanly when the client
-goes away or the server shuts down.
+Clients of ``GET /v1/leaderboards/{period}/events`` watch a board: (board, period, bucket or
+"the current one"), with their own ``limit``. Each watched board is read by its own task,
+whatever the number of clients and limits: one read of the largest limit asked, sliced for
+each (its entries encoded once), pushed only to the clients whose slice changed (``as_of``
+alone moving is no change). A board is re-read only when its data can have changed: after the
+projector moved the watermark (a past bucket changes no other way), at a new day for a stream
+following the current bucket, and at most every ``fallback_interval`` seconds while
+PostgreSQL answers it. Reads of one board start at most every ``min_interval`` seconds (a
+lone commit is pushed at once, a burst coalesced), and a slow board delays no other.
+
+Each client has a mailbox of one frame (a slow or unread client skips to the newest state;
+its socket buffers at most what uvicorn's flow control lets through), a first event on
+connect and a comment after ``heartbeat`` seconds of silence. A process holds at most
+``max_streams`` streams and ``max_streams_per_client`` per client address; more are refused
+with ``TooManyStreams`` (429). Every stream ends cleanly when its client goes away or the
+server shuts down.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +33,8 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from api.errors import ApiError, Unavailable
+from api.boards import BoardPage, board_json
+from api.errors import ApiError, TooManyStreams, Unavailable
 from api.feed import WatermarkFeed
 from api.routes import BoardQuery
 from projector.boards import Board
@@ -38,6 +45,7 @@ log = structlog.get_logger("api")
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
+ReadBoard = Callable[[BoardQuery], Awaitable[tuple[BoardPage, str]]]
 
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -47,6 +55,12 @@ HEADERS = [
 # Browsers reconnect this many milliseconds after a stream ends (e.g. a server restart).
 _RETRY = b"retry: 1000\n\n"
 _HEARTBEAT = b": keep-alive\n\n"
+# A refused client may try again after this many seconds.
+_RETRY_AFTER = 10
+# A board Redis answers is re-read at least this often, in case a change went unheard.
+_SAFETY_REREAD = 30.0
+
+_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,73 +106,168 @@ class _Subscriber:
         return self.take()
 
 
+class _Encoded:
+    """One read of a board as the JSON of one route form (alias or not), encoded once: any
+    limit up to the read's is a slice of its entries."""
+
+    __slots__ = ("_as_of", "_entries", "_id", "_parts")
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._parts: list[bytes | None] = []  # None: where "limit" and then "entries" go
+        for name, value in body.items():
+            if name in ("limit", "entries"):
+                self._parts.append(None)
+            elif name != "as_of":
+                self._parts.append(_DUMPS(name).encode() + b":" + _DUMPS(value).encode())
+        self._entries = [_DUMPS(entry).encode() for entry in body["entries"]]
+        self._as_of = b'"as_of":' + _DUMPS(body["as_of"]).encode()
+        self._id = str(body["as_of"]["lsn"]).encode()
+
+    def view(self, limit: int) -> tuple[bytes, bytes]:
+        """The body for ``limit`` entries less ``as_of`` (what a change is judged by), and
+        its event frame: exactly ``event_frame`` of the route's JSON at that limit."""
+        slots = iter(
+            (b'"limit":%d' % limit, b'"entries":[' + b",".join(self._entries[:limit]) + b"]")
+        )
+        shown = b",".join(part if part is not None else next(slots) for part in self._parts)
+        frame = b"id: " + self._id + b"\ndata: {" + shown + b"," + self._as_of + b"}\n\n"
+        return shown, frame
+
+
+@dataclass(eq=False, slots=True)
+class _View:
+    """The clients of one board asking for the same limit in the same route form."""
+
+    limit: int
+    alias: bool
+    subscribers: set[_Subscriber] = field(default_factory=set)
+    shown: bytes | None = None  # the last body pushed, less as_of
+    frame: bytes | None = None  # that body as an event
+
+
 @dataclass(eq=False, slots=True)
 class _Board:
-    key: BoardKey
-    subscribers: set[_Subscriber] = field(default_factory=set)
-    shown: Any = None  # the last answer pushed, less as_of
-    frame: bytes | None = None  # that answer as an event
-    seq: int = 0  # the read it came from: a slower, older read never overwrites it
+    """One watched (board, period, bucket): its views, its last read, its refresher."""
+
+    board: Board
+    period: Period
+    bucket: str | None
+    views: dict[tuple[int, bool], _View] = field(default_factory=dict)
+    page: BoardPage | None = None
+    source: str = "redis"
+    read_bucket: str = ""  # the bucket id the last read was of
+    read_limit: int = 0  # the limit the last read was made with
+    read_lsn: int = -1  # the feed's watermark when the last read started
+    read_reconnects: int = -1  # the feed's reconnections then
+    read_at: float = 0.0  # when the last read started (monotonic)
+    failed: bool = False  # the last refresh could not read
+    encoded: dict[bool, _Encoded] = field(default_factory=dict)  # the page, per route form
+    seq: int = 0  # the read the page came from: a slower, older read never overwrites it
     loading: asyncio.Task[None] | None = None
+    refresher: asyncio.Task[None] | None = None
+
+    def largest_limit(self) -> int:
+        return max((view.limit for view in self.views.values()), default=1)
 
 
 class BoardEvents:
-    """The boards that connected clients watch, refreshed on the feed's ticks."""
+    """The boards that connected clients watch, each refreshed by its own task."""
 
     def __init__(
         self,
-        read: Callable[[BoardQuery], Awaitable[dict[str, Any]]],
+        read: ReadBoard,
         feed: WatermarkFeed,
         tz: ZoneInfo,
         *,
         heartbeat: float = 15.0,
         min_interval: float = 0.1,
+        fallback_interval: float = 2.0,
+        max_streams: int = 1000,
+        max_streams_per_client: int = 1000,
     ) -> None:
         self._read = read
         self._feed = feed
         self._tz = tz
         self.heartbeat = heartbeat
         self.min_interval = min_interval
-        self._boards: dict[BoardKey, _Board] = {}
+        self.fallback_interval = fallback_interval
+        self.max_streams = max_streams
+        self.max_streams_per_client = max_streams_per_client
+        self._boards: dict[tuple[str, Period, str | None], _Board] = {}
+        self._per_client: Counter[str] = Counter()
+        self.streams = 0  # connected clients
         self._seq = itertools.count(1)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._beater: asyncio.Task[None] | None = None
+        self._started = False
         self._closing = False
         self.reads = 0  # board reads made, for tests and metrics
 
-    @property
-    def streams(self) -> int:
-        """Connected clients."""
-        return sum(len(board.subscribers) for board in self._boards.values())
-
     def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._pump(), name="board-events"),
-                asyncio.create_task(self._beat(), name="board-events-heartbeat"),
-            ]
+        """Start the heartbeat; boards are refreshed from now on."""
+        if not self._started:
+            self._started = True
+            self._beater = asyncio.create_task(self._beat(), name="board-events-heartbeat")
+            for board in self._boards.values():
+                self._follow(board)
 
     def close(self) -> None:
         """End every stream (server shutdown) and refuse new ones."""
         self._closing = True
         for board in self._boards.values():
-            for subscriber in board.subscribers:
-                subscriber.close()
+            for view in board.views.values():
+                for subscriber in view.subscribers:
+                    subscriber.close()
 
     async def stop(self) -> None:
         self.close()
-        tasks, self._tasks = self._tasks, []
+        tasks = [board.refresher for board in self._boards.values() if board.refresher]
+        if self._beater is not None:
+            tasks.append(self._beater)
+        self._beater = None
+        self._started = False
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def stream(self, key: BoardKey, receive: Receive, send: Send) -> bool:
+    async def stream(self, key: BoardKey, receive: Receive, send: Send, client: str = "") -> bool:
         """Serve one client until it leaves or the server stops; False if it left first.
 
-        Raises ``ApiError`` (before anything is sent) when the board cannot be read at all.
+        Raises ``ApiError`` (before anything is sent) when the board cannot be read at all,
+        and ``TooManyStreams`` when the process or ``client`` (its address) holds its limit.
         """
-        subscriber = await self._subscribe(key)
+        self._admit(client)
+        self.streams += 1
+        self._per_client[client] += 1
+        try:
+            return await self._serve(key, receive, send)
+        finally:
+            self.streams -= 1
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _admit(self, client: str) -> None:
+        if self._closing:
+            raise Unavailable("the server is shutting down; retry shortly")
+        if self.streams >= self.max_streams:
+            raise TooManyStreams(
+                f"this server process holds its limit of {self.max_streams} event streams; "
+                "retry later",
+                _RETRY_AFTER,
+            )
+        if self._per_client[client] >= self.max_streams_per_client:
+            raise TooManyStreams(
+                f"this client address holds its limit of {self.max_streams_per_client} event "
+                "streams on this server process; close one before opening another",
+                _RETRY_AFTER,
+            )
+
+    async def _serve(self, key: BoardKey, receive: Receive, send: Send) -> bool:
+        subscriber, board, view = await self._subscribe(key)
         watcher = asyncio.create_task(_watch_disconnect(receive, subscriber))
         left = False
         try:
@@ -179,56 +288,151 @@ class BoardEvents:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            self._unsubscribe(key, subscriber)
+            self._unsubscribe(board, view, subscriber)
         return not left
 
-    # -- internals -------------------------------------------------------------------------
-
-    async def _subscribe(self, key: BoardKey) -> _Subscriber:
-        if self._closing:
-            raise Unavailable("the server is shutting down; retry shortly")
-        board = self._boards.get(key)
+    async def _subscribe(self, key: BoardKey) -> tuple[_Subscriber, _Board, _View]:
+        ident = (key.board.name, key.period, key.bucket)
+        board = self._boards.get(ident)
         if board is None:
-            board = self._boards[key] = _Board(key)
+            board = self._boards[ident] = _Board(key.board, key.period, key.bucket)
+            if self._started:
+                self._follow(board)
+        view = board.views.get((key.limit, key.alias))
+        if view is None:
+            view = board.views[(key.limit, key.alias)] = _View(key.limit, key.alias)
         subscriber = _Subscriber()
-        board.subscribers.add(subscriber)
+        view.subscribers.add(subscriber)
         try:
-            if board.frame is None:
-                # Clients arriving together for a new board share one read.
-                if board.loading is None:
-                    board.loading = asyncio.ensure_future(self._refresh(board))
-                    board.loading.add_done_callback(_loaded(board))
-                await asyncio.shield(board.loading)
+            # Clients arriving together share one read; a larger limit than read so far
+            # needs a read of its own.
+            while board.page is None or board.read_limit < key.limit:
+                await self._load(board)
+            if view.frame is None:
+                self._render(board, view)
         except BaseException:
-            self._unsubscribe(key, subscriber)
+            self._unsubscribe(board, view, subscriber)
             raise
-        assert board.frame is not None
-        subscriber.pending = board.frame
-        return subscriber
+        assert view.frame is not None
+        subscriber.pending = view.frame
+        return subscriber, board, view
 
-    def _unsubscribe(self, key: BoardKey, subscriber: _Subscriber) -> None:
-        board = self._boards.get(key)
-        if board is None:
-            return
-        board.subscribers.discard(subscriber)
-        if not board.subscribers:
-            del self._boards[key]
+    def _unsubscribe(self, board: _Board, view: _View, subscriber: _Subscriber) -> None:
+        view.subscribers.discard(subscriber)
+        if not view.subscribers and board.views.get((view.limit, view.alias)) is view:
+            del board.views[(view.limit, view.alias)]
+        ident = (board.board.name, board.period, board.bucket)
+        if not board.views and self._boards.get(ident) is board:
+            del self._boards[ident]
+            if board.refresher is not None:
+                board.refresher.cancel()
 
-    async def _pump(self) -> None:
-        """Refresh the watched boards after each tick; ticks during a refresh coalesce."""
+    async def _load(self, board: _Board) -> None:
+        """One read of ``board`` shared by everyone waiting for it; raises what it raised."""
+        # A finished read whose done-callback has not run yet is no read to join: awaiting it
+        # would not yield, and a caller that needs another read would spin.
+        if board.loading is None or board.loading.done():
+            board.loading = asyncio.ensure_future(self._refresh(board))
+            board.loading.add_done_callback(_loaded(board))
+        await asyncio.shield(board.loading)
+
+    def _follow(self, board: _Board) -> None:
+        name = f"board-events-{board.board.name}-{board.period.value}-{board.bucket}"
+        board.refresher = asyncio.create_task(self._refresher(board), name=name)
+
+    async def _refresher(self, board: _Board) -> None:
+        """Re-read ``board`` whenever its data can have changed, never more often."""
         feed = self._feed
         version = feed.version
-        started = 0.0
         while True:
-            # The feed ticks at least every poll interval; the timeout only guards a dead feed.
-            version = await feed.wait(version, 2 * feed.poll_interval)
-            wait = started + self.min_interval - time.monotonic()
+            # The feed ticks at least every poll interval; the timeout guards a dead feed and
+            # times PostgreSQL re-reads.
+            version = await feed.wait(version, self._pause(board))
+            if not self._due(board):
+                continue
+            wait = board.read_at + self.min_interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            started = time.monotonic()
-            boards = list(self._boards.values())
-            if boards:
-                await asyncio.gather(*(self._refresh_quietly(board) for board in boards))
+            try:
+                await self._load(board)
+            except ApiError as exc:
+                log.debug("board not refreshed", board=board.board.name, error=exc.message)
+            except Exception:
+                log.exception("board not refreshed", board=board.board.name)
+
+    def _pause(self, board: _Board) -> float:
+        if board.failed or board.source != "redis":
+            left = board.read_at + self.fallback_interval - time.monotonic()
+            return max(0.01, min(left, 2 * self._feed.poll_interval))
+        return 2 * self._feed.poll_interval
+
+    def _due(self, board: _Board) -> bool:
+        """Whether ``board``'s data can have changed since its last read."""
+        now = time.monotonic()
+        if board.failed or board.source != "redis":
+            return now - board.read_at >= self.fallback_interval
+        if board.bucket is None and self._bucket(board) != board.read_bucket:
+            return True  # a new day (week, ...) began
+        feed = self._feed
+        return (
+            feed.lsn != board.read_lsn
+            or feed.reconnects != board.read_reconnects
+            or now - board.read_at >= _SAFETY_REREAD
+        )
+
+    def _bucket(self, board: _Board) -> str:
+        if board.bucket is not None:
+            return board.bucket
+        return ALL_BUCKET if board.period == Period.ALL else current_bucket(board.period, self._tz)
+
+    async def _refresh(self, board: _Board) -> None:
+        """Read ``board`` once, at the largest limit watched; push each view that changed."""
+        seq = next(self._seq)
+        bucket = self._bucket(board)
+        limit = board.largest_limit()
+        feed = self._feed
+        board.read_lsn, board.read_reconnects = feed.lsn, feed.reconnects
+        board.read_at = time.monotonic()
+        self.reads += 1
+        query = BoardQuery(board.period, bucket, limit, 0, None, board.board, True)
+        try:
+            page, source = await self._read(query)
+        except BaseException:
+            board.failed = True
+            raise
+        if seq < board.seq:
+            return
+        board.seq = seq
+        board.page, board.source, board.failed = page, source, False
+        board.read_bucket, board.read_limit = bucket, limit
+        board.encoded = {}
+        for view in list(board.views.values()):
+            if view.limit <= limit:
+                self._render(board, view)
+
+    def _render(self, board: _Board, view: _View) -> None:
+        """Slice the last read for ``view``; push it to its clients if it changed."""
+        assert board.page is not None
+        form = board.encoded.get(view.alias)
+        if form is None:
+            query = BoardQuery(
+                board.period,
+                board.read_bucket,
+                board.read_limit,
+                0,
+                None,
+                board.board,
+                view.alias,
+            )
+            form = board.encoded[view.alias] = _Encoded(
+                board_json(query, board.page, board.source, self._tz)
+            )
+        shown, frame = form.view(view.limit)
+        if shown == view.shown:
+            return
+        view.shown, view.frame = shown, frame
+        for subscriber in view.subscribers:
+            subscriber.push(frame)
 
     async def _beat(self) -> None:
         """A comment to every stream silent for ``heartbeat`` seconds."""
@@ -236,46 +440,18 @@ class BoardEvents:
             await asyncio.sleep(min(self.heartbeat / 4, 1.0))
             silent = time.monotonic() - self.heartbeat
             for board in self._boards.values():
-                for subscriber in board.subscribers:
-                    if subscriber.sent_at <= silent and subscriber.pending is None:
-                        subscriber.push(_HEARTBEAT)
-
-    async def _refresh_quietly(self, board: _Board) -> None:
-        try:
-            await self._refresh(board)
-        except ApiError as exc:
-            log.debug("board not refreshed", key=str(board.key), error=exc.message)
-        except Exception:
-            log.exception("board not refreshed", key=str(board.key))
-
-    async def _refresh(self, board: _Board) -> None:
-        """Read ``board`` once; push it to its subscribers if it changed."""
-        seq = next(self._seq)
-        key = board.key
-        bucket = key.bucket or (
-            ALL_BUCKET if key.period == Period.ALL else current_bucket(key.period, self._tz)
-        )
-        self.reads += 1
-        body = await self._read(
-            BoardQuery(key.period, bucket, key.limit, 0, None, key.board, key.alias)
-        )
-        if seq < board.seq:
-            return
-        board.seq = seq
-        shown = {k: v for k, v in body.items() if k != "as_of"}
-        if shown == board.shown:
-            return
-        board.shown = shown
-        board.frame = event_frame(body)
-        for subscriber in board.subscribers:
-            subscriber.push(board.frame)
+                for view in board.views.values():
+                    for subscriber in view.subscribers:
+                        if subscriber.sent_at <= silent and subscriber.pending is None:
+                            subscriber.push(_HEARTBEAT)
 
 
 def _loaded(board: _Board) -> Callable[[asyncio.Task[None]], None]:
-    """A done-callback that lets the next new client of ``board`` read it again if need be."""
+    """A done-callback that lets the next reader of ``board`` read it again."""
 
     def reset(task: asyncio.Task[None]) -> None:
-        board.loading = None
+        if board.loading is task:
+            board.loading = None
         if not task.cancelled():
             task.exception()  # retrieved: the clients that waited have seen it
 

@@ -118,6 +118,39 @@ _ERRORS = {
     "503": {"$ref": "#/components/responses/Unavailable"},
 }
 
+_STREAM_ERRORS = {
+    **_ERRORS,
+    "429": {"$ref": "#/components/responses/TooManyStreams"},
+}
+
+
+def _event_stream(page: str) -> dict[str, Any]:
+    """A stream of events whose ``data`` is the JSON of ``page``. In OpenAPI 3.1 the
+    ``schema`` of ``text/event-stream`` describes one event (3.2 calls it ``itemSchema``):
+    the fields an SSE parser dispatches, ``data`` holding JSON (``contentSchema``)."""
+    return {
+        "description": "The stream: events as described, `: keep-alive` comments between.",
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": _ref(page),
+                        },
+                        "event": {"const": "message"},
+                        "id": {"type": "string", "pattern": _LSN_PATTERN},
+                        "retry": {"type": "integer", "minimum": 0},
+                    },
+                }
+            }
+        },
+    }
+
+
 _BUCKET_FIELDS: dict[str, Any] = {
     "bucket": {"type": "string", "examples": ["2026-11-26", "2026-W48", "2026-11", "2026", "all"]},
     "period_start": {
@@ -156,7 +189,11 @@ def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]
                 "scores are listed by user id (code-point order). Buckets are computed in the "
                 "configured time zone (PROJECTOR_TIMEZONE). Errors are JSON bodies "
                 '`{"error": {"status", "code", "message", "parameter"?}}`; unknown routes '
-                "answer 404 and methods other than GET and HEAD answer 405."
+                "answer 404 and methods other than GET and HEAD answer 405. Each server "
+                "process bounds what one client can cost: a request line over 8 KiB answers "
+                "414, a head over 16 KiB or 100 fields 431, a head slower than 10 s 408, "
+                "requests beyond its connection limit 503, event streams beyond its limits "
+                "(per process and per client address) 429 (defaults; see the README)."
             ),
         },
         "paths": _per_period({**_paths(), **_board_paths(boards)}, boards[0]),
@@ -168,8 +205,25 @@ def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]
                     _ref("Error"),
                     "A parameter is malformed or out of range; `error.parameter` names it.",
                 ),
+                "TooManyStreams": {
+                    **_json(
+                        _ref("Error"),
+                        "This server process, or this client address, holds as many event "
+                        "streams as it may.",
+                    ),
+                    "headers": {
+                        "Retry-After": {
+                            "schema": {"type": "integer"},
+                            "description": "Seconds to wait before retrying.",
+                        }
+                    },
+                },
                 "Unavailable": {
-                    **_json(_ref("Error"), "Neither Redis nor PostgreSQL can answer now."),
+                    **_json(
+                        _ref("Error"),
+                        "Neither Redis nor PostgreSQL can answer now, or this process runs as "
+                        "many PostgreSQL fallback queries as it may (`fallback_busy`).",
+                    ),
                     "headers": {
                         "Retry-After": {
                             "schema": {"type": "integer"},
@@ -223,18 +277,7 @@ def _paths() -> dict[str, Any]:
                 "midnight). The stream ends when the server shuts down; EventSource clients "
                 "reconnect by themselves (`retry: 1000`).",
                 "parameters": [{"$ref": p + name} for name in ("period", "bucket", "limit")],
-                "responses": {
-                    "200": {
-                        "description": "The stream.",
-                        "content": {
-                            "text/event-stream": {
-                                "schema": {"type": "string"},
-                                "x-event-data": _ref("Leaderboard"),
-                            }
-                        },
-                    },
-                    **_ERRORS,
-                },
+                "responses": {"200": _event_stream("Leaderboard"), **_STREAM_ERRORS},
             }
         },
         routes.USER: {
@@ -398,18 +441,7 @@ def _board_paths(boards: Sequence[Board]) -> dict[str, Any]:
                 "description": "As `/v1/leaderboards/{period}/events`, with events carrying "
                 "the JSON of this board's page.",
                 "parameters": [period, *({"$ref": p + name} for name in ("bucket", "limit"))],
-                "responses": {
-                    "200": {
-                        "description": "The stream.",
-                        "content": {
-                            "text/event-stream": {
-                                "schema": {"type": "string"},
-                                "x-event-data": _ref("BoardPage"),
-                            }
-                        },
-                    },
-                    **_ERRORS,
-                },
+                "responses": {"200": _event_stream("BoardPage"), **_STREAM_ERRORS},
             }
         }
     return paths

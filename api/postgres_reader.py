@@ -5,7 +5,9 @@ inside the bucket's bounds from ``projector.buckets`` with the board's query fro
 ``projector.queries`` (the rebuild's and verify's), and ranking with the same rule as Redis:
 ``rank()`` over score for competition ranks, ties ordered by member under the byte-order "C"
 collation.
-Concurrency is bounded by the pool size, so a Redis outage cannot flood PostgreSQL.
+Concurrency is bounded by the pool size, and statements beyond ``max_statements`` running or
+waiting are refused at once (``StoreBusy``), so a Redis outage cannot flood PostgreSQL nor pile
+up waiting requests. Every pooled session has a ``statement_timeout`` (``api_pg_timeout``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
-from api.errors import StoreUnavailable
+from api.errors import StoreBusy, StoreUnavailable
 from projector import queries
 from projector.boards import Board
 from projector.buckets import Period, bucket_bounds
@@ -88,8 +90,12 @@ class PostgresReader:
         tz: ZoneInfo,
         timezone: str,
         role: str | None = None,
+        max_statements: int | None = None,
     ) -> None:
         self._pool = pool
+        # Statements running or waiting for a connection; beyond max_statements, refused.
+        self.max_statements = max_statements
+        self.statements = 0
         self._role = role
         self._tz = tz
         self._timezone = timezone
@@ -261,6 +267,21 @@ class PostgresReader:
 
     async def _fetch(
         self, statement: bytes, params: dict[str, Any], on_start: OnStart = None
+    ) -> list[tuple[Any, ...]]:
+        if self.max_statements is not None and self.statements >= self.max_statements:
+            raise StoreBusy(
+                "postgres",
+                f"{self.statements} fallback statements are running or waiting in this "
+                "process, its limit",
+            )
+        self.statements += 1
+        try:
+            return await self._run(statement, params, on_start)
+        finally:
+            self.statements -= 1
+
+    async def _run(
+        self, statement: bytes, params: dict[str, Any], on_start: OnStart
     ) -> list[tuple[Any, ...]]:
         try:
             async with self._pool.connection() as conn:

@@ -4,10 +4,14 @@ Redis answers unless it is down (remembered by a ``Breaker`` for a cooldown), no
 watermark), the bucket's board has expired from it, or it is behind the client's ``min_lsn``
 after waiting up to ``api_min_lsn_wait`` for the projector (a ``min_lsn`` ahead of the
 server's WAL position is a ``BadParameter``). PostgreSQL then answers the same query, at most
-``api_pg_concurrency`` statements at once per process, and identical queries share one
-statement (read-your-writes queries only one sent after they arrived); when it cannot answer
-either, the request gets ``Unavailable`` (503). A ``min_lsn`` wait wakes on the projector's
-watermark events (the ``WatermarkFeed``), with a slow read of the watermark as a safety net.
+``api_pg_concurrency`` statements at once per process (and ``api_pg_queue`` waiting; more get
+``FallbackBusy``, 503), and identical queries share one statement (read-your-writes queries
+only one sent after they arrived). Board pages share more: one statement reads the bucket's
+ranking (its first ``fallback_rows``), kept briefly (``api.rankings``), and every page of it,
+whatever its offset and limit, is a slice; so is a member's standing in an expired bucket.
+When PostgreSQL cannot answer either, the request gets ``Unavailable`` (503). A ``min_lsn``
+wait wakes on the projector's watermark events (the ``WatermarkFeed``), with a slow read of
+the watermark as a safety net.
 """
 
 from __future__ import annotations
@@ -24,12 +28,21 @@ import structlog
 
 from api.boards import AsOf, BoardPage, Standing, UserPeriods
 from api.breaker import Breaker
-from api.errors import BadParameter, NotBuilt, StoreUnavailable, Unavailable
+from api.errors import (
+    BadParameter,
+    FallbackBusy,
+    NotBuilt,
+    StoreBusy,
+    StoreUnavailable,
+    Unavailable,
+)
 from api.feed import WatermarkFeed
 from api.metrics import Metrics
 from api.postgres_reader import PostgresReader
+from api.rankings import Ranking, Rankings
 from api.redis_reader import RedisReader
 from api.routes import BoardQuery, StandingQuery, UserQuery
+from projector.boards import Board
 from projector.buckets import (
     ALL_BUCKET,
     TIMED_PERIODS,
@@ -93,8 +106,17 @@ class Sources:
         feed: WatermarkFeed | None = None,
         safety_poll: float = 0.1,
         replica: RedisReader | None = None,
+        fallback_rows: int = 100_000,
+        fallback_rankings: int = 4,
+        fallback_ttl: float = 0.0,
+        expired_ttl: float = 60.0,
     ) -> None:
         self._redis = redis
+        # PostgreSQL pages share one ranking per bucket (api.rankings).
+        self.fallback_rows = fallback_rows
+        self._rankings = Rankings(fallback_rankings)
+        self._fallback_ttl = fallback_ttl
+        self._expired_ttl = expired_ttl
         # Replicas answer first where their watermark satisfies the request's min_lsn.
         self._replica = replica
         self.replica_breaker = Breaker(cooldown)
@@ -118,24 +140,29 @@ class Sources:
     async def board(self, query: BoardQuery) -> tuple[BoardPage, str]:
         """A page of a leaderboard and the store that gave it."""
         board, p, b = query.board, query.period, query.bucket
+        expired = self._expired(p, b)
         return await self._answer(
             query.min_lsn,
-            self._expired(p, b),
+            expired,
             ("board", board.name, p, b, query.offset, query.limit),
             lambda redis: redis.board(board, p, b, query.offset, query.limit),
             lambda start: self._postgres.board(board, p, b, query.offset, query.limit, start),
+            ranked=partial(self._ranked_page, query, expired),
         )
 
     async def standing(self, query: StandingQuery) -> tuple[Standing, str]:
         """A user's place on a leaderboard and the store that gave it."""
         board, p, b = query.board, query.period, query.bucket
         user, around = query.user_id, query.around
+        expired = self._expired(p, b)
         return await self._answer(
             query.min_lsn,
-            self._expired(p, b),
+            expired,
             ("standing", board.name, p, b, user, around),
             lambda redis: redis.standing(board, p, b, user, around),
             lambda start: self._postgres.standing(board, p, b, user, around, start),
+            # An expired bucket's ranking is kept a while: standings are slices of it too.
+            ranked=partial(self._ranked_standing, query) if expired else None,
         )
 
     async def user(self, query: UserQuery, now: datetime | None = None) -> tuple[UserPeriods, str]:
@@ -193,6 +220,8 @@ class Sources:
         key: tuple[Any, ...],
         from_redis: Callable[[RedisReader], Awaitable[T]],
         from_postgres: Callable[[OnStart], Awaitable[T]],
+        ranked: Callable[[int | None, str, Callable[[OnStart], Awaitable[T]]], Awaitable[T]]
+        | None = None,
     ) -> tuple[T, str]:
         if self._replica is not None and not expired:
             answer = await self._from_replica(self._replica, min_lsn, from_redis)
@@ -234,12 +263,89 @@ class Sources:
         if min_lsn is not None and reason != "min_lsn":
             await self._require_reached(min_lsn)
         self._metrics.fell_back(reason)
+        if ranked is not None:
+            return await ranked(min_lsn, reason, from_postgres), "postgres"
         answer = await self._shared(
             key,
             lambda start: self._from_postgres(lambda: from_postgres(start), reason),
             fresh=min_lsn is not None,
         )
         return answer, "postgres"
+
+    async def _ranked_page(
+        self,
+        query: BoardQuery,
+        expired: bool,
+        min_lsn: int | None,
+        reason: str,
+        from_postgres: Callable[[OnStart], Awaitable[BoardPage]],
+    ) -> BoardPage:
+        """A page from PostgreSQL, sliced from the bucket's ranking (one statement for every
+        page of it, whatever its offset and limit); a page past ``fallback_rows`` has its
+        own statement, shared only by the same page."""
+        board, p, b = query.board, query.period, query.bucket
+        key = ("ranking", board.name, p, b)
+        offset, limit = query.offset, query.limit
+        ranking = self._rankings.get(key, min_lsn)
+        if ranking is None and offset + limit <= self.fallback_rows:
+            ranking = await self._shared(
+                key,
+                lambda start: self._from_postgres(
+                    lambda: self._ranking(board, p, b, key, expired, start), reason
+                ),
+                fresh=min_lsn is not None,
+            )
+        if ranking is not None and ranking.covers(offset, limit):
+            return ranking.page(offset, limit)
+        return await self._shared(
+            ("board", board.name, p, b, offset, limit),
+            lambda start: self._from_postgres(lambda: from_postgres(start), reason),
+            fresh=min_lsn is not None,
+        )
+
+    async def _ranked_standing(
+        self,
+        query: StandingQuery,
+        min_lsn: int | None,
+        reason: str,
+        from_postgres: Callable[[OnStart], Awaitable[Standing]],
+    ) -> Standing:
+        """A standing from PostgreSQL, sliced from the bucket's ranking when the member is in
+        it; else (off the board, or past ``fallback_rows``) its own statement."""
+        board, p, b = query.board, query.period, query.bucket
+        key = ("ranking", board.name, p, b)
+        ranking = self._rankings.get(key, min_lsn)
+        if ranking is None:
+            ranking = await self._shared(
+                key,
+                lambda start: self._from_postgres(
+                    lambda: self._ranking(board, p, b, key, True, start), reason
+                ),
+                fresh=min_lsn is not None,
+            )
+        standing = ranking.standing(query.user_id, query.around)
+        if standing is not None:
+            return standing
+        return await self._shared(
+            ("standing", board.name, p, b, query.user_id, query.around),
+            lambda start: self._from_postgres(lambda: from_postgres(start), reason),
+            fresh=min_lsn is not None,
+        )
+
+    async def _ranking(
+        self,
+        board: Board,
+        period: Period,
+        bucket: str,
+        key: tuple[Any, ...],
+        expired: bool,
+        on_start: OnStart,
+    ) -> Ranking:
+        """Read the first ``fallback_rows`` of the bucket's ranking and keep them."""
+        top = await self._postgres.board(board, period, bucket, 0, self.fallback_rows, on_start)
+        ranking = Ranking(top.total, top.entries, top.as_of)
+        self._rankings.put(key, ranking, self._expired_ttl if expired else self._fallback_ttl)
+        return ranking
 
     async def _from_replica(
         self,
@@ -338,6 +444,11 @@ class Sources:
             raise Unavailable(_unavailable(reason))
         try:
             answer = await read()
+        except StoreBusy as exc:
+            breaker.succeeded()
+            raise FallbackBusy(
+                f"too many PostgreSQL fallback queries at once ({exc}); retry shortly"
+            ) from exc
         except StoreUnavailable as exc:
             if exc.down:
                 breaker.failed()

@@ -142,7 +142,7 @@ def _free_port() -> int:
 class ApiServer:
     """``python -m api`` as a subprocess."""
 
-    def __init__(self, env: dict[str, str], workers: int, log: Path) -> None:
+    def __init__(self, env: dict[str, str], workers: int, log: Path, root: Path = ROOT) -> None:
         self.port = _free_port()
         self._proc = subprocess.Popen(
             [
@@ -157,7 +157,7 @@ class ApiServer:
                 str(workers),
             ],
             env=env,
-            cwd=ROOT,
+            cwd=root,  # python -m imports the API from here (another revision's tree)
             stdout=subprocess.DEVNULL,
             stderr=log.open("ab"),
             start_new_session=True,

@@ -230,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     with throwaway_servers() as (pg, rd):
         dsn = pg.create_database("bench_sse")
         env = api_env(dsn, rd.url(), "bench_sse")
+        # Every client connects from one address: let it hold them all.
+        env.update(
+            PROJECTOR_API_MAX_STREAMS=str(2 * args.clients),
+            PROJECTOR_API_MAX_STREAMS_PER_CLIENT=str(2 * args.clients),
+            PROJECTOR_API_MAX_CONNECTIONS=str(4 * args.clients),
+        )
         migrate(env)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for user in USERS:

@@ -6,6 +6,7 @@ leave this module unmasked (``redacted_dsn`` / ``redacted_url``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import cached_property
 from typing import Any
@@ -98,6 +99,39 @@ class Settings(BaseSettings):
     # Answer from Redis replicas where their watermark satisfies the request's min_lsn.
     api_read_from_replicas: bool = False
 
+    # What one client can cost the public API (each per worker process). Connections beyond
+    # api_max_connections get 503; a request line longer than api_max_request_line bytes 414;
+    # a head (request line and headers) over api_max_header_bytes or with more than
+    # api_max_headers fields 431; a head not complete api_header_timeout seconds after the
+    # connection opened (or its previous response ended) 408; idle keep-alive connections
+    # close after api_keep_alive_timeout seconds.
+    api_max_connections: int = Field(2048, ge=1, le=1_000_000)
+    api_max_request_line: int = Field(8192, ge=256, le=1 << 20)
+    api_max_header_bytes: int = Field(16_384, ge=1024, le=1 << 22)
+    api_max_headers: int = Field(100, ge=1, le=10_000)
+    api_header_timeout: float = Field(10.0, gt=0, le=300)
+    api_keep_alive_timeout: float = Field(5.0, gt=0, le=300)
+    # Trusted reverse proxies (comma-separated IPs or networks, or *) whose X-Forwarded-For
+    # names the client; unset: the peer address is the client.
+    api_trusted_proxies: str | None = None
+    # Event streams open at once, per worker and per client address within a worker (429).
+    api_max_streams: int = Field(1000, ge=0, le=1_000_000)
+    api_max_streams_per_client: int = Field(64, ge=0, le=1_000_000)
+    # A stream answered by PostgreSQL (Redis down, an expired bucket) is re-read this often.
+    api_events_fallback_interval: float = Field(2.0, ge=0.1, le=3600)
+    # Fallback statements that may wait for one of the api_pg_concurrency connections; more
+    # at once are answered 503 at once.
+    api_pg_queue: int = Field(32, ge=0, le=100_000)
+    # PostgreSQL answers to board pages share one ranking per bucket: its first
+    # api_fallback_rows rows, read once for every page asked while the statement runs, and
+    # kept afterwards for api_fallback_ttl seconds (0: fresh answers while Redis is down) or
+    # api_expired_ttl for buckets expired from Redis; at most api_fallback_rankings per worker
+    # (about 30 MB each at 100,000 rows).
+    api_fallback_rows: int = Field(100_000, ge=1000, le=10_000_000)
+    api_fallback_rankings: int = Field(4, ge=1, le=1000)
+    api_fallback_ttl: float = Field(0.0, ge=0, le=3600)
+    api_expired_ttl: float = Field(60.0, ge=0, le=86_400)
+
     @field_validator("slot", "publication")
     @classmethod
     def _identifier(cls, value: str) -> str:
@@ -142,6 +176,7 @@ class Settings(BaseSettings):
         "redis_sentinel_username",
         "redis_sentinel_password",
         "redis_cluster_nodes",
+        "api_trusted_proxies",
         mode="before",
     )
     @classmethod
@@ -169,12 +204,35 @@ class Settings(BaseSettings):
             parse_nodes(value)
         return value
 
+    @field_validator("api_trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str | None) -> str | None:
+        if value is not None:
+            for item in value.split(","):
+                item = item.strip()
+                if item == "*":
+                    continue
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{item!r} is not an IP address or network (a comma-separated list, "
+                        "or * for any peer, is expected)"
+                    ) from None
+        return value
+
     @model_validator(mode="after")
     def _topology(self) -> Settings:
         if self.redis_sentinels and self.redis_cluster_nodes:
             raise ValueError(
                 "PROJECTOR_REDIS_SENTINELS and PROJECTOR_REDIS_CLUSTER_NODES exclude each "
                 "other: Redis is either watched by Sentinels or a Cluster"
+            )
+        if self.api_max_streams >= self.api_max_connections:
+            raise ValueError(
+                f"PROJECTOR_API_MAX_STREAMS ({self.api_max_streams}) must be below "
+                f"PROJECTOR_API_MAX_CONNECTIONS ({self.api_max_connections}): every stream "
+                "holds a connection, and ordinary requests need some too"
             )
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
             raise ValueError(

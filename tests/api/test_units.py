@@ -10,12 +10,16 @@ import pytest
 from openapi_spec_validator import validate
 
 from api import routes
+from api.boards import AsOf, Entry
 from api.breaker import Breaker
 from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
 from api.openapi import bucket_pattern, openapi_document
+from api.rankings import Ranking, Rankings
 from projector.boards import DEFAULT_BOARDS
 from projector.buckets import Period, parse_bucket
+from projector.errors import ConfigError
+from projector.settings import load_settings
 
 
 class FakeClock:
@@ -198,3 +202,41 @@ def test_bucket_patterns_are_exactly_the_buckets_the_api_accepts(period: Period)
     candidates += ["all", "2026-W5", "2026-w05", "2026-1-01", "12026", "2026\n", " 2026", ""]
     for text in candidates:
         assert bool(pattern.fullmatch(text)) == _accepted(period, text), text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"api_max_streams": 3000, "api_max_connections": 2000}, "PROJECTOR_API_MAX_STREAMS"),
+        ({"api_trusted_proxies": "10.0.0.1,proxy"}, "PROJECTOR_API_TRUSTED_PROXIES"),
+        ({"api_max_request_line": 10}, "PROJECTOR_API_MAX_REQUEST_LINE"),
+        ({"api_pg_queue": -1}, "PROJECTOR_API_PG_QUEUE"),
+        ({"api_header_timeout": 0}, "PROJECTOR_API_HEADER_TIMEOUT"),
+    ],
+)
+def test_bad_api_bounds_stop_start_up_naming_the_variable(
+    overrides: dict[str, object], named: str
+) -> None:
+    """A bad bound of the public API is one ConfigError sentence naming its variable."""
+    with pytest.raises(ConfigError, match=named):
+        load_settings(**overrides)
+
+
+def test_rankings_keep_at_most_their_size_for_their_time_to_live() -> None:
+    """The least recently used ranking leaves first; an expired or too old one is not served."""
+    rankings = Rankings(2)
+    page = Ranking(3, [Entry(1, "a", None, 3), Entry(2, "b", None, 2)], AsOf(10, None))
+    rankings.put("x", page, 60)
+    rankings.put("y", page, 60)
+    assert rankings.get("x") is page  # x is now the most recently used
+    rankings.put("z", page, 60)
+    assert rankings.get("y") is None and rankings.get("x") is page and len(rankings) == 2
+    assert rankings.get("x", min_lsn=11) is None  # older than the client's write
+    rankings.put("t", page, 0)
+    assert rankings.get("t") is None
+    assert not page.complete and page.covers(0, 2) and not page.covers(1, 2)
+    assert page.page(1, 5).entries == [Entry(2, "b", None, 2)]
+    standing = page.standing("b", 1)
+    assert standing is not None and (standing.rank, standing.score) == (2, 2)
+    assert standing.above == [Entry(1, "a", None, 3)] and standing.below == []
+    assert page.standing("nobody", 1) is None  # its label and total need PostgreSQL

@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from api.boards import AsOf, BoardPage, Entry, board_json
 from api.errors import NotFound
-from api.events import BoardEvents, BoardKey
+from api.events import BoardEvents, BoardKey, event_frame
 from api.feed import WatermarkFeed
 from api.page import Page
 from api.routes import BoardQuery
@@ -30,17 +31,15 @@ class FakeBoards:
         self.entries: dict[str, list[dict[str, Any]]] = {}
         self.lsn = 1
 
-    async def read(self, query: BoardQuery) -> dict[str, Any]:
+    async def read(self, query: BoardQuery) -> tuple[BoardPage, str]:
         self.reads[(query.period.value, query.bucket, query.limit)] += 1
         await asyncio.sleep(0)
-        return {
-            "period": query.period.value,
-            "bucket": query.bucket,
-            "limit": query.limit,
-            "entries": self.entries.get(query.period.value, [])[: query.limit],
-            "source": "redis",
-            "as_of": {"lsn": f"0/{self.lsn:X}", "commit_time": None},
-        }
+        rows = self.entries.get(query.period.value, [])
+        entries = [
+            Entry(e["rank"], e["user_id"], e.get("display_name"), e["score"])
+            for e in rows[: query.limit]
+        ]
+        return BoardPage(len(rows), entries, AsOf(self.lsn, None)), "redis"
 
 
 class Client:
@@ -118,7 +117,7 @@ def test_ticks_during_a_read_coalesce_and_slow_clients_skip_to_the_newest() -> N
         gate = asyncio.Event()
         gate.set()
 
-        async def slow_read(query: BoardQuery) -> dict[str, Any]:
+        async def slow_read(query: BoardQuery) -> tuple[BoardPage, str]:
             await gate.wait()
             return await boards.read(query)
 
@@ -230,3 +229,134 @@ def test_page_and_assets_have_types_validators_and_cache_policies() -> None:
     assert b"script-src 'self'" in headers[b"content-security-policy"]
     with pytest.raises(NotFound):
         page.asset(b"index.html.bak", b"", None)
+
+
+def test_many_limits_cost_one_read_and_each_gets_exactly_its_slice() -> None:
+    """Clients of one board with ten limits (both route forms) cost one read per update, of
+    the largest limit; each event is exactly the route's JSON at the client's limit."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        boards.entries["day"] = [
+            {"rank": i, "user_id": f"u{i:02d}", "display_name": f"Ü {i}", "score": 100 - i}
+            for i in range(1, 41)
+        ]
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        keys = [
+            BoardKey(Period.DAY, "2026-11-30", limit, DEFAULT_BOARDS[0], alias)
+            for limit in (1, 2, 3, 5, 8, 13, 21, 34, 55)
+            for alias in (True, False)
+        ]
+        largest = max(key.limit for key in keys)
+        clients = [(Client(), key) for key in sorted(keys, key=lambda k: -k.limit)]
+        tasks = [asyncio.create_task(hub.stream(key, c.receive, c.send)) for c, key in clients]
+        await _settle()
+        reads = sum(boards.reads.values())
+        boards.lsn = 2
+        boards.entries["day"][0] = {**boards.entries["day"][0], "user_id": "new"}
+        feed.heard(2)
+        await _settle()
+        assert sum(boards.reads.values()) == reads + 1
+        assert list(boards.reads)[-1] == ("day", "2026-11-30", largest)
+        for client, key in clients:
+            query = BoardQuery(key.period, "2026-11-30", key.limit, 0, None, key.board, key.alias)
+            page, source = await boards.read(query)
+            assert client.events[-1] + b"\n\n" == event_frame(
+                board_json(query, page, source, ZoneInfo("UTC"))
+            )
+        for client, _ in clients:
+            client.hang_up.set()
+        await asyncio.gather(*tasks)
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_board_delays_no_other() -> None:
+    """While one board's read hangs, another board's change is still pushed at once."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        stuck = asyncio.Event()
+
+        async def read(query: BoardQuery) -> tuple[BoardPage, str]:
+            if query.period == Period.WEEK and boards.lsn > 1:
+                await stuck.wait()
+            return await boards.read(query)
+
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        week, day = Client(), Client()
+        tasks = [
+            asyncio.create_task(
+                hub.stream(
+                    BoardKey(Period.WEEK, None, 5, DEFAULT_BOARDS[0]), week.receive, week.send
+                )
+            ),
+            asyncio.create_task(hub.stream(DAY_KEY, day.receive, day.send)),
+        ]
+        await _settle()
+        for lsn in (2, 3):
+            boards.lsn = lsn
+            boards.entries["day"] = [{"rank": 1, "user_id": f"d{lsn}", "score": lsn}]
+            feed.heard(lsn)
+            await _settle()
+            assert f'"user_id":"d{lsn}"'.encode() in day.events[-1]
+        assert len(week.events) == 1  # its read still hangs
+        stuck.set()
+        for client in (week, day):
+            client.hang_up.set()
+        await asyncio.gather(*tasks)
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_boards_are_re_read_only_when_their_data_can_have_changed() -> None:
+    """Ticks without a new watermark read nothing; a board PostgreSQL answers is re-read at
+    most every fallback_interval, however often the feed ticks."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        source = "redis"
+
+        async def read(query: BoardQuery) -> tuple[BoardPage, str]:
+            page, _ = await boards.read(query)
+            return page, source
+
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(read, feed, ZoneInfo("UTC"), min_interval=0, fallback_interval=0.3)
+        hub.start()
+        feed.heard(1)
+        client = Client()
+        past = BoardKey(Period.DAY, "2026-01-05", 10, DEFAULT_BOARDS[0])
+        task = asyncio.create_task(hub.stream(past, client.receive, client.send))
+        await _settle()
+        reads = sum(boards.reads.values())
+        for _ in range(10):  # polls that found the same watermark
+            feed.heard(1)
+            await _settle()
+        assert sum(boards.reads.values()) == reads
+        feed.heard(2)
+        await _settle()
+        assert sum(boards.reads.values()) == reads + 1
+
+        source = "postgres"
+        feed.heard(3)
+        await _settle()
+        reads = sum(boards.reads.values())
+        started = asyncio.get_running_loop().time()
+        lsn = 4
+        while asyncio.get_running_loop().time() - started < 0.95:
+            feed.heard(lsn)
+            lsn += 1
+            await asyncio.sleep(0.01)
+        assert 2 <= sum(boards.reads.values()) - reads <= 4  # every 0.3 s, not every tick
+        client.hang_up.set()
+        await task
+        await hub.stop()
+
+    asyncio.run(scenario())
