@@ -70,6 +70,26 @@ class Unavailable(ApiError):
         return [(b"retry-after", b"1")]
 
 
+class BoardUnavailable(ApiError):
+    """The board's table no longer fits its definition (a column it reads was renamed,
+    dropped or retyped): the projector dropped it until the schema or the definition is
+    fixed (503). The other boards answer as usual."""
+
+    status = 503
+    code = "board_unavailable"
+
+    def __init__(self, board: str) -> None:
+        super().__init__(
+            f"board {board!r} cannot be served now: its table no longer fits its definition"
+            if board
+            else "this board cannot be served now: its table no longer fits its definition"
+        )
+        self.board = board
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"30")]
+
+
 class FallbackBusy(Unavailable):
     """This process runs and queues as many PostgreSQL fallback statements as it may (503)."""
 

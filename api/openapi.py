@@ -221,8 +221,10 @@ def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]
                 "Unavailable": {
                     **_json(
                         _ref("Error"),
-                        "Neither Redis nor PostgreSQL can answer now, or this process runs as "
-                        "many PostgreSQL fallback queries as it may (`fallback_busy`).",
+                        "Neither Redis nor PostgreSQL can answer now, this process runs as "
+                        "many PostgreSQL fallback queries as it may (`fallback_busy`), or the "
+                        "board's table no longer fits its definition (`board_unavailable`: "
+                        "the projector names the fix in `projector status`).",
                     ),
                     "headers": {
                         "Retry-After": {
@@ -593,7 +595,10 @@ def _schemas() -> dict[str, Any]:
                     "required": ["status", "code", "message"],
                     "properties": {
                         "status": {"type": "integer"},
-                        "code": {"type": "string", "examples": ["bad_parameter", "unavailable"]},
+                        "code": {
+                            "type": "string",
+                            "examples": ["bad_parameter", "unavailable", "board_unavailable"],
+                        },
                         "message": {"type": "string"},
                         "parameter": {
                             "type": "string",
@@ -734,6 +739,12 @@ def _schemas() -> dict[str, Any]:
                         },
                         "as_of": _ref("AsOf"),
                         "error": {"type": "string"},
+                        "unavailable_boards": {
+                            "type": "object",
+                            "description": "Declared boards the projector cannot project "
+                            "now, each with its problem and fix.",
+                            "additionalProperties": {"type": "string"},
+                        },
                     },
                 },
                 "postgres": {

@@ -22,7 +22,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
-from api.errors import StoreBusy, StoreUnavailable
+from api.errors import BoardUnavailable, StoreBusy, StoreUnavailable
 from projector import queries
 from projector.boards import Board
 from projector.buckets import Period, bucket_bounds
@@ -299,6 +299,15 @@ class PostgresReader:
             denial = privilege_denial(exc, role=self._role)
             log.error("postgres refused the fallback query", error=str(denial or exc))
             raise StoreUnavailable("postgres", "permission denied", down=False) from exc
+        except (
+            psycopg.errors.UndefinedColumn,
+            psycopg.errors.UndefinedTable,
+            psycopg.errors.DatatypeMismatch,
+            psycopg.errors.UndefinedFunction,
+        ) as exc:
+            # A migration broke the board's definition; the projector has dropped the board
+            # too (or will at its next look) and names the fix.
+            raise BoardUnavailable("") from exc
         except psycopg.errors.QueryCanceled as exc:
             raise StoreUnavailable("postgres", f"statement timed out: {exc}", down=False) from exc
         except psycopg.OperationalError as exc:

@@ -21,12 +21,13 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
-from api.errors import NotBuilt, StoreUnavailable
+from api.errors import BoardUnavailable, NotBuilt, StoreUnavailable
 from projector import read_functions
 from projector.boards import Board
 from projector.buckets import Period
 from projector.keys import Keys
 from projector.lsn import parse_lsn
+from projector.watermark import unavailable_boards
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -74,7 +75,9 @@ class RedisReader:
     ) -> BoardPage:
         """A page of ``limit`` entries from position ``offset`` (0-based) in rank order."""
         keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
-        reply = await self._run(read_functions.BOARD, keys, b"%d" % offset, b"%d" % limit)
+        reply = await self._run(
+            read_functions.BOARD, keys, b"%d" % offset, b"%d" % limit, board.name.encode()
+        )
         lsn, commit_time, total, rows = reply
         return BoardPage(total=int(total), entries=_entries(rows), as_of=_as_of(lsn, commit_time))
 
@@ -83,7 +86,9 @@ class RedisReader:
     ) -> Standing:
         """``user_id``'s rank and score with up to ``around`` neighbours either side."""
         keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
-        reply = await self._run(read_functions.STANDING, keys, user_id.encode(), b"%d" % around)
+        reply = await self._run(
+            read_functions.STANDING, keys, user_id.encode(), b"%d" % around, board.name.encode()
+        )
         lsn, commit_time, total, name, position, first, rows = reply
         as_of = _as_of(lsn, commit_time)
         display_name = _text_or_none(name)
@@ -111,7 +116,7 @@ class RedisReader:
             self._watermark,
             *(self.board_key(board, period, bucket) for period, bucket in buckets),
         )
-        reply = await self._run(read_functions.USER, keys, user_id.encode())
+        reply = await self._run(read_functions.USER, keys, user_id.encode(), board.name.encode())
         lsn, commit_time, name, stats = reply
         periods = []
         for index, (period, bucket) in enumerate(buckets):
@@ -142,7 +147,11 @@ class RedisReader:
             as_of = None
         if as_of is None:
             return {"up": True, "built": False}
-        return {"up": True, "built": True, "as_of": as_of.to_json()}
+        state: dict[str, Any] = {"up": True, "built": True, "as_of": as_of.to_json()}
+        unavailable = unavailable_boards(raw[2].decode() if raw[2] else "")
+        if unavailable:
+            state["unavailable_boards"] = unavailable
+        return state
 
     async def _run(self, function: str, keys: tuple[bytes, ...], *args: bytes) -> list[Any]:
         """Call the projector's read-only ``function``; NotBuilt on a nil reply, or while
@@ -163,6 +172,8 @@ class RedisReader:
         except RedisError as exc:
             if read_functions.is_missing(exc):
                 raise NotBuilt(f"Redis holds no read function {command[1]!r}") from exc
+            if str(exc).startswith("UNAVAILABLE "):
+                raise BoardUnavailable(str(exc).removeprefix("UNAVAILABLE ")) from exc
             # Busy loading, out of memory, a replica that refuses...: Redis cannot answer.
             raise StoreUnavailable("redis", f"{type(exc).__name__}: {exc}") from exc
 

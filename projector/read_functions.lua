@@ -51,21 +51,32 @@ local function with_names(users, rows)
   return out
 end
 
--- KEYS board, users, watermark; ARGV offset, limit.
+-- The watermark's position and time, or false without one; the error UNAVAILABLE when the
+-- projector lists the board as unavailable (its table no longer fits its definition).
+local function watermark_of(key, board)
+  local mark = redis.call('HMGET', key, 'lsn', 'commit_time', 'unavailable')
+  if not mark[1] then return false end
+  if mark[3] and mark[3] ~= '' and cjson.decode(mark[3])[board] then
+    return redis.error_reply('UNAVAILABLE ' .. board)
+  end
+  return mark
+end
+
+-- KEYS board, users, watermark; ARGV offset, limit, board name.
 -- -> false without a watermark, else {lsn, commit_time, total, {member, score, rank, name...}}
 local function board(KEYS, ARGV)
-  local mark = redis.call('HMGET', KEYS[3], 'lsn', 'commit_time')
-  if not mark[1] then return false end
+  local mark = watermark_of(KEYS[3], ARGV[3])
+  if not mark or mark.err then return mark end
   local total = redis.call('ZCARD', KEYS[1])
   local rows = page(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), total)
   return {mark[1], mark[2] or '', total, with_names(KEYS[2], rows)}
 end
 
--- KEYS board, users, watermark; ARGV user, around.
+-- KEYS board, users, watermark; ARGV user, around, board name.
 -- -> false, or {lsn, commit_time, total, name, position|false, first position, rows}
 local function standing(KEYS, ARGV)
-  local mark = redis.call('HMGET', KEYS[3], 'lsn', 'commit_time')
-  if not mark[1] then return false end
+  local mark = watermark_of(KEYS[3], ARGV[3])
+  if not mark or mark.err then return mark end
   local key, user, around = KEYS[1], ARGV[1], tonumber(ARGV[2])
   local total = redis.call('ZCARD', key)
   local name = redis.call('HGET', KEYS[2], user)
@@ -80,11 +91,11 @@ local function standing(KEYS, ARGV)
   return {mark[1], mark[2] or '', total, name, position, first, with_names(KEYS[2], rows)}
 end
 
--- KEYS users, watermark, board...; ARGV user.
+-- KEYS users, watermark, board...; ARGV user, board name.
 -- -> false, or {lsn, commit_time, name, {total, score|false, rank|false} per board}
 local function user(KEYS, ARGV)
-  local mark = redis.call('HMGET', KEYS[2], 'lsn', 'commit_time')
-  if not mark[1] then return false end
+  local mark = watermark_of(KEYS[2], ARGV[2])
+  if not mark or mark.err then return mark end
   local member = ARGV[1]
   local out = {}
   for k = 3, #KEYS do
@@ -101,10 +112,11 @@ local function user(KEYS, ARGV)
   return {mark[1], mark[2] or '', redis.call('HGET', KEYS[1], member), out}
 end
 
--- KEYS watermark -> {lsn|false, commit_time|false}: readiness, through a function, so a
--- Redis without this library is not reported ready for answers it cannot give.
+-- KEYS watermark -> {lsn|false, commit_time|false, unavailable boards|false}: readiness,
+-- through a function, so a Redis without this library is not reported ready for answers it
+-- cannot give.
 local function watermark(KEYS, ARGV)
-  return redis.call('HMGET', KEYS[1], 'lsn', 'commit_time')
+  return redis.call('HMGET', KEYS[1], 'lsn', 'commit_time', 'unavailable')
 end
 
 local function register(name, callback)
