@@ -156,7 +156,7 @@ def _assert_functions_only(node: RedisNode, api_login: str, watermark: str) -> N
     with node.client() as admin:
         assert admin.execute_command("FUNCTION", "LIST", "LIBRARYNAME", read_functions.LIBRARY)
     with redis.Redis.from_url(_as(api_login, node)) as client:
-        lsn, _ = client.execute_command("FCALL_RO", read_functions.WATERMARK, 1, watermark)
+        lsn, _, _ = client.execute_command("FCALL_RO", read_functions.WATERMARK, 1, watermark)
         assert lsn is not None
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.execute_command("EVAL_RO", "#!lua flags=no-writes\nreturn 1", 0)

@@ -85,7 +85,10 @@ def test_a_broken_board_answers_503_and_the_others_answer(
         assert answer.headers["retry-after"]
         assert "squad" not in answer.text  # the schema is the operators' (projector status)
         assert api.get("/v1/boards/team-focus/week/members/red").status_code == 503
-        assert api.json("/v1/boards/pomodoros/all")["total"] == 2
+        _until(
+            "pomodoros did not go on",
+            lambda a=api: a.json("/v1/boards/pomodoros/all")["total"] == 2,
+        )
     ready = redis_api.get("/readyz")
     assert ready.status_code == 200
     assert "team-focus" in ready.json()["redis"]["unavailable_boards"]

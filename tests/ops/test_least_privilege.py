@@ -326,7 +326,7 @@ def test_api_redis_user_runs_only_the_functions_the_projector_loaded(
             run.execute_command("FUNCTION", "FLUSH")
     with redis.Redis.from_url(deployment.api_url) as client:
         reply = client.execute_command("FCALL_RO", read_functions.WATERMARK, 1, watermark)
-        assert reply == [b"0/10", b""]
+        assert reply == [b"0/10", b"", None]
         for command in (
             ("EVAL_RO", "#!lua flags=no-writes\nreturn 1", 0),
             ("EVAL", "return 1", 0),
