@@ -24,7 +24,7 @@ import uvicorn
 from api.bounded_http import HttpBounds
 from api.metrics import MULTIPROC_ENV
 from projector.compatibility import check_redis
-from projector.errors import ConfigError
+from projector.core.errors import ConfigError
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings
 

@@ -43,7 +43,7 @@ from api.redis_reader import RedisReader
 from api.routes import BoardQuery
 from api.sources import Sources
 from projector import redis_nodes
-from projector.boards import Board
+from projector.core.boards import Board
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings, redact_dsn
 

@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from api.routes import BoardQuery, StandingQuery, UserQuery
-from projector.boards import Board
-from projector.buckets import Period, bucket_bounds
-from projector.lsn import format_lsn
+from projector.core.boards import Board
+from projector.core.buckets import Period, bucket_bounds
+from projector.core.lsn import format_lsn
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,8 @@ from api.boards import BoardPage, board_json
 from api.errors import ApiError, TooManyStreams, Unavailable
 from api.feed import WatermarkFeed
 from api.routes import BoardQuery
-from projector.boards import Board
-from projector.buckets import ALL_BUCKET, Period, current_bucket
+from projector.core.boards import Board
+from projector.core.buckets import ALL_BUCKET, Period, current_bucket
 
 log = structlog.get_logger("api")
 

@@ -21,7 +21,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from api.errors import StoreUnavailable
-from projector.lsn import parse_lsn
+from projector.core.lsn import parse_lsn
 
 log = structlog.get_logger("api")
 
@@ -120,7 +120,7 @@ class WatermarkFeed:
             finally:
                 self.live = False
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
     async def _listen(self, pubsub: Any) -> None:
         next_poll = time.monotonic() + self.poll_interval

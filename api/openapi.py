@@ -4,7 +4,7 @@ It describes exactly what the API accepts: a path per period that a board keeps 
 are written with ``{period}`` and expanded by ``_per_period``), each with the pattern of that
 period's real bucket ids (no 2026-02-30, no 2025-W53, no year 0000), user ids and members
 without control characters, integer ranges. Bounds come from ``api.routes`` and the calendar
-from ``projector.buckets``, so the document and the validation cannot disagree; the tests
+from ``projector.core.buckets``, so the document and the validation cannot disagree; the tests
 validate the document, fuzz the API from it (hypothesis, schemathesis) and check every
 answer against its response schemas.
 """
@@ -19,8 +19,8 @@ from typing import Any
 
 from api import routes
 from projector import __version__
-from projector.boards import DEFAULT_BOARDS, Board
-from projector.buckets import Period, parse_bucket
+from projector.core.boards import DEFAULT_BOARDS, Board
+from projector.core.buckets import Period, parse_bucket
 
 _LSN_PATTERN = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
 # Years 0001 to 9999 (there is no year 0000).

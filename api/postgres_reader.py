@@ -1,8 +1,8 @@
 """Answers the same queries as ``RedisReader`` straight from each board's table.
 
 The fallback: each answer is one SQL statement (one snapshot) aggregating the board's rows
-inside the bucket's bounds from ``projector.buckets`` with the board's query from
-``projector.queries`` (the rebuild's and verify's), and ranking with the same rule as Redis:
+inside the bucket's bounds from ``projector.core.buckets`` with the board's query from
+``projector.core.queries`` (the rebuild's and verify's), and ranking with the same rule as Redis:
 ``rank()`` over score for competition ranks, ties ordered by member under the byte-order "C"
 collation.
 Concurrency is bounded by the pool size, and statements beyond ``max_statements`` running or
@@ -23,10 +23,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
 from api.errors import BoardUnavailable, StoreBusy, StoreUnavailable
-from projector import queries
-from projector.boards import Board
-from projector.buckets import Period, bucket_bounds
-from projector.lsn import parse_lsn
+from projector.core import queries
+from projector.core.boards import Board
+from projector.core.buckets import Period, bucket_bounds
+from projector.core.lsn import parse_lsn
 from projector.privileges import privilege_denial
 
 log = structlog.get_logger("api")
@@ -80,7 +80,7 @@ ORDER BY r.position
 class PostgresReader:
     """Answers queries from PostgreSQL with at most ``pool.max_size`` statements at once.
 
-    Statements are made from the board definitions (``projector.queries``) once per shape
+    Statements are made from the board definitions (``projector.core.queries``) once per shape
     and kept.
     """
 

@@ -23,11 +23,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
 from api.errors import BoardUnavailable, NotBuilt, StoreUnavailable
 from projector import read_functions
-from projector.boards import Board
-from projector.buckets import Period
-from projector.keys import Keys
-from projector.lsn import parse_lsn
-from projector.watermark import unavailable_boards
+from projector.core.boards import Board
+from projector.core.buckets import Period
+from projector.core.keys import Keys
+from projector.core.lsn import parse_lsn
+from projector.core.watermark import unavailable_boards
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 

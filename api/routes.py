@@ -14,9 +14,9 @@ from urllib.parse import unquote_to_bytes
 from zoneinfo import ZoneInfo
 
 from api.errors import BadParameter, NotFound
-from projector.boards import Board
-from projector.buckets import ALL_BUCKET, Period, current_bucket, parse_bucket, parse_period
-from projector.lsn import parse_lsn
+from projector.core.boards import Board
+from projector.core.buckets import ALL_BUCKET, Period, current_bucket, parse_bucket, parse_period
+from projector.core.lsn import parse_lsn
 
 # Route templates: the names used in metrics, logs and the OpenAPI document.
 BOARD = "/v1/leaderboards/{period}"

@@ -42,8 +42,8 @@ from api.postgres_reader import PostgresReader
 from api.rankings import Ranking, Rankings
 from api.redis_reader import RedisReader
 from api.routes import BoardQuery, StandingQuery, UserQuery
-from projector.boards import Board
-from projector.buckets import (
+from projector.core.boards import Board
+from projector.core.buckets import (
     ALL_BUCKET,
     TIMED_PERIODS,
     Period,
@@ -51,7 +51,7 @@ from projector.buckets import (
     current_bucket,
     expires_at,
 )
-from projector.lsn import format_lsn
+from projector.core.lsn import format_lsn
 
 log = structlog.get_logger("api")
 

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, api_env, machine, migrate, percentile, save, throwaway_servers
 
 sys.path.insert(0, str(ROOT))
-from projector.lsn import parse_lsn
+from projector.core.lsn import parse_lsn
 
 TOP10 = "/v1/leaderboards/day?limit=10"
 # wrk: summary as one JSON line; latencies in microseconds.

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, migrate, percentile, save, throwaway_servers
 
 sys.path.insert(0, str(ROOT))
-from projector.lsn import parse_lsn
+from projector.core.lsn import parse_lsn
 
 PROJECTOR = [sys.executable, "-m", "projector", "run"]
 FOCUS_SQL = ROOT / "examples" / "focus_minutes.sql"

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, save, throwaway_servers
 
 sys.path.insert(0, str(ROOT))
-from projector import queries
-from projector.boards import label_sources
-from projector.buckets import Period, oldest_retained_bucket_start
+from projector.core import queries
+from projector.core.boards import label_sources
+from projector.core.buckets import Period, oldest_retained_bucket_start
 from projector.settings import load_settings
 
 

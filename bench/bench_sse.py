@@ -42,7 +42,7 @@ from bench_api import ApiServer
 from common import ROOT, api_env, machine, migrate, percentile, save, throwaway_servers
 
 sys.path.insert(0, str(ROOT))
-from projector.lsn import parse_lsn
+from projector.core.lsn import parse_lsn
 
 USERS = [f"bench{i}" for i in range(10)]
 PATHS = ("/v1/leaderboards/day/events?limit=10", "/v1/leaderboards/week/events?limit=10")

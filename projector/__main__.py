@@ -1,5 +1,5 @@
 """``python -m projector``: the same as the ``projector`` console script."""
 
-from projector.cli import main
+from projector.commands.cli import main
 
 raise SystemExit(main())

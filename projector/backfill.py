@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 import structlog
 
-from projector.buckets import Period, expires_at
-from projector.errors import ProjectorError
-from projector.fingerprint import BoardChange
-from projector.keys import Keys
+from projector.core.buckets import Period, expires_at
+from projector.core.errors import ProjectorError
+from projector.core.fingerprint import BoardChange
+from projector.core.keys import Keys
 from projector.rebuild import (
     RebuildProgress,
     build_boards,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import redis
 
 from projector import redis_nodes
-from projector.errors import ConfigError, ConnectionLost
+from projector.core.errors import ConfigError, ConnectionLost
 from projector.settings import Settings
 
 REDIS_FLOOR = (7, 0)

@@ -30,7 +30,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from projector import __version__
-from projector.errors import ConfigError
+from projector.core.errors import ConfigError
 
 KINDS = ("insert", "update", "delete", "truncate")
 SERVICES = ("postgres", "redis")

@@ -12,7 +12,7 @@ import re
 import psycopg
 import redis
 
-from projector.errors import MissingPrivilege
+from projector.core.errors import MissingPrivilege
 
 _PG_DENIALS = (
     (re.compile(r"permission denied for table (\S+)"), "GRANT SELECT ON TABLE {0} TO {role}"),

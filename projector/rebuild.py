@@ -24,19 +24,25 @@ import redis
 import structlog
 from psycopg import sql
 
-from projector import queries
-from projector.boards import Board, Labels, label_sources, partition_states, schema_problems
-from projector.buckets import Period, bucket_ids_for_date, expires_at, oldest_retained_bucket_start
-from projector.clear import unlink_matching
-from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
-from projector.fingerprint import ProjectionConfig
-from projector.lsn import format_lsn
+from projector.commands.clear import unlink_matching
+from projector.core import queries
+from projector.core.boards import Board, Labels, label_sources
+from projector.core.buckets import (
+    Period,
+    bucket_ids_for_date,
+    expires_at,
+    oldest_retained_bucket_start,
+)
+from projector.core.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
+from projector.core.fingerprint import ProjectionConfig
+from projector.core.lsn import format_lsn
+from projector.core.watermark import Watermark, encode_unavailable
 from projector.redis_nodes import MOVED_AWAY
+from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
 from projector.sink import Fenced, RedisSink
 from projector.standby import LOCK_CLASS
 from projector.stream import ReplicationStream, ServerPosition, connect, drop_slot, slot_info
-from projector.watermark import Watermark, encode_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -174,7 +180,7 @@ def _boards_to_build(
     for board, problem in problems.items():
         log.error("board unavailable; the others are built", board=board, problem=problem)
     partitions = partition_states(pg, {b.table for b in settings.boards})
-    return boards, ProjectionConfig.of(settings, boards, partitions), problems
+    return boards, settings.projection_config(boards, partitions), problems
 
 
 def snapshot_connections(

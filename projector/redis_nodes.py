@@ -27,7 +27,7 @@ from redis.connection import parse_url
 from redis.crc import key_slot
 from redis.sentinel import Sentinel
 
-from projector.errors import ConfigError, ConnectionLost
+from projector.core.errors import ConfigError, ConnectionLost
 from projector.settings import Settings, parse_nodes, redact_url
 
 # What a node says that no longer serves our keys as we asked: demoted to a replica, or our
@@ -49,7 +49,7 @@ def moved_away(exc: Exception) -> bool:
 
 def connection_kwargs(url: str) -> dict[str, Any]:
     """What a URL says about the connection besides its address: user, password, db, TLS."""
-    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call,unused-ignore]
     for address in ("host", "port", "path"):
         options.pop(address, None)
     connection_class = options.pop("connection_class", None)
@@ -85,13 +85,13 @@ def client(
         **extra,
     }
     if settings.redis_sentinels:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             parse_nodes(settings.redis_sentinels),
             sentinel_kwargs=_sentinel_auth(settings, connect_timeout),
             **connection_kwargs(url),
             **options,
         )
-        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
             str(settings.redis_sentinel_master), redis_class=redis.Redis
         )
         return master
@@ -120,7 +120,7 @@ def slot_nodes(settings: Settings, url: str, timeout: float = 5.0) -> list[tuple
             **connection_kwargs(url),
         )
         try:
-            slots = seed.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+            slots = seed.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call,unused-ignore]
             return _owners(slots, slot, host)
         except redis.ResponseError as exc:
             if "cluster support disabled" in str(exc).lower():
@@ -171,7 +171,7 @@ def async_pool(
     that meets a demoted or moved node is dropped rather than trusted.
     """
     if settings.redis_sentinels:
-        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call,unused-ignore]
             parse_nodes(settings.redis_sentinels),
             sentinel_kwargs=_sentinel_auth(settings, options.get("socket_connect_timeout", 5.0)),
             **connection_kwargs(url),
@@ -237,7 +237,7 @@ class SlotConnection(aioredis.Connection):
             self.host, self.port = await self._resolver(self.socket_connect_timeout or 5.0)
         except (ConnectionLost, redis.RedisError) as exc:
             raise OSError(str(exc)) from exc
-        await super()._connect()  # type: ignore[no-untyped-call]
+        await super()._connect()  # type: ignore[no-untyped-call,unused-ignore]
 
     async def on_connect_check_health(self, check_health: bool = True) -> None:
         await super().on_connect_check_health(check_health=check_health)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -16,10 +17,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from projector.boards import Board, load_boards
-from projector.buckets import Retention
-from projector.errors import ConfigError
-from projector.keys import Keys
+from projector.core.boards import Board, Table, load_boards
+from projector.core.buckets import Retention
+from projector.core.errors import ConfigError
+from projector.core.fingerprint import ProjectionConfig
+from projector.core.keys import Keys
 
 _IDENTIFIER_RE = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
 ENV_PREFIX = "PROJECTOR_"
@@ -279,6 +281,17 @@ class Settings(BaseSettings):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    def projection_config(
+        self, boards: Iterable[Board] | None = None, partitions: Mapping[Table, str] | None = None
+    ) -> ProjectionConfig:
+        """The configuration fingerprint of ``boards`` (default: every declared board)."""
+        return ProjectionConfig.of(
+            self.timezone,
+            self.retention,
+            self.boards if boards is None else boards,
+            partitions,
+        )
 
     @property
     def retention(self) -> Retention:

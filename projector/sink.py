@@ -34,11 +34,11 @@ from typing import Any
 import redis
 
 from projector import read_functions
-from projector.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
-from projector.keys import Keys
-from projector.projection import BatchDelta
+from projector.core.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
+from projector.core.keys import Keys
+from projector.core.projection import BatchDelta
+from projector.core.watermark import Watermark
 from projector.redis_nodes import MOVED_AWAY, moved_away
-from projector.watermark import Watermark
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import psycopg
 import structlog
 
-from projector.errors import ConnectionLost
+from projector.core.errors import ConnectionLost
 from projector.settings import Settings
 from projector.stream import connect
 

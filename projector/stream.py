@@ -1,6 +1,6 @@
 """The replication connection: slot management and the pgoutput CopyData stream.
 
-Thin I/O around the sans-I/O frame parser in ``projector.replication``: it creates,
+Thin I/O around the sans-I/O frame parser in ``projector.core.replication``: it creates,
 inspects and drops the slot, starts streaming, hands frames to the caller and sends
 standby status updates. Connection failures surface as ``ConnectionLost``.
 """
@@ -17,10 +17,15 @@ import psycopg.pq
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from projector.errors import ConnectionLost, ProjectorError, ProtocolError
-from projector.lsn import format_lsn, parse_lsn
+from projector.core.errors import ConnectionLost, ProjectorError, ProtocolError
+from projector.core.lsn import format_lsn, parse_lsn
+from projector.core.replication import (
+    PrimaryKeepalive,
+    XLogData,
+    parse_frame,
+    standby_status_update,
+)
 from projector.privileges import privilege_denial
-from projector.replication import PrimaryKeepalive, XLogData, parse_frame, standby_status_update
 
 # Session settings for decoding: timestamps reach us as ISO text in UTC whatever the
 # server's defaults, which keeps the projection's fast path (and its cache) valid.

@@ -24,27 +24,28 @@ import structlog
 
 from projector import redis_nodes
 from projector.backfill import Backfill, BuildRestart
-from projector.boards import Board, Table, partition_states, schema_problems
-from projector.errors import (
+from projector.core.boards import Board, Table
+from projector.core.errors import (
     BoardsChanged,
     ConfigError,
     ConnectionLost,
     ProjectorError,
     RebuildRequired,
 )
-from projector.fingerprint import BoardChange, ProjectionConfig, board_change, recorded_boards
-from projector.lsn import format_lsn
+from projector.core.fingerprint import BoardChange, ProjectionConfig, board_change, recorded_boards
+from projector.core.lsn import format_lsn
+from projector.core.pgoutput import Decoder
+from projector.core.projection import BatchDelta, Projection
+from projector.core.replication import PrimaryKeepalive
+from projector.core.session import Actions, Collect, Confirm, Receive, Send, Session
+from projector.core.watermark import Watermark, encode_unavailable
 from projector.metrics import ProjectorMetrics
-from projector.pgoutput import Decoder
-from projector.projection import BatchDelta, Projection
 from projector.rebuild import RebuildInterrupted, rebuild
-from projector.replication import PrimaryKeepalive
-from projector.session import Actions, Collect, Confirm, Receive, Send, Session
+from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
 from projector.sink import RedisSink, new_owner
 from projector.standby import SlotLock
 from projector.stream import ReplicationStream, ServerPosition, slot_info
-from projector.watermark import Watermark, encode_unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -383,7 +384,7 @@ class Worker:
         if not effective:
             raise ConfigError("; ".join(problems.values()))
         partitions = partition_states(pg, {b.table for b in declared})
-        config = ProjectionConfig.of(settings, effective, partitions)
+        config = settings.projection_config(effective, partitions)
         unavailable = encode_unavailable(problems)
         change = None
         # Boards the stream broke but the schema fits now: their changes since the break

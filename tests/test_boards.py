@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
-from projector.boards import DEFAULT_BOARDS, Labels, Table, load_boards, parse_boards
-from projector.buckets import Period
-from projector.errors import ConfigError
-from projector.fingerprint import ProjectionConfig
-from projector.keys import Keys
+from projector.core.boards import DEFAULT_BOARDS, Labels, Table, load_boards, parse_boards
+from projector.core.buckets import Period
+from projector.core.errors import ConfigError
+from projector.core.keys import Keys
 from projector.settings import load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "focus_minutes.toml"
@@ -126,8 +125,8 @@ def test_an_unreadable_or_invalid_file_names_the_variable(tmp_path: Path) -> Non
 
 def test_the_fingerprint_covers_every_board_definition() -> None:
     """Adding or changing a board changes the configuration fingerprint, and says which."""
-    default = ProjectionConfig.of(load_settings())
-    example = ProjectionConfig.of(load_settings(boards_file=str(EXAMPLE)))
+    default = load_settings().projection_config()
+    example = load_settings(boards_file=str(EXAMPLE)).projection_config()
     assert default.fingerprint != example.fingerprint
     assert example.changes_since(default.text) == [
         "board 'focus-minutes' added",

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projector.buckets import (
+from projector.core.buckets import (
     TIMED_PERIODS,
     Period,
     Retention,

@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projector.errors import ProtocolError
-from projector.lsn import parse_lsn
-from projector.pgoutput import (
+from projector.core.errors import ProtocolError
+from projector.core.lsn import parse_lsn
+from projector.core.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
     BeginPrepare,
@@ -51,7 +51,7 @@ from projector.pgoutput import (
     Update,
     pg_time_to_datetime,
 )
-from projector.replication import XLogData, parse_frame
+from projector.core.replication import XLogData, parse_frame
 
 CAPTURE = Path(__file__).parent / "data" / "pgoutput_capture.json"
 

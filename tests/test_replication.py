@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projector.errors import ProtocolError
-from projector.lsn import parse_lsn
-from projector.replication import (
+from projector.core.errors import ProtocolError
+from projector.core.lsn import parse_lsn
+from projector.core.replication import (
     PrimaryKeepalive,
     XLogData,
     parse_frame,

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from projector.boards import DEFAULT_BOARDS
-from projector.buckets import Retention
-from projector.errors import BoardsChanged, ProtocolError, RebuildRequired
-from projector.keys import Keys
-from projector.pgoutput import (
+from projector.core.boards import DEFAULT_BOARDS
+from projector.core.buckets import Retention
+from projector.core.errors import BoardsChanged, ProtocolError, RebuildRequired
+from projector.core.keys import Keys
+from projector.core.pgoutput import (
     Begin,
     Column,
     Commit,
@@ -33,8 +33,8 @@ from projector.pgoutput import (
     Truncate,
     pg_time_to_datetime,
 )
-from projector.projection import BatchDelta, Projection
-from projector.session import (
+from projector.core.projection import BatchDelta, Projection
+from projector.core.session import (
     MAX_IN_FLIGHT,
     Actions,
     Collect,
@@ -45,7 +45,7 @@ from projector.session import (
     Send,
     Session,
 )
-from projector.watermark import Watermark
+from projector.core.watermark import Watermark
 
 REL = 16_384
 ALL = "pomo:lb:pomodoros:all:all"

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
 from projector.settings import Settings, load_settings
 
 from .support import ApiServer, Boards, ProjectorThread, insert_rows, oracle, wait_caught_up

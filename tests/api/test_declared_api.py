@@ -17,9 +17,9 @@ import httpx
 import psycopg
 import pytest
 
-from projector.boards import load_boards
-from projector.buckets import Period, current_bucket
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
+from projector.core.boards import load_boards
+from projector.core.buckets import Period, current_bucket
 
 from .conftest import api_settings, unreachable_redis_url
 from .support import ApiServer, ProjectorThread, current_lsn, wait_caught_up, without_source

@@ -22,7 +22,7 @@ from referencing.jsonschema import DRAFT202012
 
 from api import routes
 from api.openapi import openapi_document
-from projector.buckets import Period, expires_at
+from projector.core.buckets import Period, expires_at
 
 from .conftest import Dataset
 from .support import without_source

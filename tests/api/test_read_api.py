@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from projector.buckets import current_bucket
+from projector.core.buckets import current_bucket
 
 from .conftest import Dataset
 from .support import ranked, without_source

@@ -16,7 +16,7 @@ import redis
 from redis_topology import ClusterTopology, RedisNode, SentinelTopology
 
 from projector import read_functions
-from projector.roles import Grantee, apply_redis
+from projector.commands.roles import Grantee, apply_redis
 from projector.settings import Settings
 
 from .support import (

@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from projector.boards import load_boards
-from projector.limits import clean_label
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
+from projector.core.boards import load_boards
+from projector.core.limits import clean_label
 
 from .conftest import api_settings, unreachable_redis_url
 from .support import ApiServer, ProjectorThread, wait_caught_up

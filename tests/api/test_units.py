@@ -16,9 +16,9 @@ from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
 from api.openapi import bucket_pattern, openapi_document
 from api.rankings import Ranking, Rankings
-from projector.boards import DEFAULT_BOARDS
-from projector.buckets import Period, parse_bucket
-from projector.errors import ConfigError
+from projector.core.boards import DEFAULT_BOARDS
+from projector.core.buckets import Period, parse_bucket
+from projector.core.errors import ConfigError
 from projector.settings import load_settings
 
 

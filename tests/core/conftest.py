@@ -12,8 +12,8 @@ import psycopg
 import pytest
 import redis
 
-from projector.boards import Board
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
+from projector.core.boards import Board
 from projector.settings import Settings, load_settings
 
 from .support import (

@@ -29,9 +29,9 @@ import psycopg
 import redis
 from psycopg import sql
 
-from projector.boards import DEFAULT_BOARDS, Board
-from projector.keys import Keys
-from projector.limits import MAX_MEMBER, clean_label
+from projector.core.boards import DEFAULT_BOARDS, Board
+from projector.core.keys import Keys
+from projector.core.limits import MAX_MEMBER, clean_label
 
 Boards = dict[tuple[str, str], dict[str, int]]
 
@@ -48,7 +48,7 @@ WIDE_RETENTION = {
 # boards whose retention ran out dropped (a board lives until the first local date
 # `retention` buckets after its bucket ends), instants outside local years 0001..9999 in the
 # all-time board only, members whose score is not positive left out. Written from the board's
-# columns here, independently of projector.queries.
+# columns here, independently of projector.core.queries.
 _RECOMPUTE_SQL = """
 WITH dated AS (
     SELECT {member}::text AS member, {time} AT TIME ZONE %(tz)s AS local, {value} AS value

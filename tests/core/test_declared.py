@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import redis
 
-from projector.boards import load_boards
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
+from projector.core.boards import load_boards
 
 from .conftest import Projected
 from .support import ProjectorProcess, projector_executable, settings_env, watermark

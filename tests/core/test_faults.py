@@ -19,7 +19,7 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from projector.verify import verify
+from projector.commands.verify import verify
 
 from .conftest import Projected
 from .support import (

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from projector.watermark import unavailable_boards
+from projector.core.watermark import unavailable_boards
 
 from .conftest import Projected
 from .support import (
@@ -46,7 +46,7 @@ HARMLESS = (
 def example_dsn(migrated_dsn: str) -> str:
     """The example schema (minutes, teams) over the migrated one, with the example's boards
     migrated into the publication."""
-    from projector.migrate import migrate
+    from projector.commands.migrate import migrate
     from projector.settings import load_settings
 
     with psycopg.connect(migrated_dsn, autocommit=True) as conn:

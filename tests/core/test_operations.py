@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from projector.verify import verify
+from projector.commands.verify import verify
 
 from .conftest import Projected
 from .support import (

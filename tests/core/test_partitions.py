@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
+from projector.core.watermark import unavailable_boards
 from projector.settings import load_settings
-from projector.watermark import unavailable_boards
 
 from .conftest import Projected
 from .support import (

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from projector.limits import MAX_LABEL, MAX_MEMBER, clean_label
+from projector.core.limits import MAX_LABEL, MAX_MEMBER, clean_label
 
 from .conftest import Projected
 from .support import ProjectorProcess, projector_executable, settings_env

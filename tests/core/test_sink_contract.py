@@ -14,11 +14,11 @@ import fakeredis
 import pytest
 import redis
 
-from projector.errors import RebuildRequired
-from projector.keys import Keys
-from projector.projection import BatchDelta
+from projector.core.errors import RebuildRequired
+from projector.core.keys import Keys
+from projector.core.projection import BatchDelta
+from projector.core.watermark import Watermark
 from projector.sink import Fenced, RedisSink, ReplicasBehind
-from projector.watermark import Watermark
 
 PREFIX = "t:"
 KEYS = Keys(PREFIX)
@@ -352,7 +352,7 @@ def test_a_refused_batch_in_flight_refuses_the_next(sink: RedisSink, client: red
 
 def test_a_read_only_replica_is_a_lost_connection_not_a_crash(redis_url: str) -> None:
     """A Redis demoted to a read-only replica (failover) makes apply retryable."""
-    from projector.errors import ConnectionLost
+    from projector.core.errors import ConnectionLost
 
     client = redis.Redis.from_url(redis_url)
     sink = RedisSink(client, KEYS)

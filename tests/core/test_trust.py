@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import redis
 
-from projector.errors import RebuildRequired
+from projector.core.errors import RebuildRequired
 from projector.rebuild import RebuildProgress, advisory_lock, rebuild
 from projector.settings import load_settings
 from projector.sink import RedisSink

@@ -21,7 +21,7 @@ import redis
 from recovery.support import Deployment
 from redis_topology import ClusterTopology, SentinelTopology
 
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
 from projector.settings import cluster_prefix
 
 

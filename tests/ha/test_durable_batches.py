@@ -10,8 +10,8 @@ import redis
 from core.test_sink_contract import ALL, batch, mark, scores
 from redis_topology import SentinelTopology
 
-from projector.keys import Keys
-from projector.projection import BatchDelta
+from projector.core.keys import Keys
+from projector.core.projection import BatchDelta
 from projector.sink import RedisSink, ReplicasBehind
 
 KEYS = Keys("t:")

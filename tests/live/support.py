@@ -33,7 +33,7 @@ from core.support import (
 )
 
 from api.app import App, create_app
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
 from projector.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

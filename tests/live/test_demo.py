@@ -17,7 +17,7 @@ import psycopg
 import redis
 from core.support import assert_same, projector_executable, read_redis, recompute, settings_env
 
-from projector.demo import FIRST_NAMES, LAST_NAMES, Delete, DemoPlan, Insert, Move, people
+from projector.commands.demo import FIRST_NAMES, LAST_NAMES, Delete, DemoPlan, Insert, Move, people
 
 from .support import Stack, free_port
 

@@ -16,8 +16,8 @@ from api.events import BoardEvents, BoardKey, event_frame
 from api.feed import WatermarkFeed
 from api.page import Page
 from api.routes import BoardQuery
-from projector.boards import DEFAULT_BOARDS
-from projector.buckets import Period
+from projector.core.boards import DEFAULT_BOARDS
+from projector.core.buckets import Period
 
 DAY_KEY = BoardKey(Period.DAY, None, 5, DEFAULT_BOARDS[0])
 ALL_KEY = BoardKey(Period.ALL, None, 10, DEFAULT_BOARDS[0])

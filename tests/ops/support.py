@@ -16,7 +16,7 @@ import redis
 import uvicorn
 
 from api.app import create_app
-from projector.lsn import parse_lsn
+from projector.core.lsn import parse_lsn
 from projector.settings import Settings
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
 
 from .support import free_port
 

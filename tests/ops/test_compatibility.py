@@ -6,7 +6,7 @@ import pytest
 from redis_topology import SentinelTopology
 
 from projector.compatibility import check_redis, redis_version_problem
-from projector.errors import ConfigError
+from projector.core.errors import ConfigError
 from projector.settings import Settings, load_settings
 
 

@@ -20,15 +20,15 @@ import pytest
 import redis
 
 from projector import read_functions
-from projector.migrate import migrate
-from projector.privileges import privilege_denial
-from projector.roles import (
+from projector.commands.migrate import migrate
+from projector.commands.roles import (
     REDIS_API_COMMANDS,
     Grantee,
     apply_postgres,
     apply_redis,
     source_tables,
 )
+from projector.privileges import privilege_denial
 from projector.settings import Settings, load_settings
 from projector.worker import Worker
 

@@ -18,10 +18,10 @@ from api.postgres_reader import PostgresReader
 from api.redis_reader import RedisReader
 from api.routes import BoardQuery
 from api.sources import Sources
-from projector.boards import DEFAULT_BOARDS, Board
-from projector.buckets import Period, Retention
-from projector.lsn import format_lsn, parse_lsn
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
+from projector.core.boards import DEFAULT_BOARDS, Board
+from projector.core.buckets import Period, Retention
+from projector.core.lsn import format_lsn, parse_lsn
 from projector.settings import load_settings
 
 from .support import current_lsn, insert_rows, serve

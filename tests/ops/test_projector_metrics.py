@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from projector.errors import ConfigError
+from projector.core.errors import ConfigError
 from projector.metrics import (
     KINDS,
     REBUILD_CAUSES,

@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
 
 from .support import current_lsn, free_port, wait_caught_up
 

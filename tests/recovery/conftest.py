@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from projector.migrate import migrate
+from projector.commands.migrate import migrate
 
 from .support import Deployment
 

@@ -28,8 +28,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 import redis
 
-from projector.boards import DEFAULT_BOARDS
-from projector.keys import Keys
+from projector.core.boards import DEFAULT_BOARDS
+from projector.core.keys import Keys
 
 DEFAULT_BOARD = DEFAULT_BOARDS[0].name
 

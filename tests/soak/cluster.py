@@ -21,9 +21,9 @@ from typing import Any
 import psycopg
 import redis
 
-from projector.keys import Keys
+from projector.commands.migrate import migrate
+from projector.core.keys import Keys
 from projector.logs import configure_logging
-from projector.migrate import migrate
 from tests.core.support import WIDE_RETENTION, projector_executable, settings_env, watermark
 
 ROOT = Path(__file__).resolve().parents[2]

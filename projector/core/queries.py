@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from projector.boards import Board, Labels
-from projector.buckets import Period
-from projector.limits import clean_label_sql, ranked_member_sql
+from projector.core.boards import Board, Labels
+from projector.core.buckets import Period
+from projector.core.limits import clean_label_sql, ranked_member_sql
 
 _UNITS = {Period.DAY: "day", Period.WEEK: "week", Period.MONTH: "month", Period.YEAR: "year"}
 

@@ -16,8 +16,8 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from projector.boards import RESTORE, Board, Table, label_sources
-from projector.buckets import (
+from projector.core.boards import RESTORE, Board, Table, label_sources
+from projector.core.buckets import (
     TIMED_PERIODS,
     Period,
     Retention,
@@ -25,10 +25,10 @@ from projector.buckets import (
     expires_at,
     local_date,
 )
-from projector.errors import BoardsChanged, RebuildRequired
-from projector.keys import Keys
-from projector.limits import MAX_MEMBER, clean_label
-from projector.pgoutput import (
+from projector.core.errors import BoardsChanged, RebuildRequired
+from projector.core.keys import Keys
+from projector.core.limits import MAX_MEMBER, clean_label
+from projector.core.pgoutput import (
     UNCHANGED_TOAST,
     ColumnValue,
     Delete,
@@ -480,7 +480,7 @@ class Projection:
         member = member_value.decode()
         # Bytes bound code points from above: only a long member is measured.
         if len(member_value) > MAX_MEMBER and len(member) > MAX_MEMBER:
-            return  # too long to rank (projector.limits), like a NULL member
+            return  # too long to rank (projector.core.limits), like a NULL member
         deltas = self._batch.deltas
         if board.all_key:
             members = deltas.get(board.all_key)

@@ -15,9 +15,9 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from projector.boards import DEFAULT_BOARDS, Board, Table
-from projector.errors import ConfigError, ConnectionLost
-from projector.projection import identity_columns
+from projector.core.boards import DEFAULT_BOARDS, Board, Table
+from projector.core.errors import ConfigError, ConnectionLost
+from projector.core.projection import identity_columns
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +30,7 @@ def migrations_dir() -> Path:
     override = os.environ.get("PROJECTOR_MIGRATIONS_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "migrations"
+    return Path(__file__).resolve().parents[2] / "migrations"
 
 
 def migrate(

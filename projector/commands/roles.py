@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
-from projector.boards import DEFAULT_BOARDS, Board, Table
-from projector.errors import ConfigError
-from projector.projection import identity_columns
+from projector.core.boards import DEFAULT_BOARDS, Board, Table
+from projector.core.errors import ConfigError
+from projector.core.projection import identity_columns
 
 DEFAULT_RUN_ROLE = "projector_run"
 DEFAULT_API_ROLE = "projector_api"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from projector.lsn import format_lsn, parse_lsn
+from projector.core.lsn import format_lsn, parse_lsn
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,7 @@ class Watermark:
     too large to apply atomically is part-way through, ``tx_lsn`` is its commit LSN (from
     its Begin message) and ``tx_rows`` the number of its row changes already applied.
     ``timeline`` is PostgreSQL's timeline when Redis was built; ``config`` describes what
-    decides a row's contribution (see ``projector.fingerprint``) and ``fingerprint`` is
+    decides a row's contribution (see ``projector.core.fingerprint``) and ``fingerprint`` is
     its digest. ``unavailable`` is a JSON object of the declared boards that cannot be
     projected now (board -> the problem and its fix): Redis holds none of their keys.
     """

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from projector.boards import Labels, label_key_name
-from projector.buckets import Period
+from projector.core.boards import Labels, label_key_name
+from projector.core.buckets import Period
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from projector.errors import ProtocolError, RebuildRequired
-from projector.lsn import format_lsn
-from projector.pgoutput import (
+from projector.core.errors import ProtocolError, RebuildRequired
+from projector.core.lsn import format_lsn
+from projector.core.pgoutput import (
     Begin,
     Commit,
     Delete,
@@ -30,9 +30,9 @@ from projector.pgoutput import (
     Update,
     pg_time_to_datetime,
 )
-from projector.projection import BatchDelta, Projection
-from projector.replication import pg_now_us
-from projector.watermark import Watermark
+from projector.core.projection import BatchDelta, Projection
+from projector.core.replication import pg_now_us
+from projector.core.watermark import Watermark
 
 # A lone commit is applied as soon as the socket runs dry; under load a batch is applied
 # at the latest this long after its first commit arrived.

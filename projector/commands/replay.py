@@ -15,8 +15,8 @@ import uuid
 import redis
 
 from projector import redis_nodes
-from projector.errors import ConnectionLost, ProjectorError
-from projector.lsn import format_lsn
+from projector.core.errors import ConnectionLost, ProjectorError
+from projector.core.lsn import format_lsn
 from projector.rebuild import RebuildProgress, advisory_lock, rebuild
 from projector.settings import Settings
 from projector.sink import RedisSink, as_text, new_owner

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from projector.errors import ProjectorError
+from projector.core.errors import ProjectorError
 
 log = structlog.get_logger("demo")
 

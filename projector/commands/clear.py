@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from projector import redis_nodes
-from projector.errors import ConnectionLost
+from projector.core.errors import ConnectionLost
 from projector.settings import Settings
 
 

@@ -20,9 +20,10 @@ import psycopg
 import redis
 from psycopg import sql
 
-from projector import queries, redis_nodes
-from projector.boards import Board, partition_states, schema_problems
-from projector.buckets import (
+from projector import redis_nodes
+from projector.core import queries
+from projector.core.boards import Board
+from projector.core.buckets import (
     TIMED_PERIODS,
     Period,
     bucket_bounds,
@@ -32,16 +33,26 @@ from projector.buckets import (
     oldest_retained_bucket_start,
     previous_bucket,
 )
-from projector.errors import BoardsChanged, ConnectionLost, ProjectorError
-from projector.fingerprint import ProjectionConfig, board_states, same_layout
-from projector.lsn import format_lsn
-from projector.pgoutput import Begin, Commit, Decoder, Delete, Insert, Relation, Truncate, Update
-from projector.projection import Projection
-from projector.replication import PrimaryKeepalive
+from projector.core.errors import BoardsChanged, ConnectionLost, ProjectorError
+from projector.core.fingerprint import board_states, same_layout
+from projector.core.lsn import format_lsn
+from projector.core.pgoutput import (
+    Begin,
+    Commit,
+    Decoder,
+    Delete,
+    Insert,
+    Relation,
+    Truncate,
+    Update,
+)
+from projector.core.projection import Projection
+from projector.core.replication import PrimaryKeepalive
+from projector.core.watermark import Watermark
+from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
 from projector.sink import RedisSink, as_text
 from projector.stream import ReplicationStream
-from projector.watermark import Watermark
 
 _READ_BOARDS_LUA = """
 local out = {redis.call('HGETALL', KEYS[1])}
@@ -133,7 +144,7 @@ def _board_states(settings: Settings, wm: Watermark) -> dict[str, dict[str, str]
     except psycopg.OperationalError as exc:
         raise ConnectionLost(f"cannot connect to PostgreSQL: {exc}", service="postgres") from exc
     effective = [b for b in settings.boards if b.name not in problems]
-    config = ProjectionConfig.of(settings, effective, partitions)
+    config = settings.projection_config(effective, partitions)
     if not same_layout(wm.config, config):
         raise ProjectorError(
             "Redis was built under another configuration ("

@@ -12,17 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from projector.boards import Board, Table, board_from_description, label_sources
-from projector.errors import ConfigError
-from projector.settings import Settings
+from projector.core.boards import Board, Table, board_from_description, label_sources
+from projector.core.buckets import Retention
+from projector.core.errors import ConfigError
 
-# The Redis key layout (projector.keys). 1: {prefix}lb:{period}:{bucket};
+# The Redis key layout (projector.core.keys). 1: {prefix}lb:{period}:{bucket};
 # 2: {prefix}lb:{board}:{period}:{bucket}. Bump it with the layout.
 KEY_LAYOUT = 2
-# What one row may put into Redis (projector.limits). Absent: no limits (before them);
+# What one row may put into Redis (projector.core.limits). Absent: no limits (before them);
 # 1: members up to 200 code points, labels cleaned and cut to 64. Bump it with the rules.
 ROW_RULES = 1
 
@@ -37,29 +37,25 @@ class ProjectionConfig:
     @classmethod
     def of(
         cls,
-        settings: Settings,
-        boards: Iterable[Board] | None = None,
+        timezone: str,
+        retention: Retention,
+        boards: Iterable[Board],
         partitions: Mapping[Table, str] | None = None,
     ) -> ProjectionConfig:
-        """The configuration of ``boards`` (default: every declared board). A board over a
-        partitioned table records its partitions (``boards.partition_states``): when they
+        """The configuration of ``boards`` under ``timezone`` and ``retention``. A board over a
+        partitioned table records its partitions (``schema.partition_states``): when they
         change, by maintenance that no row change reports, the board is built again."""
         partitions = partitions or {}
         described = {}
-        for board in settings.boards if boards is None else boards:
+        for board in boards:
             described[board.name] = board.description()
             if board.table in partitions:
                 described[board.name]["partitions"] = partitions[board.table]
         description = {
             "key_layout": KEY_LAYOUT,
             "row_rules": ROW_RULES,
-            "timezone": settings.timezone,
-            "retention": {
-                "day_days": settings.retention_day_days,
-                "week_weeks": settings.retention_week_weeks,
-                "month_months": settings.retention_month_months,
-                "year_years": settings.retention_year_years,
-            },
+            "timezone": timezone,
+            "retention": asdict(retention),
             "boards": described,
         }
         return cls._of(description)

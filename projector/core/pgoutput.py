@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, TypeAlias
 
-from projector.errors import ProtocolError
+from projector.core.errors import ProtocolError
 
 __all__ = [
     "UNCHANGED_TOAST",

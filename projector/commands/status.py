@@ -18,14 +18,15 @@ import psycopg
 import redis
 
 from projector import redis_nodes
-from projector.boards import Table, partition_states, schema_problems
-from projector.buckets import Period, current_bucket
-from projector.fingerprint import ProjectionConfig, board_states, same_layout
-from projector.lsn import format_lsn, parse_lsn
+from projector.core.boards import Table
+from projector.core.buckets import Period, current_bucket
+from projector.core.fingerprint import board_states, same_layout
+from projector.core.lsn import format_lsn, parse_lsn
+from projector.core.watermark import Watermark
+from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
 from projector.sink import RedisSink, as_text
 from projector.stream import slot_info, system_identifier
-from projector.watermark import Watermark
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             if system_id is not None and wm.system_id != system_id:
                 problems.append("watermark names another PostgreSQL cluster")
             effective = [b for b in settings.boards if b.name not in schema]
-            config = ProjectionConfig.of(settings, effective, partitions)
+            config = settings.projection_config(effective, partitions)
             report["watermark"]["config_matches"] = wm.fingerprint == config.fingerprint
             if not same_layout(wm.config, config):
                 problems.append(

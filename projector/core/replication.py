@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from projector.errors import ProtocolError
+from projector.core.errors import ProtocolError
 
 __all__ = [
     "PrimaryKeepalive",

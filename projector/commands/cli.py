@@ -13,7 +13,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from projector import __version__
-from projector.errors import ConfigError, ConnectionLost, MissingPrivilege, ProjectorError
+from projector.core.errors import ConfigError, ConnectionLost, MissingPrivilege, ProjectorError
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings
 from projector.signals import stop_on_signals
@@ -224,7 +224,7 @@ def _redis_user(url: str) -> str:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "migrate":
-        from projector.migrate import migrate
+        from projector.commands.migrate import migrate
 
         applied = migrate(settings.pg_dsn, settings.publication, settings.boards)
         print(
@@ -235,15 +235,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "run":
         return _run(settings)
     if command == "status":
-        from projector.status import print_status
+        from projector.commands.status import print_status
 
         return print_status(settings, as_json=args.json)
     if command == "replay":
-        from projector.replay import replay
+        from projector.commands.replay import replay
 
         return replay(settings, timeout=args.timeout)
     if command == "verify":
-        from projector.verify import print_verify
+        from projector.commands.verify import print_verify
 
         return print_verify(settings, as_json=args.json, everything=args.all)
     if command == "clear":
@@ -254,7 +254,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 2
-        from projector.clear import clear
+        from projector.commands.clear import clear
 
         removed = clear(settings)
         print(f"removed {removed} key(s) under {settings.keys.prefix!r}")
@@ -267,7 +267,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _roles(args: argparse.Namespace, settings: Settings) -> int:
-    from projector import roles
+    from projector.commands import roles
 
     run = roles.grantee(
         args.run_role,
@@ -308,7 +308,7 @@ def _roles(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     import random
 
-    from projector.demo import DemoPlan, DemoWriter, people
+    from projector.commands.demo import DemoPlan, DemoWriter, people
 
     stop = stop_on_signals("stopping the demo writer")
     plan = DemoPlan(people(args.users), random.Random(args.seed))
