@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -383,7 +384,9 @@ class BoardEvents:
     def _bucket(self, board: _Board) -> str:
         if board.bucket is not None:
             return board.bucket
-        return ALL_BUCKET if board.period == Period.ALL else current_bucket(board.period, self._tz)
+        if board.period == Period.ALL:
+            return ALL_BUCKET
+        return current_bucket(board.period, self._tz, datetime.now(UTC))
 
     async def _refresh(self, board: _Board) -> None:
         """Read ``board`` once, at the largest limit watched; push each view that changed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import unquote_to_bytes
 from zoneinfo import ZoneInfo
 
@@ -230,7 +230,11 @@ def _period(raw: bytes, board: Board) -> Period:
 
 def _bucket(period: Period, text: str | None, tz: ZoneInfo, now: datetime | None) -> str:
     if text is None:
-        return ALL_BUCKET if period == Period.ALL else current_bucket(period, tz, now)
+        return (
+            ALL_BUCKET
+            if period == Period.ALL
+            else current_bucket(period, tz, now or datetime.now(UTC))
+        )
     try:
         return parse_bucket(period, text)
     except ValueError as exc:

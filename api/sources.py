@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
@@ -503,7 +503,8 @@ class Sources:
 
 def current_buckets(tz: ZoneInfo, now: datetime | None = None) -> list[tuple[Period, str]]:
     """(period, bucket) of the current bucket of every period, the all-time board last."""
-    buckets = [(period, current_bucket(period, tz, now)) for period in TIMED_PERIODS]
+    moment = datetime.now(UTC) if now is None else now
+    buckets = [(period, current_bucket(period, tz, moment)) for period in TIMED_PERIODS]
     buckets.append((Period.ALL, ALL_BUCKET))
     return buckets
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,9 @@ def _bare_queries(dsn: str) -> float:
     with psycopg.connect(dsn) as conn:
         for board in settings.boards:
             for period in (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR):
-                since = oldest_retained_bucket_start(period, tz, settings.retention)
+                since = oldest_retained_bucket_start(
+                    period, tz, settings.retention, datetime.now(UTC)
+                )
                 params = {"tz": settings.timezone, "since": since}
                 for _ in conn.execute(queries.period_scores(board, period), params):
                     pass

@@ -24,7 +24,6 @@ import redis
 import structlog
 from psycopg import sql
 
-from projector.commands.clear import unlink_matching
 from projector.core import queries
 from projector.core.boards import Board, Labels, label_sources
 from projector.core.buckets import (
@@ -260,7 +259,7 @@ def build_boards(
     def period_task(
         board: Board, period: Period, conn: psycopg.Connection[tuple[object, ...]]
     ) -> Found:
-        since = oldest_retained_bucket_start(period, tz, settings.retention)
+        since = oldest_retained_bucket_start(period, tz, settings.retention, datetime.now(UTC))
         assert since is not None
         index = _PERIOD_INDEX[period]
         cache: dict[date, tuple[str, int | None] | None] = {}
@@ -476,15 +475,12 @@ def _out_of_memory(exc: Exception) -> ConnectionLost:
 def mark_started(sink: RedisSink, build: str) -> None:
     """Set the build's marker before its first key: the swap refuses a build without it,
     as Redis then lost keys of it (flushed, cleared or restarted) and it is incomplete."""
-    try:
-        sink.client.set(f"{build}started", "1", ex=_BUILD_TTL)
-    except (redis.ConnectionError, redis.TimeoutError, *MOVED_AWAY) as exc:
-        raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+    sink.mark_build_started(build, _BUILD_TTL)
 
 
 def discard_stale_builds(sink: RedisSink) -> None:
     """Remove build keys a crashed rebuild left behind (they also expire on their own)."""
-    unlink_matching(sink.client, sink.keys.builds)
+    sink.unlink_matching(sink.keys.builds)
 
 
 def reporter(

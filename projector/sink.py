@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -382,7 +383,7 @@ class RedisSink:
         old = self._registered()
         declared: list[str] = [f"{build}started"]
         args: list[Any] = [self.owner, replay_id or "", watermark.position, keys.events]
-        fields = watermark.fields()
+        fields = watermark.fields(now=datetime.now(UTC))
         args.append(len(fields))
         for item in fields.items():
             args.extend(item)
@@ -476,6 +477,27 @@ class RedisSink:
             )
         return policy
 
+    def unlink_matching(self, pattern: str) -> int:
+        """Unlink every key matching a SCAN ``pattern``, in small steps (``projector clear``,
+        and build keys a crashed rebuild left); return how many."""
+        client, removed = self._client, 0
+        try:
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    removed += int(client.unlink(*batch))
+                    batch = []
+            if batch:
+                removed += int(client.unlink(*batch))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
+        return removed
+
+    def mark_build_started(self, build: str, ttl_seconds: int) -> None:
+        """Set a build's marker before its first key: the swap refuses a build without it."""
+        self._call(lambda: self._client.set(f"{build}started", "1", ex=ttl_seconds))
+
     def replay_request(self) -> str | None:
         """The id of a pending ``projector replay`` request, if any."""
         value = self._call(self._client.get, self.keys.replay_request)
@@ -549,7 +571,7 @@ def encode_batch(
             expires = expiry.get(key)
             boards.append((at(key), "" if expires is None else expires, flat, int(key in raw)))
     document: dict[str, Any] = {
-        "w": [x for pair in new.fields(full=full).items() for x in pair],
+        "w": [x for pair in new.fields(now=datetime.now(UTC), full=full).items() for x in pair],
         "cb": [at(key) for key in registered if clear_starts and key.startswith(clear_starts)],
         "cl": [at(key) for key in sorted(batch.clear_labels)],
         "l": labels,

@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from projector.core.errors import ConnectionLost, ProjectorError, ProtocolError
 from projector.core.lsn import format_lsn, parse_lsn
+from projector.core.pgoutput import PG_EPOCH_UNIX_US
 from projector.core.replication import (
     PrimaryKeepalive,
     XLogData,
@@ -30,6 +31,11 @@ from projector.privileges import privilege_denial
 # Session settings for decoding: timestamps reach us as ISO text in UTC whatever the
 # server's defaults, which keeps the projection's fast path (and its cache) valid.
 _SESSION_OPTIONS = "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres"
+
+
+def pg_now_us() -> int:
+    """This machine's time in microseconds since PostgreSQL's epoch (2000-01-01 UTC)."""
+    return time.time_ns() // 1000 - PG_EPOCH_UNIX_US
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +268,11 @@ class ReplicationStream:
         """Tell the server everything up to ``flushed_lsn`` is safely applied."""
         pgconn = self._require_pgconn()
         frame = standby_status_update(
-            flushed_lsn, flushed_lsn, flushed_lsn, reply_requested=reply_requested
+            flushed_lsn,
+            flushed_lsn,
+            flushed_lsn,
+            now_us=pg_now_us(),
+            reply_requested=reply_requested,
         )
         try:
             if pgconn.put_copy_data(frame) != 1 or pgconn.flush() < 0:

@@ -45,7 +45,7 @@ from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
 from projector.sink import RedisSink, new_owner
 from projector.standby import SlotLock
-from projector.stream import ReplicationStream, ServerPosition, slot_info
+from projector.stream import ReplicationStream, ServerPosition, pg_now_us, slot_info
 
 log = structlog.get_logger(__name__)
 
@@ -483,6 +483,7 @@ class _Streaming:
                 settings.keys,
                 settings.zone,
                 settings.retention,
+                time.time,
                 building=change.build if change is not None else (),
                 building_keys=self.backfill.delta_keys if self.backfill is not None else None,
                 partitioned=start.partitions,
@@ -490,6 +491,8 @@ class _Streaming:
             max_tx_changes=settings.max_tx_changes,
             batch_changes=settings.batch_changes,
             status_interval=settings.status_interval,
+            clock=time.monotonic,
+            now_us=pg_now_us,
         )
         self.decoder = Decoder(1)
         self.metrics = worker.metrics

@@ -9,6 +9,7 @@ does not hold; no compare-and-set is ever refused (there is one writer).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -163,7 +164,11 @@ class Run:
         self.session = Session(
             world.redis.watermark,
             Projection(
-                DEFAULT_BOARDS, Keys("pomo:"), ZoneInfo("UTC"), Retention(36_500, 5_200, 1_200, 100)
+                DEFAULT_BOARDS,
+                Keys("pomo:"),
+                ZoneInfo("UTC"),
+                Retention(36_500, 5_200, 1_200, 100),
+                time.time,
             ),
             max_tx_changes=max_tx_changes,
             batch_changes=1_000_000,

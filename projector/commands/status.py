@@ -257,7 +257,9 @@ def _board_sizes(client: redis.Redis, settings: Settings) -> dict[str, dict[str,
     tz = settings.zone
     keys = {
         f"{board.name}/{period}": settings.keys.board(
-            board.name, period, "all" if period is Period.ALL else current_bucket(period, tz)
+            board.name,
+            period,
+            "all" if period is Period.ALL else current_bucket(period, tz, datetime.now(UTC)),
         )
         for board in settings.boards
         for period in board.periods

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -159,9 +160,9 @@ def _buckets_to_check(settings: Settings, everything: bool) -> list[tuple[Period
     now = time.time()
     chosen: list[tuple[Period, str]] = []
     for period in TIMED_PERIODS:
-        bucket: str | None = current_bucket(period, tz)
+        bucket: str | None = current_bucket(period, tz, datetime.now(UTC))
         if everything:
-            since = oldest_retained_bucket_start(period, tz, settings.retention)
+            since = oldest_retained_bucket_start(period, tz, settings.retention, datetime.now(UTC))
             oldest = bucket_for(since, period, tz) if since else bucket
             while bucket is not None:
                 chosen.append((period, bucket))
@@ -296,7 +297,7 @@ def _roll_forward(
     """Apply to ``expected`` every change Redis holds beyond ``start``, up to ``target``."""
     if target.lsn <= start and not target.tx_lsn:
         return
-    projection = Projection(boards, settings.keys, settings.zone, settings.retention)
+    projection = Projection(boards, settings.keys, settings.zone, settings.retention, time.time)
     decoder = Decoder(1)
     stream.start(start)
     deadline = time.monotonic() + 60.0

@@ -106,9 +106,9 @@ def bucket_for(ts: datetime, period: Period, tz: ZoneInfo) -> str | None:
     return bucket_ids_for_date(d)[_INDEX[period]]
 
 
-def current_bucket(period: Period, tz: ZoneInfo, now: datetime | None = None) -> str:
-    """Return the bucket of ``period`` holding ``now`` (default: the current time) in ``tz``."""
-    moment = datetime.now(UTC) if now is None else now
+def current_bucket(period: Period, tz: ZoneInfo, now: datetime) -> str:
+    """Return the bucket of ``period`` holding ``now`` in ``tz``."""
+    moment = now
     bucket = bucket_for(moment, period, tz)
     if bucket is None:
         raise ValueError(
@@ -197,7 +197,7 @@ def expires_at(period: Period, bucket: str, tz: ZoneInfo, retention: Retention) 
 
 
 def oldest_retained_bucket_start(
-    period: Period, tz: ZoneInfo, retention: Retention, now: datetime | None = None
+    period: Period, tz: ZoneInfo, retention: Retention, now: datetime
 ) -> datetime | None:
     """Return where the oldest bucket of ``period`` whose board has not expired at ``now`` starts.
 
@@ -206,7 +206,7 @@ def oldest_retained_bucket_start(
     """
     if period == Period.ALL:
         return None
-    moment = datetime.now(UTC) if now is None else now
+    moment = now
     today = local_date(moment, tz)
     if today is None:
         raise ValueError(

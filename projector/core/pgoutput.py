@@ -19,6 +19,8 @@ from typing import Final, Literal, TypeAlias
 from projector.core.errors import ProtocolError
 
 __all__ = [
+    "PG_EPOCH",
+    "PG_EPOCH_UNIX_US",
     "UNCHANGED_TOAST",
     "Begin",
     "BeginPrepare",
@@ -46,12 +48,14 @@ __all__ = [
     "pg_time_to_datetime",
 ]
 
-_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+# PostgreSQL's epoch: its protocol's timestamps are microseconds since this instant.
+PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+PG_EPOCH_UNIX_US: Final = int(PG_EPOCH.timestamp()) * 1_000_000
 
 
 def pg_time_to_datetime(us: int) -> datetime:
     """Return the aware UTC datetime of a PostgreSQL timestamp (microseconds since 2000-01-01)."""
-    return _PG_EPOCH + timedelta(microseconds=us)
+    return PG_EPOCH + timedelta(microseconds=us)
 
 
 class _UnchangedToast(enum.Enum):

@@ -9,7 +9,6 @@ pairs, never with rows. ``take_batch`` hands the accumulated ``BatchDelta`` to t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -192,7 +191,7 @@ class Projection:
         keys: Keys,
         tz: ZoneInfo,
         retention: Retention,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float],
         building: Iterable[Board] = (),
         building_keys: Keys | None = None,
         partitioned: Iterable[Table] = (),

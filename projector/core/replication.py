@@ -9,7 +9,6 @@ Times are microseconds since 2000-01-01 UTC, the PostgreSQL epoch.
 from __future__ import annotations
 
 import struct
-import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -19,12 +18,10 @@ __all__ = [
     "PrimaryKeepalive",
     "XLogData",
     "parse_frame",
-    "pg_now_us",
     "standby_status_update",
 ]
 
 # Microseconds from the Unix epoch to the PostgreSQL epoch, 2000-01-01 00:00:00 UTC.
-_PG_EPOCH_UNIX_US: Final = 946_684_800_000_000
 
 _XLOG_HEADER: Final = struct.Struct("!QQq")  # wal_start, wal_end, server_time
 _KEEPALIVE: Final = struct.Struct("!Qq?")  # wal_end, server_time, reply_requested
@@ -48,11 +45,6 @@ class PrimaryKeepalive:
     wal_end: int
     server_time: int
     reply_requested: bool
-
-
-def pg_now_us() -> int:
-    """Return the current time in microseconds since 2000-01-01 UTC."""
-    return time.time_ns() // 1000 - _PG_EPOCH_UNIX_US
 
 
 def parse_frame(buf: bytes | memoryview) -> XLogData | PrimaryKeepalive:
@@ -90,10 +82,9 @@ def standby_status_update(
     flush_lsn: int,
     apply_lsn: int,
     *,
-    now_us: int | None = None,
+    now_us: int,
     reply_requested: bool = False,
 ) -> bytes:
-    """Build the 'r' frame telling the server which WAL positions this client has processed."""
-    if now_us is None:
-        now_us = pg_now_us()
+    """Build the 'r' frame telling the server which WAL positions this client has processed
+    (``now_us``: the client's clock, in microseconds since PostgreSQL's epoch)."""
     return _STATUS_UPDATE.pack(b"r", write_lsn, flush_lsn, apply_lsn, now_us, reply_requested)

@@ -9,7 +9,6 @@ whole session is abandoned and a new one starts from the watermark stored in Red
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,7 +30,6 @@ from projector.core.pgoutput import (
     pg_time_to_datetime,
 )
 from projector.core.projection import BatchDelta, Projection
-from projector.core.replication import pg_now_us
 from projector.core.watermark import Watermark
 
 # A lone commit is applied as soon as the socket runs dry; under load a batch is applied
@@ -121,8 +119,8 @@ class Session:
         max_tx_changes: int,
         batch_changes: int,
         status_interval: float,
-        clock: Callable[[], float] = time.monotonic,
-        now_us: Callable[[], int] = pg_now_us,
+        clock: Callable[[], float],
+        now_us: Callable[[], int],
     ) -> None:
         self.applied = applied
         self.acked = applied

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from projector.core.lsn import format_lsn, parse_lsn
 
@@ -44,7 +44,7 @@ class Watermark:
         """The compare-and-set token stored beside the fields."""
         return f"{self.lsn:016X}:{self.tx_lsn:016X}:{self.tx_rows}:{self.fingerprint}"
 
-    def fields(self, *, full: bool = True) -> dict[str, str]:
+    def fields(self, *, now: datetime, full: bool = True) -> dict[str, str]:
         """The hash's fields; without ``full`` only those a batch moves (the cluster, slot,
         timeline and configuration stay as the rebuild or the last swap wrote them)."""
         moved = {
@@ -52,7 +52,7 @@ class Watermark:
             "commit_time": self.commit_time.isoformat() if self.commit_time else "",
             "tx_lsn": format_lsn(self.tx_lsn),
             "tx_rows": str(self.tx_rows),
-            "updated_at": datetime.now(UTC).isoformat(),
+            "updated_at": now.isoformat(),
         }
         if full:
             moved.update(

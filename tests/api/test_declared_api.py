@@ -92,7 +92,7 @@ def served(postgres_server: Any, redis_server: Any) -> Iterator[Served]:
 
 
 def _week() -> str:
-    return current_bucket(Period.WEEK, ZoneInfo("UTC"))
+    return current_bucket(Period.WEEK, ZoneInfo("UTC"), datetime.now(UTC))
 
 
 def test_boards_lists_the_declared_boards_default_first(served: Served) -> None:
@@ -121,7 +121,7 @@ def test_a_sum_board_ranks_members_by_their_sum_with_labels(served: Served, api:
 
 def test_both_stores_answer_every_board_route_alike(served: Served) -> None:
     """Redis and the PostgreSQL fallback give the same JSON for each board's routes."""
-    month = current_bucket(Period.MONTH, ZoneInfo("UTC"))
+    month = current_bucket(Period.MONTH, ZoneInfo("UTC"), datetime.now(UTC))
     for path, params in [
         ("/v1/boards/pomodoros/day", {}),
         ("/v1/boards/pomodoros/all", {"limit": 2, "offset": 1}),

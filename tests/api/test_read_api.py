@@ -7,7 +7,7 @@ stores must give identical JSON apart from ``source`` and ``as_of``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -109,7 +109,7 @@ def test_period_bounds_are_local_midnights_with_their_offsets(
 @pytest.mark.parametrize("period", ["day", "week", "month", "year", "all"])
 def test_current_bucket_is_the_default(dataset: Dataset, period: str) -> None:
     """Without ``bucket`` the current one answers, with today's pomodoros, from both stores."""
-    bucket = "all" if period == "all" else current_bucket(period, dataset.tz)  # type: ignore[arg-type]
+    bucket = "all" if period == "all" else current_bucket(period, dataset.tz, datetime.now(UTC))  # type: ignore[arg-type]
     body = both(dataset, f"/v1/leaderboards/{period}", limit=1000)
     assert body["bucket"] == bucket
     expected = ranked(dataset.boards.get((period, bucket), {}), dataset.names)
@@ -160,7 +160,9 @@ def test_user_route_covers_every_current_period(dataset: Dataset) -> None:
         assert body["user_id"] == user and body["display_name"] == dataset.names.get(user)
         assert list(body["periods"]) == ["day", "week", "month", "year", "all"]
         for period, item in body["periods"].items():
-            bucket = "all" if period == "all" else current_bucket(period, dataset.tz)  # type: ignore[arg-type]
+            bucket = (
+                "all" if period == "all" else current_bucket(period, dataset.tz, datetime.now(UTC))
+            )  # type: ignore[arg-type]
             board = dataset.boards.get((period, bucket), {})
             mine = next((e for e in ranked(board, dataset.names) if e["user_id"] == user), None)
             assert item["bucket"] == bucket and item["total"] == len(board)
