@@ -22,6 +22,7 @@ from projector.core.buckets import Period, expires_at
 from projector.core.errors import ProjectorError
 from projector.core.fingerprint import BoardChange
 from projector.core.keys import Keys
+from projector.core.projection import BuildSwap
 from projector.rebuild import (
     RebuildProgress,
     build_boards,
@@ -118,8 +119,8 @@ class Backfill:
             raise ProjectorError(f"building boards failed: {self._error}") from self._error
         return True
 
-    def swap(self, built_keys: set[str]) -> dict[str, Any]:
-        """The swap section of the batch that makes the built boards live (apply_batch.lua)."""
+    def swap(self, built_keys: set[str]) -> BuildSwap:
+        """The swap of the batch that makes the built boards live (apply_batch.lua)."""
         keys = self.settings.keys
         delta_prefix = self.delta_keys.prefix
         suffixes = set(self._loaded) | {k.removeprefix(delta_prefix) for k in built_keys}
@@ -127,20 +128,15 @@ class Backfill:
         for suffix in sorted(suffixes):
             expires = self._loaded.get(suffix) if suffix in self._loaded else self._expiry(suffix)
             merges.append(
-                [
-                    self._base + suffix,
-                    delta_prefix + suffix,
-                    keys.prefix + suffix,
-                    "" if expires is None else expires,
-                ]
+                (self._base + suffix, delta_prefix + suffix, keys.prefix + suffix, expires)
             )
         keep = set(self.change.keep)
-        return {
-            "started": f"{self._build}started",
-            "u": [keys.board_prefix(b.name) for b in self.change.live if b.name not in keep],
-            "x": [[self._base + suffix, self._counts[suffix]] for suffix in sorted(self._loaded)],
-            "m": merges,
-        }
+        return BuildSwap(
+            started=f"{self._build}started",
+            unlink=tuple(keys.board_prefix(b.name) for b in self.change.live if b.name not in keep),
+            expect=tuple((self._base + s, self._counts[s]) for s in sorted(self._loaded)),
+            merge=tuple(merges),
+        )
 
     def _expiry(self, suffix: str) -> int | None:
         _, _board, period, bucket = suffix.split(":", 3)

@@ -36,6 +36,7 @@ from projector.core.errors import ConfigError, ConnectionLost, ProjectorError, R
 from projector.core.fingerprint import ProjectionConfig
 from projector.core.lsn import format_lsn
 from projector.core.watermark import Watermark, encode_unavailable
+from projector.presence import Presence
 from projector.redis_nodes import MOVED_AWAY
 from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
@@ -151,7 +152,8 @@ def rebuild(
     state.phase = "swapping"
     report()
     if sink.owner:
-        sink.claim()  # the caller drives the slot: a former driver that wakes up is fenced
+        # The caller drives the slot: a former driver that wakes up is fenced.
+        Presence(sink).claim()
     _swap(sink, build, built, watermark, replay_id)
     state.phase = "done"
     report()
@@ -490,7 +492,7 @@ def reporter(
     progress: ProgressFn | None,
     stop: threading.Event | None,
 ) -> Callable[[], None]:
-    key = sink.keys.replay_progress
+    presence = Presence(sink)
 
     def report() -> None:
         if stop is not None and stop.is_set():
@@ -505,22 +507,15 @@ def reporter(
         if progress is not None:
             progress(state)
         if replay_id is not None:
+            fields: dict[str, str | int | float] = {
+                "id": replay_id,
+                "phase": state.phase,
+                "rows": state.rows,
+                "boards": state.boards,
+                "at": time.time(),
+            }
             try:
-                sink.client.hset(
-                    key,
-                    mapping={
-                        "id": replay_id,
-                        "phase": state.phase,
-                        "rows": state.rows,
-                        "boards": state.boards,
-                        "at": time.time(),
-                    },
-                )
-                sink.client.expire(key, 3600)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise ConnectionLost(
-                    f"cannot report replay progress: {exc}", service="redis"
-                ) from exc
+                presence.report_replay(fields, 3600)
             except redis.RedisError as exc:
                 raise ProjectorError(f"cannot report replay progress: {exc}") from exc
 

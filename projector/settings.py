@@ -282,6 +282,12 @@ class Settings(BaseSettings):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    @property
+    def heartbeat_ttl(self) -> float:
+        """How long a heartbeat (or a standby's announcement) counts: three intervals, at
+        least 5 s; ``status`` calls a projector dead, and standbys take over, after it."""
+        return max(3 * self.heartbeat_interval, 5.0)
+
     def projection_config(
         self, boards: Iterable[Board] | None = None, partitions: Mapping[Table, str] | None = None
     ) -> ProjectionConfig:

@@ -34,8 +34,7 @@ from typing import Any
 
 import redis
 
-from projector import read_functions
-from projector.core.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
+from projector.core.errors import ConfigError, ConnectionLost, RebuildRequired
 from projector.core.keys import Keys
 from projector.core.projection import BatchDelta
 from projector.core.watermark import Watermark
@@ -111,31 +110,7 @@ class RedisSink:
     def client(self) -> redis.Redis:
         return self._client
 
-    def claim(self) -> None:
-        """Make this writer the owner: from now on only its scripts write (any former owner's
-        fail with "FENCED"). Durable on ``min_replicas`` replicas before it returns.
-
-        Every session and every rebuild's swap starts here, so this also (re)loads the read
-        API's functions (``read_functions``): a Redis that lost them has them again before
-        the watermark the API needs is (re)written."""
-        if not self.owner:
-            raise ProjectorError("a sink without an owner token cannot claim the projection")
-        pipe = self._client.pipeline(transaction=False)
-        read_functions.queue_load(pipe)
-        pipe.set(self.keys.owner, self.owner)
-        pipe.hdel(self.keys.standbys, _process_name())  # no longer standing by
-        self._durably(pipe)
-
-    def require_ownership(self) -> None:
-        """``Fenced`` when another process claimed Redis since this one did (then whatever
-        changed there is that process' doing, not lost data)."""
-        if not self.owner:
-            return
-        current = as_text(self._call(self._client.get, self.keys.owner) or b"")
-        if current != self.owner:
-            raise Fenced(current)
-
-    def _durably(self, pipe: Any) -> list[Any]:
+    def durably(self, pipe: Any) -> list[Any]:
         """Run ``pipe`` and WAIT for ``min_replicas`` (``_waited``); return the replies.
         A refused command raises; ``ReplicasBehind`` when too few replicas acknowledged."""
         replies, acked = self._waited(pipe)
@@ -152,7 +127,7 @@ class RedisSink:
         replies (errors as values) and how many replicas acknowledged (None: no WAIT)."""
         if self.min_replicas:
             pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
-        replies: list[Any] = self._call(pipe.execute, False)
+        replies: list[Any] = self.call(pipe.execute, False)
         if not self.min_replicas:
             return replies, None
         acked = replies.pop()
@@ -171,7 +146,7 @@ class RedisSink:
 
     def read_watermark(self) -> Watermark | None:
         """The stored watermark, or None when Redis has none (lost or never built)."""
-        raw = self._call(self._client.hgetall, self.keys.watermark)
+        raw = self.call(self._client.hgetall, self.keys.watermark)
         if not raw:
             return None
         return Watermark.from_fields({as_text(k): as_text(v) for k, v in raw.items()})
@@ -189,7 +164,7 @@ class RedisSink:
         refused every later one is refused too.
         """
         keys = self.keys
-        removed = sorted(batch.clear_boards) + (list(batch.swap["u"]) if batch.swap else [])
+        removed = sorted(batch.clear_boards) + (list(batch.swap.unlink) if batch.swap else [])
         # Boards a batch removes are found in the registry, read after every earlier batch.
         registered = self._registered(removed) if removed else []
         declared, document = encode_batch(
@@ -320,7 +295,7 @@ class RedisSink:
     def _retry_without_script(self, args: tuple[object, ...]) -> tuple[Any, int | None]:
         """Run the batch once more, on another connection (so ``seal``'s WAIT would not
         cover it): with ``min_replicas`` a WAIT follows it there."""
-        self._call(self._client.script_load, _APPLY_LUA)
+        self.call(self._client.script_load, _APPLY_LUA)
         pipe = self._client.pipeline(transaction=False)
         pipe.evalsha(self._apply.sha, *args)  # type: ignore[arg-type]
         (outcome,), acked = self._waited(pipe)
@@ -362,7 +337,7 @@ class RedisSink:
         every batch in flight (their answers are kept for ``receive``)."""
         while len(self._answered) < len(self._in_flight):
             self._answered.append(self._read_answer(self._in_flight[len(self._answered)][3]))
-        listed = self._call(self._client.zrange, self.keys.registry, 0, -1)
+        listed = self.call(self._client.zrange, self.keys.registry, 0, -1)
         listed = [as_text(key) for key in listed]
         if prefixes is None:
             return listed
@@ -400,7 +375,7 @@ class RedisSink:
         fixed = (keys.watermark, keys.registry, keys.replay_request, keys.owner)
         pipe = self._client.pipeline(transaction=False)
         pipe.eval(_SWAP_LUA, len(fixed) + len(declared), *fixed, *declared, *args)
-        self._durably(pipe)
+        self.durably(pipe)
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -420,44 +395,9 @@ class RedisSink:
         self._answered.clear()
         self._drop_connection()
 
-    def beat(self, ttl_seconds: float, info: dict[str, str]) -> None:
-        """Record that the projector is alive (expires unless renewed)."""
-        fields: dict[str | bytes | bytearray | memoryview[int] | int | float, str | bytes] = {
-            "pid": str(os.getpid()),
-            "host": socket.gethostname(),
-            "at": str(time.time()),
-            "owner": self.owner,
-        }
-        fields.update(info)
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hset(self.keys.heartbeat, mapping=fields)
-        pipe.pexpire(self.keys.heartbeat, max(1, int(ttl_seconds * 1000)))
-        self._call(pipe.execute)
-
-    def announce_standby(self, ttl_seconds: float) -> None:
-        """Record that this process stands by (for ``status``), and forget long-gone ones."""
-        key, now = self.keys.standbys, time.time()
-        seen = self._call(self._client.hgetall, key)
-        gone = [field for field, until in seen.items() if float(until) < now]
-        pipe = self._client.pipeline(transaction=True)
-        if gone:
-            pipe.hdel(key, *gone)
-        pipe.hset(key, _process_name(), str(now + ttl_seconds))
-        self._call(pipe.execute)
-
-    def standbys(self) -> list[str]:
-        """``host:pid`` of every process standing by now."""
-        now = time.time()
-        seen = self._call(self._client.hgetall, self.keys.standbys)
-        return sorted(as_text(field) for field, until in seen.items() if float(until) >= now)
-
-    def forget_heartbeat(self) -> None:
-        """Say at once that the projector stopped (instead of letting the beat expire)."""
-        self._call(self._client.delete, self.keys.heartbeat)
-
     def eviction_policy(self) -> str:
         """Redis' ``maxmemory-policy``, read from INFO (which managed services allow)."""
-        info = self._call(self._client.info, "memory")
+        info = self.call(self._client.info, "memory")
         return str(info.get("maxmemory_policy", "unknown"))
 
     def require_no_eviction(self) -> str:
@@ -496,14 +436,11 @@ class RedisSink:
 
     def mark_build_started(self, build: str, ttl_seconds: int) -> None:
         """Set a build's marker before its first key: the swap refuses a build without it."""
-        self._call(lambda: self._client.set(f"{build}started", "1", ex=ttl_seconds))
+        self.call(lambda: self._client.set(f"{build}started", "1", ex=ttl_seconds))
 
-    def replay_request(self) -> str | None:
-        """The id of a pending ``projector replay`` request, if any."""
-        value = self._call(self._client.get, self.keys.replay_request)
-        return as_text(value) if value else None
-
-    def _call(self, fn: Any, *args: Any) -> Any:
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run a Redis call of this writer: a lost connection is ``ConnectionLost``, a node
+        that no longer serves the keys (failover) is a demotion."""
         try:
             return fn(*args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -527,7 +464,8 @@ def _replication(info: Any, replicas: int) -> tuple[int, int]:
     return offset, acknowledged[replicas - 1] if len(acknowledged) >= replicas else -1
 
 
-def _process_name() -> str:
+def process_name() -> str:
+    """``host:pid`` of this process (how the standbys are listed)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -579,12 +517,15 @@ def encode_batch(
     }
     swap = batch.swap
     if swap is not None:
-        going = tuple(swap["u"])
+        going = swap.unlink
         document["s"] = {
-            "started": at(swap["started"]),
+            "started": at(swap.started),
             "u": [at(key) for key in registered if going and key.startswith(going)],
-            "x": [[at(key), members] for key, members in swap["x"]],
-            "m": [[at(base), at(delta), at(final), when] for base, delta, final, when in swap["m"]],
+            "x": [[at(key), members] for key, members in swap.expect],
+            "m": [
+                [at(base), at(delta), at(final), "" if when is None else when]
+                for base, delta, final, when in swap.merge
+            ],
         }
     return declared, json.dumps(
         document,

@@ -40,6 +40,7 @@ from projector.core.replication import PrimaryKeepalive
 from projector.core.session import Actions, Collect, Confirm, Receive, Send, Session
 from projector.core.watermark import Watermark, encode_unavailable
 from projector.metrics import ProjectorMetrics
+from projector.presence import Presence
 from projector.rebuild import RebuildInterrupted, rebuild
 from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
@@ -104,13 +105,14 @@ def _beating(sink: RedisSink, settings: Settings, metrics: ProjectorMetrics) -> 
     waiting for old transactions); status must not then call the projector dead.
     """
     done = threading.Event()
-    ttl = max(3 * settings.heartbeat_interval, 5.0)
+    ttl = settings.heartbeat_ttl
+    presence = Presence(sink)
 
     def beat() -> None:
         while True:
             # An unreachable Redis fails, and is reported by, the rebuild itself.
             with suppress(ConnectionLost):
-                sink.beat(ttl, {"slot": settings.slot, "state": "rebuilding"})
+                presence.beat(ttl, {"slot": settings.slot, "state": "rebuilding"})
             metrics.progress()  # a long query is progress too
             if done.wait(settings.heartbeat_interval):
                 return
@@ -299,7 +301,7 @@ class Worker:
         try:
             if self._standby_sink is None:
                 self._standby_sink = open_sink(self.settings)
-            self._standby_sink.announce_standby(max(3 * self.settings.heartbeat_interval, 5.0))
+            Presence(self._standby_sink).announce_standby(self.settings.heartbeat_ttl)
         except ConnectionLost as exc:
             log.debug("cannot announce the standby in Redis", error=str(exc))
             self._stop_announcing()  # a fresh client next time (a failover may have moved it)
@@ -448,7 +450,7 @@ def _claimed_watermark(sink: RedisSink) -> Watermark:
     watermark it cannot move any more; ``RebuildRequired`` without one (then the rebuild
     claims before its swap: nothing is written before it must be)."""
     if sink.read_watermark() is not None:
-        sink.claim()
+        Presence(sink).claim()
         wm = sink.read_watermark()
         if wm is not None:
             return wm
@@ -470,6 +472,7 @@ class _Streaming:
         self.settings = settings
         self.stop = worker.stop
         self.sink = sink
+        self.presence = Presence(sink)
         self.stream = stream
         self.lock = lock
         self.pg = lock.pg
@@ -570,7 +573,7 @@ class _Streaming:
                 metrics.state("stopping")
                 perform(session.stop())
                 stream.end_copy()
-                sink.forget_heartbeat()
+                self.presence.forget_heartbeat()
                 log.info("stopped", watermark=format_lsn(session.acked.lsn))
                 return
 
@@ -675,17 +678,18 @@ class _Streaming:
     def _beat(self, now: float) -> None:
         self.last_beat = now
         sink, session = self.sink, self.session
-        ttl = max(3 * self.settings.heartbeat_interval, 5.0)
+        ttl = self.settings.heartbeat_ttl
         lsn = format_lsn(session.acked.lsn)
-        sink.require_ownership()  # a zombie must not pass itself off as the live projector
-        sink.beat(ttl, {"slot": self.settings.slot, "lsn": lsn, "state": "streaming"})
+        presence = self.presence
+        presence.require_ownership()  # a zombie must not pass itself off as the live projector
+        presence.beat(ttl, {"slot": self.settings.slot, "lsn": lsn, "state": "streaming"})
         # Someone may have switched Redis to an evicting policy while we run.
         sink.require_no_eviction()
         if not session.in_flight:
             # Otherwise a flush of Redis goes unnoticed until the publication's next write.
             stored = sink.read_watermark()
             if stored is None or stored.position != session.acked.position:
-                sink.require_ownership()  # moved by a process that took over: stand by
+                presence.require_ownership()  # moved by a process that took over: stand by
                 raise RebuildRequired(
                     "Redis holds no watermark: it lost its data or was flushed"
                     if stored is None
@@ -693,7 +697,7 @@ class _Streaming:
                     f"found {stored.position})",
                     slot=self.settings.slot,
                 )
-        request = sink.replay_request()
+        request = presence.replay_request()
         if request:
             raise ReplayRequested(request)
         self._check_boards()

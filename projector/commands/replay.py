@@ -17,9 +17,10 @@ import redis
 from projector import redis_nodes
 from projector.core.errors import ConnectionLost, ProjectorError
 from projector.core.lsn import format_lsn
+from projector.presence import Presence
 from projector.rebuild import RebuildProgress, advisory_lock, rebuild
 from projector.settings import Settings
-from projector.sink import RedisSink, as_text, new_owner
+from projector.sink import RedisSink, new_owner
 from projector.stream import connect
 
 _PHASES = ("starting", "creating slot", "loading boards", "swapping", "done")
@@ -44,7 +45,7 @@ def replay(settings: Settings, *, timeout: float = 3600.0) -> int:
                 _finish(f"rebuilt at {format_lsn(wm.lsn)}")
                 return 0
         pg.close()
-        return _ask_running_projector(sink, client, timeout)
+        return _ask_running_projector(Presence(sink), timeout)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         sys.stderr.write("\n")  # end the progress line: the error gets a line of its own
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
@@ -57,14 +58,13 @@ def replay(settings: Settings, *, timeout: float = 3600.0) -> int:
         client.close()
 
 
-def _ask_running_projector(sink: RedisSink, client: redis.Redis, timeout: float) -> int:
+def _ask_running_projector(presence: Presence, timeout: float) -> int:
     request = uuid.uuid4().hex[:12]
-    progress_key = sink.keys.replay_progress
-    client.set(sink.keys.replay_request, request, ex=int(timeout) + 60)
+    presence.request_replay(request, int(timeout) + 60)
     print(f"asked the running projector to rebuild (request {request})", file=sys.stderr)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        raw = {as_text(k): as_text(v) for k, v in client.hgetall(progress_key).items()}
+        raw = presence.replay_progress()
         if raw.get("id") == request:
             state = RebuildProgress(
                 phase=raw.get("phase", "?"),
@@ -77,19 +77,19 @@ def _ask_running_projector(sink: RedisSink, client: redis.Redis, timeout: float)
                 _finish("rebuilt by the running projector")
                 return 0
         else:
-            pending = client.get(sink.keys.replay_request)
+            pending = presence.replay_request()
             if pending is None:
                 raise ProjectorError("the replay request disappeared (Redis flushed?); run again")
-            if as_text(pending) != request:
+            if pending != request:
                 # A later replay replaced this request before the projector took it: its
                 # rebuild starts after this request was made, so it answers this one too.
-                request = as_text(pending)
+                request = pending
                 print(
                     f"\na later replay (request {request}) replaces this one; following it",
                     file=sys.stderr,
                 )
         time.sleep(0.25)
-    client.delete(sink.keys.replay_request)
+    presence.withdraw_replay()
     raise ProjectorError(f"the projector did not finish the rebuild within {timeout:.0f}s")
 
 

@@ -23,6 +23,7 @@ from projector.core.buckets import Period, current_bucket
 from projector.core.fingerprint import board_states, same_layout
 from projector.core.lsn import format_lsn, parse_lsn
 from projector.core.watermark import Watermark
+from projector.presence import Presence
 from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
 from projector.sink import RedisSink, as_text
@@ -120,7 +121,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             }
         else:
             problems.append("projector is not alive (no heartbeat)")
-        report["standbys"] = sink.standbys()
+        report["standbys"] = Presence(sink).standbys()
         report["redis"]["role"] = info.get("role")
         report["redis"]["connected_replicas"] = info.get("connected_slaves")
         if wm is None:

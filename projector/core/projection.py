@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from projector.core.boards import RESTORE, Board, Table, label_sources
@@ -43,6 +42,20 @@ _IS_KEY = 1  # Relation column flag: part of the replica identity
 BoardSlot = tuple[str, int | None]
 
 
+@dataclass(frozen=True, slots=True)
+class BuildSwap:
+    """The step that makes boards built beside the live ones live (``projector.backfill``):
+    the build's ``started`` marker must exist and each ``expect`` key hold its member count
+    (else the build lost keys); every board under an ``unlink`` prefix goes; each ``merge``
+    (base, delta, board, expiry or None) becomes the board: base plus delta, scores at or
+    below 0 dropped."""
+
+    started: str
+    unlink: tuple[str, ...]
+    expect: tuple[tuple[str, int], ...]
+    merge: tuple[tuple[str, str, str, int | None], ...]
+
+
 @dataclass(slots=True)
 class BatchDelta:
     """What Redis must do for a run of changes, in this order.
@@ -63,7 +76,7 @@ class BatchDelta:
     # not registered; the build's swap merges them into the boards.
     raw: set[str] = field(default_factory=set)
     # The swap that makes built boards live (see projector.backfill), applied last.
-    swap: Any = None
+    swap: BuildSwap | None = None
     row_changes: int = 0
     # Row changes by kind, and transactions ending in this batch (for the metrics).
     inserts: int = 0

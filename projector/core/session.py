@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from projector.core.errors import ProtocolError, RebuildRequired
 from projector.core.lsn import format_lsn
@@ -29,7 +28,7 @@ from projector.core.pgoutput import (
     Update,
     pg_time_to_datetime,
 )
-from projector.core.projection import BatchDelta, Projection
+from projector.core.projection import BatchDelta, BuildSwap, Projection
 from projector.core.watermark import Watermark
 
 # A lone commit is applied as soon as the socket runs dry; under load a batch is applied
@@ -254,7 +253,7 @@ class Session:
             and self._received >= self.build_from
         )
 
-    def swap(self, spec: Any, fingerprint: str, config: str) -> Actions:
+    def swap(self, spec: BuildSwap, fingerprint: str, config: str) -> Actions:
         """Send whole transactions received so far with ``spec`` (the swap of built boards)
         and the new configuration, and wait for Redis' answer."""
         assert self.can_swap()
@@ -371,7 +370,7 @@ class Session:
         self._open_marker = tx.begin.final_lsn
         return self._send(new)
 
-    def _send(self, new: Watermark, swap: Any = None) -> Actions:
+    def _send(self, new: Watermark, swap: BuildSwap | None = None) -> Actions:
         """Send the accumulated batch with ``new``; collect the oldest answer first if the
         most batches are in flight already."""
         actions: Actions = _NOTHING

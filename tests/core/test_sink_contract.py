@@ -18,6 +18,7 @@ from projector.core.errors import RebuildRequired
 from projector.core.keys import Keys
 from projector.core.projection import BatchDelta
 from projector.core.watermark import Watermark
+from projector.presence import Presence
 from projector.sink import Fenced, RedisSink, ReplicasBehind
 
 PREFIX = "t:"
@@ -129,10 +130,10 @@ def test_a_writer_that_lost_the_projection_is_fenced_and_changes_nothing(
     """Once another process claimed Redis, the former owner's batches are refused (even one
     that names the right position) with ``Fenced``, not mistaken for lost data."""
     former = RedisSink(client, KEYS, owner="former")
-    former.claim()
+    Presence(former).claim()
     former.apply(batch({ALL: {"alice": 1}}), mark(100), None)
     successor = RedisSink(client, KEYS, owner="successor")
-    successor.claim()
+    Presence(successor).claim()
     with pytest.raises(Fenced, match="took the slot over") as refused:
         former.apply(batch({ALL: {"alice": 5}}, names={"x": "X"}), mark(200), mark(100))
     assert refused.value.owner == "successor"
@@ -149,7 +150,7 @@ def test_a_writer_whose_claim_redis_lost_is_fenced_and_says_so(client: redis.Red
     """A Redis that lost the claim itself (flushed, or failed over before the claim reached
     a replica) refuses the owner's next batch as fenced, with a message that says that."""
     owner = RedisSink(client, KEYS, owner="owner")
-    owner.claim()
+    Presence(owner).claim()
     owner.apply(batch({ALL: {"alice": 1}}), mark(100), None)
     client.flushall()
     with pytest.raises(Fenced, match="no longer holds this process' ownership") as refused:
@@ -187,7 +188,7 @@ def test_without_the_replicas_asked_for_a_batch_is_applied_but_not_acknowledged(
     with redis.Redis.from_url(redis_url) as client:
         sink = RedisSink(client, KEYS, owner="me", min_replicas=1, replica_timeout=0.05)
         with pytest.raises(ReplicasBehind, match="0 of 1"):
-            sink.claim()
+            Presence(sink).claim()
         assert sink.apply(batch({ALL: {"alice": 1}}), mark(100), None).durable is None
         client.script_flush()
         with pytest.raises(ReplicasBehind, match="the batches up to"):
@@ -313,7 +314,7 @@ def test_apply_reports_a_pending_replay_request(sink: RedisSink, client: redis.R
     assert sink.apply(batch(), mark(100), None).replay_request is None
     client.set(f"{PREFIX}replay:request", "r-1")
     assert sink.apply(batch(), mark(200), mark(100)).replay_request == "r-1"
-    assert sink.replay_request() == "r-1"
+    assert Presence(sink).replay_request() == "r-1"
 
 
 def test_watermark_without_commit_time_round_trips(sink: RedisSink) -> None:

@@ -12,6 +12,7 @@ from redis_topology import SentinelTopology
 
 from projector.core.keys import Keys
 from projector.core.projection import BatchDelta
+from projector.presence import Presence
 from projector.sink import RedisSink, ReplicasBehind
 
 KEYS = Keys("t:")
@@ -20,7 +21,7 @@ KEYS = Keys("t:")
 def _sink(topology: SentinelTopology, client: redis.Redis) -> RedisSink:
     topology.wait_replicas_in_sync()  # the replica has connected and synced
     sink = RedisSink(client, KEYS, owner="me", min_replicas=1, replica_timeout=0.5)
-    sink.claim()
+    Presence(sink).claim()
     return sink
 
 
