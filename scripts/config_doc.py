@@ -174,14 +174,12 @@ ELSEWHERE: tuple[tuple[str, str, str], ...] = (
     (
         "`PROJECTOR_RUN_ROLE` / `PROJECTOR_API_ROLE`",
         "`projector roles`",
-        "role and Redis user names (`projector_run` / `projector_api`; `--run-role` / "
-        "`--api-role` override)",
+        "role and Redis user names (see [Security](security.md#least-privilege))",
     ),
     (
         "`PROJECTOR_RUN_PASSWORD` / `PROJECTOR_API_PASSWORD`",
         "`projector roles`",
-        "their passwords (only from the environment; hashed before they leave the process, "
-        "never printed)",
+        "their passwords (see [Security](security.md#least-privilege))",
     ),
     (
         "`PROJECTOR_MIGRATIONS_DIR`",
@@ -191,12 +189,12 @@ ELSEWHERE: tuple[tuple[str, str, str], ...] = (
     (
         "`PROMETHEUS_MULTIPROC_DIR`",
         "`python -m api`",
-        "where several workers' metrics meet (unset: a fresh one, removed on exit)",
+        "where several workers' metrics meet (see [Metrics](operations.md#metrics))",
     ),
     (
         "`PROJECTOR_TEST_PG_DSN` / `PROJECTOR_TEST_REDIS_URL`",
         "the tests",
-        "servers to test against instead of starting their own",
+        "servers to test against (see [Operations](operations.md#make-run-and-make-test))",
     ),
 )
 
