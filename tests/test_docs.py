@@ -30,3 +30,76 @@ def test_configuration_doc_is_generated_from_settings() -> None:
     assert written == generated, (
         "docs/configuration.md differs from Settings: run python scripts/config_doc.py --write"
     )
+
+
+def _layout_rows() -> list[list[str]]:
+    """The paths of each row of the README's layout table (its first cell, resolved)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cell = line.split(" | ", 1)[0]
+        paths: list[str] = []
+        folder = ""
+        for name in re.findall(r"`([^`]+)`", cell):
+            if "/" in name.rstrip("/"):
+                path = name
+            elif name.endswith("/") and not paths:
+                path = name  # a top-level folder: `bench/`
+            else:
+                path = folder + name
+            folder = path if path.endswith("/") else path.rsplit("/", 1)[0] + "/"
+            paths.append(path)
+        rows.append(paths)
+    return rows
+
+
+def test_layout_table_names_only_paths_that_exist() -> None:
+    """Every path the README's layout table names exists in the tree."""
+    missing = [path for row in _layout_rows() for path in row if not (ROOT / path).exists()]
+    assert not missing, f"the README's layout table names paths that do not exist: {missing}"
+
+
+def test_layout_table_names_every_module() -> None:
+    """Every module of projector/, projector/core/, projector/commands/ and api/ has a row."""
+    named = {path for row in _layout_rows() for path in row}
+    modules = [
+        f"{folder}/{file.name}"
+        for folder in LAYOUT_DIRS
+        for file in sorted((ROOT / folder).iterdir())
+        if file.suffix in (".py", ".lua") and file.stem not in ("__init__", "__main__")
+    ]
+    unnamed = [module for module in modules if module not in named]
+    assert not unnamed, f"modules without a row in the README's layout table: {unnamed}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, - for spaces."""
+    anchors = set()
+    in_code = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_links_between_pages_resolve() -> None:
+    """Every relative link in README.md and docs/*.md names a file and heading that exist."""
+    broken = []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and anchor not in _anchors(linked):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, f"broken links: {broken}"
