@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m api",
         description="Serve the pomodoro leaderboards read API (configured by PROJECTOR_* "
-        "environment variables; see README).",
+        "environment variables; see docs/configuration.md).",
     )
     parser.add_argument("--host", help="address to listen on (PROJECTOR_API_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (PROJECTOR_API_PORT, 8000)")

@@ -193,7 +193,7 @@ def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]
                 "process bounds what one client can cost: a request line over 8 KiB answers "
                 "414, a head over 16 KiB or 100 fields 431, a head slower than 10 s 408, "
                 "requests beyond its connection limit 503, event streams beyond its limits "
-                "(per process and per client address) 429 (defaults; see the README)."
+                "(per process and per client address) 429 (defaults; see docs/security.md)."
             ),
         },
         "paths": _per_period({**_paths(), **_board_paths(boards)}, boards[0]),

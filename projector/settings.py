@@ -32,107 +32,290 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
-    pg_dsn: str = "postgresql://postgres@localhost:5432/postgres"
-    redis_url: str = "redis://localhost:6379/0"
-    # Redis Sentinel: the master of this service is found through these (host:port,...);
-    # PROJECTOR_REDIS_URL then gives the data nodes' user, password, database and TLS only.
-    redis_sentinels: str | None = None
-    redis_sentinel_master: str | None = None
-    redis_sentinel_username: str | None = None
-    redis_sentinel_password: str | None = None
-    # Redis Cluster: seed nodes (host:port,...); every key shares one hash tag (the prefix).
-    redis_cluster_nodes: str | None = None
-    # A batch is applied (and confirmed to PostgreSQL) only once this many replicas have it.
-    redis_min_replicas: int = Field(0, ge=0, le=100)
-    # How long one WAIT for those replicas may take before the projector retries.
-    redis_replica_timeout: float = Field(2.0, gt=0, le=300)
-    slot: str = "projector"
-    publication: str = "projector"
-    timezone: str = "UTC"
-    key_prefix: str = "pomo:"
-    # TOML file of board definitions; unset: the built-in pomodoro board.
-    boards_file: str | None = None
+    pg_dsn: str = Field(
+        "postgresql://postgres@localhost:5432/postgres",
+        description="PostgreSQL of the projector (needs `wal_level=logical` and a UTF8 database; "
+        "the role of `projector roles`: LOGIN REPLICATION, SELECT).",
+    )
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis 7+ with `maxmemory-policy noeviction` (checked); the projector's ACL "
+        "user. With Sentinels or a Cluster it gives only user, password, db and TLS.",
+    )
+    redis_sentinels: str | None = Field(
+        None,
+        description="`host:port,...` of the Redis Sentinels; the master of "
+        "`PROJECTOR_REDIS_SENTINEL_MASTER` is found through them, and `PROJECTOR_REDIS_URL` "
+        "then gives only user, password, db and TLS.",
+    )
+    redis_sentinel_master: str | None = Field(
+        None, description="The service name of the master the Sentinels watch."
+    )
+    redis_sentinel_username: str | None = Field(
+        None, description="The Sentinels' own user name (the data nodes' is in the URL)."
+    )
+    redis_sentinel_password: str | None = Field(
+        None, description="The Sentinels' own password (the data nodes' is in the URL)."
+    )
+    redis_cluster_nodes: str | None = Field(
+        None,
+        description="Redis Cluster seed nodes (`host:port,...`); keys then live under the hash "
+        "tag `{prefix}` (one slot: scales reads and replicas, not writes).",
+    )
+    redis_min_replicas: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="A position is confirmed to PostgreSQL only once this many Redis replicas "
+        "acknowledged the batches up to it (batches are applied without waiting).",
+    )
+    redis_replica_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="Seconds one `WAIT` for those replicas may take before the projector "
+        "reconnects and tries again.",
+    )
+    slot: str = Field("projector", description="Name of the logical replication slot.")
+    publication: str = Field("projector", description="Name of the publication.")
+    timezone: str = Field("UTC", description="IANA time zone of the bucket boundaries.")
+    key_prefix: str = Field("pomo:", description="Prefix of every Redis key.")
+    boards_file: str | None = Field(
+        None,
+        description="TOML file of board definitions (see [Boards](boards.md)); unset: the "
+        "built-in pomodoro board.",
+    )
 
-    # Exactly-once batching: a transaction up to this many row changes is applied atomically.
-    max_tx_changes: int = Field(100_000, ge=1, le=10_000_000)
-    # Soft cap on the row changes gathered into one Redis round trip across transactions.
-    batch_changes: int = Field(50_000, ge=1, le=1_000_000)
-    status_interval: float = Field(10.0, gt=0, le=3600)
-    heartbeat_interval: float = Field(2.0, gt=0, le=300)
-    # pg_logical_emit_message every N seconds, so even an idle publication moves the slot; 0 = off
-    wal_heartbeat_interval: float = Field(0.0, ge=0, le=86_400)
-    wal_warning_bytes: int = Field(1 << 30, ge=0)
-    lag_unhealthy_seconds: float = Field(300.0, gt=0)
+    max_tx_changes: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="Largest transaction (row changes) applied atomically; a larger one is "
+        "applied in ordered chunks.",
+    )
+    batch_changes: int = Field(
+        50_000,
+        ge=1,
+        le=1_000_000,
+        description="Most row changes per Redis script, across transactions (reached only "
+        "while catching up on a backlog; a fresh commit is applied at once).",
+    )
+    status_interval: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds between standby status updates to PostgreSQL when idle.",
+    )
+    heartbeat_interval: float = Field(
+        2.0, gt=0, le=300, description="Seconds between liveness heartbeats in Redis."
+    )
+    wal_heartbeat_interval: float = Field(
+        0.0,
+        ge=0,
+        le=86_400,
+        description="Seconds between `pg_logical_emit_message` heartbeats, so that even an "
+        "idle publication moves the slot; 0: off.",
+    )
+    wal_warning_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Retained WAL (bytes; default 1 GiB) that is logged and reported as a problem.",
+    )
+    lag_unhealthy_seconds: float = Field(
+        300.0, gt=0, description="Lag (seconds) beyond which `projector status` exits 1."
+    )
 
-    retention_day_days: int = Field(35, ge=0, le=36_500)
-    retention_week_weeks: int = Field(13, ge=0, le=5_200)
-    retention_month_months: int = Field(13, ge=0, le=1_200)
-    retention_year_years: int = Field(5, ge=0, le=100)
+    retention_day_days: int = Field(
+        35, ge=0, le=36_500, description="Days a finished day board stays in Redis."
+    )
+    retention_week_weeks: int = Field(
+        13, ge=0, le=5_200, description="Weeks a finished week board stays in Redis."
+    )
+    retention_month_months: int = Field(
+        13, ge=0, le=1_200, description="Months a finished month board stays in Redis."
+    )
+    retention_year_years: int = Field(
+        5, ge=0, le=100, description="Years a finished year board stays in Redis."
+    )
 
-    # Connections (sharing one snapshot) that aggregate periods in parallel during a rebuild.
-    rebuild_parallelism: int = Field(3, ge=1, le=6)
-    reconnect_max_delay: float = Field(30.0, gt=0, le=3600)
-    # Hot standby: PostgreSQL ends the sessions of an active projector silent this long (a
-    # pause, a partition), which hands its lock to a waiting one; the takeover follows.
-    takeover_timeout: float = Field(5.0, ge=1, le=300)
-    log_level: str = "info"
-    log_format: str = "console"
+    rebuild_parallelism: int = Field(
+        3,
+        ge=1,
+        le=6,
+        description="Connections (sharing one snapshot) that aggregate periods in parallel "
+        "during a rebuild.",
+    )
+    reconnect_max_delay: float = Field(
+        30.0, gt=0, le=3600, description="Cap of the reconnect backoff (seconds)."
+    )
+    takeover_timeout: float = Field(
+        5.0,
+        ge=1,
+        le=300,
+        description="Hot standby: PostgreSQL ends the lock session of an active projector "
+        "silent this long (`idle_session_timeout`, PostgreSQL 14+; a pause, a partition), "
+        "and a standby takes over.",
+    )
+    log_level: str = Field("info", description="`debug`, `info`, `warning` or `error`.")
+    log_format: str = Field("console", description="`console`, or `json` for log shippers.")
 
-    # The projector's Prometheus endpoint (/metrics, /healthz); off when the port is unset.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = Field(None, ge=1, le=65_535)
-    # /healthz answers 503 once the main loop made no progress for this long.
-    health_stale_seconds: float = Field(60.0, gt=0, le=3600)
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address where `projector run` serves `/metrics` and `/healthz`.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65_535,
+        description="Port where `projector run` serves its Prometheus `/metrics` and "
+        "`/healthz`; unset: off.",
+    )
+    health_stale_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="`/healthz` answers 503 once the main loop made no progress for this long "
+        "(seconds).",
+    )
 
-    # Read API: its own PostgreSQL role (read-only) and Redis user; default: the projector's.
-    api_pg_dsn: str | None = None
-    api_redis_url: str | None = None
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(8000, ge=0, le=65_535)
-    api_workers: int = Field(1, ge=1, le=64)
-    api_min_lsn_wait: float = Field(0.5, ge=0, le=30)
-    api_pg_concurrency: int = Field(8, ge=1, le=1000)
-    api_redis_down_cooldown: float = Field(2.0, ge=0, le=300)
-    # Bound on one Redis call from the API; a slower Redis counts as down.
-    api_redis_timeout: float = Field(0.5, gt=0, le=60)
-    # Bound on a fallback statement and on the wait for a pooled PostgreSQL connection.
-    api_pg_timeout: float = Field(5.0, gt=0, le=300)
-    api_access_log: bool = True
-    # Answer from Redis replicas where their watermark satisfies the request's min_lsn.
-    api_read_from_replicas: bool = False
+    api_pg_dsn: str | None = Field(
+        None,
+        description="The read API's PostgreSQL role (SELECT only); unset: `PROJECTOR_PG_DSN`.",
+    )
+    api_redis_url: str | None = Field(
+        None,
+        description="The read API's Redis ACL user (read-only); unset: `PROJECTOR_REDIS_URL`.",
+    )
+    api_host: str = Field(
+        "127.0.0.1", description="Where `python -m api` listens (`--host` overrides)."
+    )
+    api_port: int = Field(
+        8000, ge=0, le=65_535, description="Port of `python -m api` (`--port` overrides)."
+    )
+    api_workers: int = Field(
+        1, ge=1, le=64, description="Worker processes of `python -m api` (`--workers` overrides)."
+    )
+    api_min_lsn_wait: float = Field(
+        0.5,
+        ge=0,
+        le=30,
+        description="Seconds a `min_lsn` request waits for the projector before asking PostgreSQL.",
+    )
+    api_pg_concurrency: int = Field(
+        8, ge=1, le=1000, description="Fallback statements at once per worker."
+    )
+    api_redis_down_cooldown: float = Field(
+        2.0,
+        ge=0,
+        le=300,
+        description="Seconds a failed Redis is not retried (no connect timeout per request).",
+    )
+    api_redis_timeout: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Bound (seconds) of one Redis call from the API; a slower Redis counts as "
+        "down.",
+    )
+    api_pg_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Bound (seconds) of one fallback statement (the `statement_timeout` of "
+        "every API session) and of the wait for a pooled PostgreSQL connection.",
+    )
+    api_access_log: bool = Field(
+        True, description="Structured access log (JSON with `PROJECTOR_LOG_FORMAT=json`)."
+    )
+    api_read_from_replicas: bool = Field(
+        False,
+        description="The API answers from Redis replicas where their watermark satisfies the "
+        "request's `min_lsn` (Sentinel or Cluster).",
+    )
 
-    # What one client can cost the public API (each per worker process). Connections beyond
-    # api_max_connections get 503; a request line longer than api_max_request_line bytes 414;
-    # a head (request line and headers) over api_max_header_bytes or with more than
-    # api_max_headers fields 431; a head not complete api_header_timeout seconds after the
-    # connection opened (or its previous response ended) 408; idle keep-alive connections
-    # close after api_keep_alive_timeout seconds.
-    api_max_connections: int = Field(2048, ge=1, le=1_000_000)
-    api_max_request_line: int = Field(8192, ge=256, le=1 << 20)
-    api_max_header_bytes: int = Field(16_384, ge=1024, le=1 << 22)
-    api_max_headers: int = Field(100, ge=1, le=10_000)
-    api_header_timeout: float = Field(10.0, gt=0, le=300)
-    api_keep_alive_timeout: float = Field(5.0, gt=0, le=300)
-    # Trusted reverse proxies (comma-separated IPs or networks, or *) whose X-Forwarded-For
-    # names the client; unset: the peer address is the client.
-    api_trusted_proxies: str | None = None
-    # Event streams open at once, per worker and per client address within a worker (429).
-    api_max_streams: int = Field(1000, ge=0, le=1_000_000)
-    api_max_streams_per_client: int = Field(64, ge=0, le=1_000_000)
-    # A stream answered by PostgreSQL (Redis down, an expired bucket) is re-read this often.
-    api_events_fallback_interval: float = Field(2.0, ge=0.1, le=3600)
-    # Fallback statements that may wait for one of the api_pg_concurrency connections; more
-    # at once are answered 503 at once.
-    api_pg_queue: int = Field(32, ge=0, le=100_000)
-    # PostgreSQL answers to board pages share one ranking per bucket: its first
-    # api_fallback_rows rows, read once for every page asked while the statement runs, and
-    # kept afterwards for api_fallback_ttl seconds (0: fresh answers while Redis is down) or
-    # api_expired_ttl for buckets expired from Redis; at most api_fallback_rankings per worker
-    # (about 30 MB each at 100,000 rows).
-    api_fallback_rows: int = Field(100_000, ge=1000, le=10_000_000)
-    api_fallback_rankings: int = Field(4, ge=1, le=1000)
-    api_fallback_ttl: float = Field(0.0, ge=0, le=3600)
-    api_expired_ttl: float = Field(60.0, ge=0, le=86_400)
+    api_max_connections: int = Field(
+        2048,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per worker; beyond, 503 with `Retry-After` (must exceed "
+        "`PROJECTOR_API_MAX_STREAMS`).",
+    )
+    api_max_request_line: int = Field(
+        8192, ge=256, le=1 << 20, description="Longest request line (bytes); longer: 414."
+    )
+    api_max_header_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1 << 22,
+        description="Largest request head (request line and headers, bytes); larger: 431.",
+    )
+    api_max_headers: int = Field(
+        100, ge=1, le=10_000, description="Most header fields of a request; more: 431."
+    )
+    api_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds for a request's head to arrive after the connection opened (or "
+        "its previous response ended); later: 408.",
+    )
+    api_keep_alive_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds an idle keep-alive connection stays open."
+    )
+    api_trusted_proxies: str | None = Field(
+        None,
+        description="IPs or networks (comma-separated, or `*`) of reverse proxies whose "
+        "`X-Forwarded-For` names the client; unset: the peer address is the client.",
+    )
+    api_max_streams: int = Field(
+        1000, ge=0, le=1_000_000, description="Event streams open at once per worker (429)."
+    )
+    api_max_streams_per_client: int = Field(
+        64,
+        ge=0,
+        le=1_000_000,
+        description="Event streams per client address within a worker (429).",
+    )
+    api_events_fallback_interval: float = Field(
+        2.0,
+        ge=0.1,
+        le=3600,
+        description="Seconds between re-reads of an event stream that PostgreSQL answers "
+        "(Redis down, an expired bucket).",
+    )
+    api_pg_queue: int = Field(
+        32,
+        ge=0,
+        le=100_000,
+        description="Fallback statements per worker that may wait for one of the "
+        "`PROJECTOR_API_PG_CONCURRENCY` connections; more get 503 `fallback_busy` at once.",
+    )
+    api_fallback_rows: int = Field(
+        100_000,
+        ge=1000,
+        le=10_000_000,
+        description="Rows of a bucket's ranking that PostgreSQL answers are sliced from: one "
+        "ranking per bucket, read once for every page asked while its statement runs.",
+    )
+    api_fallback_rankings: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Rankings kept per worker (about 30 MB each at 100,000 rows).",
+    )
+    api_fallback_ttl: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="Seconds a ranking is kept after its statement while Redis is down (0: "
+        "fresh answers).",
+    )
+    api_expired_ttl: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="Seconds a ranking of a bucket expired from Redis is kept.",
+    )
 
     @field_validator("slot", "publication")
     @classmethod

@@ -20,7 +20,7 @@ from projector.signals import stop_on_signals
 
 log = structlog.get_logger("projector")
 
-# Exit codes (README, "Commands").
+# Exit codes (docs/operations.md, "Commands").
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="projector",
         description="Project pomodoros from PostgreSQL logical replication into Redis "
-        "leaderboards. Configured by PROJECTOR_* environment variables (see README).",
+        "leaderboards. Configured by PROJECTOR_* environment variables "
+        "(see docs/configuration.md).",
     )
     parser.add_argument("--version", action="version", version=f"projector {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -1,0 +1,294 @@
+"""Generate ``docs/configuration.md`` from ``projector.settings.Settings``.
+
+Every field becomes one row (variable, type with its bounds, default, description) in the
+group named here; a field in no group, or a group naming no field, is an error, so a new
+setting cannot be left out of the page. ``tests/test_docs.py`` fails when the file in the
+tree differs from what this prints.
+
+    python scripts/config_doc.py           # print the page
+    python scripts/config_doc.py --write   # write docs/configuration.md
+    python scripts/config_doc.py --check   # exit 1 when docs/configuration.md is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+import annotated_types
+from pydantic.fields import FieldInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "configuration.md"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from projector.settings import ENV_PREFIX, Settings  # noqa: E402
+
+# (title, one sentence under it, field names in the order shown)
+GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "Servers and roles",
+        "Where PostgreSQL and Redis are, and as whom the projector and the read API connect "
+        "(see [Security](security.md) for the roles).",
+        ("pg_dsn", "redis_url", "api_pg_dsn", "api_redis_url"),
+    ),
+    (
+        "What is projected",
+        "Names in PostgreSQL and Redis, the boards, and how long finished boards stay "
+        "(see [Boards](boards.md) and [How exactly-once works](exactly-once.md)).",
+        (
+            "slot",
+            "publication",
+            "timezone",
+            "key_prefix",
+            "boards_file",
+            "retention_day_days",
+            "retention_week_weeks",
+            "retention_month_months",
+            "retention_year_years",
+        ),
+    ),
+    (
+        "Streaming, batching and rebuilds",
+        "How the projector applies the stream and talks to PostgreSQL while it does.",
+        (
+            "max_tx_changes",
+            "batch_changes",
+            "status_interval",
+            "heartbeat_interval",
+            "wal_heartbeat_interval",
+            "rebuild_parallelism",
+            "reconnect_max_delay",
+        ),
+    ),
+    (
+        "High availability",
+        "Hot standby, Redis Sentinel, Redis Cluster, durable acknowledgements and read "
+        "replicas; see [High availability](ha.md) for how these fit together.",
+        (
+            "takeover_timeout",
+            "redis_sentinels",
+            "redis_sentinel_master",
+            "redis_sentinel_username",
+            "redis_sentinel_password",
+            "redis_cluster_nodes",
+            "redis_min_replicas",
+            "redis_replica_timeout",
+            "api_read_from_replicas",
+        ),
+    ),
+    (
+        "Health, metrics and logs",
+        "What `projector run` exposes and when `projector status` calls it unhealthy "
+        "(see [Operations](operations.md)).",
+        (
+            "metrics_host",
+            "metrics_port",
+            "health_stale_seconds",
+            "lag_unhealthy_seconds",
+            "wal_warning_bytes",
+            "log_level",
+            "log_format",
+        ),
+    ),
+    (
+        "Read API",
+        "`python -m api` (see [Read API](api.md)).",
+        (
+            "api_host",
+            "api_port",
+            "api_workers",
+            "api_min_lsn_wait",
+            "api_redis_timeout",
+            "api_redis_down_cooldown",
+            "api_events_fallback_interval",
+            "api_access_log",
+        ),
+    ),
+    (
+        "Read API: PostgreSQL fallback",
+        "What answers from PostgreSQL may cost it, per API worker.",
+        (
+            "api_pg_concurrency",
+            "api_pg_queue",
+            "api_pg_timeout",
+            "api_fallback_rows",
+            "api_fallback_rankings",
+            "api_fallback_ttl",
+            "api_expired_ttl",
+        ),
+    ),
+    (
+        "Read API: what one client can cost",
+        "Bounds each API worker keeps by itself (see [Security](security.md#on-the-internet)).",
+        (
+            "api_max_connections",
+            "api_max_request_line",
+            "api_max_header_bytes",
+            "api_max_headers",
+            "api_header_timeout",
+            "api_keep_alive_timeout",
+            "api_trusted_proxies",
+            "api_max_streams",
+            "api_max_streams_per_client",
+        ),
+    ),
+)
+
+HEADER = """\
+# Configuration
+
+Both processes, `projector` and `python -m api`, are configured by environment variables
+prefixed `PROJECTOR_` (pydantic-settings, `projector/settings.py`). A bad value stops
+start-up with one line naming the variable; passwords are masked in logs and status output.
+Every variable is listed below with its type (and the bounds it is checked against), its
+default and what it does.
+
+<!-- Generated by `python scripts/config_doc.py --write` from projector/settings.py; do not
+edit by hand: tests/test_docs.py fails when this file differs from what the script prints. -->
+"""
+
+FOOTER = """\
+## Rules across variables
+
+- `PROJECTOR_REDIS_SENTINELS` and `PROJECTOR_REDIS_SENTINEL_MASTER` go together.
+- `PROJECTOR_REDIS_SENTINELS` and `PROJECTOR_REDIS_CLUSTER_NODES` exclude each other.
+- `PROJECTOR_API_MAX_STREAMS` must be below `PROJECTOR_API_MAX_CONNECTIONS`.
+- `PROJECTOR_SLOT` and `PROJECTOR_PUBLICATION` are lower-case SQL identifiers;
+  `PROJECTOR_TIMEZONE` is an IANA zone; `PROJECTOR_KEY_PREFIX` is non-empty, without
+  spaces or glob characters.
+
+## Read elsewhere
+
+Not settings of either process, but read from the environment too:
+
+"""
+
+# Variables read outside Settings: (variables, read by, meaning).
+ELSEWHERE: tuple[tuple[str, str, str], ...] = (
+    (
+        "`PROJECTOR_RUN_ROLE` / `PROJECTOR_API_ROLE`",
+        "`projector roles`",
+        "role and Redis user names (see [Security](security.md#least-privilege))",
+    ),
+    (
+        "`PROJECTOR_RUN_PASSWORD` / `PROJECTOR_API_PASSWORD`",
+        "`projector roles`",
+        "their passwords (see [Security](security.md#least-privilege))",
+    ),
+    (
+        "`PROJECTOR_MIGRATIONS_DIR`",
+        "`projector migrate`",
+        "where the migration files are (default: `migrations/`)",
+    ),
+    (
+        "`PROMETHEUS_MULTIPROC_DIR`",
+        "`python -m api`",
+        "where several workers' metrics meet (see [Metrics](operations.md#metrics))",
+    ),
+    (
+        "`PROJECTOR_TEST_PG_DSN` / `PROJECTOR_TEST_REDIS_URL`",
+        "the tests",
+        "servers to test against (see [Operations](operations.md#make-run-and-make-test))",
+    ),
+)
+
+
+def _type(annotation: Any) -> str:
+    """``int | None`` → ``integer, optional``."""
+    names = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return f"{_type(args[0])}, optional"
+    return names[annotation]
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _bounds(info: FieldInfo) -> str:
+    """The numeric checks of a field: ``≥ 1, ≤ 300``."""
+    marks = []
+    for item in info.metadata:
+        if isinstance(item, annotated_types.Ge):
+            marks.append(f"≥ {_number(item.ge)}")  # type: ignore[arg-type]
+        elif isinstance(item, annotated_types.Gt):
+            marks.append(f"> {_number(item.gt)}")  # type: ignore[arg-type]
+        elif isinstance(item, annotated_types.Le):
+            marks.append(f"≤ {_number(item.le)}")  # type: ignore[arg-type]
+        elif isinstance(item, annotated_types.Lt):
+            marks.append(f"< {_number(item.lt)}")  # type: ignore[arg-type]
+    return ", ".join(marks)
+
+
+def _default(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
+
+
+def _row(name: str, info: FieldInfo) -> str:
+    kind = _type(info.annotation)
+    bounds = _bounds(info)
+    if bounds:
+        kind = f"{kind} ({bounds})"
+    if not info.description:
+        raise SystemExit(f"Settings.{name} has no description: add Field(..., description=...)")
+    description = " ".join(info.description.split()).replace("|", "\\|")
+    return f"| `{ENV_PREFIX}{name.upper()}` | {kind} | {_default(info.default)} | {description} |"
+
+
+def render() -> str:
+    """The page, from the fields of ``Settings`` as they are now."""
+    fields = Settings.model_fields
+    grouped = [name for _, _, names in GROUPS for name in names]
+    unknown = sorted(set(grouped) - set(fields))
+    ungrouped = [name for name in fields if name not in grouped]
+    twice = sorted({name for name in grouped if grouped.count(name) > 1})
+    if unknown or ungrouped or twice:
+        raise SystemExit(
+            "scripts/config_doc.py GROUPS is out of step with Settings: "
+            f"no such field {unknown}, in no group {ungrouped}, in two groups {twice}"
+        )
+    parts = [HEADER]
+    for title, intro, names in GROUPS:
+        parts.append(f"## {title}\n\n{intro}\n")
+        rows = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
+        rows += [_row(name, fields[name]) for name in names]
+        parts.append("\n".join(rows) + "\n")
+    rows = ["| variable | read by | meaning |", "| --- | --- | --- |"]
+    rows += [f"| {names} | {reader} | {meaning} |" for names, reader, meaning in ELSEWHERE]
+    parts.append(FOOTER + "\n".join(rows) + "\n")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help=f"write {DOC.relative_to(ROOT)}")
+    mode.add_argument("--check", action="store_true", help="exit 1 when the file is stale")
+    args = parser.parse_args(argv)
+    page = render()
+    if args.write:
+        DOC.write_text(page, encoding="utf-8")
+    elif args.check:
+        if not DOC.exists() or DOC.read_text(encoding="utf-8") != page:
+            print(f"{DOC.relative_to(ROOT)} is stale: run python scripts/config_doc.py --write")
+            return 1
+    else:
+        sys.stdout.write(page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
