@@ -614,7 +614,7 @@ def test_random_bytes_raise_only_protocol_error(
 ) -> None:
     """Arbitrary bytes either decode or raise ProtocolError, whatever the decoder's state."""
     decoder = Decoder(proto_version)
-    if in_stream:
+    if in_stream and proto_version >= 2:  # streaming exists from protocol 2
         decoder.decode(b"S\x00\x00\x00\x07\x01")
     try:
         decoder.decode(bytes((kind,)) + body)
@@ -714,6 +714,21 @@ def test_stream_abort_fields_of_protocol_4_only_with_protocol_4() -> None:
     assert Decoder(4).decode(long_form[:9]) == StreamAbort(1, 2, None, None)
     with pytest.raises(ProtocolError, match="trailing"):
         Decoder(2).decode(long_form)
+
+
+@pytest.mark.parametrize(
+    ("message", "since"),
+    [
+        (StreamStart(42, False), 2),
+        (StreamAbort(1, 2, None, None), 2),
+        (BeginPrepare(1, 2, 3, 4, "gid"), 3),
+    ],
+)
+def test_a_message_of_a_later_protocol_than_asked_is_refused(message: Message, since: int) -> None:
+    """A session that asked for protocol N refuses the message types of later versions."""
+    with pytest.raises(ProtocolError, match=f"comes with protocol {since}"):
+        Decoder(since - 1).decode(encode(message))
+    assert Decoder(since).decode(encode(message)) == message
 
 
 def test_decoder_rejects_unknown_protocol_versions() -> None:

@@ -5,6 +5,14 @@ PostgreSQL 15 sends, plus the v4 abort fields of StreamAbort) and returns one me
 only state is whether a streamed-transaction block is open, because row messages inside one carry
 a leading xid. Column values stay raw ``bytes``; anything malformed, truncated or unknown raises
 ``ProtocolError`` with the byte ``offset`` where decoding failed.
+
+The projector asks for protocol 1 today (``Decoder(1)``), so the messages of protocols 2 to 4
+(streamed and two-phase transactions) never reach it. Their decoding stays, tested against a
+capture of a real PostgreSQL 15 (``tests/capture_pgoutput.py``) and by round-trip properties,
+because streaming (``streaming 'on'``, protocol 2) is how the projector can take a transaction
+larger than ``logical_decoding_work_mem`` without the server spilling it to disk first: the
+``Session`` would then apply committed stream blocks. A decoder refuses the messages of a
+later protocol than its session asked for (a 'S' is a ``ProtocolError`` for ``Decoder(1)``).
 """
 
 from __future__ import annotations
@@ -693,8 +701,23 @@ _PARSERS: Final[dict[int, _Parser]] = {
 }
 
 
+# The protocol version that introduced each message type (the others are version 1's).
+_SINCE_VERSION: Final = {
+    ord("S"): 2,  # StreamStart
+    ord("E"): 2,  # StreamStop
+    ord("c"): 2,  # StreamCommit
+    ord("A"): 2,  # StreamAbort
+    ord("b"): 3,  # BeginPrepare
+    ord("P"): 3,  # Prepare
+    ord("K"): 3,  # CommitPrepared
+    ord("r"): 3,  # RollbackPrepared
+    ord("p"): 3,  # StreamPrepare
+}
+
+
 class Decoder:
-    """Decode the pgoutput messages of one replication session, in the order received."""
+    """Decode the pgoutput messages of one replication session, in the order received; a
+    message of a later protocol version than the session asked for is a ``ProtocolError``."""
 
     __slots__ = ("_in_stream", "_proto_version")
 
@@ -739,6 +762,13 @@ class Decoder:
             return _begin(data)
         if kind == 67:  # 'C'
             return _commit(data)
+        since = _SINCE_VERSION.get(kind, 1)
+        if since > self._proto_version:
+            raise ProtocolError(
+                f"pgoutput message type {bytes((kind,))!r} comes with protocol {since}; this "
+                f"session asked for protocol {self._proto_version}",
+                offset=0,
+            )
         if kind == 65:  # 'A'
             return self._stream_abort(data)
         parser = _PARSERS.get(kind)
