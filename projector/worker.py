@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -37,7 +36,7 @@ from projector.core.lsn import format_lsn
 from projector.core.pgoutput import Decoder
 from projector.core.projection import BatchDelta, Projection
 from projector.core.replication import PrimaryKeepalive
-from projector.core.session import Actions, Collect, Confirm, Receive, Send, Session
+from projector.core.session import Actions, Confirm, InFlight, Receive, Seal, Send, Session
 from projector.core.watermark import Watermark, encode_unavailable
 from projector.metrics import ProjectorMetrics
 from projector.presence import Presence
@@ -499,12 +498,7 @@ class _Streaming:
         )
         self.decoder = Decoder(1)
         self.metrics = worker.metrics
-        # Sent batches not yet answered: when each was sent, its rows by kind, transactions.
-        self.sent: deque[tuple[float, dict[str, int], int]] = deque()
         self.server_end = 0
-        # Every batch up to here is on PROJECTOR_REDIS_MIN_REPLICAS replicas (the claim's WAIT
-        # covered what Redis held at the start): PostgreSQL is never told more.
-        self.durable = applied.lsn
         self.last_beat = 0.0
         self.last_wal_check = 0.0
         self.last_wal_heartbeat = time.monotonic()
@@ -519,7 +513,7 @@ class _Streaming:
         )
         if self.backfill is not None:
             self.metrics.rebuild("config_changed")
-            session.build_from = self.backfill.start()
+            session.building(self.backfill.start())
             # A message after the build's snapshot: once it arrives, every transaction the
             # snapshot holds has arrived too, even on an idle database.
             self._emit_wal_heartbeat(time.monotonic())
@@ -582,9 +576,7 @@ class _Streaming:
         for action in actions:
             if isinstance(action, Send):
                 self.sink.send(action.batch, action.new, action.expected)
-                batch = action.batch
-                self.sent.append((time.monotonic(), batch.kinds(), batch.transactions))
-                self.metrics.in_flight(len(self.sent))
+                self.metrics.in_flight(self.sink.in_flight)
                 if action.new.tx_lsn:
                     log.info(
                         "applied a chunk of a large transaction",
@@ -593,16 +585,15 @@ class _Streaming:
                     )
             elif isinstance(action, Receive):
                 result = self.sink.receive()
-                self._applied()
-                if result.durable is not None and result.durable > self.durable:
-                    self.durable = result.durable
+                self._applied(action.batch)
+                if result.durable is not None:
+                    self.session.durable(result.durable)
                 if result.replay_request:
                     raise ReplayRequested(result.replay_request)
             elif isinstance(action, Confirm):
-                self.stream.send_status(self._durable(action.lsn))
-            elif isinstance(action, Collect):
-                self._collect()
-                self._perform(self.session.flush_if_idle())
+                self.stream.send_status(action.lsn)
+            elif isinstance(action, Seal):
+                self.sink.seal()
             else:
                 log.info(
                     "resuming a large transaction",
@@ -610,21 +601,12 @@ class _Streaming:
                     rows_already_applied=action.rows_applied,
                 )
 
-    def _durable(self, lsn: int) -> int:
-        """How much of ``lsn`` may be confirmed: what is on enough Redis replicas; with none
-        in flight, everything applied is made so first (``RedisSink.seal``)."""
-        if lsn > self.durable and not self.sink.in_flight:
-            self.sink.seal()
-            self.durable = max(self.durable, self.session.acked.lsn)
-        return min(lsn, self.durable)
-
-    def _applied(self) -> None:
-        """Redis answered the oldest batch: count it, and how far Redis is behind."""
-        sent_at, kinds, transactions = self.sent.popleft()
+    def _applied(self, batch: InFlight) -> None:
+        """Redis answered ``batch``: count it, and how far Redis is behind."""
         metrics = self.metrics
-        metrics.batch_applied(kinds, transactions, time.monotonic() - sent_at)
-        metrics.in_flight(len(self.sent))
-        acked = self.session.acked
+        metrics.batch_applied(batch.kinds, batch.transactions, time.monotonic() - batch.sent_at)
+        metrics.in_flight(self.sink.in_flight)
+        acked = batch.watermark
         behind = max(0, self.server_end - acked.lsn)
         seconds = 0.0
         if behind and acked.commit_time is not None:
@@ -642,8 +624,7 @@ class _Streaming:
         assert config is not None
         spec = backfill.swap(session.projection.built_keys)
         self._perform(session.swap(spec, config.fingerprint, config.text))
-        session.projection.promote(self.start.effective)
-        session.build_from = None
+        session.built(self.start.effective)
         self.backfill = None
         log.info("boards built and live", boards=[b.name for b in backfill.change.build])
 

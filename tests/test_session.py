@@ -38,11 +38,11 @@ from projector.core.projection import BatchDelta, Projection
 from projector.core.session import (
     MAX_IN_FLIGHT,
     Actions,
-    Collect,
     Confirm,
     MissedTransaction,
     Receive,
     Resume,
+    Seal,
     Send,
     Session,
 )
@@ -158,8 +158,13 @@ class Clock:
 class Run:
     """One projector process: a Session whose actions go to the fake Redis and slot."""
 
-    def __init__(self, world: World, max_tx_changes: int) -> None:
+    def __init__(self, world: World, max_tx_changes: int, durability: str = "each") -> None:
         self.world = world
+        # How Redis reports durability on replicas: "each" batch as it answers, "late" (one
+        # answer behind), or "never" (only a Seal makes batches durable).
+        self.durability = durability
+        self.answered: list[int] = []
+        world.replicate(world.redis.watermark.lsn)  # the claim WAITs for what Redis holds
         self.clock = Clock()
         self.session = Session(
             world.redis.watermark,
@@ -184,12 +189,21 @@ class Run:
             if isinstance(action, Send):
                 self.sent.append(action)
             elif isinstance(action, Receive):
-                self.world.redis.apply(self.sent.popleft())
+                send = self.sent.popleft()
+                assert action.batch.watermark == send.new  # one record per batch, in order
+                self.world.redis.apply(send)
+                self.answered.append(send.new.lsn)
+                if self.durability == "each":
+                    self.world.replicate(send.new.lsn)
+                    self.session.durable(send.new.lsn)
+                elif self.durability == "late" and len(self.answered) > 1:
+                    self.world.replicate(self.answered[-2])
+                    self.session.durable(self.answered[-2])
+            elif isinstance(action, Seal):
+                assert not self.sent, "sealed with batches in flight"
+                self.world.replicate(self.world.redis.watermark.lsn)
             elif isinstance(action, Confirm):
                 self.world.confirm(action.lsn)
-            elif isinstance(action, Collect):
-                self.collect()
-                self.perform(self.session.flush_if_idle())
             else:
                 self.resumed.append(action)
 
@@ -224,12 +238,20 @@ class World:
     log: list[Tx]
     redis: FakeRedis = field(default_factory=FakeRedis)
     confirmed: int = START.lsn
+    # How far Redis' replicas hold the batches (PROJECTOR_REDIS_MIN_REPLICAS).
+    replicated: int = START.lsn
 
     def confirm(self, lsn: int) -> None:
         assert lsn <= self.redis.watermark.lsn, (
             f"told PostgreSQL {lsn:X}, but Redis holds only {self.redis.watermark.lsn:X}"
         )
+        assert lsn <= self.replicated, (
+            f"told PostgreSQL {lsn:X}, but Redis' replicas hold only {self.replicated:X}"
+        )
         self.confirmed = max(self.confirmed, lsn)
+
+    def replicate(self, lsn: int) -> None:
+        self.replicated = max(self.replicated, min(lsn, self.redis.watermark.lsn))
 
     def resent(self) -> list[Tx]:
         """What a new session receives: each transaction whose commit is at or after the
@@ -507,16 +529,22 @@ LOGS = st.lists(st.lists(CHANGE, max_size=12), min_size=1, max_size=8)
     sizes=LOGS,
     max_tx_changes=st.integers(1, 6),
     crashes=st.lists(st.integers(0, 80), max_size=4),
+    durability=st.sampled_from(["each", "late", "never"]),
     data=st.data(),
 )
 def test_random_histories_with_crashes_count_every_change_once(
-    sizes: list[list[str]], max_tx_changes: int, crashes: list[int], data: st.DataObject
+    sizes: list[list[str]],
+    max_tx_changes: int,
+    crashes: list[int],
+    durability: str,
+    data: st.DataObject,
 ) -> None:
-    """Whatever the crashes (Redis having run some of the batches sent), keepalives and batch
-    timings, the boards end equal to the log and the slot at its end."""
+    """Whatever the crashes (Redis having run some of the batches sent), keepalives, batch
+    timings and durability reports, the boards end equal to the log and the slot at its
+    end, and PostgreSQL is never told a position Redis' replicas do not hold."""
     world = World(log_of(sizes))
     for crash_after in crashes:
-        run = Run(world, max_tx_changes)
+        run = Run(world, max_tx_changes, durability)
         for n, (kind, msg, wal_end) in enumerate(world.messages()):
             if n >= crash_after:
                 run.crash(redis_took=data.draw(st.integers(0, MAX_IN_FLIGHT)))
@@ -552,7 +580,7 @@ def test_built_boards_go_live_only_once_the_stream_passed_their_snapshot() -> No
     world = World(log_of([["a"], ["b"]]))
     first, second = world.log
     run = Run(world, max_tx_changes=10)
-    run.session.build_from = second.final_lsn + 0x10  # the snapshot's point, after first
+    run.session.building(second.final_lsn + 0x10)  # the snapshot's point, after first
     run.feed(RELATION)
     assert not run.session.can_swap()
     run.feed(first.begin())
@@ -568,7 +596,7 @@ def test_built_boards_go_live_only_once_the_stream_passed_their_snapshot() -> No
 def test_a_keepalive_past_the_snapshot_allows_the_swap() -> None:
     """On an idle stream a keepalive at the snapshot's point is enough."""
     run = Run(World([]), max_tx_changes=10)
-    run.session.build_from = 0x5000
+    run.session.building(0x5000)
     run.keepalive(0x4FFF)
     assert not run.session.can_swap()
     run.keepalive(0x5000)

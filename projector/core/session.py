@@ -10,9 +10,10 @@ whole session is abandoned and a new one starts from the watermark stored in Red
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from projector.core.boards import Board
 from projector.core.errors import ProtocolError, RebuildRequired
 from projector.core.lsn import format_lsn
 from projector.core.pgoutput import (
@@ -58,19 +59,34 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True)
-class Receive:
-    """Wait for Redis' answer to the oldest batch in flight; a refusal ends the session."""
+class InFlight:
+    """The session's one record of a batch sent and not yet answered: the watermark it
+    moves Redis to, when it was sent (the session's clock) and what it holds."""
+
+    watermark: Watermark
+    sent_at: float
+    kinds: dict[str, int]
+    transactions: int
 
 
 @dataclass(frozen=True, slots=True)
-class Collect:
-    """Take every answer Redis has already sent (``Session.receive`` each), without waiting,
-    then perform ``Session.flush_if_idle``: a batch waits while Redis is still busy."""
+class Receive:
+    """Wait for Redis' answer to ``batch``, the oldest in flight, and feed what it says of
+    durability to ``Session.durable``; a refusal ends the session."""
+
+    batch: InFlight
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """Wait until every batch Redis applied is on the replicas durability requires
+    (``PROJECTOR_REDIS_MIN_REPLICAS``); a failure ends the session."""
 
 
 @dataclass(frozen=True, slots=True)
 class Confirm:
-    """Tell PostgreSQL (standby status update) that everything up to ``lsn`` is applied."""
+    """Tell PostgreSQL (standby status update) that everything up to ``lsn`` is applied,
+    and durable."""
 
     lsn: int
 
@@ -83,11 +99,10 @@ class Resume:
     rows_applied: int
 
 
-Action = Send | Receive | Collect | Confirm | Resume
+Action = Send | Receive | Seal | Confirm | Resume
 Actions = tuple[Action, ...]
 _NOTHING: Actions = ()
-_RECEIVE = Receive()
-_COLLECT: Actions = (Collect(),)
+_SEAL = Seal()
 
 
 @dataclass(slots=True)
@@ -105,9 +120,12 @@ class Session:
     """Bookkeeping of one streaming session that resumes from ``applied`` (Redis' watermark).
 
     Positions: ``applied`` is the watermark of the last batch sent (the next compare-and-set
-    expects it), ``acked`` the last one Redis confirmed, ``confirmed`` the last position told
-    to PostgreSQL. Always ``confirmed <= acked.lsn`` (once something was acknowledged) and
-    ``acked.lsn <= applied.lsn``.
+    expects it), ``acked`` the last one Redis confirmed, ``durable`` how far every batch is
+    on enough Redis replicas (fed by ``durable``), ``confirmed`` the last position told to
+    PostgreSQL. Always ``confirmed <= min(acked.lsn, durable)`` (once something was
+    acknowledged) and ``acked.lsn <= applied.lsn``. The session owns every field; the
+    caller feeds it inputs (messages, keepalives, ticks, durability, the build's progress)
+    and carries out the actions it returns.
     """
 
     def __init__(
@@ -130,7 +148,10 @@ class Session:
         self._status_interval = status_interval
         self._clock = clock
         self._now_us = now_us
-        self._in_flight: deque[Watermark] = deque()
+        self._in_flight: deque[InFlight] = deque()
+        # Every batch up to here is on enough Redis replicas (what Redis held at the start
+        # was made so by the claim): PostgreSQL is never told more.
+        self._durable = applied.lsn
         self.tx: _Tx | None = None
         # End LSN and commit time of the newest whole transaction not yet sent.
         self.pending_end: int | None = None
@@ -206,12 +227,27 @@ class Session:
             # reports positions up to its commit (not past it) until it sends it again.
             raise MissedTransaction(marker, wal_end)
         if reply_requested:
-            return self._advance_idle(force=True) or (Confirm(self._confirmable()),)
+            return self._advance_idle(force=True) or self._confirm()
         return _NOTHING
 
     def receive(self) -> Actions:
         """Redis answered the oldest batch in flight (the caller saw its reply is ready)."""
         return (self._take_answer(),)
+
+    def durable(self, lsn: int) -> None:
+        """Redis says every batch up to ``lsn`` is on the replicas durability requires."""
+        if lsn > self._durable:
+            self._durable = lsn
+
+    def building(self, from_lsn: int) -> None:
+        """Boards are built beside the live ones from a snapshot at ``from_lsn``: they take
+        the changes of transactions from there on (``projector.backfill``)."""
+        self.build_from = from_lsn
+
+    def built(self, boards: Iterable[Board]) -> None:
+        """The built boards went live (after ``swap``): ``boards`` is the set projected now."""
+        self.projection.promote(boards)
+        self.build_from = None
 
     def tick(self, *, quiet: bool) -> Actions:
         """After a pass over the frames received (``quiet``: there were none).
@@ -233,14 +269,8 @@ class Session:
             actions = self._flush()
         actions += self._advance_idle(force=False)
         if self._clock() - self._last_status >= self._status_interval:
-            actions += (Confirm(self._confirmable()),)
+            actions += self._confirm()
         return actions
-
-    def flush_if_idle(self) -> Actions:
-        """What ``Collect`` asks for once the answers are taken: apply unless Redis is busy."""
-        if self._in_flight or self.tx is not None or self.pending_end is None:
-            return _NOTHING
-        return self._flush()
 
     def can_swap(self) -> bool:
         """Built boards may go live: between transactions, none part-applied, and every
@@ -284,7 +314,7 @@ class Session:
         if self.pending_end is not None and self.tx is None:
             actions = self._flush()
         actions += tuple(self._take_answer() for _ in range(len(self._in_flight)))
-        return (*actions, Confirm(self._confirmable()))
+        return (*actions, *self._confirm())
 
     # -- transactions ------------------------------------------------------------------
 
@@ -329,10 +359,13 @@ class Session:
         if self.projection.pending_row_changes >= self._batch_changes:
             return self._flush()
         age = now - self._batch_started
-        if age >= MAX_BEHIND_BATCH_AGE or (age >= MAX_BATCH_DELAY and not self.behind()):
-            # While Redis still works on the previous batch, this one keeps growing:
-            # bigger batches when Redis is the bottleneck, tiny ones when it is not.
-            return _COLLECT
+        if not self._in_flight and (
+            age >= MAX_BEHIND_BATCH_AGE or (age >= MAX_BATCH_DELAY and not self.behind())
+        ):
+            return self._flush()
+        # While Redis still works on the previous batch this one keeps growing (the caller
+        # feeds Redis' answers and ticks after each read of the stream): bigger batches
+        # when Redis is the bottleneck, tiny ones when it is not.
         return _NOTHING
 
     def _flush(self) -> Actions:
@@ -348,7 +381,7 @@ class Session:
         self.pending_end = None
         actions = self._send(new)
         if self._clock() - self._last_status >= STATUS_AFTER_FLUSH_EVERY:
-            actions += (Confirm(self._confirmable()),)
+            actions += self._confirm()
         return actions
 
     def _chunk(self, tx: _Tx) -> Actions:
@@ -380,12 +413,13 @@ class Session:
         batch.swap = swap
         send = Send(batch, new, self.applied)
         self.applied = new
-        self._in_flight.append(new)
+        self._in_flight.append(InFlight(new, self._clock(), batch.kinds(), batch.transactions))
         return (*actions, send)
 
     def _take_answer(self) -> Receive:
-        self.acked = self._in_flight.popleft()
-        return _RECEIVE
+        oldest = self._in_flight.popleft()
+        self.acked = oldest.watermark
+        return Receive(oldest)
 
     # -- keepalives and status ---------------------------------------------------------
 
@@ -412,13 +446,18 @@ class Session:
             return _NOTHING
         self._last_idle_advance = now
         send = self._send(replace(applied, lsn=self._idle_end))
-        return (*send, self._take_answer(), Confirm(self._confirmable()))
+        return (*send, self._take_answer(), *self._confirm())
 
-    def _confirmable(self) -> int:
-        """What may be told to PostgreSQL now: what Redis acknowledged, never going back."""
-        self.confirmed = max(self.confirmed, self.acked.lsn)
+    def _confirm(self) -> Actions:
+        """Tell PostgreSQL what Redis acknowledged and holds durably, never going back; with
+        nothing in flight, what is acknowledged is made durable first (``Seal``)."""
+        actions: Actions = _NOTHING
+        if self.acked.lsn > self._durable and not self._in_flight:
+            actions = (_SEAL,)
+            self._durable = self.acked.lsn  # once sealed (a failure ends the session)
+        self.confirmed = max(self.confirmed, min(self.acked.lsn, self._durable))
         self._last_status = self._clock()
-        return self.confirmed
+        return (*actions, Confirm(self.confirmed))
 
 
 class MissedTransaction(RebuildRequired):
