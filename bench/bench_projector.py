@@ -29,7 +29,7 @@ import psycopg
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, migrate, percentile, save, throwaway_servers
+from common import ROOT, TREE, migrate, percentile, save, throwaway_servers
 
 sys.path.insert(0, str(ROOT))
 from projector.core.lsn import parse_lsn
@@ -57,7 +57,7 @@ def projector_env(pg_dsn: str, redis_url: str, **extra: str) -> dict[str, str]:
 
 def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        PROJECTOR, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("ab")
+        PROJECTOR, env=env, cwd=TREE, stdout=subprocess.DEVNULL, stderr=log.open("ab")
     )
 
 
@@ -356,6 +356,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--big-tx", type=int, default=1_000_000)
     parser.add_argument("--only", choices=("catch-up", "catch-up-focus", "freshness", "memory"))
+    parser.add_argument("--output", help="results file name (default: projector[-ONLY])")
     args = parser.parse_args()
     log = ROOT / "bench" / "results" / "projector.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -383,7 +384,7 @@ def main() -> None:
         "freshness_p99_ms": 10,
         "memory_peak_rss_mb": 200,
     }
-    save("projector" if args.only is None else f"projector-{args.only}", results)
+    save(args.output or ("projector" if args.only is None else f"projector-{args.only}"), results)
 
 
 if __name__ == "__main__":

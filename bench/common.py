@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# The source tree whose projector the benchmarks run: this one, or another checkout
+# (bench/compare_projector.py runs two commits in alternating rounds).
+TREE = Path(os.environ.get("BENCH_TREE") or ROOT)
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -92,7 +95,7 @@ def migrate(env: dict[str, str], log: Path | None = None) -> None:
         subprocess.run(
             [sys.executable, "-m", "projector", "migrate"],
             env=env,
-            cwd=ROOT,
+            cwd=TREE,
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
