@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import psycopg
 import structlog
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from api import routes
@@ -45,7 +43,7 @@ from api.sources import Sources
 from projector import redis_nodes
 from projector.core.boards import Board
 from projector.logs import configure_logging
-from projector.settings import Settings, load_settings, redact_dsn
+from projector.settings import Settings, load_settings, pg_user, redact_dsn
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -155,7 +153,7 @@ class App:
                 pool,
                 self._tz,
                 s.timezone,
-                role=_pg_user(s.api_dsn),
+                role=pg_user(s.api_dsn),
                 max_statements=s.api_pg_concurrency + s.api_pg_queue,
             ),
             tz=self._tz,
@@ -491,14 +489,6 @@ _JSON_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def _encode(body: Any) -> bytes:
     return _JSON_TEXT(body).encode()
-
-
-def _pg_user(dsn: str) -> str | None:
-    try:
-        user = conninfo_to_dict(dsn).get("user")
-    except psycopg.ProgrammingError:
-        return None
-    return str(user) if user else None
 
 
 def _in_use(pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]) -> int:
