@@ -2,8 +2,10 @@
 
 ``create_app`` builds an ``App`` and nothing else; the Redis client and the PostgreSQL pool are
 created when the server starts it (or on the first request, under a server without lifespan).
-Each request is routed, validated, answered by ``Sources`` and rendered as JSON; errors become
-JSON bodies with their status, and every request is counted, timed and (optionally) logged.
+Each request is matched against the route table (``api.routes.ROUTES``) and answered by the
+endpoint method its route names: validated, answered by ``Sources`` and rendered as JSON; errors
+become JSON bodies with their status, and every request is counted, timed and (optionally)
+logged.
 ``/`` and ``/static/`` serve the live page (``api.page``); ``.../events`` streams a board as
 Server-Sent Events (``api.events``), pushed on the projector's watermark events (``api.feed``).
 """

@@ -10,12 +10,17 @@ of the JSON bodies are written here. The tests validate the document, fuzz the A
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from api import routes
+from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
+from pydantic_core import core_schema
+
+from api import bodies, routes
 from api.parameters import LSN_PATTERN as _LSN_PATTERN
 from api.parameters import PERIOD, Bucket
 from api.routes import Route
@@ -100,6 +105,7 @@ def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]
     """The whole document for the declared ``boards``, as a JSON-ready dict. Each board's
     routes are listed with their own path, so each period parameter lists exactly the
     periods that board keeps; the first board is the default the other routes answer for."""
+    schemas = _schemas()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -122,7 +128,7 @@ def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]
         "paths": _paths(boards),
         "components": {
             "parameters": _parameters(),
-            "schemas": {**_schemas(), **_member_schemas(_schemas())},
+            "schemas": {**schemas, **_member_schemas(schemas)},
             "responses": {
                 "BadParameter": _json(
                     _ref("Error"),
@@ -382,7 +388,7 @@ def _operation(route: Route, board: Board) -> dict[str, Any]:
 
 def _member_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
     """The declared boards' schemas: the default board's, with ``member`` and ``label`` for
-    ``user_id`` and ``display_name``, and the board's name."""
+    ``user_id`` and ``display_name``, and the board's name (``api.boards`` renames alike)."""
 
     def renamed(schema: dict[str, Any]) -> dict[str, Any]:
         names = {"user_id": "member", "display_name": "label"}
@@ -404,215 +410,52 @@ def _member_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
         "MemberEntry": renamed(schemas["Entry"]),
         "BoardPage": page,
         "MemberStanding": standing,
-        "Boards": {
-            "type": "object",
-            "required": ["boards"],
-            "properties": {
-                "boards": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "default", "periods", "score", "labels", "url"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "default": {"type": "boolean"},
-                            "periods": {"type": "array", "items": {"type": "string"}},
-                            "score": {"type": "string", "enum": ["count", "sum"]},
-                            "labels": {"type": "boolean"},
-                            "url": {"type": "string"},
-                        },
-                        "additionalProperties": False,
-                    },
-                }
-            },
-            "additionalProperties": False,
-        },
     }
 
 
 def _schemas() -> dict[str, Any]:
-    entry = {
-        "type": "object",
-        "required": ["rank", "user_id", "display_name", "score"],
-        "properties": {
-            "rank": {"type": "integer", "minimum": 1},
-            "user_id": {"type": "string"},
-            "display_name": _nullable({"type": "string"}),
-            "score": {"type": "integer", "minimum": 1},
-        },
-        "additionalProperties": False,
-    }
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["status", "code", "message"],
-                    "properties": {
-                        "status": {"type": "integer"},
-                        "code": {
-                            "type": "string",
-                            "examples": ["bad_parameter", "unavailable", "board_unavailable"],
-                        },
-                        "message": {"type": "string"},
-                        "parameter": {
-                            "type": "string",
-                            "description": "The parameter at fault (400 only).",
-                        },
-                    },
-                }
-            },
-        },
-        "AsOf": {
-            "type": "object",
-            "description": "The state the answer reflects: every commit up to `lsn`.",
-            "required": ["lsn", "commit_time"],
-            "properties": {
-                "lsn": {"type": "string", "pattern": _LSN_PATTERN},
-                "commit_time": {
-                    **_nullable({"type": "string", "format": "date-time"}),
-                    "description": "When the last commit included was made (UTC); for "
-                    "PostgreSQL answers, the time of the query.",
-                },
-            },
-            "additionalProperties": False,
-        },
-        "Entry": entry,
-        "Leaderboard": {
-            "type": "object",
-            "required": [
-                "period",
-                "bucket",
-                "period_start",
-                "period_end",
-                "total",
-                "limit",
-                "offset",
-                "entries",
-                "source",
-                "as_of",
-            ],
-            "properties": {
-                "period": {"type": "string"},
-                **_BUCKET_FIELDS,
-                "limit": {"type": "integer"},
-                "offset": {"type": "integer"},
-                "entries": {"type": "array", "items": _ref("Entry")},
-                "source": _SOURCE,
-                "as_of": _ref("AsOf"),
-            },
-            "additionalProperties": False,
-        },
-        "Standing": {
-            "type": "object",
-            "required": [
-                "period",
-                "bucket",
-                "period_start",
-                "period_end",
-                "total",
-                "user_id",
-                "display_name",
-                "rank",
-                "score",
-                "around",
-                "above",
-                "below",
-                "source",
-                "as_of",
-            ],
-            "properties": {
-                "period": {"type": "string"},
-                **_BUCKET_FIELDS,
-                "user_id": {"type": "string"},
-                "display_name": _nullable({"type": "string"}),
-                "rank": {
-                    **_nullable({"type": "integer", "minimum": 1}),
-                    "description": "Null when the user has no pomodoros in the bucket.",
-                },
-                "score": {"type": "integer", "minimum": 0},
-                "around": {"type": "integer"},
-                "above": {
-                    "type": "array",
-                    "items": _ref("Entry"),
-                    "description": "Up to `around` entries just above, in rank order.",
-                },
-                "below": {
-                    "type": "array",
-                    "items": _ref("Entry"),
-                    "description": "Up to `around` entries just below, in rank order.",
-                },
-                "source": _SOURCE,
-                "as_of": _ref("AsOf"),
-            },
-            "additionalProperties": False,
-        },
-        "PeriodStanding": {
-            "type": "object",
-            "required": ["bucket", "period_start", "period_end", "total", "rank", "score"],
-            "properties": {
-                **_BUCKET_FIELDS,
-                "rank": _nullable({"type": "integer", "minimum": 1}),
-                "score": {"type": "integer", "minimum": 0},
-            },
-            "additionalProperties": False,
-        },
-        "UserPeriods": {
-            "type": "object",
-            "required": ["user_id", "display_name", "periods", "source", "as_of"],
-            "properties": {
-                "user_id": {"type": "string"},
-                "display_name": _nullable({"type": "string"}),
-                "periods": {
-                    "type": "object",
-                    "required": ["day", "week", "month", "year", "all"],
-                    "properties": {
-                        name: _ref("PeriodStanding")
-                        for name in ("day", "week", "month", "year", "all")
-                    },
-                    "additionalProperties": False,
-                },
-                "source": _SOURCE,
-                "as_of": _ref("AsOf"),
-            },
-            "additionalProperties": False,
-        },
-        "Readiness": {
-            "type": "object",
-            "required": ["ready", "source", "redis", "postgres"],
-            "properties": {
-                "ready": {"type": "boolean"},
-                "source": {"oneOf": [_SOURCE, {"type": "null"}]},
-                "redis": {
-                    "type": "object",
-                    "required": ["up"],
-                    "properties": {
-                        "up": {"type": "boolean"},
-                        "built": {
-                            "type": "boolean",
-                            "description": "Whether the projector has built Redis.",
-                        },
-                        "as_of": _ref("AsOf"),
-                        "error": {"type": "string"},
-                        "unavailable_boards": {
-                            "type": "object",
-                            "description": "Declared boards the projector cannot project "
-                            "now, each with its problem and fix.",
-                            "additionalProperties": {"type": "string"},
-                        },
-                    },
-                },
-                "postgres": {
-                    "type": "object",
-                    "required": ["up"],
-                    "properties": {
-                        "up": {"type": "boolean"},
-                        "as_of": _ref("AsOf"),
-                        "error": {"type": "string"},
-                    },
-                },
-            },
-        },
-    }
+    """The component schemas of ``api.bodies``, derived from its TypedDicts."""
+    named: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
+        (cls.__name__, "serialization", TypeAdapter(cls)) for cls in bodies.COMPONENTS
+    ]
+    _, definitions = TypeAdapter.json_schemas(
+        named, ref_template=_SCHEMA_REF, schema_generator=_BodySchema
+    )
+    found: dict[str, Any] = definitions["$defs"]
+    components = {cls.__name__ for cls in bodies.COMPONENTS}
+
+    def inlined(value: Any) -> Any:
+        """``value`` with references to other than components replaced by their schema."""
+        if isinstance(value, list):
+            return [inlined(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        ref = value.get("$ref", "")
+        name = ref.removeprefix(_SCHEMA_REF.format(model=""))
+        if ref and name not in components:
+            return inlined(found[name])
+        return {key: inlined(item) for key, item in value.items()}
+
+    return {name: inlined(found[name]) for name in components}
+
+
+_SCHEMA_REF = "#/components/schemas/{model}"
+
+
+class _BodySchema(GenerateJsonSchema):
+    """JSON Schema as the document writes it: no titles, class docstrings left out, and a
+    nullable value as ``oneOf`` (exactly one of the value and null)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def typed_dict_schema(self, schema: core_schema.TypedDictSchema) -> JsonSchemaValue:
+        json_schema = super().typed_dict_schema(schema)
+        json_schema.pop("title", None)
+        docstring = schema.get("cls").__doc__
+        if docstring and json_schema.get("description") == inspect.cleandoc(docstring):
+            del json_schema["description"]
+        return json_schema
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return {"oneOf": [self.generate_inner(schema["schema"]), {"type": "null"}]}

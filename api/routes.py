@@ -55,6 +55,9 @@ class Route:
     named_board: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        in_path = [p.name for p in self.parameters if p.location == "path"]
+        if re.findall(r"\{([a-z_]+)\}", self.path) != in_path:
+            raise ValueError(f"route {self.path}: its path parameters are {in_path}, in order")
         names = frozenset(p.name for p in self.parameters if p.location == "query")
         object.__setattr__(self, "accepts", names)
         object.__setattr__(self, "named_board", BOARD_NAME in self.parameters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -9,13 +10,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from openapi_spec_validator import validate
 
-from api import routes
+from api import bodies, routes
 from api.boards import AsOf, Entry
 from api.breaker import Breaker
 from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
 from api.openapi import openapi_document
-from api.parameters import LIMIT, USER_ID, bucket_pattern
+from api.parameters import LIMIT, MEMBER, PERIOD, USER_ID, bucket_pattern
 from api.rankings import Ranking, Rankings
 from projector.core.boards import DEFAULT_BOARDS
 from projector.core.buckets import Period, parse_bucket
@@ -248,3 +249,27 @@ def test_rankings_keep_at_most_their_size_for_their_time_to_live() -> None:
     assert standing is not None and (standing.rank, standing.score) == (2, 2)
     assert standing.above == [Entry(1, "a", None, 3)] and standing.below == []
     assert page.standing("nobody", 1) is None  # its label and total need PostgreSQL
+
+
+def test_body_schemas_are_derived_from_the_typed_bodies() -> None:
+    """The component schemas come from api.bodies: no titles, nullable fields as oneOf with
+    null, closed bodies refuse other properties, and references only to components."""
+    schemas = openapi_document()["components"]["schemas"]
+    assert schemas["Entry"]["additionalProperties"] is False
+    assert schemas["Entry"]["properties"]["display_name"] == {
+        "oneOf": [{"type": "string"}, {"type": "null"}]
+    }
+    assert schemas["Standing"]["required"] == list(bodies.Standing.__annotations__)
+    text = json.dumps(schemas)
+    assert '"title"' not in text
+    referred = set(re.findall(r'"#/components/schemas/(\w+)"', text))
+    assert referred <= set(schemas)
+    assert "ErrorDetail" not in schemas and "error" in schemas["Error"]["properties"]
+
+
+def test_a_route_lists_its_path_parameters_in_path_order() -> None:
+    """A route whose template and path parameters disagree is refused when it is declared."""
+    with pytest.raises(ValueError, match="path parameters"):
+        routes.Route("/v1/x/{member}/{period}", "standing", (PERIOD, MEMBER))
+    with pytest.raises(ValueError, match="path parameters"):
+        routes.Route("/v1/x/{period}", "board", ())
