@@ -37,10 +37,6 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"oneOf": [schema, {"type": "null"}]}
-
-
 _ERRORS = {
     "400": {"$ref": "#/components/responses/BadParameter"},
     "503": {"$ref": "#/components/responses/Unavailable"},
@@ -77,28 +73,6 @@ def _event_stream(page: str) -> dict[str, Any]:
             }
         },
     }
-
-
-_BUCKET_FIELDS: dict[str, Any] = {
-    "bucket": {"type": "string", "examples": ["2026-11-26", "2026-W48", "2026-11", "2026", "all"]},
-    "period_start": {
-        **_nullable({"type": "string", "format": "date-time"}),
-        "description": "First instant of the bucket (ISO 8601 with the configured zone's "
-        "offset); null for the all-time period.",
-    },
-    "period_end": {
-        **_nullable({"type": "string", "format": "date-time"}),
-        "description": "First instant after the bucket; null for the all-time period (and for "
-        "a bucket ending after 9999-12-31).",
-    },
-    "total": {"type": "integer", "minimum": 0, "description": "Members on the whole board."},
-}
-
-_SOURCE = {
-    "type": "string",
-    "enum": ["redis", "postgres"],
-    "description": "The store that answered: the Redis projection, or the PostgreSQL fallback.",
-}
 
 
 def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]:
