@@ -62,8 +62,9 @@ class Parameter:
     schema: Mapping[str, Any] = field(default_factory=dict)
     shared: bool = True
     expanded: bool = False
-    # What a path segment may be: empty ones reach validation, which names the parameter.
-    segment: str = "[^/]*"
+    # Whether a path without it matches no route; else an empty segment reaches validation,
+    # which names the parameter.
+    nonempty: bool = False
 
     def openapi(self) -> dict[str, Any]:
         """The parameter object of the OpenAPI document."""
@@ -211,7 +212,7 @@ MAX_USER_ID = 200
 
 BOARD = Parameter("board", "path", expanded=True)
 PERIOD = PeriodSegment("period", "path", expanded=True)
-ASSET = Parameter("asset", "path", expanded=True, segment="[^/]+")
+ASSET = Parameter("asset", "path", expanded=True, nonempty=True)
 USER_ID = Identifier(
     "user_id",
     "path",

@@ -3,8 +3,9 @@
 ``ROUTES`` is the one list of what the API answers: each ``Route`` is a path template, the
 endpoint that answers it and the parameters it takes (``api.parameters``). Matching, the query
 parameters each route accepts and the OpenAPI document's paths and parameters are all derived
-from it. A request is matched by one compiled regular expression over the raw path; segments
-are matched before percent-decoding, so a user id may contain an encoded ``/``. Everything
+from it. A request is matched with a few lookups: its raw path in a dict of the paths without
+parameters, else its segments against the few routes with as many (split before
+percent-decoding, so a user id may contain an encoded ``/``). Everything
 here is a pure function of the request's bytes (and, for the default bucket, the zone and the
 clock); every malformed input is a ``BadParameter``, an unknown path a ``NotFound``.
 """
@@ -12,9 +13,10 @@ clock); every malformed input is a ``BadParameter``, an unknown path a ``NotFoun
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from zoneinfo import ZoneInfo
 
 from api.errors import BadParameter, NotFound
@@ -62,12 +64,6 @@ class Route:
         object.__setattr__(self, "accepts", names)
         object.__setattr__(self, "named_board", BOARD_NAME in self.parameters)
 
-    def regex(self) -> str:
-        """The pattern of the raw paths this route answers, each path parameter a group."""
-        segments = {f"{{{p.name}}}": f"({p.segment})" for p in self.parameters}
-        parts = re.split(r"(\{[a-z_]+\})", self.path)
-        return "".join(segments[part] if part in segments else re.escape(part) for part in parts)
-
 
 BOARD = Route("/v1/leaderboards/{period}", "board", (PERIOD, BUCKET, LIMIT, OFFSET, MIN_LSN))
 STANDING = Route(
@@ -114,22 +110,45 @@ ROUTES = (
 )
 
 
-def _matcher(table: tuple[Route, ...]) -> tuple[re.Pattern[bytes], dict[int, tuple[Route, int]]]:
-    """One alternation of every route's pattern, each in a group of its own: a match's
-    ``lastindex`` is that group (it closes after the groups inside it), which gives the route
-    and where its arguments start."""
-    alternatives: list[str] = []
-    by_group: dict[int, tuple[Route, int]] = {}
-    group = 1
+# A route with path parameters, for matching: its literal segments (a getter and their
+# values), its argument's position when it has one (else -1) and a getter of its arguments,
+# and whether an empty argument matches nothing.
+_Shape = tuple[
+    Callable[[list[bytes]], tuple[bytes, ...]],
+    tuple[bytes, ...],
+    int,
+    Callable[[list[bytes]], tuple[bytes, ...]],
+    Route,
+    bool,
+]
+
+
+def _matchers(table: tuple[Route, ...]) -> tuple[dict[bytes, Route], dict[int, list[_Shape]]]:
+    """The routes without path parameters by path, and the others by number of segments."""
+    exact: dict[bytes, Route] = {}
+    by_length: dict[int, list[_Shape]] = {}
     for route in table:
-        alternatives.append(f"({route.regex()}\\Z)")
-        arguments = sum(1 for p in route.parameters if p.location == "path")
-        by_group[group] = (route, group + arguments)
-        group += arguments + 1
-    return re.compile("|".join(alternatives).encode()), by_group
+        segments = route.path.encode().split(b"/")
+        holes = [i for i, part in enumerate(segments) if part.startswith(b"{")]
+        if not holes:
+            exact[route.path.encode()] = route
+            continue
+        fixed = [i for i in range(len(segments)) if i not in holes]
+        # The leading empty segment and one literal at least: itemgetter gives a tuple.
+        assert len(fixed) >= 2, f"route {route.path} starts with a parameter"
+        shape = (
+            itemgetter(*fixed),
+            tuple(segments[i] for i in fixed),
+            holes[0] if len(holes) == 1 else -1,
+            itemgetter(*holes),
+            route,
+            any(p.nonempty for p in route.parameters),
+        )
+        by_length.setdefault(len(segments), []).append(shape)
+    return exact, by_length
 
 
-_MATCH, _BY_GROUP = _matcher(ROUTES)
+_EXACT, _BY_LENGTH = _matchers(ROUTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,12 +192,17 @@ Query = BoardQuery | StandingQuery | UserQuery
 
 def resolve(raw_path: bytes) -> tuple[Route, tuple[bytes, ...]]:
     """The route of ``raw_path`` and its path arguments (still percent-encoded)."""
-    match = _MATCH.match(raw_path)
-    if match is None:
-        raise NotFound(f"no route for {_shown(raw_path)}; see /openapi.json")
-    group = match.lastindex
-    route, end = _BY_GROUP[group]  # type: ignore[index]
-    return route, match.groups()[group:end]
+    route = _EXACT.get(raw_path)
+    if route is not None:
+        return route, ()
+    parts = raw_path.split(b"/")
+    for literals, expected, single, arguments, route, nonempty in _BY_LENGTH.get(len(parts), ()):
+        if literals(parts) == expected:
+            args = (parts[single],) if single > 0 else arguments(parts)
+            if nonempty and not all(args):
+                break
+            return route, args
+    raise NotFound(f"no route for {_shown(raw_path)}; see /openapi.json")
 
 
 def parse_query_string(raw: bytes, route: Route) -> dict[str, str]:
