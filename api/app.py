@@ -2,8 +2,10 @@
 
 ``create_app`` builds an ``App`` and nothing else; the Redis client and the PostgreSQL pool are
 created when the server starts it (or on the first request, under a server without lifespan).
-Each request is routed, validated, answered by ``Sources`` and rendered as JSON; errors become
-JSON bodies with their status, and every request is counted, timed and (optionally) logged.
+Each request is matched against the route table (``api.routes.ROUTES``) and answered by the
+endpoint method its route names: validated, answered by ``Sources`` and rendered as JSON; errors
+become JSON bodies with their status, and every request is counted, timed and (optionally)
+logged.
 ``/`` and ``/static/`` serve the live page (``api.page``); ``.../events`` streams a board as
 Server-Sent Events (``api.events``), pushed on the projector's watermark events (``api.feed``).
 """
@@ -16,15 +18,13 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import psycopg
 import structlog
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from api import routes
@@ -40,12 +40,12 @@ from api.openapi import openapi_document
 from api.page import Page
 from api.postgres_reader import PostgresReader, configure_connection
 from api.redis_reader import RedisReader
-from api.routes import BoardQuery
+from api.routes import BoardQuery, Route
 from api.sources import Sources
 from projector import redis_nodes
 from projector.core.boards import Board
 from projector.logs import configure_logging
-from projector.settings import Settings, load_settings, redact_dsn
+from projector.settings import Settings, load_settings, pg_user, redact_dsn
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,7 +58,13 @@ _JSON = b"application/json"
 # Browsers must not guess another type (a JSON body holding user text run as HTML or script).
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_NO_STORE = b"no-store"
 _READY_TIMEOUT = 2.0
+
+_Args = tuple[bytes, ...]
+# Status, body, content type, cache policy, other headers, and the store that answered.
+_Answer = tuple[int, bytes, bytes, bytes, Sequence[tuple[bytes, bytes]], str | None]
+_Endpoint = Callable[[Route, _Args, Scope, Receive, Send], Awaitable[_Answer | None]]
 
 
 def create_app(settings: Settings | None = None, *, configure_logs: bool = True) -> App:
@@ -97,6 +103,7 @@ class App:
         self._openapi = _encode(openapi_document(settings.boards))
         self._access_log = settings.api_access_log
         self.page = Page()
+        self._endpoints = self._endpoint_table()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -155,7 +162,7 @@ class App:
                 pool,
                 self._tz,
                 s.timezone,
-                role=_pg_user(s.api_dsn),
+                role=pg_user(s.api_dsn),
                 max_statements=s.api_pg_concurrency + s.api_pg_queue,
             ),
             tz=self._tz,
@@ -295,39 +302,46 @@ class App:
     async def _board_page(self, sources: Sources, query: BoardQuery) -> tuple[BoardPage, str]:
         """A board's page for the event streams, and the store that gave it."""
         page, source = await sources.board(query)
-        self.metrics.answered(routes.EVENTS, source)
+        self.metrics.answered(routes.EVENTS.path, source)
         return page, source
 
     # -- requests ----------------------------------------------------------------------------
+
+    def _endpoint_table(self) -> dict[Route, _Endpoint]:
+        """Each route of ``routes.ROUTES`` with the method that answers it (a route naming an
+        endpoint this class lacks fails here, at construction)."""
+        endpoints: dict[str, _Endpoint] = {
+            "board": self._board,
+            "standing": self._standing,
+            "user": self._user,
+            "events": self._events,
+            "boards": self._boards_list,
+            "page": self._page,
+            "asset": self._page,
+            "health": self._health,
+            "readiness": self._readiness,
+            "metrics": self._metrics_text,
+            "openapi": self._openapi_document,
+        }
+        return {route: endpoints[route.endpoint] for route in routes.ROUTES}
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        route = routes.UNMATCHED
+        template = routes.UNMATCHED
         source: str | None = None
-        content_type = _JSON
-        cache = b"no-store"
-        extra: list[tuple[bytes, bytes]] = []
+        extra: Sequence[tuple[bytes, bytes]]
         try:
             route, args = routes.resolve(raw_path)
+            template = route.path
             if method != "GET" and method != "HEAD":
-                raise MethodNotAllowed(f"{route} answers GET and HEAD only, not {method[:20]}")
-            status = 200
-            if route == routes.EVENTS or route == routes.BOARD_EVENTS:
-                key = self._board_key(route, args, scope["query_string"])
-                if method == "GET":
-                    client = (scope.get("client") or ("",))[0]
-                    await self._stream(key, client, receive, send)
-                    self._finished(scope, route, started, 200, None)
-                    return
-                body, content_type, extra = b"", EVENT_HEADERS[0][1], EVENT_HEADERS[2:]
-            elif route == routes.PAGE or route == routes.STATIC:
-                status, body, content_type, cache, extra = self._page(route, args, scope)
-            else:
-                body, source, content_type = await self._route(route, args, scope["query_string"])
-            if route == routes.READYZ and source is None:
-                status = 503
+                raise MethodNotAllowed(f"{template} answers GET and HEAD only, not {method[:20]}")
+            answer = await self._endpoints[route](route, args, scope, receive, send)
+            if answer is None:  # an event stream, answered and ended
+                self._finished(scope, template, started, 200, None)
+                return
+            status, body, content_type, cache, extra, source = answer
         except ApiError as exc:
             status = exc.status
             body = _encode(exc.body())
@@ -345,7 +359,7 @@ class App:
                     }
                 }
             )
-            content_type, cache, extra = _JSON, b"no-store", []
+            content_type, cache, extra = _JSON, b"no-store", ()
         headers = [(b"cache-control", cache), *extra]
         if _NOSNIFF not in extra:
             headers.append(_NOSNIFF)
@@ -356,7 +370,7 @@ class App:
             ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
-        self._finished(scope, route, started, status, source)
+        self._finished(scope, template, started, status, source)
 
     def _finished(
         self, scope: Scope, route: str, started: float, status: int, source: str | None
@@ -378,14 +392,94 @@ class App:
                 client=(scope.get("client") or ("", 0))[0],
             )
 
-    def _board_of(self, route: str, args: list[bytes]) -> tuple[Board, list[bytes], bool]:
+    def _board_of(self, route: Route, args: _Args) -> tuple[Board, _Args, bool]:
         """The board a route is about, the rest of its arguments, and whether it is one of
         the default board's historical (alias) routes."""
-        if route in (routes.BOARD_PAGE, routes.MEMBER, routes.BOARD_EVENTS):
+        if route.named_board:
             return routes.board_named(args[0], self._boards), args[1:], False
         return self._default, args, True
 
-    def _board_key(self, route: str, args: list[bytes], query_string: bytes) -> BoardKey:
+    # -- endpoints: each answers (status, body, content type, cache policy, other headers,
+    # the store that answered), or None once it has sent the response itself ----------------
+
+    async def _board(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
+        # Every parameter is validated before a store is touched.
+        params = routes.parse_query_string(scope["query_string"], route)
+        board, args, alias = self._board_of(route, args)
+        tz = self._tz
+        query = routes.board_query(args, params, tz, board, alias=alias)
+        sources = (self._running or await self._started()).sources
+        page, source = await sources.board(query)
+        self.metrics.answered(route.path, source)
+        return 200, _encode(board_json(query, page, source, tz)), _JSON, _NO_STORE, (), source
+
+    async def _standing(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
+        params = routes.parse_query_string(scope["query_string"], route)
+        board, args, alias = self._board_of(route, args)
+        tz = self._tz
+        query = routes.standing_query(args, params, tz, board, alias=alias)
+        sources = (self._running or await self._started()).sources
+        standing, source = await sources.standing(query)
+        self.metrics.answered(route.path, source)
+        body = _encode(standing_json(query, standing, source, tz))
+        return 200, body, _JSON, _NO_STORE, (), source
+
+    async def _user(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
+        params = routes.parse_query_string(scope["query_string"], route)
+        query = routes.user_query(args, params, self._default)
+        sources = (self._running or await self._started()).sources
+        user, source = await sources.user(query)
+        self.metrics.answered(route.path, source)
+        body = _encode(user_json(query, user, source, self._tz))
+        return 200, body, _JSON, _NO_STORE, (), source
+
+    async def _events(
+        self, route: Route, args: _Args, scope: Scope, receive: Receive, send: Send
+    ) -> _Answer | None:
+        """``GET``: serve the stream (None: answered); ``HEAD``: its headers."""
+        key = self._board_key(route, args, scope["query_string"])
+        if scope["method"] == "GET":
+            client = (scope.get("client") or ("",))[0]
+            await self._stream(key, client, receive, send)
+            return None
+        return 200, b"", EVENT_HEADERS[0][1], _NO_STORE, EVENT_HEADERS[2:], None
+
+    async def _boards_list(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
+        routes.parse_query_string(scope["query_string"], route)
+        return 200, self._boards_body, _JSON, _NO_STORE, (), None
+
+    async def _health(self, *_: Any) -> _Answer:
+        return 200, b'{"status":"ok"}', _JSON, _NO_STORE, (), None
+
+    async def _openapi_document(self, *_: Any) -> _Answer:
+        return 200, self._openapi, _JSON, _NO_STORE, (), None
+
+    async def _metrics_text(self, *_: Any) -> _Answer:
+        return 200, self.metrics.render().encode(), METRICS_CONTENT_TYPE, _NO_STORE, (), None
+
+    async def _readiness(self, *_: Any) -> _Answer:
+        """200 with the store that answers, else 503 (and no source)."""
+        sources = (self._running or await self._started()).sources
+        ready, state = await sources.readiness(_READY_TIMEOUT)
+        source = state["source"] if ready else None
+        return 200 if source is not None else 503, _encode(state), _JSON, _NO_STORE, (), source
+
+    async def _page(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
+        """The live page (``/``) and its assets (``/static/{asset}``)."""
+        if_none_match = None
+        for name, value in scope["headers"]:
+            if name == b"if-none-match":
+                if_none_match = value
+        if route is routes.PAGE:
+            response = self.page.index(if_none_match)
+        else:
+            response = self.page.asset(args[0], scope["query_string"], if_none_match)
+        headers = dict(response.headers)
+        content_type = headers.pop(b"content-type", b"")
+        cache = headers.pop(b"cache-control")
+        return response.status, response.body, content_type, cache, list(headers.items()), None
+
+    def _board_key(self, route: Route, args: _Args, query_string: bytes) -> BoardKey:
         """What ``GET .../events`` watches; without ``bucket``, the current bucket as it
         changes."""
         params = routes.parse_query_string(query_string, route)
@@ -403,63 +497,6 @@ class App:
             raise
         except OSError as exc:  # the client went away mid-write
             log.debug("event stream ended", error=str(exc))
-
-    def _page(
-        self, route: str, args: list[bytes], scope: Scope
-    ) -> tuple[int, bytes, bytes, bytes, list[tuple[bytes, bytes]]]:
-        """Status, body, content type, cache policy and other headers of the page routes."""
-        if_none_match = None
-        for name, value in scope["headers"]:
-            if name == b"if-none-match":
-                if_none_match = value
-        if route == routes.PAGE:
-            response = self.page.index(if_none_match)
-        else:
-            response = self.page.asset(args[0], scope["query_string"], if_none_match)
-        headers = dict(response.headers)
-        content_type = headers.pop(b"content-type", b"")
-        cache = headers.pop(b"cache-control")
-        return response.status, response.body, content_type, cache, list(headers.items())
-
-    async def _route(
-        self, route: str, args: list[bytes], query_string: bytes
-    ) -> tuple[bytes, str | None, bytes]:
-        """The body, the source that answered, and the content type of a matched route."""
-        if route == routes.HEALTHZ:
-            return b'{"status":"ok"}', None, _JSON
-        if route == routes.OPENAPI:
-            return self._openapi, None, _JSON
-        if route == routes.METRICS:
-            return self.metrics.render().encode(), None, METRICS_CONTENT_TYPE
-        if route == routes.READYZ:
-            sources = (self._running or await self._started()).sources
-            ready, state = await sources.readiness(_READY_TIMEOUT)
-            return _encode(state), state["source"] if ready else None, _JSON
-        if route == routes.BOARDS:
-            routes.parse_query_string(query_string, route)
-            return self._boards_body, None, _JSON
-        # Every parameter is validated before a store is touched.
-        params = routes.parse_query_string(query_string, route)
-        tz = self._tz
-        if route == routes.BOARD or route == routes.BOARD_PAGE:
-            board, args, alias = self._board_of(route, args)
-            board_query = routes.board_query(args, params, tz, board, alias=alias)
-            sources = (self._running or await self._started()).sources
-            page, source = await sources.board(board_query)
-            body = board_json(board_query, page, source, tz)
-        elif route == routes.STANDING or route == routes.MEMBER:
-            board, args, alias = self._board_of(route, args)
-            standing_query = routes.standing_query(args, params, tz, board, alias=alias)
-            sources = (self._running or await self._started()).sources
-            standing, source = await sources.standing(standing_query)
-            body = standing_json(standing_query, standing, source, tz)
-        else:
-            user_query = routes.user_query(args, params, self._default)
-            sources = (self._running or await self._started()).sources
-            user, source = await sources.user(user_query)
-            body = user_json(user_query, user, source, tz)
-        self.metrics.answered(route, source)
-        return _encode(body), source, _JSON
 
 
 def _end_streams_on_exit_signals(end: Callable[[], None]) -> None:
@@ -491,14 +528,6 @@ _JSON_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def _encode(body: Any) -> bytes:
     return _JSON_TEXT(body).encode()
-
-
-def _pg_user(dsn: str) -> str | None:
-    try:
-        user = conninfo_to_dict(dsn).get("user")
-    except psycopg.ProgrammingError:
-        return None
-    return str(user) if user else None
 
 
 def _in_use(pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]) -> int:

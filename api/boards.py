@@ -7,13 +7,14 @@ listed by user id in code-point order, which is byte order for UTF-8 as Redis co
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+from api import bodies
 from api.routes import BoardQuery, StandingQuery, UserQuery
 from projector.core.boards import Board
 from projector.core.buckets import Period, bucket_bounds
@@ -27,7 +28,7 @@ class AsOf:
     lsn: int
     commit_time: datetime | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> bodies.AsOf:
         lsn, commit_time = _as_of_text(self.lsn, self.commit_time)
         return {"lsn": lsn, "commit_time": commit_time}
 
@@ -47,7 +48,7 @@ class Entry(NamedTuple):
     display_name: str | None
     score: int
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> bodies.Entry:
         return {
             "rank": self.rank,
             "user_id": self.user_id,
@@ -132,6 +133,7 @@ def standing_json(
     ``GET /v1/boards/{board}/{period}/members/{member}``."""
     body = _bucket_json(query.period, query.bucket, tz)
     body["total"] = standing.total
+    entry_json: Callable[[Entry], Mapping[str, object]]
     if query.alias:
         body["user_id"] = query.user_id
         body["display_name"] = standing.display_name
@@ -185,7 +187,7 @@ def _bucket_fields(period: Period, bucket: str, tz: ZoneInfo) -> tuple[tuple[str
     )
 
 
-def boards_json(boards: Iterable[Board]) -> dict[str, Any]:
+def boards_json(boards: Iterable[Board]) -> bodies.Boards:
     """The body of ``GET /v1/boards``: each declared board, the first being the default that
     ``/v1/leaderboards`` and ``/v1/users`` answer for."""
     return {

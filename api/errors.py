@@ -7,7 +7,10 @@ store reader when its server cannot answer; it never reaches a client as such.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from api.bodies import Error
 
 
 class ApiError(Exception):
@@ -20,7 +23,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> Error:
         return {"error": {"status": self.status, "code": self.code, "message": self.message}}
 
     def headers(self) -> list[tuple[bytes, bytes]]:
@@ -37,7 +40,7 @@ class BadParameter(ApiError):
         super().__init__(message)
         self.parameter = parameter
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> Error:
         body = super().body()
         body["error"]["parameter"] = self.parameter
         return body

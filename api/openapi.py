@@ -1,104 +1,32 @@
-"""The OpenAPI 3.1 document of the read API, written by hand and served at ``/openapi.json``.
+"""The OpenAPI 3.1 document of the read API, derived from the route table and served at
+``/openapi.json``.
 
-It describes exactly what the API accepts: a path per period that a board keeps (the routes
-are written with ``{period}`` and expanded by ``_per_period``), each with the pattern of that
-period's real bucket ids (no 2026-02-30, no 2025-W53, no year 0000), user ids and members
-without control characters, integer ranges. Bounds come from ``api.routes`` and the calendar
-from ``projector.core.buckets``, so the document and the validation cannot disagree; the tests
-validate the document, fuzz the API from it (hypothesis, schemathesis) and check every
-answer against its response schemas.
+Its paths and parameters come from ``api.routes.ROUTES`` and ``api.parameters`` (a path per
+board and per period a board keeps, each with the pattern of that period's real bucket ids),
+so the document and the validation cannot disagree; the prose, the responses and the schemas
+of the JSON bodies are written here. The tests validate the document, fuzz the API from it
+(hypothesis, schemathesis) and check every answer against its response schemas.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
-from api import routes
+from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
+from pydantic_core import core_schema
+
+from api import bodies, routes
+from api.parameters import LSN_PATTERN as _LSN_PATTERN
+from api.parameters import PERIOD, Bucket
+from api.routes import Route
 from projector import __version__
 from projector.core.boards import DEFAULT_BOARDS, Board
-from projector.core.buckets import Period, parse_bucket
-
-_LSN_PATTERN = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
-# Years 0001 to 9999 (there is no year 0000).
-_YEAR = r"(000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
-# Leap years: divisible by 4, and centuries only when divisible by 400.
-_LEAP_YEAR = r"([0-9]{2}(0[48]|[2468][048]|[13579][26])|([02468][48]|[13579][26]|[2468]0)00)"
-_DAY_OF_MONTH = (
-    r"((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])"
-    r"|(0[469]|11)-(0[1-9]|[12][0-9]|30)"
-    r"|02-(0[1-9]|1[0-9]|2[0-8]))"
-)
-_WEEK_1_TO_52 = r"(0[1-9]|[1-4][0-9]|5[0-2])"
-# Characters a user id or member may not hold: C0 and C1 controls.
-_MEMBER_PATTERN = rf"^[^\u0000-\u001f\u007f-\u009f]{{1,{routes.MAX_USER_ID}}}$"
-_EXAMPLE_BUCKETS = {
-    Period.DAY: "2026-11-26",
-    Period.WEEK: "2026-W48",
-    Period.MONTH: "2026-11",
-    Period.YEAR: "2026",
-    Period.ALL: "all",
-}
-
-
-@cache
-def bucket_pattern(period: Period) -> str:
-    """The regular expression of every bucket id of ``period`` that the API accepts."""
-    if period == Period.ALL:
-        return "^all$"
-    if period == Period.YEAR:
-        return f"^{_YEAR}$"
-    if period == Period.MONTH:
-        return f"^{_YEAR}-(0[1-9]|1[0-2])$"
-    if period == Period.DAY:
-        return f"^({_YEAR}-{_DAY_OF_MONTH}|{_LEAP_YEAR}-02-29)$"
-    return f"^({_YEAR}-W{_WEEK_1_TO_52}|{_long_iso_years()}-W53)$"
-
-
-def _long_iso_years() -> str:
-    """The ISO years with a week 53, as a regular expression grouped by century."""
-    by_century: dict[str, list[str]] = {}
-    for year in range(1, 10_000):
-        text = f"{year:04d}"
-        try:
-            parse_bucket(Period.WEEK, f"{text}-W53")
-        except ValueError:
-            continue
-        by_century.setdefault(text[:2], []).append(text[2:])
-    groups = [f"{century}({'|'.join(ends)})" for century, ends in sorted(by_century.items())]
-    return f"({'|'.join(groups)})"
-
-
-def _per_period(paths: dict[str, Any], default: Board) -> dict[str, Any]:
-    """Each path with ``{period}`` becomes one path per period its period parameter allows,
-    whose ``bucket`` parameter has that period's exact pattern (a period and a bucket of
-    another period are a 400, which one shared pattern could not say)."""
-    expanded: dict[str, Any] = {}
-    for path, item in paths.items():
-        if "{period}" not in path:
-            expanded[path] = item
-            continue
-        operation = item["get"]
-        parameters = operation["parameters"]
-        period_parameter = next(
-            (p for p in parameters if p.get("name") == "period"),
-            _period_parameter(default),
-        )
-        for value in period_parameter["schema"]["enum"]:
-            concrete = dict(operation)
-            concrete["operationId"] = operation["operationId"] + value.title()
-            concrete["parameters"] = [
-                {"$ref": f"#/components/parameters/bucket_{value}"}
-                if p.get("$ref", "").endswith("/bucket")
-                else p
-                for p in parameters
-                if p.get("name") != "period" and not p.get("$ref", "").endswith("/period")
-            ]
-            expanded[path.replace("{period}", value)] = {"get": concrete}
-    return expanded
+from projector.core.buckets import Period
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -107,10 +35,6 @@ def _ref(name: str) -> dict[str, str]:
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"oneOf": [schema, {"type": "null"}]}
 
 
 _ERRORS = {
@@ -151,32 +75,11 @@ def _event_stream(page: str) -> dict[str, Any]:
     }
 
 
-_BUCKET_FIELDS: dict[str, Any] = {
-    "bucket": {"type": "string", "examples": ["2026-11-26", "2026-W48", "2026-11", "2026", "all"]},
-    "period_start": {
-        **_nullable({"type": "string", "format": "date-time"}),
-        "description": "First instant of the bucket (ISO 8601 with the configured zone's "
-        "offset); null for the all-time period.",
-    },
-    "period_end": {
-        **_nullable({"type": "string", "format": "date-time"}),
-        "description": "First instant after the bucket; null for the all-time period (and for "
-        "a bucket ending after 9999-12-31).",
-    },
-    "total": {"type": "integer", "minimum": 0, "description": "Members on the whole board."},
-}
-
-_SOURCE = {
-    "type": "string",
-    "enum": ["redis", "postgres"],
-    "description": "The store that answered: the Redis projection, or the PostgreSQL fallback.",
-}
-
-
 def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]:
     """The whole document for the declared ``boards``, as a JSON-ready dict. Each board's
     routes are listed with their own path, so each period parameter lists exactly the
     periods that board keeps; the first board is the default the other routes answer for."""
+    schemas = _schemas()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -196,10 +99,10 @@ def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]
                 "(per process and per client address) 429 (defaults; see docs/security.md)."
             ),
         },
-        "paths": _per_period({**_paths(), **_board_paths(boards)}, boards[0]),
+        "paths": _paths(boards),
         "components": {
-            "parameters": _parameters(boards[0]),
-            "schemas": {**_schemas(), **_member_schemas(_schemas())},
+            "parameters": _parameters(),
+            "schemas": {**schemas, **_member_schemas(schemas)},
             "responses": {
                 "BadParameter": _json(
                     _ref("Error"),
@@ -238,220 +141,228 @@ def openapi_document(boards: Sequence[Board] = DEFAULT_BOARDS) -> dict[str, Any]
     }
 
 
-def _paths() -> dict[str, Any]:
-    p = "#/components/parameters/"
-    return {
-        routes.BOARD: {
-            "get": {
-                "operationId": "getLeaderboard",
-                "summary": "A page of a leaderboard",
-                "parameters": [
-                    {"$ref": p + name}
-                    for name in ("period", "bucket", "limit", "offset", "min_lsn")
-                ],
-                "responses": {"200": _json(_ref("Leaderboard"), "The page."), **_ERRORS},
-            }
-        },
-        routes.STANDING: {
-            "get": {
-                "operationId": "getStanding",
-                "summary": "A user's rank and score on a leaderboard, with neighbours",
-                "description": "A user without pomodoros in the bucket gets score 0 and rank "
-                "null, not an error.",
-                "parameters": [
-                    {"$ref": p + name}
-                    for name in ("period", "user_id", "bucket", "around", "min_lsn")
-                ],
-                "responses": {"200": _json(_ref("Standing"), "The user's standing."), **_ERRORS},
-            }
-        },
-        routes.EVENTS: {
-            "get": {
-                "operationId": "streamLeaderboard",
-                "summary": "A leaderboard's top entries, live (Server-Sent Events)",
-                "description": "An endless `text/event-stream`. Each event's `data` is the JSON "
-                "of `GET /v1/leaderboards/{period}` with the same `bucket` and `limit` (offset "
-                "0), and its `id` the watermark LSN. The first event is sent at once; the next "
-                "ones when the board's answer changes (pushed when the projector applies a "
-                "batch), at most ten a second (a burst is coalesced into its newest state). A "
-                "comment line (`: keep-alive`) follows 15 s of silence. Without `bucket` the "
-                "stream follows the current bucket (a new day at "
-                "midnight). The stream ends when the server shuts down; EventSource clients "
-                "reconnect by themselves (`retry: 1000`).",
-                "parameters": [{"$ref": p + name} for name in ("period", "bucket", "limit")],
-                "responses": {"200": _event_stream("Leaderboard"), **_STREAM_ERRORS},
-            }
-        },
-        routes.USER: {
-            "get": {
-                "operationId": "getUser",
-                "summary": "A user's score and rank in the current bucket of every period",
-                "parameters": [{"$ref": p + name} for name in ("user_id", "min_lsn")],
-                "responses": {
-                    "200": _json(_ref("UserPeriods"), "The user's standings."),
-                    **_ERRORS,
-                },
-            }
-        },
-        routes.PAGE: {
-            "get": {
-                "operationId": "getPage",
-                "summary": "The live leaderboard page (HTML)",
-                "description": "Revalidated on each visit (`Cache-Control: no-cache`, `ETag`); "
-                "its assets are referred to by content hash and cached for a year.",
-                "responses": {
-                    "200": {"description": "The page.", "content": {"text/html": {}}},
-                    "304": {"description": "Not modified (`If-None-Match`)."},
-                },
-            }
-        },
-        **{
-            f"/static/{name}": {
-                "get": {
-                    "operationId": f"getAsset{name.split('.')[1].upper()}",
-                    "summary": f"The page's {kind}",
-                    "description": "Cached for a year when asked for with the current `?v=` "
-                    "content hash (as the page does), else revalidated.",
-                    "responses": {
-                        "200": {"description": kind, "content": {media: {}}},
-                        "304": {"description": "Not modified (`If-None-Match`)."},
-                    },
-                }
-            }
-            for name, kind, media in (
-                ("app.css", "style sheet", "text/css"),
-                ("app.js", "script", "text/javascript"),
-                ("favicon.svg", "icon", "image/svg+xml"),
-            )
-        },
-        routes.HEALTHZ: {
-            "get": {
-                "operationId": "getHealth",
-                "summary": "Liveness: the process answers",
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["status"],
-                            "properties": {"status": {"const": "ok"}},
-                        },
-                        "Alive.",
-                    )
-                },
-            }
-        },
-        routes.READYZ: {
-            "get": {
-                "operationId": "getReadiness",
-                "summary": "Readiness: whether leaderboards can be answered, and from which store",
-                "responses": {
-                    "200": _json(_ref("Readiness"), "Ready; `source` says which store answers."),
-                    "503": _json(_ref("Readiness"), "Neither Redis nor PostgreSQL can answer."),
-                },
-            }
-        },
-        routes.METRICS: {
-            "get": {
-                "operationId": "getMetrics",
-                "summary": "Prometheus metrics of this worker process",
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text exposition format 0.0.4.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-            }
-        },
-        routes.OPENAPI: {
-            "get": {
-                "operationId": "getOpenApi",
-                "summary": "This document",
-                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
-            }
-        },
-    }
-
-
-def _period_parameter(board: Board) -> dict[str, Any]:
-    return {
-        "name": "period",
-        "in": "path",
-        "required": True,
-        "description": "day (local midnight), week (ISO 8601, Monday start), month, year, "
-        f"or all (all time): the periods board {board.name!r} keeps.",
-        "schema": {"type": "string", "enum": [p.value for p in board.periods]},
-    }
-
-
-def _board_paths(boards: Sequence[Board]) -> dict[str, Any]:
-    """``GET /v1/boards`` and, per declared board, its page, member and events routes."""
-    p = "#/components/parameters/"
-    paths: dict[str, Any] = {
-        routes.BOARDS: {
-            "get": {
-                "operationId": "listBoards",
-                "summary": "The declared boards (the first is the default)",
-                "responses": {"200": _json(_ref("Boards"), "The boards."), **_ERRORS},
-            }
-        }
-    }
-    member = {
-        "name": "member",
-        "in": "path",
-        "required": True,
-        "description": f"1 to {routes.MAX_USER_ID} characters without control characters, "
-        "percent-encoded.",
-        "schema": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": routes.MAX_USER_ID,
-            "pattern": _MEMBER_PATTERN,
-        },
-    }
+def _paths(boards: Sequence[Board]) -> dict[str, Any]:
+    """Every path of ``routes.ROUTES``: a route naming ``{board}`` once per declared board, the
+    others for the default board; a route with ``{period}`` once per period its board keeps,
+    whose ``bucket`` parameter has that period's exact pattern (a period and a bucket of
+    another period are a 400, which one shared pattern could not say)."""
+    paths: dict[str, Any] = {}
+    for route in routes.ROUTES:
+        if route is routes.STATIC:
+            for name, kind, media in _ASSETS:
+                paths[route.path.replace("{asset}", name)] = {"get": _asset(name, kind, media)}
+        elif not route.named_board:
+            paths.update(_route_paths(route, route.path, boards[0]))
     for board in boards:
-        base = f"/v1/boards/{board.name}/{{period}}"
-        period = _period_parameter(board)
-        ident = "".join(part.capitalize() for part in re.split(r"[-_]", board.name))
-        paths[base] = {
-            "get": {
-                "operationId": f"getBoard{ident}",
-                "summary": f"A page of board {board.name!r}",
-                "parameters": [
-                    period,
-                    *({"$ref": p + name} for name in ("bucket", "limit", "offset", "min_lsn")),
-                ],
-                "responses": {"200": _json(_ref("BoardPage"), "The page."), **_ERRORS},
-            }
-        }
-        paths[f"{base}/members/{{member}}"] = {
-            "get": {
-                "operationId": f"getMember{ident}",
-                "summary": f"A member's rank and score on board {board.name!r}, with neighbours",
-                "description": "A member without rows in the bucket gets score 0 and rank null.",
-                "parameters": [
-                    period,
-                    member,
-                    *({"$ref": p + name} for name in ("bucket", "around", "min_lsn")),
-                ],
-                "responses": {"200": _json(_ref("MemberStanding"), "The standing."), **_ERRORS},
-            }
-        }
-        paths[f"{base}/events"] = {
-            "get": {
-                "operationId": f"streamBoard{ident}",
-                "summary": f"Board {board.name!r}'s top entries, live (Server-Sent Events)",
-                "description": "As `/v1/leaderboards/{period}/events`, with events carrying "
-                "the JSON of this board's page.",
-                "parameters": [period, *({"$ref": p + name} for name in ("bucket", "limit"))],
-                "responses": {"200": _event_stream("BoardPage"), **_STREAM_ERRORS},
-            }
-        }
+        for route in routes.ROUTES:
+            if route.named_board:
+                paths.update(_route_paths(route, route.path.replace("{board}", board.name), board))
     return paths
+
+
+def _route_paths(route: Route, path: str, board: Board) -> dict[str, Any]:
+    """The path of ``route`` (of ``board``), or one per period ``board`` keeps."""
+    operation = _operation(route, board)
+    if PERIOD not in route.parameters:
+        return {path: {"get": _with_parameters(operation, route, None)}}
+    return {
+        path.replace("{period}", value): {
+            "get": _with_parameters(
+                {**operation, "operationId": operation["operationId"] + value.title()},
+                route,
+                Period(value),
+            )
+        }
+        for value in PERIOD.values(board)
+    }
+
+
+def _with_parameters(
+    operation: dict[str, Any], route: Route, period: Period | None
+) -> dict[str, Any]:
+    """``operation`` with the ``parameters`` of ``route`` (of ``period``) before its
+    ``responses``, in the route's order: shared ones by reference, the others written out."""
+    listed: list[dict[str, Any]] = []
+    for parameter in route.parameters:
+        if parameter.expanded:
+            continue
+        if isinstance(parameter, Bucket):
+            assert period is not None
+            listed.append(_parameter_ref(parameter.component(period)))
+        elif parameter.shared:
+            listed.append(_parameter_ref(parameter.name))
+        else:
+            listed.append(parameter.openapi())
+    described = {key: value for key, value in operation.items() if key != "responses"}
+    parameters = {"parameters": listed} if listed else {}
+    return {**described, **parameters, "responses": operation["responses"]}
+
+
+def _parameters() -> dict[str, Any]:
+    """``components.parameters``: each shared parameter of the routes (the bucket once per
+    period)."""
+    components: dict[str, Any] = {}
+    for route in routes.ROUTES:
+        for parameter in route.parameters:
+            if isinstance(parameter, Bucket):
+                for period in Period:
+                    components[parameter.component(period)] = parameter.openapi_for(period)
+            elif parameter.shared and not parameter.expanded:
+                components[parameter.name] = parameter.openapi()
+    return components
+
+
+def _parameter_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+_ASSETS = (
+    ("app.css", "style sheet", "text/css"),
+    ("app.js", "script", "text/javascript"),
+    ("favicon.svg", "icon", "image/svg+xml"),
+)
+
+
+def _asset(name: str, kind: str, media: str) -> dict[str, Any]:
+    return {
+        "operationId": f"getAsset{name.split('.')[1].upper()}",
+        "summary": f"The page's {kind}",
+        "description": "Cached for a year when asked for with the current `?v=` "
+        "content hash (as the page does), else revalidated.",
+        "responses": {
+            "200": {"description": kind, "content": {media: {}}},
+            "304": {"description": "Not modified (`If-None-Match`)."},
+        },
+    }
+
+
+def _operation(route: Route, board: Board) -> dict[str, Any]:
+    """What the document says of ``route`` (of ``board``, for a route naming ``{board}``),
+    but its parameters."""
+    if route is routes.BOARD:
+        return {
+            "operationId": "getLeaderboard",
+            "summary": "A page of a leaderboard",
+            "responses": {"200": _json(_ref("Leaderboard"), "The page."), **_ERRORS},
+        }
+    if route is routes.STANDING:
+        return {
+            "operationId": "getStanding",
+            "summary": "A user's rank and score on a leaderboard, with neighbours",
+            "description": "A user without pomodoros in the bucket gets score 0 and rank "
+            "null, not an error.",
+            "responses": {"200": _json(_ref("Standing"), "The user's standing."), **_ERRORS},
+        }
+    if route is routes.EVENTS:
+        return {
+            "operationId": "streamLeaderboard",
+            "summary": "A leaderboard's top entries, live (Server-Sent Events)",
+            "description": "An endless `text/event-stream`. Each event's `data` is the JSON "
+            "of `GET /v1/leaderboards/{period}` with the same `bucket` and `limit` (offset "
+            "0), and its `id` the watermark LSN. The first event is sent at once; the next "
+            "ones when the board's answer changes (pushed when the projector applies a "
+            "batch), at most ten a second (a burst is coalesced into its newest state). A "
+            "comment line (`: keep-alive`) follows 15 s of silence. Without `bucket` the "
+            "stream follows the current bucket (a new day at "
+            "midnight). The stream ends when the server shuts down; EventSource clients "
+            "reconnect by themselves (`retry: 1000`).",
+            "responses": {"200": _event_stream("Leaderboard"), **_STREAM_ERRORS},
+        }
+    if route is routes.USER:
+        return {
+            "operationId": "getUser",
+            "summary": "A user's score and rank in the current bucket of every period",
+            "responses": {
+                "200": _json(_ref("UserPeriods"), "The user's standings."),
+                **_ERRORS,
+            },
+        }
+    if route is routes.PAGE:
+        return {
+            "operationId": "getPage",
+            "summary": "The live leaderboard page (HTML)",
+            "description": "Revalidated on each visit (`Cache-Control: no-cache`, `ETag`); "
+            "its assets are referred to by content hash and cached for a year.",
+            "responses": {
+                "200": {"description": "The page.", "content": {"text/html": {}}},
+                "304": {"description": "Not modified (`If-None-Match`)."},
+            },
+        }
+    if route is routes.HEALTHZ:
+        return {
+            "operationId": "getHealth",
+            "summary": "Liveness: the process answers",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"const": "ok"}},
+                    },
+                    "Alive.",
+                )
+            },
+        }
+    if route is routes.READYZ:
+        return {
+            "operationId": "getReadiness",
+            "summary": "Readiness: whether leaderboards can be answered, and from which store",
+            "responses": {
+                "200": _json(_ref("Readiness"), "Ready; `source` says which store answers."),
+                "503": _json(_ref("Readiness"), "Neither Redis nor PostgreSQL can answer."),
+            },
+        }
+    if route is routes.METRICS:
+        return {
+            "operationId": "getMetrics",
+            "summary": "Prometheus metrics of this worker process",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format 0.0.4.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    if route is routes.OPENAPI:
+        return {
+            "operationId": "getOpenApi",
+            "summary": "This document",
+            "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+        }
+    if route is routes.BOARDS:
+        return {
+            "operationId": "listBoards",
+            "summary": "The declared boards (the first is the default)",
+            "responses": {"200": _json(_ref("Boards"), "The boards."), **_ERRORS},
+        }
+    ident = "".join(part.capitalize() for part in re.split(r"[-_]", board.name))
+    if route is routes.BOARD_PAGE:
+        return {
+            "operationId": f"getBoard{ident}",
+            "summary": f"A page of board {board.name!r}",
+            "responses": {"200": _json(_ref("BoardPage"), "The page."), **_ERRORS},
+        }
+    if route is routes.MEMBER_STANDING:
+        return {
+            "operationId": f"getMember{ident}",
+            "summary": f"A member's rank and score on board {board.name!r}, with neighbours",
+            "description": "A member without rows in the bucket gets score 0 and rank null.",
+            "responses": {"200": _json(_ref("MemberStanding"), "The standing."), **_ERRORS},
+        }
+    if route is routes.BOARD_EVENTS:
+        return {
+            "operationId": f"streamBoard{ident}",
+            "summary": f"Board {board.name!r}'s top entries, live (Server-Sent Events)",
+            "description": "As `/v1/leaderboards/{period}/events`, with events carrying "
+            "the JSON of this board's page.",
+            "responses": {"200": _event_stream("BoardPage"), **_STREAM_ERRORS},
+        }
+    raise AssertionError(f"the document does not describe {route.path}")
 
 
 def _member_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
     """The declared boards' schemas: the default board's, with ``member`` and ``label`` for
-    ``user_id`` and ``display_name``, and the board's name."""
+    ``user_id`` and ``display_name``, and the board's name (``api.boards`` renames alike)."""
 
     def renamed(schema: dict[str, Any]) -> dict[str, Any]:
         names = {"user_id": "member", "display_name": "label"}
@@ -473,289 +384,52 @@ def _member_schemas(schemas: dict[str, Any]) -> dict[str, Any]:
         "MemberEntry": renamed(schemas["Entry"]),
         "BoardPage": page,
         "MemberStanding": standing,
-        "Boards": {
-            "type": "object",
-            "required": ["boards"],
-            "properties": {
-                "boards": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "default", "periods", "score", "labels", "url"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "default": {"type": "boolean"},
-                            "periods": {"type": "array", "items": {"type": "string"}},
-                            "score": {"type": "string", "enum": ["count", "sum"]},
-                            "labels": {"type": "boolean"},
-                            "url": {"type": "string"},
-                        },
-                        "additionalProperties": False,
-                    },
-                }
-            },
-            "additionalProperties": False,
-        },
-    }
-
-
-def _parameters(default: Board) -> dict[str, Any]:
-    buckets = {
-        f"bucket_{period.value}": {
-            "name": "bucket",
-            "in": "query",
-            "required": False,
-            "description": "Which bucket, in canonical form (zero-padded; weeks with an upper-case "
-            "W): day YYYY-MM-DD, week YYYY-Www (ISO week), month YYYY-MM, year YYYY, all `all`. "
-            "It must exist in the calendar (years 0001 to 9999). Default: the bucket holding "
-            "now, in the configured time zone. Buckets expired from Redis are answered by "
-            "PostgreSQL.",
-            "schema": {
-                "type": "string",
-                "pattern": bucket_pattern(period),
-                "examples": [_EXAMPLE_BUCKETS[period]],
-            },
-        }
-        for period in Period
-    }
-    return {
-        **buckets,
-        "user_id": {
-            "name": "user_id",
-            "in": "path",
-            "required": True,
-            "description": f"1 to {routes.MAX_USER_ID} characters without control characters, "
-            "percent-encoded (an encoded / is part of the id).",
-            "schema": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": routes.MAX_USER_ID,
-                "pattern": _MEMBER_PATTERN,
-            },
-        },
-        "limit": {
-            "name": "limit",
-            "in": "query",
-            "required": False,
-            "description": "Entries per page.",
-            "schema": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": routes.MAX_LIMIT,
-                "default": routes.DEFAULT_LIMIT,
-            },
-        },
-        "offset": {
-            "name": "offset",
-            "in": "query",
-            "required": False,
-            "description": "Entries to skip (0-based position in rank order).",
-            "schema": {"type": "integer", "minimum": 0, "maximum": routes.MAX_OFFSET, "default": 0},
-        },
-        "around": {
-            "name": "around",
-            "in": "query",
-            "required": False,
-            "description": "Neighbours to list above and below the user.",
-            "schema": {"type": "integer", "minimum": 0, "maximum": routes.MAX_AROUND, "default": 0},
-        },
-        "min_lsn": {
-            "name": "min_lsn",
-            "in": "query",
-            "required": False,
-            "description": "Read-your-writes: an LSN the client read with "
-            "`SELECT pg_current_wal_lsn()` after its commit. The answer reflects a state at or "
-            "past it: Redis once the projector got there (waiting briefly), else PostgreSQL. "
-            "An LSN ahead of the server's current WAL position (no commit can have returned "
-            "it) is answered 400.",
-            "schema": {"type": "string", "pattern": _LSN_PATTERN, "examples": ["0/16B3748"]},
-        },
     }
 
 
 def _schemas() -> dict[str, Any]:
-    entry = {
-        "type": "object",
-        "required": ["rank", "user_id", "display_name", "score"],
-        "properties": {
-            "rank": {"type": "integer", "minimum": 1},
-            "user_id": {"type": "string"},
-            "display_name": _nullable({"type": "string"}),
-            "score": {"type": "integer", "minimum": 1},
-        },
-        "additionalProperties": False,
-    }
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["status", "code", "message"],
-                    "properties": {
-                        "status": {"type": "integer"},
-                        "code": {
-                            "type": "string",
-                            "examples": ["bad_parameter", "unavailable", "board_unavailable"],
-                        },
-                        "message": {"type": "string"},
-                        "parameter": {
-                            "type": "string",
-                            "description": "The parameter at fault (400 only).",
-                        },
-                    },
-                }
-            },
-        },
-        "AsOf": {
-            "type": "object",
-            "description": "The state the answer reflects: every commit up to `lsn`.",
-            "required": ["lsn", "commit_time"],
-            "properties": {
-                "lsn": {"type": "string", "pattern": _LSN_PATTERN},
-                "commit_time": {
-                    **_nullable({"type": "string", "format": "date-time"}),
-                    "description": "When the last commit included was made (UTC); for "
-                    "PostgreSQL answers, the time of the query.",
-                },
-            },
-            "additionalProperties": False,
-        },
-        "Entry": entry,
-        "Leaderboard": {
-            "type": "object",
-            "required": [
-                "period",
-                "bucket",
-                "period_start",
-                "period_end",
-                "total",
-                "limit",
-                "offset",
-                "entries",
-                "source",
-                "as_of",
-            ],
-            "properties": {
-                "period": {"type": "string"},
-                **_BUCKET_FIELDS,
-                "limit": {"type": "integer"},
-                "offset": {"type": "integer"},
-                "entries": {"type": "array", "items": _ref("Entry")},
-                "source": _SOURCE,
-                "as_of": _ref("AsOf"),
-            },
-            "additionalProperties": False,
-        },
-        "Standing": {
-            "type": "object",
-            "required": [
-                "period",
-                "bucket",
-                "period_start",
-                "period_end",
-                "total",
-                "user_id",
-                "display_name",
-                "rank",
-                "score",
-                "around",
-                "above",
-                "below",
-                "source",
-                "as_of",
-            ],
-            "properties": {
-                "period": {"type": "string"},
-                **_BUCKET_FIELDS,
-                "user_id": {"type": "string"},
-                "display_name": _nullable({"type": "string"}),
-                "rank": {
-                    **_nullable({"type": "integer", "minimum": 1}),
-                    "description": "Null when the user has no pomodoros in the bucket.",
-                },
-                "score": {"type": "integer", "minimum": 0},
-                "around": {"type": "integer"},
-                "above": {
-                    "type": "array",
-                    "items": _ref("Entry"),
-                    "description": "Up to `around` entries just above, in rank order.",
-                },
-                "below": {
-                    "type": "array",
-                    "items": _ref("Entry"),
-                    "description": "Up to `around` entries just below, in rank order.",
-                },
-                "source": _SOURCE,
-                "as_of": _ref("AsOf"),
-            },
-            "additionalProperties": False,
-        },
-        "PeriodStanding": {
-            "type": "object",
-            "required": ["bucket", "period_start", "period_end", "total", "rank", "score"],
-            "properties": {
-                **_BUCKET_FIELDS,
-                "rank": _nullable({"type": "integer", "minimum": 1}),
-                "score": {"type": "integer", "minimum": 0},
-            },
-            "additionalProperties": False,
-        },
-        "UserPeriods": {
-            "type": "object",
-            "required": ["user_id", "display_name", "periods", "source", "as_of"],
-            "properties": {
-                "user_id": {"type": "string"},
-                "display_name": _nullable({"type": "string"}),
-                "periods": {
-                    "type": "object",
-                    "required": ["day", "week", "month", "year", "all"],
-                    "properties": {
-                        name: _ref("PeriodStanding")
-                        for name in ("day", "week", "month", "year", "all")
-                    },
-                    "additionalProperties": False,
-                },
-                "source": _SOURCE,
-                "as_of": _ref("AsOf"),
-            },
-            "additionalProperties": False,
-        },
-        "Readiness": {
-            "type": "object",
-            "required": ["ready", "source", "redis", "postgres"],
-            "properties": {
-                "ready": {"type": "boolean"},
-                "source": {"oneOf": [_SOURCE, {"type": "null"}]},
-                "redis": {
-                    "type": "object",
-                    "required": ["up"],
-                    "properties": {
-                        "up": {"type": "boolean"},
-                        "built": {
-                            "type": "boolean",
-                            "description": "Whether the projector has built Redis.",
-                        },
-                        "as_of": _ref("AsOf"),
-                        "error": {"type": "string"},
-                        "unavailable_boards": {
-                            "type": "object",
-                            "description": "Declared boards the projector cannot project "
-                            "now, each with its problem and fix.",
-                            "additionalProperties": {"type": "string"},
-                        },
-                    },
-                },
-                "postgres": {
-                    "type": "object",
-                    "required": ["up"],
-                    "properties": {
-                        "up": {"type": "boolean"},
-                        "as_of": _ref("AsOf"),
-                        "error": {"type": "string"},
-                    },
-                },
-            },
-        },
-    }
+    """The component schemas of ``api.bodies``, derived from its TypedDicts."""
+    named: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
+        (cls.__name__, "serialization", TypeAdapter(cls)) for cls in bodies.COMPONENTS
+    ]
+    _, definitions = TypeAdapter.json_schemas(
+        named, ref_template=_SCHEMA_REF, schema_generator=_BodySchema
+    )
+    found: dict[str, Any] = definitions["$defs"]
+    components = {cls.__name__ for cls in bodies.COMPONENTS}
+
+    def inlined(value: Any) -> Any:
+        """``value`` with references to other than components replaced by their schema."""
+        if isinstance(value, list):
+            return [inlined(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        ref = value.get("$ref", "")
+        name = ref.removeprefix(_SCHEMA_REF.format(model=""))
+        if ref and name not in components:
+            return inlined(found[name])
+        return {key: inlined(item) for key, item in value.items()}
+
+    return {name: inlined(found[name]) for name in components}
+
+
+_SCHEMA_REF = "#/components/schemas/{model}"
+
+
+class _BodySchema(GenerateJsonSchema):
+    """JSON Schema as the document writes it: no titles, class docstrings left out, and a
+    nullable value as ``oneOf`` (exactly one of the value and null)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def typed_dict_schema(self, schema: core_schema.TypedDictSchema) -> JsonSchemaValue:
+        json_schema = super().typed_dict_schema(schema)
+        json_schema.pop("title", None)
+        docstring = schema.get("cls").__doc__
+        if docstring and json_schema.get("description") == inspect.cleandoc(docstring):
+            del json_schema["description"]
+        return json_schema
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return {"oneOf": [self.generate_inner(schema["schema"]), {"type": "null"}]}

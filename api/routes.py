@@ -1,64 +1,154 @@
-"""Paths to routes and raw parameters to typed queries; every malformed input is a ``BadParameter``.
+"""The route table, the paths it matches, and raw parameters turned into typed queries.
 
-Pure functions of the request's bytes (and, for the default bucket, the zone and the clock).
-Path segments are split before percent-decoding, so a user id may contain an encoded ``/``.
+``ROUTES`` is the one list of what the API answers: each ``Route`` is a path template, the
+endpoint that answers it and the parameters it takes (``api.parameters``). Matching, the query
+parameters each route accepts and the OpenAPI document's paths and parameters are all derived
+from it. A request is matched with a few lookups: its raw path in a dict of the paths without
+parameters, else its segments against the few routes with as many (split before
+percent-decoding, so a user id may contain an encoded ``/``). Everything
+here is a pure function of the request's bytes (and, for the default bucket, the zone and the
+clock); every malformed input is a ``BadParameter``, an unknown path a ``NotFound``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from urllib.parse import unquote_to_bytes
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from operator import itemgetter
 from zoneinfo import ZoneInfo
 
 from api.errors import BadParameter, NotFound
+from api.parameters import (
+    AROUND,
+    ASSET,
+    BUCKET,
+    LIMIT,
+    MEMBER,
+    MIN_LSN,
+    OFFSET,
+    PERIOD,
+    USER_ID,
+    Parameter,
+    clip,
+    decode,
+)
+from api.parameters import BOARD as BOARD_NAME
 from projector.core.boards import Board
-from projector.core.buckets import ALL_BUCKET, Period, current_bucket, parse_bucket, parse_period
-from projector.core.lsn import parse_lsn
+from projector.core.buckets import Period
 
-# Route templates: the names used in metrics, logs and the OpenAPI document.
-BOARD = "/v1/leaderboards/{period}"
-STANDING = "/v1/leaderboards/{period}/users/{user_id}"
-EVENTS = "/v1/leaderboards/{period}/events"
-BOARDS = "/v1/boards"
-BOARD_PAGE = "/v1/boards/{board}/{period}"
-MEMBER = "/v1/boards/{board}/{period}/members/{member}"
-BOARD_EVENTS = "/v1/boards/{board}/{period}/events"
-USER = "/v1/users/{user_id}"
-HEALTHZ = "/healthz"
-READYZ = "/readyz"
-METRICS = "/metrics"
-OPENAPI = "/openapi.json"
-PAGE = "/"
-STATIC = "/static/{asset}"
 UNMATCHED = "unmatched"
 
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 10
-MAX_OFFSET = 1_000_000_000
-MAX_AROUND = 100
-MAX_USER_ID = 200
 
-_OPERATIONS = {
-    b"/healthz": HEALTHZ,
-    b"/readyz": READYZ,
-    b"/metrics": METRICS,
-    b"/openapi.json": OPENAPI,
-    b"/": PAGE,
-}
-_ALLOWED = {
-    BOARD: frozenset({"bucket", "limit", "offset", "min_lsn"}),
-    STANDING: frozenset({"bucket", "around", "min_lsn"}),
-    EVENTS: frozenset({"bucket", "limit"}),
-    BOARD_PAGE: frozenset({"bucket", "limit", "offset", "min_lsn"}),
-    MEMBER: frozenset({"bucket", "around", "min_lsn"}),
-    BOARD_EVENTS: frozenset({"bucket", "limit"}),
-    USER: frozenset({"min_lsn"}),
-}
-_DIGITS = re.compile(r"[0-9]{1,12}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+@dataclass(frozen=True, slots=True, eq=False)
+class Route:
+    """A path template (the name used in metrics, logs and the OpenAPI document), the
+    ``App`` endpoint that answers it, and the parameters it takes in document order. A route
+    whose ``query`` is False leaves its query string to the endpoint (ignored, or read as
+    the page's assets read ``?v=``); any other refuses query parameters it does not take."""
+
+    path: str
+    endpoint: str
+    parameters: tuple[Parameter, ...] = ()
+    query: bool = True
+    # Derived: the query parameters it accepts, and whether ``{board}`` names the board.
+    accepts: frozenset[str] = field(init=False)
+    named_board: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        in_path = [p.name for p in self.parameters if p.location == "path"]
+        if re.findall(r"\{([a-z_]+)\}", self.path) != in_path:
+            raise ValueError(f"route {self.path}: its path parameters are {in_path}, in order")
+        names = frozenset(p.name for p in self.parameters if p.location == "query")
+        object.__setattr__(self, "accepts", names)
+        object.__setattr__(self, "named_board", BOARD_NAME in self.parameters)
+
+
+BOARD = Route("/v1/leaderboards/{period}", "board", (PERIOD, BUCKET, LIMIT, OFFSET, MIN_LSN))
+STANDING = Route(
+    "/v1/leaderboards/{period}/users/{user_id}",
+    "standing",
+    (PERIOD, USER_ID, BUCKET, AROUND, MIN_LSN),
+)
+EVENTS = Route("/v1/leaderboards/{period}/events", "events", (PERIOD, BUCKET, LIMIT))
+USER = Route("/v1/users/{user_id}", "user", (USER_ID, MIN_LSN))
+BOARDS = Route("/v1/boards", "boards")
+BOARD_PAGE = Route(
+    "/v1/boards/{board}/{period}", "board", (BOARD_NAME, PERIOD, BUCKET, LIMIT, OFFSET, MIN_LSN)
+)
+MEMBER_STANDING = Route(
+    "/v1/boards/{board}/{period}/members/{member}",
+    "standing",
+    (BOARD_NAME, PERIOD, MEMBER, BUCKET, AROUND, MIN_LSN),
+)
+BOARD_EVENTS = Route(
+    "/v1/boards/{board}/{period}/events", "events", (BOARD_NAME, PERIOD, BUCKET, LIMIT)
+)
+PAGE = Route("/", "page", query=False)
+STATIC = Route("/static/{asset}", "asset", (ASSET,), query=False)
+HEALTHZ = Route("/healthz", "health", query=False)
+READYZ = Route("/readyz", "readiness", query=False)
+METRICS = Route("/metrics", "metrics", query=False)
+OPENAPI = Route("/openapi.json", "openapi", query=False)
+
+ROUTES = (
+    BOARD,
+    STANDING,
+    EVENTS,
+    USER,
+    PAGE,
+    STATIC,
+    HEALTHZ,
+    READYZ,
+    METRICS,
+    OPENAPI,
+    BOARDS,
+    BOARD_PAGE,
+    MEMBER_STANDING,
+    BOARD_EVENTS,
+)
+
+
+# A route with path parameters, for matching: its literal segments (a getter and their
+# values), its argument's position when it has one (else -1) and a getter of its arguments,
+# and whether an empty argument matches nothing.
+_Shape = tuple[
+    Callable[[list[bytes]], tuple[bytes, ...]],
+    tuple[bytes, ...],
+    int,
+    Callable[[list[bytes]], tuple[bytes, ...]],
+    Route,
+    bool,
+]
+
+
+def _matchers(table: tuple[Route, ...]) -> tuple[dict[bytes, Route], dict[int, list[_Shape]]]:
+    """The routes without path parameters by path, and the others by number of segments."""
+    exact: dict[bytes, Route] = {}
+    by_length: dict[int, list[_Shape]] = {}
+    for route in table:
+        segments = route.path.encode().split(b"/")
+        holes = [i for i, part in enumerate(segments) if part.startswith(b"{")]
+        if not holes:
+            exact[route.path.encode()] = route
+            continue
+        fixed = [i for i in range(len(segments)) if i not in holes]
+        # The leading empty segment and one literal at least: itemgetter gives a tuple.
+        assert len(fixed) >= 2, f"route {route.path} starts with a parameter"
+        shape = (
+            itemgetter(*fixed),
+            tuple(segments[i] for i in fixed),
+            holes[0] if len(holes) == 1 else -1,
+            itemgetter(*holes),
+            route,
+            any(p.nonempty for p in route.parameters),
+        )
+        by_length.setdefault(len(segments), []).append(shape)
+    return exact, by_length
+
+
+_EXACT, _BY_LENGTH = _matchers(ROUTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,70 +190,54 @@ class UserQuery:
 Query = BoardQuery | StandingQuery | UserQuery
 
 
-def resolve(raw_path: bytes) -> tuple[str, list[bytes]]:
-    """Return the route template of ``raw_path`` and its (still percent-encoded) arguments."""
-    operation = _OPERATIONS.get(raw_path)
-    if operation is not None:
-        return operation, []
+def resolve(raw_path: bytes) -> tuple[Route, tuple[bytes, ...]]:
+    """The route of ``raw_path`` and its path arguments (still percent-encoded)."""
+    route = _EXACT.get(raw_path)
+    if route is not None:
+        return route, ()
     parts = raw_path.split(b"/")
-    if len(parts) == 3 and parts[1] == b"static" and parts[2]:
-        return STATIC, [parts[2]]
-    # parts[0] is the empty string before the leading slash
-    if len(parts) >= 3 and parts[0] == b"" and parts[1] == b"v1" and parts[2] == b"boards":
-        if len(parts) == 3:
-            return BOARDS, []
-        if len(parts) == 5:
-            return BOARD_PAGE, [parts[3], parts[4]]
-        if len(parts) == 6 and parts[5] == b"events":
-            return BOARD_EVENTS, [parts[3], parts[4]]
-        if len(parts) == 7 and parts[5] == b"members":
-            return MEMBER, [parts[3], parts[4], parts[6]]
-    if len(parts) >= 4 and parts[0] == b"" and parts[1] == b"v1":
-        if parts[2] == b"leaderboards":
-            if len(parts) == 4:
-                return BOARD, [parts[3]]
-            if len(parts) == 6 and parts[4] == b"users":
-                return STANDING, [parts[3], parts[5]]
-            if len(parts) == 5 and parts[4] == b"events":
-                return EVENTS, [parts[3]]
-        elif parts[2] == b"users" and len(parts) == 4:
-            return USER, [parts[3]]
+    for literals, expected, single, arguments, route, nonempty in _BY_LENGTH.get(len(parts), ()):
+        if literals(parts) == expected:
+            args = (parts[single],) if single > 0 else arguments(parts)
+            if nonempty and not all(args):
+                break
+            return route, args
     raise NotFound(f"no route for {_shown(raw_path)}; see /openapi.json")
 
 
-def parse_query_string(raw: bytes, route: str) -> dict[str, str]:
+def parse_query_string(raw: bytes, route: Route) -> dict[str, str]:
     """Decode ``raw`` (``a=1&b=2``) into parameters the route accepts, each given once."""
-    allowed = _ALLOWED.get(route, frozenset())
     params: dict[str, str] = {}
     if not raw:
         return params
+    accepts = route.accepts
     for pair in raw.split(b"&"):
         if not pair:
             continue
         raw_name, _, raw_value = pair.partition(b"=")
-        name = _decode(raw_name.replace(b"+", b" "), "query")
-        if name not in allowed:
-            expected = ", ".join(sorted(allowed)) or "none"
+        name = decode(raw_name.replace(b"+", b" "), "query")
+        if name not in accepts:
+            expected = ", ".join(sorted(accepts)) or "none"
             raise BadParameter(
                 name[:50], f"unknown query parameter {name[:50]!r}; this route takes {expected}"
             )
         if name in params:
             raise BadParameter(name, f"query parameter {name!r} is given more than once")
-        params[name] = _decode(raw_value.replace(b"+", b" "), name)
+        params[name] = decode(raw_value.replace(b"+", b" "), name)
     return params
 
 
 def board_named(raw: bytes, boards: Mapping[str, Board]) -> Board:
     """The declared board a path names; 404 for another name."""
-    name = _decode(raw, "board")
+    name = decode(raw, BOARD_NAME.name)
     board = boards.get(name)
     if board is None:
-        raise NotFound(f"no board named {_clip(repr(name), 60)}; see /v1/boards")
+        raise NotFound(f"no board named {clip(repr(name), 60)}; see /v1/boards")
     return board
 
 
 def board_query(
-    args: list[bytes],
+    args: tuple[bytes, ...],
     params: dict[str, str],
     tz: ZoneInfo,
     board: Board,
@@ -173,20 +247,20 @@ def board_query(
 ) -> BoardQuery:
     """The ``BoardQuery`` of ``GET /v1/leaderboards/{period}`` (``args``: the period) or of
     ``GET /v1/boards/{board}/{period}``."""
-    period = _period(args[0], board)
+    period = PERIOD.parse(args[0], board)
     return BoardQuery(
         period=period,
-        bucket=_bucket(period, params.get("bucket"), tz, now),
-        limit=_integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        offset=_integer(params, "offset", 0, 0, MAX_OFFSET),
-        min_lsn=_min_lsn(params),
+        bucket=BUCKET.parse(period, params, tz, now),
+        limit=LIMIT.parse(params),
+        offset=OFFSET.parse(params),
+        min_lsn=MIN_LSN.parse(params),
         board=board,
         alias=alias,
     )
 
 
 def standing_query(
-    args: list[bytes],
+    args: tuple[bytes, ...],
     params: dict[str, str],
     tz: ZoneInfo,
     board: Board,
@@ -196,102 +270,22 @@ def standing_query(
 ) -> StandingQuery:
     """The ``StandingQuery`` of ``GET /v1/leaderboards/{period}/users/{user_id}``
     (``args``: period and member) or of ``GET /v1/boards/{board}/{period}/members/{member}``."""
-    period = _period(args[0], board)
+    period = PERIOD.parse(args[0], board)
     return StandingQuery(
         period=period,
-        bucket=_bucket(period, params.get("bucket"), tz, now),
-        user_id=_user_id(args[1], "user_id" if alias else "member"),
-        around=_integer(params, "around", 0, 0, MAX_AROUND),
-        min_lsn=_min_lsn(params),
+        bucket=BUCKET.parse(period, params, tz, now),
+        user_id=(USER_ID if alias else MEMBER).parse(args[1]),
+        around=AROUND.parse(params),
+        min_lsn=MIN_LSN.parse(params),
         board=board,
         alias=alias,
     )
 
 
-def user_query(args: list[bytes], params: dict[str, str], board: Board) -> UserQuery:
+def user_query(args: tuple[bytes, ...], params: dict[str, str], board: Board) -> UserQuery:
     """The ``UserQuery`` of ``GET /v1/users/{user_id}``."""
-    return UserQuery(user_id=_user_id(args[0]), min_lsn=_min_lsn(params), board=board)
-
-
-# --- parameters -------------------------------------------------------------------------------
-
-
-def _period(raw: bytes, board: Board) -> Period:
-    text = _decode(raw, "period")
-    try:
-        period = parse_period(text)
-    except ValueError as exc:
-        raise BadParameter("period", _clip(str(exc))) from None
-    if period not in board.periods:
-        kept = ", ".join(p.value for p in board.periods)
-        raise BadParameter("period", f"board {board.name!r} keeps the periods {kept}, not {text}")
-    return period
-
-
-def _bucket(period: Period, text: str | None, tz: ZoneInfo, now: datetime | None) -> str:
-    if text is None:
-        return (
-            ALL_BUCKET
-            if period == Period.ALL
-            else current_bucket(period, tz, now or datetime.now(UTC))
-        )
-    try:
-        return parse_bucket(period, text)
-    except ValueError as exc:
-        raise BadParameter("bucket", _clip(str(exc))) from None
-
-
-def _integer(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = params.get(name)
-    if text is None:
-        return default
-    value = int(text) if _DIGITS.fullmatch(text) else None
-    if value is None or not low <= value <= high:
-        raise BadParameter(
-            name, f"{name} must be a whole number from {low} to {high}, not {_clip(repr(text))}"
-        )
-    return value
-
-
-def _min_lsn(params: dict[str, str]) -> int | None:
-    text = params.get("min_lsn")
-    if text is None:
-        return None
-    try:
-        return parse_lsn(text)
-    except ValueError:
-        raise BadParameter(
-            "min_lsn",
-            f"min_lsn must be an LSN as PostgreSQL writes it (hexadecimal X/Y, like 16/B374D848), "
-            f"not {_clip(repr(text))}",
-        ) from None
-
-
-def _user_id(raw: bytes, name: str = "user_id") -> str:
-    user_id = _decode(raw, name)
-    if not user_id:
-        raise BadParameter(name, f"{name} must not be empty")
-    if len(user_id) > MAX_USER_ID:
-        raise BadParameter(
-            name, f"{name} is {len(user_id)} characters long; the limit is {MAX_USER_ID}"
-        )
-    if _CONTROL.search(user_id):
-        raise BadParameter(name, f"{name} must not contain control characters")
-    return user_id
-
-
-def _decode(raw: bytes, parameter: str) -> str:
-    try:
-        return unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadParameter(
-            parameter, f"{parameter} is not valid UTF-8 once percent-decoded"
-        ) from None
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return UserQuery(user_id=USER_ID.parse(args[0]), min_lsn=MIN_LSN.parse(params), board=board)
 
 
 def _shown(raw_path: bytes) -> str:
-    return _clip(raw_path.decode("utf-8", "backslashreplace"), 100)
+    return clip(raw_path.decode("utf-8", "backslashreplace"), 100)

@@ -7,6 +7,7 @@ leave this module unmasked (``redacted_dsn`` / ``redacted_url``).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Iterable, Mapping
 from functools import cached_property
@@ -14,6 +15,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from psycopg import ProgrammingError
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -582,6 +585,36 @@ def redact_dsn(dsn: str) -> str:
     if "://" in dsn:
         return redact_url(dsn)
     return _DSN_PASSWORD_KV.sub(r"\1***", dsn)
+
+
+def pg_user(dsn: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The role a connection made with ``dsn`` (URL or key=value form) logs in as, chosen as
+    libpq chooses it: the DSN's ``user``; without one, ``PGUSER`` (from ``environ``, default
+    ``os.environ``); when that is unset or empty too, or the DSN's ``user`` is empty, the
+    operating-system user. None for a DSN that does not parse (nothing could connect with it).
+    A service file (``PGSERVICE``) naming a user is not read."""
+    try:
+        user = conninfo_to_dict(dsn).get("user")
+    except ProgrammingError:
+        return None
+    if user is None:
+        user = (os.environ if environ is None else environ).get("PGUSER")
+    return str(user) if user else _os_user()
+
+
+def _os_user() -> str | None:
+    """The operating-system user libpq falls back on (the effective uid's name on POSIX)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, AttributeError):
+        import getpass
+
+        try:
+            return getpass.getuser()
+        except OSError:
+            return None
 
 
 def redact_url(url: str) -> str:

@@ -15,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from projector import __version__
 from projector.core.errors import ConfigError, ConnectionLost, MissingPrivilege, ProjectorError
 from projector.logs import configure_logging
-from projector.settings import Settings, load_settings
+from projector.settings import Settings, load_settings, pg_user
 from projector.signals import stop_on_signals
 
 log = structlog.get_logger("projector")
@@ -197,7 +197,7 @@ def _failure(exc: Exception, settings: Settings, command: str) -> tuple[int | No
         return EXIT_PRIVILEGE, str(exc)
     pg_dsn, redis_url = settings.pg_dsn, settings.redis_url
     redis_error = type(exc).__module__.startswith("redis")
-    denial = privilege_denial(exc, role=_redis_user(redis_url) if redis_error else _pg_user(pg_dsn))
+    denial = privilege_denial(exc, role=_redis_user(redis_url) if redis_error else pg_user(pg_dsn))
     if denial is not None:
         return EXIT_PRIVILEGE, str(denial)
     if isinstance(exc, ConfigError):
@@ -207,14 +207,6 @@ def _failure(exc: Exception, settings: Settings, command: str) -> tuple[int | No
     if isinstance(exc, ProjectorError):
         return EXIT_FAILED, str(exc)
     return None, ""
-
-
-def _pg_user(dsn: str) -> str | None:
-    try:
-        user = conninfo_to_dict(dsn).get("user")
-        return str(user) if user else os.environ.get("PGUSER")
-    except Exception:
-        return None
 
 
 def _redis_user(url: str) -> str:
@@ -301,7 +293,7 @@ def _roles(args: argparse.Namespace, settings: Settings) -> int:
         print(f"roles {run.name} (replication) and {api.name} (read-only) set on {database!r}")
         return EXIT_OK
     dbname = conninfo_to_dict(settings.pg_dsn).get("dbname")
-    database = str(dbname) if dbname else _pg_user(settings.pg_dsn) or "postgres"
+    database = str(dbname) if dbname else pg_user(settings.pg_dsn) or "postgres"
     print(roles.postgres_script(database, [run, api], roles.source_tables(settings.boards)))
     return EXIT_OK
 

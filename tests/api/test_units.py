@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -9,12 +10,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from openapi_spec_validator import validate
 
-from api import routes
+from api import bodies, routes
 from api.boards import AsOf, Entry
 from api.breaker import Breaker
 from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
-from api.openapi import bucket_pattern, openapi_document
+from api.openapi import openapi_document
+from api.parameters import LIMIT, MEMBER, PERIOD, USER_ID, bucket_pattern
 from api.rankings import Ranking, Rankings
 from projector.core.boards import DEFAULT_BOARDS
 from projector.core.buckets import Period, parse_bucket
@@ -91,14 +93,17 @@ def test_metrics_render_prometheus_text() -> None:
 @pytest.mark.parametrize(
     ("path", "route", "args"),
     [
-        (b"/v1/leaderboards/day", routes.BOARD, [b"day"]),
-        (b"/v1/leaderboards/week/users/a%2Fb", routes.STANDING, [b"week", b"a%2Fb"]),
-        (b"/v1/users/%C3%A9", routes.USER, [b"%C3%A9"]),
-        (b"/metrics", routes.METRICS, []),
+        (b"/v1/leaderboards/day", routes.BOARD, (b"day",)),
+        (b"/v1/leaderboards/week/users/a%2Fb", routes.STANDING, (b"week", b"a%2Fb")),
+        (b"/v1/users/%C3%A9", routes.USER, (b"%C3%A9",)),
+        (b"/v1/boards//day", routes.BOARD_PAGE, (b"", b"day")),
+        (b"/static/app.js", routes.STATIC, (b"app.js",)),
+        (b"/metrics", routes.METRICS, ()),
+        (b"/", routes.PAGE, ()),
     ],
 )
 def test_paths_resolve_to_routes_before_decoding(
-    path: bytes, route: str, args: list[bytes]
+    path: bytes, route: routes.Route, args: tuple[bytes, ...]
 ) -> None:
     """Paths split on literal slashes; arguments stay encoded until validated."""
     assert routes.resolve(path) == (route, args)
@@ -109,10 +114,10 @@ def test_queries_are_typed_with_defaults() -> None:
     berlin = ZoneInfo("Europe/Berlin")
     late = datetime(2026, 3, 28, 23, 30, tzinfo=UTC)  # already 2026-03-29 in Berlin
     board = DEFAULT_BOARDS[0]
-    query = routes.board_query([b"day"], {}, berlin, board, late)
+    query = routes.board_query((b"day",), {}, berlin, board, late)
     assert query == routes.BoardQuery(Period.DAY, "2026-03-29", 10, 0, None, board)
     params = {"bucket": "2026-W01", "around": "7", "min_lsn": "16/B374D848"}
-    standing = routes.standing_query([b"week", b"a%2Fb"], params, berlin, board)
+    standing = routes.standing_query((b"week", b"a%2Fb"), params, berlin, board)
     assert standing == routes.StandingQuery(
         Period.WEEK, "2026-W01", "a/b", 7, (0x16 << 32) | 0xB374D848, board
     )
@@ -127,8 +132,9 @@ def test_errors_name_the_parameter() -> None:
     with pytest.raises(BadParameter) as caught:
         routes.parse_query_string(b"bucket=1&bucket=2", routes.BOARD)
     assert caught.value.parameter == "bucket"
-    with pytest.raises(NotFound):
-        routes.resolve(b"/v1/leaderboards")
+    for path in (b"/v1/leaderboards", b"/healthz/", b"/static/", b"/v1/users/a/b", b"x/metrics"):
+        with pytest.raises(NotFound):
+            routes.resolve(path)
 
 
 def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> None:
@@ -141,23 +147,26 @@ def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> Non
         routes.BOARD,
         routes.STANDING,
         routes.EVENTS,
-        *(
-            t.replace("{board}", DEFAULT_BOARDS[0].name)
-            for t in (routes.BOARD_PAGE, routes.MEMBER, routes.BOARD_EVENTS)
-        ),
+        routes.BOARD_PAGE,
+        routes.MEMBER_STANDING,
+        routes.BOARD_EVENTS,
     )
-    per_period = {t.replace("{period}", period.value) for t in templates for period in Period}
+    per_period = {
+        t.path.replace("{board}", DEFAULT_BOARDS[0].name).replace("{period}", period.value)
+        for t in templates
+        for period in Period
+    }
     assert set(paths) == per_period | {
-        routes.USER,
-        routes.HEALTHZ,
-        routes.READYZ,
-        routes.METRICS,
-        routes.OPENAPI,
-        routes.PAGE,
+        routes.USER.path,
+        routes.HEALTHZ.path,
+        routes.READYZ.path,
+        routes.METRICS.path,
+        routes.OPENAPI.path,
+        routes.PAGE.path,
         "/static/app.css",
         "/static/app.js",
         "/static/favicon.svg",
-        routes.BOARDS,
+        routes.BOARDS.path,
     }
     components = document["components"]["parameters"]
     for path, item in paths.items():
@@ -168,12 +177,12 @@ def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> Non
         }
         path_names = {
             part[1:-1]
-            for part in route.split("/")
+            for part in route.path.split("/")
             if part.startswith("{") and part not in ("{period}", "{board}", "{asset}")
         }
-        assert names == set(routes._ALLOWED.get(route, ())) | path_names, path
-    assert components["limit"]["schema"]["maximum"] == routes.MAX_LIMIT
-    assert components["user_id"]["schema"]["maxLength"] == routes.MAX_USER_ID
+        assert names == set(route.accepts) | path_names, path
+    assert components["limit"]["schema"]["maximum"] == LIMIT.high
+    assert components["user_id"]["schema"]["maxLength"] == USER_ID.max_length
 
 
 def _accepted(period: Period, text: str) -> bool:
@@ -240,3 +249,27 @@ def test_rankings_keep_at_most_their_size_for_their_time_to_live() -> None:
     assert standing is not None and (standing.rank, standing.score) == (2, 2)
     assert standing.above == [Entry(1, "a", None, 3)] and standing.below == []
     assert page.standing("nobody", 1) is None  # its label and total need PostgreSQL
+
+
+def test_body_schemas_are_derived_from_the_typed_bodies() -> None:
+    """The component schemas come from api.bodies: no titles, nullable fields as oneOf with
+    null, closed bodies refuse other properties, and references only to components."""
+    schemas = openapi_document()["components"]["schemas"]
+    assert schemas["Entry"]["additionalProperties"] is False
+    assert schemas["Entry"]["properties"]["display_name"] == {
+        "oneOf": [{"type": "string"}, {"type": "null"}]
+    }
+    assert schemas["Standing"]["required"] == list(bodies.Standing.__annotations__)
+    text = json.dumps(schemas)
+    assert '"title"' not in text
+    referred = set(re.findall(r'"#/components/schemas/(\w+)"', text))
+    assert referred <= set(schemas)
+    assert "ErrorDetail" not in schemas and "error" in schemas["Error"]["properties"]
+
+
+def test_a_route_lists_its_path_parameters_in_path_order() -> None:
+    """A route whose template and path parameters disagree is refused when it is declared."""
+    with pytest.raises(ValueError, match="path parameters"):
+        routes.Route("/v1/x/{member}/{period}", "standing", (PERIOD, MEMBER))
+    with pytest.raises(ValueError, match="path parameters"):
+        routes.Route("/v1/x/{period}", "board", ())
