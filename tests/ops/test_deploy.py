@@ -49,9 +49,9 @@ _PROMETHEUS_SERIES = {"up"}
 
 def _exposed_names() -> set[str]:
     """Sample names in the live registries of a ProjectorMetrics and a started API app."""
-    names = {
-        sample.name for family in ProjectorMetrics().registry.collect() for sample in family.samples
-    }
+    projector = ProjectorMetrics()
+    projector.unavailable({"x": "a problem"})  # a labelled series exists once it is set
+    names = {sample.name for family in projector.registry.collect() for sample in family.samples}
     settings = load_settings(
         pg_dsn="postgresql://nobody@127.0.0.1:1/none?connect_timeout=1",
         redis_url="redis://127.0.0.1:1/0",
