@@ -72,10 +72,6 @@ from typing import Any
 
 import psycopg
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import servers
 from bench_api import TOP10, ApiServer, build_redis, load_data, scenario
 from bench_projector import (
     PROJECTOR,
@@ -85,7 +81,9 @@ from bench_projector import (
     projector_env,
 )
 from common import ROOT, api_env, migrate, percentile, save, throwaway_servers
-from redis_topology import RedisNode, SentinelTopology
+
+from harness import servers
+from harness.redis_topology import RedisNode, SentinelTopology
 
 SECTIONS = ("takeover", "pause", "freshness", "catch-up", "api")
 BOARD = "pomo:lb:pomodoros:all:all"

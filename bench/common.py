@@ -13,11 +13,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from harness import servers
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import servers  # noqa: E402
 
 
 def machine() -> dict[str, Any]:

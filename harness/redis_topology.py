@@ -27,10 +27,11 @@ from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import redis
-import servers
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
+
+from harness import servers
 
 HOST = "127.0.0.1"
 Address = tuple[str, int]
@@ -102,7 +103,7 @@ def _process_state(pid: int) -> str:
 def _free_cluster_port() -> int:
     """A free port whose cluster bus port (port + 10000) is free too."""
     for _ in range(200):
-        port = servers._free_port()
+        port = servers.free_port()
         bus = port + _CLUSTER_BUS_OFFSET
         if bus <= 65_535 and servers._port_is_free(bus):
             return port
@@ -155,7 +156,7 @@ class RedisNode(servers.RedisServer):
         self.sentinel = sentinel
         self.password = password
         self._cluster = cluster
-        self._port = _free_cluster_port() if cluster else servers._free_port()
+        self._port = _free_cluster_port() if cluster else servers.free_port()
         self._started_once = False
         self._proc: Any = None  # subprocess.Popen[bytes] while this object started it
         self._log_offset = 0
@@ -241,7 +242,7 @@ class RedisNode(servers.RedisServer):
                     raise
                 if "Address already in use" not in tail:
                     raise
-                self._port = _free_cluster_port() if self._cluster else servers._free_port()
+                self._port = _free_cluster_port() if self._cluster else servers.free_port()
                 continue
             self._started_once = True
             return

@@ -5,8 +5,8 @@ PROJECTOR_TEST_PG_DSN / PROJECTOR_TEST_REDIS_URL; local server binaries started 
 temporary directory; testcontainers when a Docker engine answers. Only local servers can
 be stopped, restarted or killed; the others raise `ServerControlUnsupported`.
 
-As a command, `servers.py up --dir .run` starts (or reuses) a persistent local PostgreSQL
-and Redis under `.run/` and prints `export` lines for the projector; `down` stops them.
+As a command (`scripts/servers.py`), `up --dir .run` starts (or reuses) a persistent local
+PostgreSQL and Redis under `.run/` and prints `export` lines for the projector; `down` stops them.
 Those two accept no one without credentials: PostgreSQL asks every connection, socket or TCP,
 for a SCRAM password, Redis's default user has a password; both are generated once and kept
 in `.run/servers.json` (mode 0600). A `.run/` of the passwordless era is upgraded in place
@@ -19,7 +19,6 @@ with `projector roles --apply`, passwords kept in `.run/servers.json`, and print
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import ctypes
@@ -31,7 +30,6 @@ import os
 import pwd
 import re
 import secrets
-import shlex
 import shutil
 import signal
 import socket
@@ -79,7 +77,7 @@ _PG_STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate":
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; ".s.PGSQL.NNNNN" must fit too
 # pg_hba.conf of a server with a password: SCRAM for every connection, socket or TCP.
 _HBA_SCRAM = """\
-# scripts/servers.py: every connection, socket or TCP, logs in with a password (SCRAM)
+# harness/servers.py: every connection, socket or TCP, logs in with a password (SCRAM)
 local   all          all                  scram-sha-256
 host    all          all    127.0.0.1/32  scram-sha-256
 host    all          all    ::1/128       scram-sha-256
@@ -102,7 +100,8 @@ class ServerControlUnsupported(HarnessError, NotImplementedError):
 # --------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -573,7 +572,7 @@ class LocalPostgres(PostgresServer):
             )
         self._persistent = persistent
         self._port_given = port is not None
-        self._port = port if port is not None else _free_port()
+        self._port = port if port is not None else free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         if self._temporary:
@@ -643,7 +642,7 @@ class LocalPostgres(PostgresServer):
                 taken = "could not bind" in _tail(self.log_path, self._log_offset)
                 if self.is_running() or self._port_given or not taken or attempt == 2:
                     raise
-                self._port = _free_port()  # lost a race for the port: try another
+                self._port = free_port()  # lost a race for the port: try another
 
     def _log_hint(self) -> str:
         tail = _tail(self.log_path, self._log_offset)
@@ -740,7 +739,7 @@ class LocalPostgres(PostgresServer):
         if not self._persistent:
             settings.update(_PG_THROWAWAY_SETTINGS)
         with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write("\n# Added by scripts/servers.py\n")
+            conf.write("\n# Added by harness/servers.py\n")
             conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
         if self._password is not None:
             self._write_hba()
@@ -1025,7 +1024,7 @@ class LocalRedis(RedisServer):
         self._base.mkdir(parents=True, exist_ok=True)
         self._persistent = persistent
         self._port_given = port is not None
-        self._port = port if port is not None else _free_port()
+        self._port = port if port is not None else free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         if self._temporary:
@@ -1107,7 +1106,7 @@ class LocalRedis(RedisServer):
                 taken = "Address already in use" in _tail(self.log_path, self._log_offset)
                 if self.is_running() or self._port_given or not taken or attempt == 2:
                     raise
-                self._port = _free_port()  # lost a race for the port: try another
+                self._port = free_port()  # lost a race for the port: try another
 
     def _log_hint(self) -> str:
         return f"; log {self.log_path}:\n{_tail(self.log_path, self._log_offset)}"
@@ -1386,9 +1385,9 @@ def up(run_dir: Path, database: str) -> dict[str, str]:
     for attempt in range(3):
         pg, rd = _persistent_servers(state)
         if not pg.is_running() and not _port_is_free(pg.port):
-            state["postgres_port"] = _free_port()
+            state["postgres_port"] = free_port()
         if not rd.is_running() and not _port_is_free(rd.port):
-            state["redis_port"] = _free_port()
+            state["redis_port"] = free_port()
         pg, rd = _persistent_servers(state)
         _save_state(run_dir, state)
         try:
@@ -1474,41 +1473,3 @@ def down(run_dir: Path, *, purge: bool = False) -> None:
         shutil.rmtree(pg_dir.parent if outside else pg_dir, ignore_errors=True)
         shutil.rmtree(pg.socket_dir, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="servers.py", description="Local PostgreSQL and Redis for development."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("up", help="start (or reuse) the servers; print export lines")
-    start.add_argument("--dir", type=Path, default=Path(".run"), help="state directory")
-    start.add_argument("--database", default="pomodoro", help="database to create and name")
-    grant = commands.add_parser(
-        "roles",
-        help="create the least-privilege roles and users (after migrating); print export lines",
-    )
-    grant.add_argument("--dir", type=Path, default=Path(".run"), help="state directory")
-    grant.add_argument("--database", default="pomodoro", help="database of the roles")
-    stop = commands.add_parser("down", help="stop the servers")
-    stop.add_argument("--dir", type=Path, default=Path(".run"), help="state directory")
-    stop.add_argument("--purge", action="store_true", help="also delete their data")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "up":
-            for name, value in up(args.dir, args.database).items():
-                print(f"export {name}={shlex.quote(value)}")
-        elif args.command == "roles":
-            owner = up(args.dir, args.database)
-            for name, value in roles(args.dir, owner).items():
-                print(f"export {name}={shlex.quote(value)}")
-        else:
-            down(args.dir, purge=args.purge)
-    except (HarnessError, OSError, psycopg.Error) as exc:
-        print(f"servers.py: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
