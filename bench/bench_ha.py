@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/bench_ha.py`` (``--only takeover,pause,freshness,catch-up,api``
 runs part of it; the API part needs ``wrk``: ``apt-get install wrk``). Starts its own
-PostgreSQL, a single Redis and a Sentinel topology (scripts/redis_topology.py: a master, one
+PostgreSQL, a single Redis and a Sentinel topology (harness/redis_topology.py: a master, one
 replica and three Sentinels, local redis-server processes), prints the numbers and saves
 ``bench/results/ha.json`` with the parameters, the machine and its load average (other work
 on a shared machine skews every number).

@@ -6,7 +6,8 @@ Run by hand, never by the test suite, against a THROWAWAY server (it drops and c
 
     initdb -D /tmp/pgcap -U postgres -A trust
     postgres -D /tmp/pgcap -p 55433 -k /tmp -c wal_level=logical -c max_prepared_transactions=10
-    .venv/bin/python tests/capture_pgoutput.py "host=/tmp port=55433 user=postgres dbname=postgres"
+    .venv/bin/python scripts/capture_pgoutput.py \\
+        "host=/tmp port=55433 user=postgres dbname=postgres"
 
 It runs a fixed workload, then replays it through START_REPLICATION several times (the slots are
 never acknowledged, so each session starts again from the slot's creation point) and writes every
@@ -41,7 +42,7 @@ ORIGIN = "cap_origin"
 ORIGIN_LSN = "0/ABCDEF0"
 ORIGIN_TIME = "2026-01-02 03:04:05+00"
 BULK_ROWS = 500
-OUTPUT = Path(__file__).parent / "data" / "pgoutput_capture.json"
+OUTPUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "pgoutput_capture.json"
 
 
 def big_value(seed: str, length: int = 5000) -> str:
@@ -275,7 +276,7 @@ def main(dsn: str) -> None:
         drop_leftovers(conn)
 
     document = {
-        "about": "CopyData frames of START_REPLICATION, as hex; see tests/capture_pgoutput.py",
+        "about": "CopyData frames of START_REPLICATION, as hex; see scripts/capture_pgoutput.py",
         "server_version": server_version,
         "workload_started": started[0].isoformat() if started else None,
         "slot_start": {MAIN_SLOT: main_start, TWO_PHASE_SLOT: two_phase_start},

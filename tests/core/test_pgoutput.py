@@ -1,6 +1,6 @@
 """The pgoutput decoder against bytes captured from PostgreSQL 15 and against a test-only encoder.
 
-The capture (``tests/data/pgoutput_capture.json``) is made by ``tests/capture_pgoutput.py``; the
+The capture (``tests/data/pgoutput_capture.json``) is made by ``scripts/capture_pgoutput.py``; the
 values asserted here are the ones that script wrote.
 """
 

@@ -31,7 +31,7 @@ DOCUMENT = openapi_document()
 REGISTRY = Registry().with_resource(
     "urn:openapi", Resource.from_contents(DOCUMENT, default_specification=DRAFT202012)
 )
-# The data operations answering JSON (event streams never end: tests/live covers them).
+# The data operations answering JSON (event streams never end: tests/e2e/live covers them).
 OPERATIONS = [
     (path, item["get"])
     for path, item in DOCUMENT["paths"].items()

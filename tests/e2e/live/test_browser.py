@@ -2,7 +2,7 @@
 PostgreSQL, Redis, ``projector run`` and ``python -m api``: commits appear without a reload,
 tabs work from the keyboard, the lookup shows neighbours, dark mode uses the dark palette.
 
-Screenshots go to the test's ``tmp_path`` and to ``tests/live/artifacts/`` (ignored by git).
+Screenshots go to the test's ``tmp_path`` and to ``tests/e2e/live/artifacts/`` (ignored by git).
 Without a Chromium these tests are skipped, except under CI (``CI`` set), where they fail.
 """
 
@@ -77,7 +77,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
-    """Save a screenshot in the test's directory and in tests/live/artifacts/."""
+    """Save a screenshot in the test's directory and in tests/e2e/live/artifacts/."""
     path = tmp_path / name
     driver.save_screenshot(str(path))
     ARTIFACTS.mkdir(exist_ok=True)
