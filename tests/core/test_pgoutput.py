@@ -53,7 +53,7 @@ from projector.core.pgoutput import (
 )
 from projector.core.replication import XLogData, parse_frame
 
-CAPTURE = Path(__file__).parent / "data" / "pgoutput_capture.json"
+CAPTURE = Path(__file__).resolve().parents[1] / "data" / "pgoutput_capture.json"
 
 
 # --- the captured session --------------------------------------------------------------------

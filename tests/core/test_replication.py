@@ -24,7 +24,7 @@ from projector.core.replication import (
     standby_status_update,
 )
 
-CAPTURE = Path(__file__).parent / "data" / "pgoutput_capture.json"
+CAPTURE = Path(__file__).resolve().parents[1] / "data" / "pgoutput_capture.json"
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 u64 = st.integers(0, 2**64 - 1)

@@ -316,8 +316,8 @@ def test_a_run_dir_of_the_passwordless_version_is_upgraded_in_place(
     state = {
         "postgres_dir": str(pg_dir),
         "redis_dir": str(run_dir / "redis"),
-        "postgres_port": servers._free_port(),
-        "redis_port": servers._free_port(),
+        "postgres_port": servers.free_port(),
+        "redis_port": servers.free_port(),
     }
     (run_dir / "servers.json").write_text(json.dumps(state))
     old_pg, old_redis = servers._persistent_servers(state)  # no passwords: the old servers
