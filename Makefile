@@ -1,7 +1,7 @@
 # One target per habit. `make test` is what .ci/run runs; `make run` starts the whole system.
 VENV ?= .venv
 PYTHON ?= python3
-SOURCES := projector api tests bench scripts
+SOURCES := projector api harness tests bench scripts
 
 .PHONY: test lint typecheck bench soak run down clean system-run system-test system-bench
 

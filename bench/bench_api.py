@@ -40,11 +40,9 @@ from typing import Any
 
 import psycopg
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, api_env, machine, migrate, percentile, save, throwaway_servers
 
-sys.path.insert(0, str(ROOT))
+from harness.servers import free_port
 from projector.core.lsn import parse_lsn
 
 TOP10 = "/v1/leaderboards/day?limit=10"
@@ -132,18 +130,11 @@ def build_redis(env: dict[str, str], dsn: str, redis_url: str, log: Path) -> flo
 # --- the API under test -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class ApiServer:
     """``python -m api`` as a subprocess."""
 
     def __init__(self, env: dict[str, str], workers: int, log: Path, root: Path = ROOT) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self._proc = subprocess.Popen(
             [
                 sys.executable,
@@ -454,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
         # The fallback: Redis unreachable (a port nobody listens on).
-        env["PROJECTOR_REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"
+        env["PROJECTOR_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
         server = ApiServer(env, args.workers, logs / "api-fallback.log")
         try:
             assert server.get(TOP10)["source"] == "postgres"

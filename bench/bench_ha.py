@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python bench/bench_ha.py`` (``--only takeover,pause,freshness,catch-up,api``
 runs part of it; the API part needs ``wrk``: ``apt-get install wrk``). Starts its own
-PostgreSQL, a single Redis and a Sentinel topology (scripts/redis_topology.py: a master, one
+PostgreSQL, a single Redis and a Sentinel topology (harness/redis_topology.py: a master, one
 replica and three Sentinels, local redis-server processes), prints the numbers and saves
 ``bench/results/ha.json`` with the parameters, the machine and its load average (other work
 on a shared machine skews every number).
@@ -72,10 +72,6 @@ from typing import Any
 
 import psycopg
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import servers
 from bench_api import TOP10, ApiServer, build_redis, load_data, scenario
 from bench_projector import (
     PROJECTOR,
@@ -85,7 +81,9 @@ from bench_projector import (
     projector_env,
 )
 from common import ROOT, api_env, migrate, percentile, save, throwaway_servers
-from redis_topology import RedisNode, SentinelTopology
+
+from harness import servers
+from harness.redis_topology import RedisNode, SentinelTopology
 
 SECTIONS = ("takeover", "pause", "freshness", "catch-up", "api")
 BOARD = "pomo:lb:pomodoros:all:all"

@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_api import ApiServer, build_redis, load_data, steady
 from common import ROOT, api_env, machine, migrate, save, throwaway_servers
 

@@ -27,11 +27,8 @@ from typing import Any
 
 import psycopg
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, TREE, migrate, percentile, save, throwaway_servers
 
-sys.path.insert(0, str(ROOT))
 from projector.core.lsn import parse_lsn
 
 PROJECTOR = [sys.executable, "-m", "projector", "run"]

@@ -15,15 +15,11 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, save, throwaway_servers
 
-sys.path.insert(0, str(ROOT))
 from projector.core import queries
 from projector.core.boards import label_sources
 from projector.core.buckets import Period, oldest_retained_bucket_start

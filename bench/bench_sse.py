@@ -36,12 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_api import ApiServer
 from common import ROOT, api_env, machine, migrate, percentile, save, throwaway_servers
 
-sys.path.insert(0, str(ROOT))
 from projector.core.lsn import parse_lsn
 
 USERS = [f"bench{i}" for i in range(10)]

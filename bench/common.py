@@ -13,14 +13,13 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from harness import servers
+
 ROOT = Path(__file__).resolve().parents[1]
 # The source tree whose projector the benchmarks run: this one, or another checkout
 # (bench/compare_projector.py runs two commits in alternating rounds).
 TREE = Path(os.environ.get("BENCH_TREE") or ROOT)
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import servers  # noqa: E402
 
 
 def machine() -> dict[str, Any]:

@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_api import TOP10, _free_port, build_redis, load_data, wrk
+from bench_api import TOP10, build_redis, load_data, wrk
 from common import ROOT, api_env, migrate, save, throwaway_servers
+
+from harness.servers import free_port
 
 
 def _serve(env: dict[str, str], cwd: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "api", "--port", str(port), "--workers", "2"],
         env=env,

@@ -21,13 +21,10 @@ from typing import Any, Union, get_args, get_origin
 import annotated_types
 from pydantic.fields import FieldInfo
 
+from projector.settings import ENV_PREFIX, Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "configuration.md"
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from projector.settings import ENV_PREFIX, Settings  # noqa: E402
 
 # (title, one sentence under it, field names in the order shown)
 GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (

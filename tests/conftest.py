@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Generator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 # =============================================================================
-# Test servers (scripts/servers.py). Keep this section first.
+# Test servers (harness/servers.py). Keep this section first.
 #
 #   postgres_server  session  servers.PostgresServer, wal_level=logical
 #   redis_server     session  servers.RedisServer
@@ -21,7 +19,7 @@ import pytest
 #   sentinel_topology test    a master, one replica and three Sentinels, fresh
 #   cluster_topology test     a three-master Redis Cluster with a replica each, fresh
 #
-# The topologies (scripts/redis_topology.py) are local redis-server processes, fresh per
+# The topologies (harness/redis_topology.py) are local redis-server processes, fresh per
 # test because failovers and kills change which node is master (half a second to start a
 # Sentinel one, two seconds a Cluster). Parametrize either indirectly with a dict of
 # constructor options, e.g. `{"password": "..."}`.
@@ -32,11 +30,8 @@ import pytest
 # This section defines the hooks pytest_runtest_setup and pytest_runtest_call: extend
 # them rather than defining them again below (a second definition would replace them).
 # =============================================================================
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-import servers
-from redis_topology import ClusterTopology, SentinelTopology
+from harness import servers
+from harness.redis_topology import ClusterTopology, SentinelTopology
 
 
 @pytest.fixture(scope="session")

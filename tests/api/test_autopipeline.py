@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-import servers
 from redis.exceptions import ResponseError
 
 from api.autopipeline import AutoPipeline
+from harness import servers
 
 
 def run(redis_url: str, body: Callable[[AutoPipeline], Awaitable[Any]]) -> Any:

@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(summary.text())
     if args.out:
-        sys.path.insert(0, str(ROOT))
         from bench.common import machine
 
         totals = save(Path(args.out), summary.as_json(), machine())

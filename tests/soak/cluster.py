@@ -13,7 +13,6 @@ import ctypes
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,19 @@ from typing import Any
 import psycopg
 import redis
 
+from harness import servers
+from harness.tcp_proxy import TcpProxy
 from projector.commands.migrate import migrate
 from projector.core.keys import Keys
 from projector.logs import configure_logging
-from tests.core.support import WIDE_RETENTION, projector_executable, settings_env, watermark
+from tests.e2e.projector.support import (
+    WIDE_RETENTION,
+    projector_executable,
+    settings_env,
+    watermark,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import servers  # noqa: E402
-from tcp_proxy import TcpProxy  # noqa: E402
 
 PREFIX = "pomo:"
 # The projector's own key names (watermark, heartbeat, replay request, build keys); the

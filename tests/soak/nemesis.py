@@ -23,9 +23,9 @@ from typing import Any
 
 import psycopg
 import redis
-from tcp_proxy import TcpProxy
 
-from tests.core.support import parse_lsn, projector_executable, settings_env
+from harness.tcp_proxy import TcpProxy
+from tests.e2e.projector.support import parse_lsn, projector_executable, settings_env
 from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, KEYS, ZONES, Cluster, Projector
 from tests.soak.workload import Instants, Workload, ballast, big_transaction_body
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.core.support import (
+from tests.e2e.projector.support import (
     assert_same,
     parse_lsn,
     read_redis,

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from tests.core.support import wait_until_caught_up
+from tests.e2e.projector.support import wait_until_caught_up
 from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, PREFIX, ZONES, Cluster
 from tests.soak.nemesis import Nemesis, plan_faults
 from tests.soak.oracle import check

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from tcp_proxy import TcpProxy
+
+from harness.tcp_proxy import TcpProxy
 
 
 @pytest.fixture

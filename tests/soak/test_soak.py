@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import servers  # scripts/ is on the path (tests/conftest.py)
 
+from harness import servers
 from tests.soak.nemesis import FAULT_KINDS
 from tests.soak.runner import run_soak
 

@@ -1,0 +1,205 @@
+"""The read API over declared boards (examples/focus_minutes.toml) against real servers:
+``/v1/boards``, each board's page, member and events routes from Redis and from the
+PostgreSQL fallback alike, the default board's historical routes as aliases, and errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import psycopg
+import pytest
+
+from projector.commands.migrate import migrate
+from projector.core.boards import load_boards
+from projector.core.buckets import Period, current_bucket
+
+from .conftest import api_settings, unreachable_redis_url
+from .support import ApiServer, ProjectorThread, current_lsn, wait_caught_up, without_source
+
+FOCUS = Path(__file__).resolve().parents[3] / "examples" / "focus_minutes.toml"
+SQL = FOCUS.with_suffix(".sql")
+NOW = datetime.now(UTC)
+# (user, team, minutes, days ago)
+ROWS = [
+    ("ada", "red", 25, 0),
+    ("ada", "red", 50, 0),
+    ("bob", "red", 25, 0),
+    ("bob", "blue", 10, 0),
+    ("cy", "blue", 25, 0),
+    ("cy", None, 25, 0),
+    ("dee", "green", 0, 0),
+    ("ada", "green", 25, 40),
+]
+TEAMS = {"red": "Red Team", "blue": "Blue Team", "green": "Green Team"}
+
+
+@dataclass
+class Served:
+    dsn: str
+    redis_api: ApiServer
+    postgres_api: ApiServer
+
+
+@pytest.fixture(scope="module")
+def served(postgres_server: Any, redis_server: Any) -> Iterator[Served]:
+    """The example's schema and rows, projected by a running projector; the API over Redis
+    and the API over PostgreSQL alone."""
+    from harness import servers
+
+    postgres_server.start()
+    redis_server.start()
+    name = servers.unique_database_name("declared_api")
+    dsn = postgres_server.create_database(name)
+    try:
+        migrate(dsn, "projector")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SQL.read_text())  # type: ignore[arg-type]
+            conn.cursor().executemany("INSERT INTO teams VALUES (%s, %s)", list(TEAMS.items()))
+            conn.execute("INSERT INTO users VALUES ('ada', 'Ada Lovelace')")
+            conn.cursor().executemany(
+                "INSERT INTO pomodoros (user_id, team_id, minutes, completed_at)"
+                " VALUES (%s, %s, %s, %s)",
+                [(u, t, m, NOW - timedelta(days=d)) for u, t, m, d in ROWS],
+            )
+        migrate(dsn, "projector", load_boards(str(FOCUS)))
+        settings = api_settings(
+            dsn, redis_server.url(), boards_file=str(FOCUS), key_prefix="declared:"
+        )
+        projector = ProjectorThread(settings)
+        redis_api = postgres_api = None
+        try:
+            wait_caught_up(settings)
+            redis_api = ApiServer(settings)
+            postgres_api = ApiServer(
+                settings.model_copy(update={"redis_url": unreachable_redis_url()})
+            )
+            yield Served(dsn, redis_api, postgres_api)
+        finally:
+            for api in (redis_api, postgres_api):
+                if api is not None:
+                    api.close()
+            projector.stop()
+    finally:
+        postgres_server.drop_database(name)
+
+
+def _week() -> str:
+    return current_bucket(Period.WEEK, ZoneInfo("UTC"), datetime.now(UTC))
+
+
+def test_boards_lists_the_declared_boards_default_first(served: Served) -> None:
+    """GET /v1/boards names each board, its periods, score and labels; the first is default."""
+    body = served.redis_api.json("/v1/boards")
+    assert [(b["name"], b["default"], b["score"], b["periods"]) for b in body["boards"]] == [
+        ("pomodoros", True, "count", ["day", "week", "month", "year", "all"]),
+        ("team-focus", False, "sum", ["week"]),
+        ("focus-minutes", False, "sum", ["month"]),
+    ]
+
+
+@pytest.mark.parametrize("api", ["redis_api", "postgres_api"])
+def test_a_sum_board_ranks_members_by_their_sum_with_labels(served: Served, api: str) -> None:
+    """team-focus: minutes per team this week, competition ranks, team names as labels; a
+    team whose minutes sum to 0, and rows without a team, are not listed."""
+    body = getattr(served, api).json("/v1/boards/team-focus/week")
+    assert body["board"] == "team-focus" and body["bucket"] == _week()
+    assert body["entries"] == [
+        {"rank": 1, "member": "red", "label": "Red Team", "score": 100},
+        {"rank": 2, "member": "blue", "label": "Blue Team", "score": 35},
+    ]
+    assert body["total"] == 2
+    assert body["source"] == ("redis" if api == "redis_api" else "postgres")
+
+
+def test_both_stores_answer_every_board_route_alike(served: Served) -> None:
+    """Redis and the PostgreSQL fallback give the same JSON for each board's routes."""
+    month = current_bucket(Period.MONTH, ZoneInfo("UTC"), datetime.now(UTC))
+    for path, params in [
+        ("/v1/boards/pomodoros/day", {}),
+        ("/v1/boards/pomodoros/all", {"limit": 2, "offset": 1}),
+        ("/v1/boards/focus-minutes/month", {"bucket": month}),
+        ("/v1/boards/focus-minutes/month/members/bob", {"around": 1}),
+        ("/v1/boards/team-focus/week/members/blue", {"around": 2}),
+        ("/v1/boards/team-focus/week/members/nobody", {}),
+    ]:
+        from_redis = served.redis_api.json(path, **params)
+        from_postgres = served.postgres_api.json(path, **params)
+        assert without_source(from_redis) == without_source(from_postgres), path
+
+
+def test_a_member_route_gives_rank_score_and_neighbours(served: Served) -> None:
+    """focus-minutes: ada has 75 minutes this month (the 40-day-old row is elsewhere)."""
+    body = served.redis_api.json("/v1/boards/focus-minutes/month/members/ada", around=1)
+    assert (body["member"], body["label"], body["rank"], body["score"]) == (
+        "ada",
+        "Ada Lovelace",
+        1,
+        75,
+    )
+    assert body["above"] == []
+    assert body["below"] == [{"rank": 2, "member": "cy", "label": None, "score": 50}]
+
+
+def test_the_historical_routes_are_aliases_of_the_default_board(served: Served) -> None:
+    """/v1/leaderboards/{period} is the default board's page, named with user_id."""
+    alias = served.redis_api.json("/v1/leaderboards/day")
+    board = served.redis_api.json("/v1/boards/pomodoros/day")
+    renamed = [
+        {"rank": e["rank"], "member": e["user_id"], "label": e["display_name"], "score": e["score"]}
+        for e in alias["entries"]
+    ]
+    assert renamed == board["entries"] and renamed
+    user = served.redis_api.json("/v1/users/ada")
+    assert user["periods"]["day"]["score"] == 2
+
+
+def test_board_errors_name_the_problem(served: Served) -> None:
+    """An unknown board is 404; a period the board does not keep is 400 naming the periods."""
+    missing = served.redis_api.get("/v1/boards/nope/week")
+    assert missing.status_code == 404
+    assert "no board named 'nope'" in missing.json()["error"]["message"]
+    wrong = served.redis_api.get("/v1/boards/team-focus/day")
+    assert wrong.status_code == 400
+    assert wrong.json()["error"] == {
+        "status": 400,
+        "code": "bad_parameter",
+        "message": "board 'team-focus' keeps the periods week, not day",
+        "parameter": "period",
+    }
+
+
+def test_min_lsn_reads_its_own_write_on_a_board(served: Served) -> None:
+    """A write then a read with min_lsn: the board includes it."""
+    with psycopg.connect(served.dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO pomodoros (user_id, team_id, minutes) VALUES ('eve', 'green', 60)"
+        )
+    lsn = current_lsn(served.dsn)
+    body = served.redis_api.json("/v1/boards/team-focus/week", min_lsn=lsn)
+    assert {"rank": 2, "member": "green", "label": "Green Team", "score": 60} in body["entries"]
+
+
+def test_a_board_event_stream_starts_with_the_board(served: Served) -> None:
+    """GET /v1/boards/{board}/{period}/events sends the board's page as its first event."""
+    url = f"{served.redis_api.base_url}/v1/boards/team-focus/week/events"
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("GET", url, params={"limit": 1}) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        data = None
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                data = json.loads(line.removeprefix("data: "))
+                break
+    assert data is not None and data["board"] == "team-focus"
+    assert data["entries"] == [{"rank": 1, "member": "red", "label": "Red Team", "score": 100}]
