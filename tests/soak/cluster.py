@@ -13,24 +13,19 @@ import ctypes
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
+import servers  # scripts/ is on the path (tests/soak/__init__.py)
+from tcp_proxy import TcpProxy
 
 from projector.keys import Keys
 from projector.logs import configure_logging
 from projector.migrate import migrate
 from tests.core.support import WIDE_RETENTION, projector_executable, settings_env, watermark
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import servers  # noqa: E402
-from tcp_proxy import TcpProxy  # noqa: E402
 
 PREFIX = "pomo:"
 # The projector's own key names (watermark, heartbeat, replay request, build keys); the
