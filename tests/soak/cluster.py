@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from projector.keys import Keys
 from projector.logs import configure_logging
 from projector.migrate import migrate
 from tests.core.support import WIDE_RETENTION, projector_executable, settings_env, watermark
+from tests.soak import schema
 
 PREFIX = "pomo:"
 # The projector's own key names (watermark, heartbeat, replay request, build keys); the
@@ -190,9 +192,11 @@ class Cluster:
         self.pg.set_config(wal_sender_timeout=BASE_WAL_SENDER_TIMEOUT)
         self.pg.create_database(DATABASE, exist_ok=True)
         configure_logging("warning")  # the soak prints its own progress, not migrate's
-        migrate(self.dsn, PUBLICATION)
+        migrate(self.dsn, PUBLICATION)  # users and pomodoros
         with self.connect() as conn:
             conn.execute(_BALLAST_DDL)
+            schema.create(conn, datetime.now(UTC))
+        migrate(self.dsn, PUBLICATION, schema.BOARDS)  # the publication covers every board
         self.pg_proxy = TcpProxy("127.0.0.1", self.pg.port, "postgres").start()
         self.redis_proxy = TcpProxy("127.0.0.1", self.redis.port, "redis").start()
         self._proxies = [self.pg_proxy, self.redis_proxy]
@@ -228,6 +232,7 @@ class Cluster:
             "publication": PUBLICATION,
             "timezone": timezone,
             "key_prefix": PREFIX,
+            "boards_file": str(schema.BOARDS_FILE),
             "max_tx_changes": self.max_tx_changes,
             "heartbeat_interval": 0.5,
             "reconnect_max_delay": 1.0,

@@ -3,9 +3,12 @@
 `plan_faults` picks a round's faults from its seed; the first one cycles through every
 kind with consecutive seeds (so any run of `len(FAULT_KINDS)` rounds exercises them all),
 a second one is random. `Nemesis.run` injects them one after another on the soak's main
-thread (projectors are started from it only); `Nemesis.heal` ends every fault still in
-force. Each injection is recorded with what it actually did (a kill between chunks that
-found no chunk to land between is recorded as missed).
+thread (projectors are started from it only); a fault may leave a follow-up for later (a
+detached partition attached again or dropped, a broken column fixed), run after a random
+delay while the workload still writes, else by `Nemesis.heal`, which ends every fault still
+in force. Each injection is recorded with what it actually did (a kill between chunks that
+found no chunk to land between is recorded as missed). A check made during a fault (the
+other boards exact while one is broken) adds its failure to ``findings``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import redis
 from tcp_proxy import TcpProxy
 
 from tests.core.support import parse_lsn, projector_executable, settings_env
+from tests.soak import schema
 from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, KEYS, ZONES, Cluster, Projector
-from tests.soak.workload import Instants, Workload, ballast, big_transaction_body
+from tests.soak.oracle import check_broken
+from tests.soak.workload import USER_IDS, Instants, Workload, ballast, big_transaction_body
 
 FAULT_KINDS = (
     "kill9",
@@ -46,7 +51,11 @@ FAULT_KINDS = (
     "zombie",
     "replay",
     "timezone_change",
+    "partition_maintenance",
+    "breaking_migration",
 )
+# How long a mid-fault check may wait for the projector to catch up and the boards to settle.
+_CHECK_DEADLINE = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,14 @@ class FaultPlan:
     # and which kind of moment it catches.
     snapshot_at: float | None
     snapshot: str = "older"  # "older", "mid_chunk" or "mid_rebuild" (see the fault)
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """What a fault leaves to do ``at`` (monotonic time); ``action(at_heal)``."""
+
+    at: float
+    action: Callable[[bool], None]
 
 
 @dataclass(slots=True)
@@ -149,6 +166,8 @@ class Nemesis:
         self._replay_thread: threading.Thread | None = None
         self._t0 = time.monotonic()
         self._workload: Workload | None = None
+        self._follow_ups: list[FollowUp] = []
+        self.findings: list[tuple[str, str]] = []  # (failure kind, message)
 
     # -- schedule --------------------------------------------------------------------
 
@@ -167,14 +186,36 @@ class Nemesis:
             actions.append((fault.at, functools.partial(self._inject, fault)))
         actions.sort(key=lambda action: action[0])
         for at, action in actions:
+            self._follow_up(until=started + at)
             delay = started + at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             action()
+        self._follow_up(until=None)
         if self._wal_sender_timeout_changed:
             # A condition, not an event: leave the projector a moment to live under it.
             time.sleep(random.Random(plan.faults[0].seed).uniform(0.3, 1.0))
         return self.records
+
+    def _later(self, delay: float, action: Callable[[bool], None]) -> None:
+        """Leave ``action`` to run ``delay`` seconds from now (or at the heal)."""
+        self._follow_ups.append(FollowUp(time.monotonic() + delay, action))
+        self._follow_ups.sort(key=lambda follow_up: follow_up.at)
+
+    def _follow_up(self, until: float | None) -> None:
+        """Run the follow-ups due before ``until``; with None, those due while the workload
+        still writes (the others are left to the heal)."""
+        workload = self._workload
+        while self._follow_ups:
+            due = self._follow_ups[0].at
+            if until is not None and due > until:
+                return
+            while until is None and time.monotonic() < due:
+                if workload is None or workload.done:
+                    return
+                time.sleep(0.02)
+            time.sleep(max(0.0, due - time.monotonic()))
+            self._follow_ups.pop(0).action(False)
 
     def _inject(self, fault: Fault) -> None:
         record = FaultRecord(fault.kind, time.monotonic() - self._t0)
@@ -506,6 +547,141 @@ class Nemesis:
         time.sleep(rng.uniform(0.0, 0.3))
         self._start_and_wait()
 
+    def _partition_maintenance(self, rng: random.Random, record: FaultRecord) -> None:
+        """One partition of `focus` truncated, detached (attached again or dropped later),
+        dropped, or a table holding rows attached: no row change in the stream says so."""
+        action = rng.choice(("truncate", "detach", "attach", "drop"))
+        record.detail["action"] = action
+        with self._ddl_connection() as conn:
+            names = schema.partitions(conn)
+            quarters = [name for name in names if name != schema.FOCUS_DEFAULT]
+            if action == "attach":
+                self._attach_with_rows(conn, rng, record)
+                return
+            if action != "truncate" and not quarters:
+                record.hit = False
+                record.detail["why"] = "no partition but the DEFAULT one"
+                return
+            table = rng.choice(names if action == "truncate" else quarters)
+            record.detail["partition"] = table
+            record.detail["rows"] = schema.rows_in(conn, table)
+            if action == "truncate":
+                schema.with_retries(conn, lambda c: schema.truncate_partition(c, table))
+            elif action == "drop":
+                schema.with_retries(conn, lambda c: schema.drop_table(c, table))
+            else:
+                schema.with_retries(conn, lambda c: schema.detach_partition(c, table))
+                self._later_reattach_or_drop(rng, record, schema.Quarter.named(table))
+
+    def _attach_with_rows(
+        self, conn: psycopg.Connection[Any], rng: random.Random, record: FaultRecord
+    ) -> None:
+        """Create a table for a quarter with no partition of its own, fill it, attach it (the
+        DEFAULT partition's rows of that quarter moved into it in the same transaction)."""
+        free = schema.uncovered_quarters(conn, self.instants.now)
+        if not free:
+            record.hit = False
+            record.detail["why"] = "every quarter has a partition"
+            return
+        quarter = rng.choice(free)
+        rows = schema.new_focus_rows(rng, quarter, rng.randint(1, 60), USER_IDS)
+        schema.fill_new_partition(conn, quarter, rows)
+        time.sleep(rng.uniform(0.0, 0.3))  # the workload writes on meanwhile
+        moved = schema.with_retries(conn, lambda c: schema.attach_partition(c, quarter))
+        record.detail.update(partition=quarter.table, rows=len(rows), moved=moved)
+
+    def _later_reattach_or_drop(
+        self, rng: random.Random, record: FaultRecord, quarter: schema.Quarter
+    ) -> None:
+        then = rng.choice(("attach", "drop"))
+        delay = rng.uniform(0.2, 2.0)
+
+        def finish(at_heal: bool) -> None:
+            with self._ddl_connection() as conn:
+                if then == "attach":
+                    moved = schema.with_retries(conn, lambda c: schema.attach_partition(c, quarter))
+                    record.detail["moved"] = moved
+                else:
+                    schema.with_retries(conn, lambda c: schema.drop_table(c, quarter.table))
+            record.detail["then"] = f"{then} " + ("at heal" if at_heal else f"+{delay:.2f}s")
+
+        self._later(delay, finish)
+
+    def _breaking_migration(self, rng: random.Random, record: FaultRecord) -> None:
+        """Rename or retype `users.created_at`, which the signups board alone reads, while
+        the workload writes; fix it after a random delay. Meanwhile (sometimes) a check with
+        the workload held: signups unavailable and gone from Redis, every other board exact."""
+        how = rng.choice(schema.BREAKING_MIGRATIONS)
+        record.detail["how"] = how
+        workload = self._workload
+        if workload is not None:
+            workload.hold()
+        try:
+            with self._ddl_connection() as conn:
+                schema.with_retries(conn, lambda c: schema.break_signups(c, how))
+                if workload is not None and how == "rename":
+                    workload.use_signup_column(schema.SIGNUP_RENAMED)
+                # A change of users right after it: the stream carries the new layout.
+                conn.execute(
+                    "INSERT INTO users (id, display_name) VALUES (%s, %s)"
+                    " ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name",
+                    (rng.choice(USER_IDS), f"Migrated {rng.randrange(1000)}"),
+                )
+        finally:
+            if workload is not None:
+                workload.release()
+        if rng.random() < 0.6:
+            self._check_during(record, schema.SIGNUP_BOARD)
+        delay = rng.uniform(0.3, 2.5)
+
+        def fix(at_heal: bool) -> None:
+            if workload is not None:
+                workload.hold()
+            try:
+                with self._ddl_connection() as conn:
+                    schema.with_retries(conn, lambda c: schema.fix_signups(c, how))
+                if workload is not None:
+                    workload.use_signup_column(schema.SIGNUP_COLUMN)
+            finally:
+                if workload is not None:
+                    workload.release()
+            record.detail["fixed"] = "at heal" if at_heal else f"+{delay:.2f}s"
+
+        self._later(delay, fix)
+
+    def _check_during(self, record: FaultRecord, broken: str) -> None:
+        """With the workload held: ``oracle.check_broken``; a failure is a finding."""
+        workload = self._workload
+        if workload is not None and not workload.hold():
+            workload.release()
+            record.detail["check"] = "skipped: a step did not end within 5 s"
+            return
+        try:
+            verdict = check_broken(
+                self.cluster, broken, deadline=_CHECK_DEADLINE, alive=self._keep_one_running
+            )
+        finally:
+            if workload is not None:
+                workload.release()
+        record.detail["check"] = "ok" if verdict.ok else verdict.failure
+        if not verdict.ok:
+            assert verdict.failure is not None
+            self.findings.append(
+                (verdict.failure, f"during {record.kind} ({broken} broken): {verdict.message}")
+            )
+
+    def _keep_one_running(self) -> None:
+        """While a mid-fault check waits: a projector that quit is replaced (the runner
+        reports the exit)."""
+        if not self.cluster.running():
+            self.cluster.spawn_projector()
+
+    def _ddl_connection(self) -> psycopg.Connection[Any]:
+        """A direct connection for the nemesis's DDL, waiting at most 10 s for a lock."""
+        conn = self.cluster.connect()
+        conn.execute("SET lock_timeout = '10s'")
+        return conn
+
     # -- healing ---------------------------------------------------------------------
 
     def heal(self) -> None:
@@ -525,6 +701,9 @@ class Nemesis:
         if self._replay_thread is not None:
             self._replay_thread.join(60)
             self._replay_thread = None
+        follow_ups, self._follow_ups = self._follow_ups, []
+        for follow_up in follow_ups:  # a partition to attach or drop, a column to fix
+            follow_up.action(True)
 
 
 def _watermark_summary(client: redis.Redis) -> dict[str, str]:
