@@ -92,7 +92,7 @@ class DdlFaults:
         self, rng: random.Random, record: FaultRecord, quarter: schema.Quarter
     ) -> None:
         then = rng.choice(("attach", "drop"))
-        delay = rng.uniform(0.2, 2.0)
+        delay = rng.uniform(0.05, 1.2)
 
         def finish(at_heal: bool) -> None:
             with self._connection() as conn:
@@ -130,7 +130,7 @@ class DdlFaults:
                 workload.release()
         if rng.random() < 0.6:
             self._check_during(record, schema.SIGNUP_BOARD)
-        delay = rng.uniform(0.3, 2.5)
+        delay = rng.uniform(0.05, 1.2)
 
         def fix(at_heal: bool) -> None:
             if workload is not None:
