@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,7 @@ from tests.e2e.projector.support import (
     settings_env,
     watermark,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.soak import schema
 
 PREFIX = "pomo:"
 # The projector's own key names (watermark, heartbeat, replay request, build keys); the
@@ -197,9 +197,11 @@ class Cluster:
         self.pg.set_config(wal_sender_timeout=BASE_WAL_SENDER_TIMEOUT)
         self.pg.create_database(DATABASE, exist_ok=True)
         configure_logging("warning")  # the soak prints its own progress, not migrate's
-        migrate(self.dsn, PUBLICATION)
+        migrate(self.dsn, PUBLICATION)  # users and pomodoros
         with self.connect() as conn:
             conn.execute(_BALLAST_DDL)
+            schema.create(conn, datetime.now(UTC))
+        migrate(self.dsn, PUBLICATION, schema.BOARDS)  # the publication covers every board
         self.pg_proxy = TcpProxy("127.0.0.1", self.pg.port, "postgres").start()
         self.redis_proxy = TcpProxy("127.0.0.1", self.redis.port, "redis").start()
         self._proxies = [self.pg_proxy, self.redis_proxy]
@@ -235,6 +237,7 @@ class Cluster:
             "publication": PUBLICATION,
             "timezone": timezone,
             "key_prefix": PREFIX,
+            "boards_file": str(schema.BOARDS_FILE),
             "max_tx_changes": self.max_tx_changes,
             "heartbeat_interval": 0.5,
             "reconnect_max_delay": 1.0,

@@ -3,9 +3,12 @@
 `plan_faults` picks a round's faults from its seed; the first one cycles through every
 kind with consecutive seeds (so any run of `len(FAULT_KINDS)` rounds exercises them all),
 a second one is random. `Nemesis.run` injects them one after another on the soak's main
-thread (projectors are started from it only); `Nemesis.heal` ends every fault still in
-force. Each injection is recorded with what it actually did (a kill between chunks that
-found no chunk to land between is recorded as missed).
+thread (projectors are started from it only); a fault may leave a follow-up for later (a
+detached partition attached again or dropped, a broken column fixed), run after a random
+delay while the workload still writes, else by `Nemesis.heal`, which ends every fault still
+in force. Each injection is recorded with what it actually did (a kill between chunks that
+found no chunk to land between is recorded as missed). A check made during a fault (the
+other boards exact while one is broken) adds its failure to ``findings``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import redis
 from harness.tcp_proxy import TcpProxy
 from tests.e2e.projector.support import parse_lsn, projector_executable, settings_env
 from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, KEYS, ZONES, Cluster, Projector
+from tests.soak.ddl import DdlFaults
 from tests.soak.workload import Instants, Workload, ballast, big_transaction_body
 
 FAULT_KINDS = (
@@ -46,6 +50,8 @@ FAULT_KINDS = (
     "zombie",
     "replay",
     "timezone_change",
+    "partition_maintenance",
+    "breaking_migration",
 )
 
 
@@ -65,6 +71,14 @@ class FaultPlan:
     # and which kind of moment it catches.
     snapshot_at: float | None
     snapshot: str = "older"  # "older", "mid_chunk" or "mid_rebuild" (see the fault)
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """What a fault leaves to do ``at`` (monotonic time); ``action(at_heal)``."""
+
+    at: float
+    action: Callable[[bool], None]
 
 
 @dataclass(slots=True)
@@ -149,6 +163,9 @@ class Nemesis:
         self._replay_thread: threading.Thread | None = None
         self._t0 = time.monotonic()
         self._workload: Workload | None = None
+        self._follow_ups: list[FollowUp] = []
+        self.findings: list[tuple[str, str]] = []  # (failure kind, message)
+        self.ddl = DdlFaults(cluster, instants, self._later, self.findings)
 
     # -- schedule --------------------------------------------------------------------
 
@@ -156,6 +173,7 @@ class Nemesis:
         """Inject the plan's faults at their times (relative to ``started``), in order."""
         self._t0 = started
         self._workload = workload
+        self.ddl.workload = workload
         actions: list[tuple[float, Callable[[], None]]] = []
         self._snapshot_kind = plan.snapshot
         if plan.snapshot_at is not None:
@@ -167,14 +185,36 @@ class Nemesis:
             actions.append((fault.at, functools.partial(self._inject, fault)))
         actions.sort(key=lambda action: action[0])
         for at, action in actions:
+            self._follow_up(until=started + at)
             delay = started + at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             action()
+        self._follow_up(until=None)
         if self._wal_sender_timeout_changed:
             # A condition, not an event: leave the projector a moment to live under it.
             time.sleep(random.Random(plan.faults[0].seed).uniform(0.3, 1.0))
         return self.records
+
+    def _later(self, delay: float, action: Callable[[bool], None]) -> None:
+        """Leave ``action`` to run ``delay`` seconds from now (or at the heal)."""
+        self._follow_ups.append(FollowUp(time.monotonic() + delay, action))
+        self._follow_ups.sort(key=lambda follow_up: follow_up.at)
+
+    def _follow_up(self, until: float | None) -> None:
+        """Run the follow-ups due before ``until``; with None, those due while the workload
+        still writes (the others are left to the heal)."""
+        workload = self._workload
+        while self._follow_ups:
+            due = self._follow_ups[0].at
+            if until is not None and due > until:
+                return
+            while until is None and time.monotonic() < due:
+                if workload is None or workload.done:
+                    return
+                time.sleep(0.02)
+            time.sleep(max(0.0, due - time.monotonic()))
+            self._follow_ups.pop(0).action(False)
 
     def _inject(self, fault: Fault) -> None:
         record = FaultRecord(fault.kind, time.monotonic() - self._t0)
@@ -506,6 +546,12 @@ class Nemesis:
         time.sleep(rng.uniform(0.0, 0.3))
         self._start_and_wait()
 
+    def _partition_maintenance(self, rng: random.Random, record: FaultRecord) -> None:
+        self.ddl.partition_maintenance(rng, record)
+
+    def _breaking_migration(self, rng: random.Random, record: FaultRecord) -> None:
+        self.ddl.breaking_migration(rng, record)
+
     # -- healing ---------------------------------------------------------------------
 
     def heal(self) -> None:
@@ -525,6 +571,9 @@ class Nemesis:
         if self._replay_thread is not None:
             self._replay_thread.join(60)
             self._replay_thread = None
+        follow_ups, self._follow_ups = self._follow_ups, []
+        for follow_up in follow_ups:  # a partition to attach or drop, a column to fix
+            follow_up.action(True)
 
 
 def _watermark_summary(client: redis.Redis) -> dict[str, str]:

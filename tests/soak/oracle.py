@@ -2,17 +2,28 @@
 
 Quiet means the workload stopped, every fault healed and one projector caught up: the
 watermark at or past ``pg_current_wal_lsn()`` read after the last write, no chunk in
-progress. The boards and names are recomputed with SQL alone (``recompute`` of the core
-suite, never projector code) and read back through the one reader of the Redis layout
-(``read_redis``); then the slot's confirmed position must reach the watermark quickly.
+progress, and every board live as ``projector status`` sees it (none unavailable, none
+waiting to be built again after partition maintenance), then caught up once more. Every
+board and its names are recomputed with SQL alone (``recompute`` of the core suite, never
+projector code) and read back through the one reader of the Redis layout (``read_redis``);
+then the slot's confirmed position must reach the watermark quickly. ``check_broken`` is the
+same check in the middle of a breaking migration: the broken board unavailable and gone
+from Redis, every other board exact.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
+import redis
+
+from projector.commands.status import collect_status
+from projector.core.boards import Board
+from projector.core.keys import Keys
+from projector.core.watermark import unavailable_boards
+from projector.settings import Settings, load_settings
 from tests.e2e.projector.support import (
     assert_same,
     parse_lsn,
@@ -23,6 +34,7 @@ from tests.e2e.projector.support import (
     watermark,
 )
 from tests.soak.cluster import PREFIX, SLOT, Cluster
+from tests.soak.schema import BOARDS
 
 SLOT_LAG_DEADLINE = 5.0
 
@@ -45,18 +57,12 @@ def check(cluster: Cluster, *, deadline: float, alive: Callable[[], None]) -> Ve
     began = time.monotonic()
     with cluster.client() as client:
         try:
-            wait_until_caught_up(cluster.dsn, client, PREFIX, timeout=deadline, alive=alive)
+            settle(cluster, client, timeout=deadline, alive=alive)
         except AssertionError as exc:
             return Verdict("stuck", str(exc), time.monotonic() - began)
         caught_up = time.monotonic() - began
-        expected = recompute(cluster.dsn, cluster.timezone)
-        try:
-            actual = read_redis(client, PREFIX)  # asserts that every score is a count > 0
-            assert_same(actual, expected)
-        except AssertionError as exc:
-            message = str(exc)
-            if message.startswith("display names differ"):
-                message = _name_diff(message, actual.names, expected.names)
+        message = compare(cluster, client, BOARDS)
+        if message is not None:
             return Verdict("drift", message, caught_up)
         applied = parse_lsn(watermark(client, PREFIX)["lsn"])
     lag_deadline = time.monotonic() + SLOT_LAG_DEADLINE
@@ -73,6 +79,81 @@ def check(cluster: Cluster, *, deadline: float, alive: Callable[[], None]) -> Ve
                 caught_up,
             )
         time.sleep(0.05)
+
+
+def check_broken(
+    cluster: Cluster, broken: str, *, deadline: float, alive: Callable[[], None]
+) -> Verdict:
+    """With the database quiet and board ``broken`` unfit for the schema: once caught up, it
+    is unavailable (recorded so in the watermark) and none of its keys is left, and every
+    other board equals the recomputation."""
+    began = time.monotonic()
+    with cluster.client() as client:
+        try:
+            settle(cluster, client, timeout=deadline, alive=alive, unavailable={broken})
+        except AssertionError as exc:
+            return Verdict("stuck", str(exc), time.monotonic() - began)
+        caught_up = time.monotonic() - began
+        left = next(client.scan_iter(match=Keys(PREFIX).board_prefix(broken) + "*"), None)
+        if left is not None:
+            return Verdict(
+                "drift", f"board {broken!r} is unavailable but Redis holds {left!r}", caught_up
+            )
+        message = compare(cluster, client, [b for b in BOARDS if b.name != broken])
+        return Verdict(None if message is None else "drift", message or "", caught_up)
+
+
+def settle(
+    cluster: Cluster,
+    client: redis.Redis,
+    *,
+    timeout: float,
+    alive: Callable[[], None],
+    unavailable: Collection[str] = (),
+) -> None:
+    """Wait until caught up with every board live (but those named ``unavailable``, which
+    must be unavailable, in ``status`` and in the watermark), and caught up again since;
+    ``AssertionError`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    wait_until_caught_up(cluster.dsn, client, PREFIX, timeout=timeout, alive=alive)
+    settings = _settings(cluster)
+    wanted = {b.name: "unavailable" if b.name in unavailable else "live" for b in BOARDS}
+    while True:
+        report = collect_status(settings)
+        states = {name: state["state"] for name, state in report["boards"].items()}
+        recorded = unavailable_boards(watermark(client, PREFIX).get("unavailable", ""))
+        if states == wanted and set(recorded) == set(unavailable):
+            break
+        alive()
+        if time.monotonic() > end:
+            raise AssertionError(
+                f"the boards did not settle within {timeout:.0f} s: status says "
+                f"{states or report['problems']}, the watermark names {sorted(recorded)} "
+                f"unavailable; wanted {wanted}"
+            )
+        time.sleep(0.05)
+    left = max(end - time.monotonic(), 1.0)
+    wait_until_caught_up(cluster.dsn, client, PREFIX, timeout=left, alive=alive)
+
+
+def compare(cluster: Cluster, client: redis.Redis, boards: Iterable[Board]) -> str | None:
+    """Why Redis differs from the recomputation of ``boards`` (None when it does not)."""
+    for board in boards:
+        expected = recompute(cluster.dsn, cluster.timezone, board=board)
+        try:
+            actual = read_redis(client, PREFIX, board)  # asserts every score is positive
+            assert_same(actual, expected)
+        except AssertionError as exc:
+            message = str(exc)
+            if message.startswith("display names differ"):
+                message = _name_diff(message, actual.names, expected.names)
+            return f"board {board.name!r}: {message}"
+    return None
+
+
+def _settings(cluster: Cluster) -> Settings:
+    """The settings of the projectors (direct addresses), for ``status``."""
+    return load_settings(**cluster.projector_config(cluster.timezone, proxied=False))
 
 
 def _name_diff(message: str, have: dict[str, str], want: dict[str, str]) -> str:

@@ -2,8 +2,10 @@
 
 Recoveries are counted from the projectors' JSON logs: every "rebuilding Redis from
 PostgreSQL" line by its reason (LSNs and positions blanked, so reasons group), and every
-operator replay. Runs accumulate in one JSON file (`bench/results/soak.json`): each run's
-summary, and totals over all of them.
+operator replay; boards built again beside the live ones (after partition maintenance, or
+once a broken board fits its table again) and boards dropped as unavailable, by board.
+Runs accumulate in one JSON file (`bench/results/soak.json`): each run's summary, and
+totals over all of them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ REPLAY_EVENT = "replay requested by operator"
 RECONNECT_EVENT = "connection lost; retrying"
 RESUME_EVENT = "resuming a large transaction"
 CHUNK_EVENT = "applied a chunk of a large transaction"
+BOARDS_BUILT_EVENT = "boards built and live"
+BOARDS_DROPPED_EVENT = "boards dropped from Redis"
+# Details of a fault record that tell its variants apart (counted as "kind:value").
+_VARIANT_DETAILS = ("action", "how", "variant", "snapshot")
 
 # A compare-and-set position: LSN, chunked transaction, rows applied (, fingerprint).
 _POSITION = re.compile(r"\b[0-9A-F]{16}:[0-9A-F]{16}:\d+(?::[0-9a-f]+)?\b")
@@ -44,6 +50,8 @@ class LogTally:
     reconnects: Counter[str] = field(default_factory=Counter)
     chunks: int = 0
     resumed: int = 0
+    boards_built: Counter[str] = field(default_factory=Counter)
+    boards_dropped: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
 
     def add(self, events: list[dict[str, Any]]) -> None:
@@ -59,6 +67,10 @@ class LogTally:
                 self.chunks += 1
             elif name == RESUME_EVENT:
                 self.resumed += 1
+            elif name == BOARDS_BUILT_EVENT:
+                self.boards_built.update(str(board) for board in event.get("boards", []))
+            elif name == BOARDS_DROPPED_EVENT:
+                self.boards_dropped.update(str(board) for board in event.get("boards", []))
             if event.get("level") in ("error", "critical"):
                 self.errors.append(name)
 
@@ -67,6 +79,8 @@ class LogTally:
         self.reconnects.update(other.reconnects)
         self.chunks += other.chunks
         self.resumed += other.resumed
+        self.boards_built.update(other.boards_built)
+        self.boards_dropped.update(other.boards_dropped)
         self.errors.extend(other.errors)
 
 
@@ -125,6 +139,8 @@ class RunSummary:
         self.results: list[RoundResult] = []
         self.faults: Counter[str] = Counter()
         self.faults_missed: Counter[str] = Counter()
+        self.fault_variants: Counter[str] = Counter()
+        self.mid_fault_checks: Counter[str] = Counter()
         self.steps: Counter[str] = Counter()
         self.tally = LogTally()
         self.replay_exits: Counter[str] = Counter()
@@ -134,6 +150,14 @@ class RunSummary:
         self.results.append(result)
         for record in result.faults:
             (self.faults if record.hit else self.faults_missed)[record.kind] += 1
+            if record.hit:
+                self.fault_variants.update(
+                    f"{record.kind}:{record.detail[key]}"
+                    for key in _VARIANT_DETAILS
+                    if key in record.detail
+                )
+            if "check" in record.detail:
+                self.mid_fault_checks[str(record.detail["check"]).split(":")[0]] += 1
             if record.kind == "replay":
                 self.replay_exits[str(record.detail.get("exit", "?"))] += 1
         self.steps.update(result.steps)
@@ -183,10 +207,14 @@ class RunSummary:
             "failures": [r.as_json() for r in self.failed],
             "faults": dict(sorted(self.faults.items())),
             "faults_missed": dict(sorted(self.faults_missed.items())),
+            "fault_variants": dict(sorted(self.fault_variants.items())),
+            "mid_fault_checks": dict(sorted(self.mid_fault_checks.items())),
             "recoveries": dict(self.tally.recoveries.most_common()),
             "reconnects": dict(sorted(self.tally.reconnects.items())),
             "chunks_applied": self.tally.chunks,
             "large_transactions_resumed": self.tally.resumed,
+            "boards_built_beside": dict(sorted(self.tally.boards_built.items())),
+            "boards_dropped": dict(sorted(self.tally.boards_dropped.items())),
             "replay_exits": dict(sorted(self.replay_exits.items())),
             "steps": dict(sorted(self.steps.items())),
         }
@@ -202,11 +230,19 @@ class RunSummary:
         ]
         if self.faults_missed:
             lines.append("missed:      " + _counts(self.faults_missed))
+        lines.append("variants:    " + (_counts(self.fault_variants) or "none"))
+        lines.append("mid-fault:   " + (_counts(self.mid_fault_checks) or "no check"))
         lines.append("recoveries:  " + (_counts(self.tally.recoveries) or "none"))
         lines.append("reconnects:  " + (_counts(self.tally.reconnects) or "none"))
         lines.append(
             f"chunks:      {self.tally.chunks} applied, "
             f"{self.tally.resumed} large transactions resumed after a restart"
+        )
+        lines.append(
+            "boards:      built beside the live ones "
+            + (_counts(self.tally.boards_built) or "none")
+            + "; dropped as unavailable "
+            + (_counts(self.tally.boards_dropped) or "none")
         )
         for result in self.failed:
             kinds = "/".join(f.kind for f in result.failures)
@@ -253,7 +289,17 @@ def save(path: Path, run: dict[str, Any], machine: dict[str, Any]) -> dict[str, 
         "seeds": [r["seed"] for r in runs],
         "failing_seeds": [f["seed"] for r in runs for f in r["failures"]],
     }
-    for key in ("faults", "faults_missed", "recoveries", "reconnects", "replay_exits"):
+    for key in (
+        "faults",
+        "faults_missed",
+        "fault_variants",
+        "mid_fault_checks",
+        "recoveries",
+        "reconnects",
+        "replay_exits",
+        "boards_built_beside",
+        "boards_dropped",
+    ):
         total: Counter[str] = Counter()
         for r in runs:
             total.update(r.get(key, {}))

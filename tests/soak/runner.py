@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from tests.e2e.projector.support import wait_until_caught_up
-from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, PREFIX, ZONES, Cluster
+from tests.soak import schema
+from tests.soak.cluster import BASE_WAL_SENDER_TIMEOUT, ZONES, Cluster
 from tests.soak.nemesis import Nemesis, plan_faults
-from tests.soak.oracle import check
+from tests.soak.oracle import check, settle
 from tests.soak.report import Failure, LogTally, RoundResult, RunSummary
 from tests.soak.workload import Instants, Workload, load_base_data, plan_steps
 
@@ -116,6 +116,7 @@ class Soak:
                     workload.join()
                 finally:
                     nemesis.heal()
+                    result.failures += [Failure(kind, text) for kind, text in nemesis.findings]
             self._settle(result, rng)
             verdict = check(
                 self.cluster, deadline=QUIESCENCE_DEADLINE, alive=lambda: self._revive(result)
@@ -134,14 +135,16 @@ class Soak:
     # -- between rounds --------------------------------------------------------------
 
     def _prepare(self, seed: int, zone: str, instants: Instants) -> None:
-        """Bring the world to the round's starting point: base data, projected, one projector."""
+        """Bring the world to the round's starting point: the soak's schema (partitions and
+        columns as created), base data, every board projected and live, one projector."""
         cluster = self.cluster
         if self._hard_reset_due or cluster.timezone != zone or len(cluster.running()) != 1:
             self._hard_reset(zone)
         with cluster.connect() as conn:
+            schema.restore(conn, instants.now)
             load_base_data(conn, seed, instants)
         with cluster.client() as client:
-            wait_until_caught_up(cluster.dsn, client, PREFIX, timeout=QUIESCENCE_DEADLINE)
+            settle(cluster, client, timeout=QUIESCENCE_DEADLINE, alive=lambda: None)
         self._drain_events()  # the soak's own resets are not the round's recoveries
 
     def _hard_reset(self, zone: str) -> None:

@@ -1,11 +1,14 @@
-"""The soak's workload: seeded, reproducible writes to `pomodoros` and `users`.
+"""The soak's workload: seeded, reproducible writes to `pomodoros`, `users` and `focus`.
 
 `plan_steps` picks a round's steps from its random generator; `Workload` runs them on a
 direct connection of its own, reconnecting across server restarts (a commit of unknown
 outcome does not matter: the oracle compares Redis with what PostgreSQL holds in the end).
-`load_base_data` puts both tables back to a seeded starting point at the start of a round.
-Timestamps stay within the last two years and crowd around local midnights of the soak's
-time zones and their daylight-saving changes, where bucket arithmetic goes wrong.
+`load_base_data` puts the tables back to a seeded starting point at the start of a round.
+`focus` is partitioned (``schema.py``): its rows move between partitions, and to and from a
+NULL member. While a breaking migration has renamed ``users.created_at`` the workload writes
+the column by its new name (``use_signup_column``). Timestamps stay within the last two
+years and crowd around local midnights of the soak's time zones and their daylight-saving
+changes, where bucket arithmetic goes wrong.
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
+from psycopg import sql
+
+from tests.soak.schema import SIGNUP_COLUMN
 
 USER_IDS = tuple(f"u{i:02d}" for i in range(48))
 _NAMED = 36  # users with a `users` row at the start of a round; the others have none
 BASE_ROWS = 3_000
+BASE_FOCUS_ROWS = 1_200
 _SPAN_DAYS = 725
 _NAME_ALPHABET = string.ascii_letters + string.digits + "äöüßéñçøå€ΩЖ漢字かな"
 
@@ -46,6 +53,9 @@ STEP_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("user_reid", 3),
     ("user_delete", 2),
     ("truncate", 2),
+    ("focus_insert", 7),
+    ("focus_move", 8),
+    ("focus_delete", 3),
     ("large", 6),
     ("burst", 6),
 )
@@ -120,20 +130,47 @@ def display_name(rng: random.Random) -> str:
 
 
 def load_base_data(conn: psycopg.Connection[Any], seed: int, instants: Instants) -> None:
-    """Empty both tables (and the ballast) and load a seeded starting point, in one commit."""
+    """Empty the tables (and the ballast) and load a seeded starting point, in one commit."""
     rng = random.Random(seed)
     with conn.transaction():
-        conn.execute("TRUNCATE pomodoros, users, soak_ballast")
-        _copy_users(conn, [(user, display_name(rng)) for user in USER_IDS[:_NAMED]])
+        conn.execute("TRUNCATE pomodoros, users, focus, soak_ballast")
+        users = [(user, display_name(rng), instants.pick(rng)) for user in USER_IDS[:_NAMED]]
+        _copy_users(conn, users, SIGNUP_COLUMN)
         _copy_pomodoros(conn, [_row(rng, instants) for _ in range(BASE_ROWS)])
+        _copy_focus(conn, [focus_row(rng, instants) for _ in range(BASE_FOCUS_ROWS)])
 
 
 def _row(rng: random.Random, instants: Instants) -> tuple[str, datetime]:
     return rng.choice(USER_IDS), instants.pick(rng)
 
 
-def _copy_users(conn: psycopg.Connection[Any], rows: list[tuple[str, str]]) -> None:
-    with conn.cursor() as cur, cur.copy("COPY users (id, display_name) FROM STDIN") as copy:
+def focus_row(rng: random.Random, instants: Instants) -> tuple[str | None, datetime, int]:
+    """A `focus` row: a member (or, one time in ten, none), when, and minutes (0 to 50)."""
+    return focus_member(rng), instants.pick(rng), rng.randint(0, 50)
+
+
+def focus_member(rng: random.Random) -> str | None:
+    return None if rng.random() < 0.1 else rng.choice(USER_IDS)
+
+
+def _copy_users(
+    conn: psycopg.Connection[Any], rows: list[tuple[str, str, datetime]], signup_column: str
+) -> None:
+    statement = sql.SQL("COPY users (id, display_name, {}) FROM STDIN").format(
+        sql.Identifier(signup_column)
+    )
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _copy_focus(
+    conn: psycopg.Connection[Any], rows: list[tuple[str | None, datetime, int]]
+) -> None:
+    with (
+        conn.cursor() as cur,
+        cur.copy("COPY focus (member, started_at, minutes) FROM STDIN") as copy,
+    ):
         for row in rows:
             copy.write_row(row)
 
@@ -159,6 +196,8 @@ class Workload:
         self.pause = pause
         self.committed: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
+        # The name of users.created_at now (a breaking migration may have renamed it).
+        self.signup_column = SIGNUP_COLUMN
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._go = threading.Event()  # cleared by hold(): no step starts until release()
@@ -191,14 +230,18 @@ class Workload:
     def done(self) -> bool:
         return self._thread is not None and not self._thread.is_alive()
 
-    def hold(self, timeout: float = 5.0) -> None:
+    def hold(self, timeout: float = 5.0) -> bool:
         """Start no further step until ``release``; wait (up to ``timeout``) for the current
-        one to end. The nemesis uses it to act on a quiet database."""
+        one to end, and say whether it did. The nemesis uses it to act on a quiet database."""
         self._go.clear()
-        self._between_steps.wait(timeout)
+        return self._between_steps.wait(timeout)
 
     def release(self) -> None:
         self._go.set()
+
+    def use_signup_column(self, name: str) -> None:
+        """Write ``users.created_at`` by this name from the next step on (call it held)."""
+        self.signup_column = name
 
     def _run(self, steps: list[Step], seed: int) -> None:
         pacing = random.Random(seed)
@@ -238,6 +281,11 @@ class Workload:
             self.close()
             return
         except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable):
+            self.failed[step.kind] += 1
+            return
+        except psycopg.errors.UndefinedColumn:
+            # A step that raced a breaking migration (the nemesis renames with the workload
+            # held, but a hold may time out).
             self.failed[step.kind] += 1
             return
         self.committed[step.kind] += 1
@@ -300,23 +348,73 @@ class Workload:
         )
 
     def _rename(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
+        """A new user (signed up at some instant), or a new name of one."""
         conn.execute(
-            "INSERT INTO users (id, display_name) VALUES (%s, %s)"
-            " ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name",
-            (rng.choice(USER_IDS), display_name(rng)),
+            sql.SQL(
+                "INSERT INTO users (id, display_name, {}) VALUES (%s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name"
+            ).format(sql.Identifier(self.signup_column)),
+            (rng.choice(USER_IDS), display_name(rng), self.instants.pick(rng)),
+        )
+
+    def _focus_count(self, conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute("SELECT count(*) FROM focus").fetchone()
+        return int(row[0]) if row else 0
+
+    def _focus_insert(self, conn: psycopg.Connection[Any], rng: random.Random, rows: int) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO focus (member, started_at, minutes) VALUES (%s, %s, %s)",
+                [focus_row(rng, self.instants) for _ in range(rows)],
+            )
+
+    def _focus_move(self, conn: psycopg.Connection[Any], rng: random.Random, total: int) -> None:
+        """Change some rows' member (to or from NULL too), time (often into another
+        partition) or minutes, or several of them."""
+        sets: list[str] = []
+        params: list[object] = []
+        what = rng.choice(("member", "time", "minutes", "member+time", "all"))
+        if what in ("member", "member+time", "all"):
+            sets.append("member = %s")
+            params.append(focus_member(rng))
+        if what in ("time", "member+time", "all"):
+            sets.append("started_at = %s")
+            params.append(self.instants.pick(rng))
+        if what in ("minutes", "all"):
+            sets.append("minutes = %s")
+            params.append(rng.randint(0, 50))
+        width = 1 if rng.random() < 0.6 else rng.randint(2, 40)
+        conn.execute(
+            f"UPDATE focus SET {', '.join(sets)} WHERE id IN"
+            " (SELECT id FROM focus ORDER BY id LIMIT %s OFFSET %s)",
+            (*params, width, self._pick(rng, total)),
+        )
+
+    def _focus_delete(self, conn: psycopg.Connection[Any], rng: random.Random, total: int) -> None:
+        width = 1 if rng.random() < 0.7 else rng.randint(2, 30)
+        conn.execute(
+            "DELETE FROM focus WHERE id IN (SELECT id FROM focus ORDER BY id LIMIT %s OFFSET %s)",
+            (width, self._pick(rng, total)),
         )
 
     def _random_ops(self, conn: psycopg.Connection[Any], rng: random.Random, ops: int) -> None:
         total = self._count(conn)
+        focus = self._focus_count(conn)
         for _ in range(ops):
             roll = rng.random()
-            if roll < 0.35:
+            if roll < 0.3:
                 self._insert(conn, rng, rng.randint(1, 4))
-            elif roll < 0.55:
+            elif roll < 0.45:
                 self._move(conn, rng, total, rng.choice(("user", "time", "both")))
-            elif roll < 0.75:
+            elif roll < 0.6:
                 self._delete(conn, rng, total)
-            elif roll < 0.9:
+            elif roll < 0.7:
+                self._focus_insert(conn, rng, rng.randint(1, 3))
+            elif roll < 0.8:
+                self._focus_move(conn, rng, focus)
+            elif roll < 0.85:
+                self._focus_delete(conn, rng, focus)
+            elif roll < 0.95:
                 self._rename(conn, rng)
             else:
                 conn.execute("DELETE FROM users WHERE id = %s", (rng.choice(USER_IDS),))
@@ -376,11 +474,14 @@ class Workload:
                 self._rename(conn, rng)
 
     def step_toast_touch(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
-        """Update users without touching their (possibly out-of-line) names."""
+        """Update users without touching their (possibly out-of-line) names: they move to
+        another signup bucket."""
         with conn.transaction():
             conn.execute(
-                "UPDATE users SET created_at = now() WHERE id = ANY(%s)",
-                (rng.sample(USER_IDS, rng.randint(1, 6)),),
+                sql.SQL("UPDATE users SET {} = %s WHERE id = ANY(%s)").format(
+                    sql.Identifier(self.signup_column)
+                ),
+                (self.instants.pick(rng), rng.sample(USER_IDS, rng.randint(1, 6))),
             )
 
     def step_user_reid(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
@@ -400,15 +501,38 @@ class Workload:
             )
 
     def step_truncate(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
-        """TRUNCATE (pomodoros, sometimes users too), refilled in the same transaction."""
+        """TRUNCATE (pomodoros, sometimes users or the partitioned focus too), refilled in
+        the same transaction."""
         with conn.transaction():
             both = rng.random() < 0.4
-            conn.execute("TRUNCATE pomodoros, users" if both else "TRUNCATE pomodoros")
+            focus = rng.random() < 0.4
+            tables = ["pomodoros"] + (["users"] if both else []) + (["focus"] if focus else [])
+            conn.execute(f"TRUNCATE {', '.join(tables)}")
             if both:
-                names = [(user, display_name(rng)) for user in rng.sample(USER_IDS, 20)]
-                _copy_users(conn, names)
+                names = [
+                    (user, display_name(rng), self.instants.pick(rng))
+                    for user in rng.sample(USER_IDS, 20)
+                ]
+                _copy_users(conn, names, self.signup_column)
             rows = [_row(rng, self.instants) for _ in range(rng.randint(200, 900))]
             _copy_pomodoros(conn, rows)
+            if focus:
+                _copy_focus(conn, [focus_row(rng, self.instants) for _ in range(400)])
+
+    def step_focus_insert(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
+        with conn.transaction():
+            self._focus_insert(conn, rng, rng.randint(1, 6))
+
+    def step_focus_move(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
+        """Moves of focus rows, across partitions among them."""
+        with conn.transaction():
+            total = self._focus_count(conn)
+            for _ in range(rng.randint(1, 3)):
+                self._focus_move(conn, rng, total)
+
+    def step_focus_delete(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
+        with conn.transaction():
+            self._focus_delete(conn, rng, self._focus_count(conn))
 
     def step_large(self, conn: psycopg.Connection[Any], rng: random.Random) -> None:
         """Thousands of row changes in one transaction: applied in chunks.
