@@ -51,6 +51,8 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from projector.commands.roles import DEFAULT_API_ROLE, DEFAULT_RUN_ROLE
+
 PG_DSN_ENV = "PROJECTOR_TEST_PG_DSN"
 REDIS_URL_ENV = "PROJECTOR_TEST_REDIS_URL"
 # "local" or "containers" forces one kind of server instead of trying local binaries first.
@@ -1407,8 +1409,8 @@ def up(run_dir: Path, database: str) -> dict[str, str]:
     return {"PROJECTOR_PG_DSN": pg.dsn(database), "PROJECTOR_REDIS_URL": rd.url()}
 
 
-RUN_ROLE = "projector_run"
-API_ROLE = "projector_api"
+RUN_ROLE = DEFAULT_RUN_ROLE
+API_ROLE = DEFAULT_API_ROLE
 
 
 def roles(run_dir: Path, owner_env: Mapping[str, str]) -> dict[str, str]:

@@ -37,6 +37,7 @@ from projector.core.pgoutput import Decoder
 from projector.core.projection import BatchDelta, Projection
 from projector.core.replication import PrimaryKeepalive
 from projector.core.session import Actions, Confirm, InFlight, Receive, Seal, Send, Session
+from projector.core.trust import slot_problem, watermark_problem
 from projector.core.watermark import Watermark, encode_unavailable
 from projector.metrics import ProjectorMetrics
 from projector.presence import Presence
@@ -323,49 +324,30 @@ class Worker:
         """
         slot_name = self.settings.slot
         slot = slot_info(pg, slot_name)
-        if slot is None:
-            raise RebuildRequired(f"replication slot {slot_name!r} does not exist", slot=slot_name)
-        if slot.wal_status == "lost" or slot.confirmed_flush_lsn is None:
-            raise RebuildRequired(
-                f"replication slot {slot_name!r} was invalidated (wal_status={slot.wal_status})",
-                slot=slot_name,
-            )
+        problem = slot_problem(
+            slot_name,
+            exists=slot is not None,
+            wal_status=slot.wal_status if slot else None,
+            confirmed=slot.confirmed_flush_lsn if slot else None,
+        )
+        if problem is not None or slot is None:
+            raise RebuildRequired(problem or "no slot", slot=slot_name)
         if slot.active:
             raise ConnectionLost(
                 f"replication slot {slot_name!r} is in use by PID {slot.active_pid}",
                 service="postgres",
             )
-        system_id = server.system_id
         wm = _claimed_watermark(sink)
-        if wm.system_id != system_id:
-            raise RebuildRequired(
-                f"PostgreSQL is a different cluster (system id {system_id}, "
-                f"watermark names {wm.system_id})"
-            )
-        if wm.slot != slot_name:
-            raise RebuildRequired(f"Redis was built from slot {wm.slot!r}, not {slot_name!r}")
-        if wm.lsn < slot.confirmed_flush_lsn:
-            raise RebuildRequired(
-                f"Redis watermark {format_lsn(wm.lsn)} is behind the slot's confirmed "
-                f"position {format_lsn(slot.confirmed_flush_lsn)}: Redis lost data",
-                slot=slot_name,
-                lsn=wm.lsn,
-            )
-        if wm.lsn > server.flush_lsn:
-            raise RebuildRequired(
-                f"Redis watermark {format_lsn(wm.lsn)} is ahead of PostgreSQL's WAL "
-                f"({format_lsn(server.flush_lsn)}): PostgreSQL was restored from a backup "
-                "or recovered to an earlier point",
-                slot=slot_name,
-                lsn=wm.lsn,
-            )
-        # Timeline 0: recorded by a version before timelines were (its fingerprint differs).
-        if wm.timeline and wm.timeline != server.timeline:
-            raise RebuildRequired(
-                f"Redis was built on timeline {wm.timeline}, PostgreSQL is on timeline "
-                f"{server.timeline} (point-in-time recovery or promotion)",
-                slot=slot_name,
-            )
+        problem = watermark_problem(
+            wm,
+            slot=slot_name,
+            system_id=server.system_id,
+            confirmed=slot.confirmed_flush_lsn,
+            server_lsn=server.flush_lsn,
+            timeline=server.timeline,
+        )
+        if problem is not None:
+            raise RebuildRequired(problem, slot=slot_name, lsn=wm.lsn)
         return self._boards_to_stream(pg, sink, wm)
 
     def _boards_to_stream(

@@ -13,6 +13,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from projector import __version__
+from projector.commands.roles import DEFAULT_API_ROLE, DEFAULT_RUN_ROLE
 from projector.core.errors import ConfigError, ConnectionLost, MissingPrivilege, ProjectorError
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings, pg_user
@@ -104,13 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     roles.add_argument(
         "--run-role",
-        default=os.environ.get("PROJECTOR_RUN_ROLE", "projector_run"),
-        help="role and Redis user of 'projector run' (PROJECTOR_RUN_ROLE, projector_run)",
+        default=os.environ.get("PROJECTOR_RUN_ROLE", DEFAULT_RUN_ROLE),
+        help=f"role and Redis user of 'projector run' (PROJECTOR_RUN_ROLE, {DEFAULT_RUN_ROLE})",
     )
     roles.add_argument(
         "--api-role",
-        default=os.environ.get("PROJECTOR_API_ROLE", "projector_api"),
-        help="role and Redis user of the read API (PROJECTOR_API_ROLE, projector_api)",
+        default=os.environ.get("PROJECTOR_API_ROLE", DEFAULT_API_ROLE),
+        help=f"role and Redis user of the read API (PROJECTOR_API_ROLE, {DEFAULT_API_ROLE})",
     )
     roles.add_argument("--redis", action="store_true", help="Redis ACL users instead of roles")
     roles.add_argument(

@@ -22,6 +22,7 @@ from projector.core.boards import Table
 from projector.core.buckets import Period, current_bucket
 from projector.core.fingerprint import board_states, same_layout
 from projector.core.lsn import format_lsn, parse_lsn
+from projector.core.trust import slot_problem, watermark_problem
 from projector.core.watermark import Watermark
 from projector.presence import Presence
 from projector.schema import partition_states, schema_problems
@@ -47,6 +48,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     server_lsn: int | None = None
     system_id: str | None = None
     schema: dict[str, str] = {}
+    confirmed: int | None = None
     partitions: dict[Table, str] = {}
     try:
         with psycopg.connect(settings.pg_dsn, autocommit=True, connect_timeout=5) as conn:
@@ -66,9 +68,16 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             schema = schema_problems(conn, settings.boards, settings.publication)
             partitions = partition_states(conn, {b.table for b in settings.boards})
             slot = slot_info(conn, settings.slot)
-            if slot is None:
-                problems.append(f"replication slot {settings.slot!r} does not exist")
-            else:
+            confirmed = slot.confirmed_flush_lsn if slot else None
+            problem = slot_problem(
+                settings.slot,
+                exists=slot is not None,
+                wal_status=slot.wal_status if slot else None,
+                confirmed=confirmed,
+            )
+            if problem is not None:
+                problems.append(f"{problem}: the projector rebuilds Redis")
+            if slot is not None:
                 report["slot"].update(
                     exists=True,
                     database=slot.database,
@@ -80,8 +89,6 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                     confirmed_flush_lsn=_lsn(slot.confirmed_flush_lsn),
                     retained_wal_bytes=slot.retained_bytes,
                 )
-                if slot.wal_status == "lost":
-                    problems.append(f"replication slot {settings.slot!r} is invalidated (lost)")
                 if (slot.retained_bytes or 0) > settings.wal_warning_bytes:
                     problems.append(
                         f"slot retains {slot.retained_bytes} bytes of WAL "
@@ -128,8 +135,17 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             problems.append("Redis holds no watermark (not built, or lost its data)")
         else:
             report["watermark"] = _watermark(wm)
-            if system_id is not None and wm.system_id != system_id:
-                problems.append("watermark names another PostgreSQL cluster")
+            if system_id is not None:
+                problem = watermark_problem(
+                    wm,
+                    slot=settings.slot,
+                    system_id=system_id,
+                    confirmed=confirmed,
+                    server_lsn=server_lsn,
+                    timeline=None,  # IDENTIFY_SYSTEM's: the projector checks it
+                )
+                if problem is not None:
+                    problems.append(f"{problem}: the projector rebuilds Redis")
             effective = [b for b in settings.boards if b.name not in schema]
             config = settings.projection_config(effective, partitions)
             report["watermark"]["config_matches"] = wm.fingerprint == config.fingerprint
