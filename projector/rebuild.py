@@ -37,10 +37,9 @@ from projector.core.fingerprint import ProjectionConfig
 from projector.core.lsn import format_lsn
 from projector.core.watermark import Watermark, encode_unavailable
 from projector.presence import Presence
-from projector.redis_nodes import MOVED_AWAY
 from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
-from projector.sink import Fenced, RedisSink
+from projector.sink import Fenced, RedisSink, out_of_memory
 from projector.standby import LOCK_CLASS
 from projector.stream import ReplicationStream, ServerPosition, connect, drop_slot, slot_info
 
@@ -241,7 +240,6 @@ def build_boards(
     Each query runs on its own connection (same snapshot) so PostgreSQL aggregates one
     period while this process loads another into Redis.
     """
-    client = sink.client
     keys = settings.keys
     tz = settings.zone
     now = time.time()
@@ -253,7 +251,7 @@ def build_boards(
         with conn.cursor(name="rebuild_labels") as cur:
             cur.itersize = _CHUNK
             cur.execute(queries.all_labels(labels))
-            loader = _Loader(client, state, report, lock, counts)
+            loader = _Loader(sink, state, report, lock, counts)
             loader.load_hash(build + keys.without_prefix(keys.labels(labels)), cur)
             loader.finish()
         return []
@@ -275,7 +273,7 @@ def build_boards(
                 cache[start] = (suffix, expires) if live else None
             return cache[start]
 
-        loader = _Loader(client, state, report, lock, counts)
+        loader = _Loader(sink, state, report, lock, counts)
         with conn.cursor(name="rebuild_period") as cur:
             cur.itersize = _CHUNK * 4
             cur.execute(
@@ -287,7 +285,7 @@ def build_boards(
 
     def all_time_task(board: Board, conn: psycopg.Connection[tuple[object, ...]]) -> Found:
         suffix = keys.without_prefix(keys.board(board.name, Period.ALL, "all"))
-        loader = _Loader(client, state, report, lock, counts)
+        loader = _Loader(sink, state, report, lock, counts)
         with conn.cursor(name="rebuild_all") as cur:
             cur.itersize = _CHUNK * 4
             cur.execute(queries.all_time_scores(board))
@@ -332,15 +330,13 @@ class _Loader:
 
     def __init__(
         self,
-        client: redis.Redis,
+        sink: RedisSink,
         state: RebuildProgress,
         report: Callable[[], None],
         lock: threading.Lock,
         counts: dict[str, int],
     ) -> None:
-        self._client = client
-        self._pipe = client.pipeline(transaction=False)
-        self._queued = 0
+        self._writer = sink.build_writer(_BUILD_TTL)
         self._state = state
         self._report = report
         self._lock = lock
@@ -410,23 +406,14 @@ class _Loader:
         # Members or fields per key (each task loads keys of its own): the swap checks them.
         self._counts[key] = self._counts.get(key, 0) + len(mapping)
         if command == "zadd":
-            self._pipe.zadd(key, mapping)
+            self._writer.zadd(key, mapping)
         else:
-            self._pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
-        # Only now does the key exist: a crashed rebuild's keys then disappear on their own.
-        self._pipe.expire(key, _BUILD_TTL)
-        self._queued += 1
-        if self._queued >= 20:
+            self._writer.hset(key, mapping)
+        if self._writer.queued >= 20:
             self._execute()
 
     def _execute(self) -> None:
-        try:
-            self._pipe.execute()
-        except redis.exceptions.OutOfMemoryError as exc:
-            raise _out_of_memory(exc) from exc
-        except (redis.ConnectionError, redis.TimeoutError, *MOVED_AWAY) as exc:
-            raise ConnectionLost(f"Redis cannot take writes: {exc}", service="redis") from exc
-        self._queued = 0
+        self._writer.flush()
         with self._lock:
             self._state.rows += self._rows
             self._state.boards += self._boards
@@ -447,7 +434,7 @@ def _swap(
     try:
         sink.swap_build(build, boards, labels, watermark, replay_id)
     except redis.exceptions.OutOfMemoryError as exc:
-        raise _out_of_memory(exc) from exc
+        raise out_of_memory(exc) from exc
     except redis.ResponseError as exc:
         message = str(exc)
         if message.startswith("BUILD LOST"):
@@ -463,15 +450,6 @@ def _swap(
         raise
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
-
-
-def _out_of_memory(exc: Exception) -> ConnectionLost:
-    """A rebuild needs room for the old and the new boards at once until the swap."""
-    return ConnectionLost(
-        "Redis refused the rebuild: out of memory (maxmemory). A rebuild holds the old and "
-        f"the new boards until the swap; raise maxmemory or free memory ({exc})",
-        service="redis",
-    )
 
 
 def mark_started(sink: RedisSink, build: str) -> None:

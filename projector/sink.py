@@ -434,6 +434,10 @@ class RedisSink:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
         return removed
 
+    def build_writer(self, ttl_seconds: int) -> BuildWriter:
+        """A writer of build keys (``BuildWriter``) on this sink's Redis."""
+        return BuildWriter(self._client, ttl_seconds)
+
     def mark_build_started(self, build: str, ttl_seconds: int) -> None:
         """Set a build's marker before its first key: the swap refuses a build without it."""
         self.call(lambda: self._client.set(f"{build}started", "1", ex=ttl_seconds))
@@ -447,6 +451,47 @@ class RedisSink:
             raise ConnectionLost(f"Redis unreachable: {exc}", service="redis") from exc
         except MOVED_AWAY as exc:
             raise self._demoted(exc) from exc
+
+
+class BuildWriter:
+    """Writes a build's keys (a rebuild's or a backfill's, under its build prefix) in
+    pipelined chunks; each key expires on its own if the build never reaches its swap.
+    One per loading thread."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self._pipe = client.pipeline(transaction=False)
+        self._ttl = ttl_seconds
+        self.queued = 0
+
+    def zadd(self, key: str, members: dict[str, int]) -> None:
+        self._pipe.zadd(key, members)  # type: ignore[arg-type,unused-ignore]
+        self._pipe.expire(key, self._ttl)
+        self.queued += 1
+
+    def hset(self, key: str, fields: dict[str, str]) -> None:
+        self._pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        self._pipe.expire(key, self._ttl)
+        self.queued += 1
+
+    def flush(self) -> None:
+        """Send what is queued; ``ConnectionLost`` when Redis cannot take it (out of
+        memory: a rebuild holds the old and the new boards until its swap)."""
+        try:
+            self._pipe.execute()
+        except redis.exceptions.OutOfMemoryError as exc:
+            raise out_of_memory(exc) from exc
+        except (redis.ConnectionError, redis.TimeoutError, *MOVED_AWAY) as exc:
+            raise ConnectionLost(f"Redis cannot take writes: {exc}", service="redis") from exc
+        self.queued = 0
+
+
+def out_of_memory(exc: Exception) -> ConnectionLost:
+    """A rebuild needs room for the old and the new boards at once until the swap."""
+    return ConnectionLost(
+        "Redis refused the rebuild: out of memory (maxmemory). A rebuild holds the old and "
+        f"the new boards until the swap; raise maxmemory or free memory ({exc})",
+        service="redis",
+    )
 
 
 def _replication(info: Any, replicas: int) -> tuple[int, int]:
