@@ -288,9 +288,14 @@ _RETYPE_BACK = (
 BREAKING_MIGRATIONS = ("rename", "retype")
 
 
+def break_signups_sql(how: str) -> str:
+    """The statement that renames ``users.created_at``, or makes it a timestamp."""
+    return _RENAME if how == "rename" else _RETYPE
+
+
 def break_signups(conn: psycopg.Connection[Any], how: str) -> None:
     """Rename ``users.created_at``, or make it a timestamp without time zone."""
-    conn.execute(_RENAME if how == "rename" else _RETYPE)
+    conn.execute(break_signups_sql(how))
 
 
 def fix_signups(conn: psycopg.Connection[Any], how: str) -> None:
