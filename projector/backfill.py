@@ -19,7 +19,7 @@ import psycopg
 import structlog
 
 from projector.core.buckets import Period, expires_at
-from projector.core.errors import ProjectorError
+from projector.core.errors import ProjectorError, RebuildRequired
 from projector.core.fingerprint import BoardChange
 from projector.core.keys import Keys
 from projector.core.projection import BuildSwap
@@ -115,6 +115,8 @@ class Backfill:
         """True once the snapshot is loaded; raises what the loading thread raised."""
         if not self._done.is_set():
             return False
+        if isinstance(self._error, RebuildRequired):  # e.g. a table rewritten meanwhile
+            raise BuildRestart(str(self._error)) from self._error
         if self._error is not None:
             raise ProjectorError(f"building boards failed: {self._error}") from self._error
         return True

@@ -25,7 +25,7 @@ import structlog
 from psycopg import sql
 
 from projector.core import queries
-from projector.core.boards import Board, Labels, label_sources
+from projector.core.boards import Board, Labels, Table, label_sources
 from projector.core.buckets import (
     Period,
     bucket_ids_for_date,
@@ -37,7 +37,7 @@ from projector.core.fingerprint import ProjectionConfig
 from projector.core.lsn import format_lsn
 from projector.core.watermark import Watermark, encode_unavailable
 from projector.presence import Presence
-from projector.schema import partition_states, schema_problems
+from projector.schema import partition_states, schema_problems, storage_states
 from projector.settings import Settings
 from projector.sink import Fenced, RedisSink, out_of_memory
 from projector.standby import LOCK_CLASS
@@ -307,6 +307,10 @@ def build_boards(
     for labels in label_sources(boards) if with_labels else ():
         tasks.append(functools.partial(labels_task, labels))
         label_suffixes.append(keys.without_prefix(keys.labels(labels)))
+    read = {b.table for b in boards} | {
+        labels.table for labels in (label_sources(boards) if with_labels else ())
+    }
+    seen = storage_states(conns[0], read)  # as the snapshot sees them
     state.phase = "loading boards"
     report()
     idle = list(conns)
@@ -322,7 +326,31 @@ def build_boards(
             pending[pool.submit(task, conn)] = conn
         for future in as_completed(pending):
             found.extend(future.result())
+    _require_same_storage(settings, seen)
     return Built(found, label_suffixes, {key.removeprefix(build): n for key, n in counts.items()})
+
+
+class BuildRaced(RebuildRequired):
+    """A table the build read was rewritten or truncated after the build's snapshot: to
+    that snapshot it may have looked empty, and no row change in the stream says so."""
+
+
+def _require_same_storage(settings: Settings, seen: dict[Table, str]) -> None:
+    """``BuildRaced`` unless every table read still has the storage the snapshot saw (a
+    rewrite between the snapshot and the read would have hidden its rows; one after the
+    read is harmless, but the two cannot be told apart: the build starts again)."""
+    pg = connect(settings.pg_dsn)
+    try:
+        now = storage_states(pg, seen)
+    finally:
+        pg.close()
+    changed = sorted(str(table) for table in seen if now[table] != seen[table])
+    if changed:
+        raise BuildRaced(
+            f"{', '.join(changed)} was rewritten or truncated while the build read it "
+            "(ALTER TABLE ... TYPE, a volatile default, VACUUM FULL, CLUSTER or TRUNCATE): "
+            "building again from a new snapshot"
+        )
 
 
 class _Loader:

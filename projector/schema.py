@@ -205,6 +205,34 @@ def partition_states(
     return {Table(str(r[0]), str(r[1])): str(r[2]) for r in rows}
 
 
+# The storage of a table (its own, or its partitions'): a TRUNCATE or a rewrite (ALTER TABLE
+# ... TYPE, ADD COLUMN with a volatile default, VACUUM FULL, CLUSTER) gives it a new
+# relfilenode. Plain SQL over the catalog: inside an imported snapshot it is that snapshot's.
+_STORAGE_SQL = """
+WITH RECURSIVE tree(relid) AS (
+    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+    UNION ALL
+    SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid
+)
+SELECT coalesce(string_agg(c.oid::text || '/' || c.relfilenode::text, ',' ORDER BY c.oid), '')
+FROM tree JOIN pg_class c ON c.oid = tree.relid WHERE c.relkind = 'r'
+"""
+
+
+def storage_states(
+    conn: psycopg.Connection[tuple[object, ...]], tables: Iterable[Table]
+) -> dict[Table, str]:
+    """Each table's storage as ``conn``'s snapshot sees it (see ``_STORAGE_SQL``): a build
+    compares what its snapshot saw with what is there once it has read the tables, since
+    PostgreSQL shows a table rewritten after a snapshot as empty to that snapshot."""
+    states = {}
+    for table in dict.fromkeys(tables):
+        row = conn.execute(_STORAGE_SQL, (table.schema, table.name)).fetchone()
+        states[table] = str(row[0]) if row else ""
+    return states
+
+
 def _identity_name(code: str | None) -> str:
     return _IDENTITY_NAMES.get(code or "", code or "unknown")
 

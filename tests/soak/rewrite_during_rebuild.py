@@ -71,6 +71,7 @@ def reproduce(rewrite: str, workdir: Path) -> str | None:
         time.sleep(0.3)  # creating its slot, waiting for the blocker
         cluster.redis_proxy.stall()  # its first Redis write after the snapshot waits
         blocker.commit()
+        blocker.close()
         _wait_more(projector, "slot created", slots)
         time.sleep(0.3)
         try:
