@@ -9,7 +9,7 @@ loss: at once, as the socket closes), paused (SIGSTOP, or a stall that holds the
 interpreter) or was cut off by a partition (after the timeout). A driver merely waiting on a
 slow Redis keeps the lock: a standby could do no better. The standby that takes the lock
 then ends the former driver's walsender, if it still holds the slot, and claims Redis with a
-new fencing token (``RedisSink.claim``): should the former driver wake up, its next write is
+new fencing token (``Presence.claim``): should the former driver wake up, its next write is
 refused ("FENCED") and it goes back to standing by. Nothing here is consensus of our own:
 PostgreSQL's lock picks the driver, Redis' compare-and-set fences the loser.
 
