@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from projector.core.boards import RESTORE, Board, Table
+from projector.core.boards import IDENTITY_NAMES, RESTORE, Board, Table
 
 # One statement (one snapshot): the replica identities and the columns they cover cannot
 # disagree with each other even while an ALTER TABLE runs. A partitioned table is checked
@@ -62,7 +62,6 @@ WHERE c.relkind = 'p' AND (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::te
 """
 _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 _MEMBER_TYPES = _INTEGER_TYPES | {"text", "character varying", "character", "uuid", "citext"}
-_IDENTITY_NAMES = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}
 
 
 @dataclass(slots=True)
@@ -234,7 +233,7 @@ def storage_states(
 
 
 def _identity_name(code: str | None) -> str:
-    return _IDENTITY_NAMES.get(code or "", code or "unknown")
+    return IDENTITY_NAMES.get(code or "", code or "unknown")
 
 
 def _relations(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> list[_Relation]:

@@ -263,5 +263,7 @@ def label_sources(boards: Iterable[Board]) -> tuple[Labels, ...]:
     return tuple(seen.values())
 
 
+# REPLICA IDENTITY as ``pg_class.relreplident`` (and pgoutput's Relation message) spells it.
+IDENTITY_NAMES = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}
 # The fix of a board whose column went away or changed type.
 RESTORE = "restore it, or change the board's definition"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from projector.core.boards import RESTORE, Board, Table, label_sources
+from projector.core.boards import IDENTITY_NAMES, RESTORE, Board, Table, label_sources
 from projector.core.buckets import (
     TIMED_PERIODS,
     Period,
@@ -96,7 +96,6 @@ class BatchDelta:
 
 _TIMESTAMPTZ = 1184
 _INTEGER_OIDS = frozenset({20, 21, 23})  # bigint, smallint, integer
-_IDENTITY_NAMES = {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}
 
 
 def identity_columns(boards: Iterable[Board]) -> dict[Table, tuple[str, ...]]:
@@ -187,7 +186,7 @@ def _identity_problem(rel: Relation, needed: Iterable[str], what: str) -> str | 
     missing = [name for name in needed if name not in keys]
     if not missing:
         return None
-    identity = _IDENTITY_NAMES.get(rel.replica_identity, rel.replica_identity)
+    identity = IDENTITY_NAMES.get(rel.replica_identity, rel.replica_identity)
     return (
         f"{what} {rel.namespace}.{rel.name} has REPLICA IDENTITY {identity}, which does not "
         f"log the old {', '.join(missing)} of deleted or changed rows; fix it with: "
