@@ -197,6 +197,15 @@ def test_watermark_behind_the_slot_is_rebuilt_on_start(deployment: Deployment) -
     deployment.assert_matches_postgres()
 
 
+_DROP_ALL_BUT_LIVE = """
+for _, key in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do
+    if not (key:sub(-9) == 'projector' or key:sub(-5) == 'owner') then
+        redis.call('DEL', key)
+    end
+end
+"""
+
+
 def _rolled_back(deployment: Deployment, *, owner: str | None = None) -> ProjectorProcess:
     """A running projector, then an older copy of the boards and watermark restored under
     writes, as a failover to a lagging replica does (with ``owner``: the fencing token of an
@@ -211,6 +220,9 @@ def _rolled_back(deployment: Deployment, *, owner: str | None = None) -> Project
     with writing(deployment.pg_dsn) as writer:
         writer.wait_commits(50)
         with deployment.redis() as client, client.pipeline(transaction=True) as pipe:
+            # The replica never saw keys made after the copy (such as the first board of a
+            # day that began in between): they go too, in the same transaction.
+            pipe.eval(_DROP_ALL_BUT_LIVE, 0, deployment.prefix)
             for key, value in stale.items():
                 pipe.restore(key, 0, value, replace=True)
             if owner is not None:
