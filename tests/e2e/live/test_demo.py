@@ -103,7 +103,14 @@ def test_demo_writes_through_postgres_and_boards_match(
     log = tmp_path / "demo.log"
     demo = _demo(stack.env, log, "--rate", "60", "--history", "200", "--seed", "7")
     try:
-        time.sleep(4)
+        # Until enough has landed (a busy machine writes more slowly than --rate asks).
+        deadline = time.monotonic() + 60
+        with psycopg.connect(stack.dsn, autocommit=True) as conn:
+            while conn.execute(
+                "SELECT count(*) < 330 FROM pomodoros WHERE user_id LIKE '%.%'"
+            ).fetchone() != (False,):
+                assert time.monotonic() < deadline and demo.poll() is None, log.read_text()
+                time.sleep(0.2)
         demo.send_signal(signal.SIGTERM)
         assert demo.wait(5) == 0, log.read_text()
     finally:
