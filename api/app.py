@@ -29,8 +29,15 @@ from psycopg_pool import AsyncConnectionPool
 
 from api import routes
 from api.autopipeline import AutoPipeline
-from api.boards import BoardPage, board_json, boards_json, standing_json, user_json
-from api.errors import ApiError, MethodNotAllowed
+from api.boards import (
+    BoardPage,
+    board_json,
+    boards_json,
+    group_json,
+    standing_json,
+    user_json,
+)
+from api.errors import ApiError, BadParameter, BodyTooLarge, MethodNotAllowed
 from api.events import HEADERS as EVENT_HEADERS
 from api.events import BoardEvents, BoardKey
 from api.feed import WatermarkFeed
@@ -60,6 +67,8 @@ _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _NO_STORE = b"no-store"
 _READY_TIMEOUT = 2.0
+# The largest request body (a group of members): 1,000 members of 200 characters, in UTF-8.
+MAX_BODY = 1 << 20
 
 _Args = tuple[bytes, ...]
 # Status, body, content type, cache policy, other headers, and the store that answered.
@@ -314,6 +323,7 @@ class App:
             "board": self._board,
             "standing": self._standing,
             "user": self._user,
+            "group": self._group,
             "events": self._events,
             "boards": self._boards_list,
             "page": self._page,
@@ -335,7 +345,12 @@ class App:
         try:
             route, args = routes.resolve(raw_path)
             template = route.path
-            if method != "GET" and method != "HEAD":
+            if method != "GET" and method != "HEAD" and (method != "POST" or not route.body):
+                if route.body:
+                    raise MethodNotAllowed(
+                        f"{template} answers GET, HEAD and POST only, not {method[:20]}",
+                        b"GET, HEAD, POST",
+                    )
                 raise MethodNotAllowed(f"{template} answers GET and HEAD only, not {method[:20]}")
             answer = await self._endpoints[route](route, args, scope, receive, send)
             if answer is None:  # an event stream, answered and ended
@@ -423,6 +438,19 @@ class App:
         self.metrics.answered(route.path, source)
         body = _encode(standing_json(query, standing, source, tz))
         return 200, body, _JSON, _NO_STORE, (), source
+
+    async def _group(
+        self, route: Route, args: _Args, scope: Scope, receive: Receive, *_: Any
+    ) -> _Answer:
+        params = routes.parse_query_string(scope["query_string"], route)
+        board, args, _alias = self._board_of(route, args)
+        tz = self._tz
+        body = await _body(receive, MAX_BODY) if scope["method"] == "POST" else None
+        query = routes.group_query(args, params, tz, board, body=body)
+        sources = (self._running or await self._started()).sources
+        group, source = await sources.group(query)
+        self.metrics.answered(route.path, source)
+        return 200, _encode(group_json(query, group, source, tz)), _JSON, _NO_STORE, (), source
 
     async def _user(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
         params = routes.parse_query_string(scope["query_string"], route)
@@ -528,6 +556,23 @@ _JSON_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def _encode(body: Any) -> bytes:
     return _JSON_TEXT(body).encode()
+
+
+async def _body(receive: Receive, limit: int) -> bytes:
+    """The request's body, refused (413) once it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadParameter("body", "the client went away before its body ended")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body is longer than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _in_use(pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]) -> int:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from api import bodies
-from api.routes import BoardQuery, StandingQuery, UserQuery
+from api.routes import BoardQuery, GroupQuery, StandingQuery, UserQuery
 from projector.core.boards import Board
 from projector.core.buckets import Period, bucket_bounds
 from projector.core.lsn import format_lsn
@@ -106,6 +106,67 @@ class UserPeriods:
     display_name: str | None
     periods: list[PeriodStanding]
     as_of: AsOf
+
+
+class Asked(NamedTuple):
+    """One asked member's standing on a whole board: ``score`` and ``rank`` are None when it
+    is not on the board."""
+
+    member: str
+    label: str | None
+    score: int | None
+    rank: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRanking:
+    """Asked members' standings on one board (in any order), ``total`` members on it."""
+
+    total: int
+    members: list[Asked]
+    as_of: AsOf
+
+
+def group_json(query: GroupQuery, group: GroupRanking, source: str, tz: ZoneInfo) -> dict[str, Any]:
+    """The body of ``GET /v1/boards/{board}/{period}/group``: the members ranked among
+    themselves (competition ranking, ties by member) with their rank on the whole board;
+    members not on the board follow, by member, with score 0 and both ranks null."""
+    ranked = sorted((a for a in group.members if a.score is not None), key=_by_standing)
+    members: list[dict[str, Any]] = []
+    rank, previous = 0, None
+    for position, asked in enumerate(ranked, start=1):
+        if asked.score != previous:
+            rank, previous = position, asked.score
+        members.append(
+            {
+                "rank": rank,
+                "board_rank": asked.rank,
+                "member": asked.member,
+                "label": asked.label,
+                "score": asked.score,
+            }
+        )
+    absent = sorted((a for a in group.members if a.score is None), key=_by_member)
+    members.extend(
+        {"rank": None, "board_rank": None, "member": a.member, "label": a.label, "score": 0}
+        for a in absent
+    )
+    body: dict[str, Any] = {"board": query.board.name}
+    body.update(_bucket_fields(query.period, query.bucket, tz))
+    body["total"] = group.total
+    body["members"] = members
+    body["source"] = source
+    body["as_of"] = group.as_of.to_json()
+    return body
+
+
+def _by_standing(asked: Asked) -> tuple[int, bytes]:
+    # Ties by member in code-point order, which is UTF-8 byte order (as Redis compares).
+    return -(asked.score or 0), asked.member.encode()
+
+
+def _by_member(asked: Asked) -> bytes:
+    return asked.member.encode()
 
 
 def board_json(query: BoardQuery, page: BoardPage, source: str, tz: ZoneInfo) -> dict[str, Any]:

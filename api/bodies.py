@@ -220,6 +220,47 @@ class Boards(TypedDict):
     boards: list[BoardInfo]
 
 
+@_closed
+class GroupMember(TypedDict):
+    """One asked member's place in the group and on the whole board."""
+
+    rank: Annotated[
+        _Rank | None,
+        Field(
+            description="Competition rank among the asked members (ties listed by member); "
+            "null when the member has no rows in the bucket."
+        ),
+    ]
+    board_rank: Annotated[
+        _Rank | None,
+        Field(description="Competition rank on the whole board; null as `rank` is."),
+    ]
+    member: str
+    label: str | None
+    score: _Score
+
+
+@_closed
+class Group(TypedDict):
+    """Some members ranked among themselves (``GET /v1/boards/{board}/{period}/group``)."""
+
+    board: str
+    period: str
+    bucket: _BucketId
+    period_start: _PeriodStart
+    period_end: _PeriodEnd
+    total: _Total
+    members: Annotated[
+        list[GroupMember],
+        Field(
+            description="The asked members (each once) in rank order, then those without rows "
+            "in the bucket (score 0), by member."
+        ),
+    ]
+    source: Source
+    as_of: AsOf
+
+
 # The document lists these under ``components.schemas``; the other classes are written into
 # the schemas that use them.
 COMPONENTS: tuple[type, ...] = (
@@ -232,4 +273,5 @@ COMPONENTS: tuple[type, ...] = (
     UserPeriods,
     Readiness,
     Boards,
+    Group,
 )

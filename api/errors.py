@@ -54,13 +54,25 @@ class NotFound(ApiError):
 
 
 class MethodNotAllowed(ApiError):
-    """The route exists but answers only GET and HEAD (405)."""
+    """The route exists but answers only GET and HEAD (and POST where it takes a body)
+    (405)."""
 
     status = 405
     code = "method_not_allowed"
 
+    def __init__(self, message: str, allow: bytes = b"GET, HEAD") -> None:
+        super().__init__(message)
+        self.allow = allow
+
     def headers(self) -> list[tuple[bytes, bytes]]:
-        return [(b"allow", b"GET, HEAD")]
+        return [(b"allow", self.allow)]
+
+
+class BodyTooLarge(ApiError):
+    """A request body over the route's limit (413)."""
+
+    status = 413
+    code = "body_too_large"
 
 
 class Unavailable(ApiError):

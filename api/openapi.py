@@ -22,7 +22,7 @@ from pydantic_core import core_schema
 
 from api import bodies, routes
 from api.parameters import LSN_PATTERN as _LSN_PATTERN
-from api.parameters import PERIOD, Bucket
+from api.parameters import MEMBERS, PERIOD, Bucket
 from api.routes import Route
 from projector import __version__
 from projector.core.boards import DEFAULT_BOARDS, Board
@@ -165,15 +165,33 @@ def _route_paths(route: Route, path: str, board: Board) -> dict[str, Any]:
     operation = _operation(route, board)
     if PERIOD not in route.parameters:
         return {path: {"get": _with_parameters(operation, route, None)}}
+    items = {}
+    for value in PERIOD.values(board):
+        named = {**operation, "operationId": operation["operationId"] + value.title()}
+        item = {"get": _with_parameters(named, route, Period(value))}
+        if route.body:
+            item["post"] = _posted(item["get"])
+        items[path.replace("{period}", value)] = item
+    return items
+
+
+def _posted(operation: dict[str, Any]) -> dict[str, Any]:
+    """The POST twin of a GET ``operation`` taking the members in a JSON body instead."""
+    parameters = [p for p in operation["parameters"] if p.get("name") != MEMBERS.name]
     return {
-        path.replace("{period}", value): {
-            "get": _with_parameters(
-                {**operation, "operationId": operation["operationId"] + value.title()},
-                route,
-                Period(value),
-            )
-        }
-        for value in PERIOD.values(board)
+        **{key: value for key, value in operation.items() if key != "responses"},
+        "operationId": operation["operationId"] + "Post",
+        "description": operation["description"] + " The same, with the members in a JSON "
+        "body (for lists longer than a URL holds; members may contain commas here).",
+        "parameters": parameters,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": MEMBERS.body_schema()}},
+        },
+        "responses": {
+            **{code: r for code, r in operation["responses"].items() if code != "414"},
+            "413": _json(_ref("Error"), "The body is longer than 1 MiB."),
+        },
     }
 
 
@@ -356,6 +374,23 @@ def _operation(route: Route, board: Board) -> dict[str, Any]:
             "description": "As `/v1/leaderboards/{period}/events`, with events carrying "
             "the JSON of this board's page.",
             "responses": {"200": _event_stream("BoardPage"), **_STREAM_ERRORS},
+        }
+    if route is routes.GROUP:
+        return {
+            "operationId": f"getGroup{ident}",
+            "summary": f"Some members ranked among themselves on board {board.name!r}",
+            "description": "Friends: the asked members' competition ranks among themselves, "
+            "each with the rank on the whole board. A member without rows in the bucket is "
+            "listed with score 0 and null ranks.",
+            "responses": {
+                "200": _json(_ref("Group"), "The group."),
+                **_ERRORS,
+                "414": _json(
+                    _ref("Error"),
+                    "The URL is longer than the server takes "
+                    "(`PROJECTOR_API_MAX_REQUEST_LINE`): POST the members instead.",
+                ),
+            },
         }
     raise AssertionError(f"the document does not describe {route.path}")
 

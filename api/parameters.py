@@ -9,6 +9,7 @@ control characters in both places. Parsing is pure: bytes, the zone and the cloc
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,6 +138,94 @@ class Identifier(Parameter):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class MemberList(Parameter):
+    """A required list of 1 to ``max_items`` members in the query string, comma-separated,
+    each 1 to ``max_length`` characters without commas or control characters; repeats are
+    listed once, in the order first given."""
+
+    max_items: int = 0
+    max_length: int = 0
+
+    def __post_init__(self) -> None:
+        member = {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": self.max_length,
+            "pattern": f"^[^,{_CONTROLS}]{{1,{self.max_length}}}$",
+        }
+        schema = {"type": "array", "items": member, "minItems": 1, "maxItems": self.max_items}
+        object.__setattr__(self, "schema", schema)
+
+    def openapi(self) -> dict[str, Any]:
+        # One parameter, its items joined by commas (``members=a,b,c``).
+        return {**Parameter.openapi(self), "required": True, "style": "form", "explode": False}
+
+    def parse(self, params: dict[str, str]) -> tuple[str, ...]:
+        """The members given in ``params``, without repeats."""
+        name = self.name
+        text = params.get(name)
+        if text is None:
+            raise BadParameter(name, f"{name} is required: a comma-separated list of members")
+        items = text.split(",")
+        if len(items) > self.max_items:
+            raise BadParameter(
+                name, f"{name} lists {len(items)} members; the limit is {self.max_items}"
+            )
+        return self._checked(items)
+
+    def body_schema(self) -> dict[str, Any]:
+        """The JSON Schema of a request body naming the members (commas allowed)."""
+        member = {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": self.max_length,
+            "pattern": f"^[^{_CONTROLS}]{{1,{self.max_length}}}$",
+        }
+        listed = {"type": "array", "items": member, "minItems": 1, "maxItems": self.max_items}
+        return {
+            "type": "object",
+            "properties": {self.name: listed},
+            "required": [self.name],
+            "additionalProperties": False,
+        }
+
+    def parse_body(self, raw: bytes) -> tuple[str, ...]:
+        """The members of a JSON body ``{"members": [...]}``, without repeats."""
+        name = self.name
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            raise BadParameter(name, f'the body must be JSON: {{"{name}": [...]}}') from None
+        items = body.get(name) if isinstance(body, dict) else None
+        if not isinstance(items, list) or set(body) != {name}:
+            raise BadParameter(name, f'the body must be {{"{name}": [...]}} and nothing else')
+        if not items:
+            raise BadParameter(name, f"{name} must list at least one member")
+        if len(items) > self.max_items:
+            raise BadParameter(
+                name, f"{name} lists {len(items)} members; the limit is {self.max_items}"
+            )
+        if not all(isinstance(item, str) for item in items):
+            raise BadParameter(name, f"{name} must list strings")
+        return self._checked(items)
+
+    def _checked(self, items: list[str]) -> tuple[str, ...]:
+        name = self.name
+        for item in items:
+            if not item:
+                raise BadParameter(name, f"{name} must not hold an empty member")
+            if len(item) > self.max_length:
+                raise BadParameter(
+                    name,
+                    f"{name} holds a member {len(item)} characters long; the limit is "
+                    f"{self.max_length}",
+                )
+            if _CONTROL.search(item):
+                raise BadParameter(name, f"{name} must not contain control characters")
+        return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Lsn(Parameter):
     """An LSN as PostgreSQL writes it (hexadecimal X/Y) in the query string; None when absent."""
 
@@ -227,6 +316,17 @@ MEMBER = Identifier(
     "path",
     f"1 to {MAX_USER_ID} characters without control characters, percent-encoded.",
     shared=False,
+    max_length=MAX_USER_ID,
+)
+MAX_GROUP = 1000
+MEMBERS = MemberList(
+    "members",
+    "query",
+    f"The members to rank among themselves: 1 to {MAX_GROUP}, comma-separated (also when "
+    f"percent-encoded), each 1 to {MAX_USER_ID} characters without commas or control "
+    f"characters. Repeats count once.",
+    shared=False,
+    max_items=MAX_GROUP,
     max_length=MAX_USER_ID,
 )
 BUCKET = Bucket(

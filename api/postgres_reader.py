@@ -21,7 +21,16 @@ import structlog
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
-from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
+from api.boards import (
+    Asked,
+    AsOf,
+    BoardPage,
+    Entry,
+    GroupRanking,
+    PeriodStanding,
+    Standing,
+    UserPeriods,
+)
 from api.errors import BoardUnavailable, StoreBusy, StoreUnavailable
 from projector.core import queries
 from projector.core.boards import Board
@@ -74,6 +83,15 @@ LEFT JOIN (
     ON r.position BETWEEN me.position - %(around)s AND me.position + %(around)s
 ) ON true{join}
 ORDER BY r.position
+"""
+
+_GROUP_SQL = """
+WITH scores AS MATERIALIZED ({scores}),
+ranked AS (SELECT member, score, rank() OVER (ORDER BY score DESC) AS rank FROM scores)
+SELECT t.total, {as_of}, a.member, r.score, r.rank, {label}
+FROM (SELECT count(*) AS total FROM scores) AS t
+CROSS JOIN unnest(%(members)s::text[]) AS a(member)
+LEFT JOIN ranked AS r ON r.member = a.member{join}
 """
 
 
@@ -207,6 +225,31 @@ class PostgresReader:
         lsn, now, display_name = rows[0][4:7]
         return UserPeriods(display_name, periods, AsOf(parse_lsn(lsn), now))
 
+    async def group(
+        self,
+        board: Board,
+        period: Period,
+        bucket: str,
+        members: tuple[str, ...],
+        on_start: OnStart = None,
+    ) -> GroupRanking:
+        """Each of ``members``'s score and rank on the board, in one statement."""
+        params, open_end = self._bounds("", period, bucket)
+        params["members"] = list(members)
+        rows = await self._fetch(self._group_sql(board, period, open_end), params, on_start)
+        total, lsn, now = rows[0][:3]
+        found = {
+            member: Asked(
+                member,
+                label,
+                None if score is None else int(score),
+                None if rank is None else int(rank),
+            )
+            for _, _, _, member, score, rank, label in rows
+        }
+        asked = [found[member] for member in members]
+        return GroupRanking(int(total), asked, AsOf(parse_lsn(lsn), now))
+
     async def ping(self) -> dict[str, Any]:
         """Whether PostgreSQL answers, for ``/readyz``."""
         rows = await self._fetch(b"SELECT " + _AS_OF.encode(), {})
@@ -243,6 +286,16 @@ class PostgresReader:
                 join=join,
                 label=label,
                 my_label=queries.label_of(board, sql.Placeholder("user")),
+            )
+        return statement
+
+    def _group_sql(self, board: Board, period: Period, open_end: bool) -> bytes:
+        key = ("group", board, period, open_end)
+        statement = self._statements.get(key)
+        if statement is None:
+            join, label = queries.label_join(board, "l", sql.SQL("a.member"))
+            statement = self._statements[key] = self._compose(
+                _GROUP_SQL, board, period, open_end, join=join, label=label
             )
         return statement
 

@@ -20,7 +20,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from api.boards import AsOf, BoardPage, Entry, PeriodStanding, Standing, UserPeriods
+from api.boards import (
+    Asked,
+    AsOf,
+    BoardPage,
+    Entry,
+    GroupRanking,
+    PeriodStanding,
+    Standing,
+    UserPeriods,
+)
 from api.errors import BoardUnavailable, NotBuilt, StoreUnavailable
 from projector import read_functions
 from projector.core.boards import Board
@@ -131,6 +140,28 @@ class RedisReader:
                 )
             )
         return UserPeriods(_text_or_none(name), periods, _as_of(lsn, commit_time))
+
+    async def group(
+        self, board: Board, period: Period, bucket: str, members: tuple[str, ...]
+    ) -> GroupRanking:
+        """Each of ``members``'s score and rank on the board, in one call."""
+        keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
+        reply = await self._run(
+            read_functions.GROUP, keys, board.name.encode(), *(m.encode() for m in members)
+        )
+        lsn, commit_time, total, stats = reply
+        asked = []
+        for index, member in enumerate(members):
+            score, rank, name = stats[3 * index : 3 * index + 3]
+            asked.append(
+                Asked(
+                    member,
+                    _text_or_none(name),
+                    None if score is None else int(score),
+                    None if rank is None else int(rank),
+                )
+            )
+        return GroupRanking(int(total), asked, _as_of(lsn, commit_time))
 
     async def watermark_lsn(self) -> int | None:
         """The watermark's LSN, or None when Redis holds none."""

@@ -26,6 +26,7 @@ from api.parameters import (
     BUCKET,
     LIMIT,
     MEMBER,
+    MEMBERS,
     MIN_LSN,
     OFFSET,
     PERIOD,
@@ -52,6 +53,8 @@ class Route:
     endpoint: str
     parameters: tuple[Parameter, ...] = ()
     query: bool = True
+    # Whether it also answers POST, reading a JSON body (``App`` bounds its size).
+    body: bool = False
     # Derived: the query parameters it accepts, and whether ``{board}`` names the board.
     accepts: frozenset[str] = field(init=False)
     named_board: bool = field(init=False)
@@ -85,6 +88,12 @@ MEMBER_STANDING = Route(
 BOARD_EVENTS = Route(
     "/v1/boards/{board}/{period}/events", "events", (BOARD_NAME, PERIOD, BUCKET, LIMIT)
 )
+GROUP = Route(
+    "/v1/boards/{board}/{period}/group",
+    "group",
+    (BOARD_NAME, PERIOD, MEMBERS, BUCKET, MIN_LSN),
+    body=True,
+)
 PAGE = Route("/", "page", query=False)
 STATIC = Route("/static/{asset}", "asset", (ASSET,), query=False)
 HEALTHZ = Route("/healthz", "health", query=False)
@@ -107,6 +116,7 @@ ROUTES = (
     BOARD_PAGE,
     MEMBER_STANDING,
     BOARD_EVENTS,
+    GROUP,
 )
 
 
@@ -187,7 +197,18 @@ class UserQuery:
     board: Board
 
 
-Query = BoardQuery | StandingQuery | UserQuery
+@dataclass(frozen=True, slots=True)
+class GroupQuery:
+    """Some members ranked among themselves on one board, each with their rank on it too."""
+
+    period: Period
+    bucket: str
+    members: tuple[str, ...]
+    min_lsn: int | None
+    board: Board
+
+
+Query = BoardQuery | StandingQuery | UserQuery | GroupQuery
 
 
 def resolve(raw_path: bytes) -> tuple[Route, tuple[bytes, ...]]:
@@ -279,6 +300,33 @@ def standing_query(
         min_lsn=MIN_LSN.parse(params),
         board=board,
         alias=alias,
+    )
+
+
+def group_query(
+    args: tuple[bytes, ...],
+    params: dict[str, str],
+    tz: ZoneInfo,
+    board: Board,
+    now: datetime | None = None,
+    *,
+    body: bytes | None = None,
+) -> GroupQuery:
+    """The ``GroupQuery`` of ``GET /v1/boards/{board}/{period}/group`` (``args``: the period),
+    or of ``POST`` with the members in ``body`` (then not in the query string)."""
+    period = PERIOD.parse(args[0], board)
+    if body is None:
+        members = MEMBERS.parse(params)
+    elif MEMBERS.name in params:
+        raise BadParameter(MEMBERS.name, "give members in the body or the query, not both")
+    else:
+        members = MEMBERS.parse_body(body)
+    return GroupQuery(
+        period=period,
+        bucket=BUCKET.parse(period, params, tz, now),
+        members=members,
+        min_lsn=MIN_LSN.parse(params),
+        board=board,
     )
 
 

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from api.boards import AsOf, BoardPage, Standing, UserPeriods
+from api.boards import AsOf, BoardPage, GroupRanking, Standing, UserPeriods
 from api.breaker import Breaker
 from api.errors import (
     BadParameter,
@@ -41,7 +41,7 @@ from api.metrics import Metrics
 from api.postgres_reader import PostgresReader
 from api.rankings import Ranking, Rankings
 from api.redis_reader import RedisReader
-from api.routes import BoardQuery, StandingQuery, UserQuery
+from api.routes import BoardQuery, GroupQuery, StandingQuery, UserQuery
 from projector.core.boards import Board
 from projector.core.buckets import (
     ALL_BUCKET,
@@ -176,6 +176,17 @@ class Sources:
             ("user", board.name, user, *buckets),
             lambda redis: redis.user(board, user, buckets),
             lambda start: self._postgres.user(board, user, buckets, start),
+        )
+
+    async def group(self, query: GroupQuery) -> tuple[GroupRanking, str]:
+        """Some members' standings on a leaderboard and the store that gave them."""
+        board, p, b, members = query.board, query.period, query.bucket, query.members
+        return await self._answer(
+            query.min_lsn,
+            self._expired(p, b),
+            ("group", board.name, p, b, members),
+            lambda redis: redis.group(board, p, b, members),
+            lambda start: self._postgres.group(board, p, b, members, start),
         )
 
     async def readiness(self, timeout: float) -> tuple[bool, dict[str, Any]]:

@@ -112,6 +112,30 @@ local function user(KEYS, ARGV)
   return {mark[1], mark[2] or '', redis.call('HGET', KEYS[1], member), out}
 end
 
+-- KEYS board, users, watermark; ARGV board name, member...
+-- -> false, or {lsn, commit_time, total, {score|false, rank|false, name|false} per member}
+-- (rank: the competition rank on the whole board, 1 + the members scoring more)
+local function group(KEYS, ARGV)
+  local mark = watermark_of(KEYS[3], ARGV[1])
+  if not mark or mark.err then return mark end
+  local key, users = KEYS[1], KEYS[2]
+  local members = {unpack(ARGV, 2)}
+  local scores = redis.call('ZMSCORE', key, unpack(members))
+  local names = redis.call('HMGET', users, unpack(members))
+  local out = {}
+  for i = 1, #members do
+    local score = scores[i]
+    out[#out + 1] = score
+    if score then
+      out[#out + 1] = redis.call('ZCOUNT', key, '(' .. score, '+inf') + 1
+    else
+      out[#out + 1] = false
+    end
+    out[#out + 1] = names[i]
+  end
+  return {mark[1], mark[2] or '', redis.call('ZCARD', key), out}
+end
+
 -- KEYS watermark -> {lsn|false, commit_time|false, unavailable boards|false}: readiness,
 -- through a function, so a Redis without this library is not reported ready for answers it
 -- cannot give.
@@ -130,4 +154,5 @@ end
 register('board', board)
 register('standing', standing)
 register('user', user)
+register('group', group)
 register('watermark', watermark)

@@ -31,13 +31,15 @@ CODE: Final = f"#!lua name={LIBRARY}\nlocal VERSION = '{VERSION}'\n{_BODY}"
 
 
 def function_name(name: str) -> str:
-    """The loaded name of the library's function ``name`` (board, standing, user, watermark)."""
+    """The loaded name of the library's function ``name`` (board, standing, user, group,
+    watermark)."""
     return f"leaderboard_{name}_{VERSION}"
 
 
 BOARD: Final = function_name("board")
 STANDING: Final = function_name("standing")
 USER: Final = function_name("user")
+GROUP: Final = function_name("group")
 WATERMARK: Final = function_name("watermark")
 
 

@@ -16,7 +16,7 @@ from api.breaker import Breaker
 from api.errors import BadParameter, NotFound
 from api.metrics import Metrics
 from api.openapi import openapi_document
-from api.parameters import LIMIT, MEMBER, PERIOD, USER_ID, bucket_pattern
+from api.parameters import LIMIT, MEMBER, MEMBERS, PERIOD, USER_ID, bucket_pattern
 from api.rankings import Ranking, Rankings
 from projector.core.boards import DEFAULT_BOARDS
 from projector.core.buckets import Period, parse_bucket
@@ -150,6 +150,7 @@ def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> Non
         routes.BOARD_PAGE,
         routes.MEMBER_STANDING,
         routes.BOARD_EVENTS,
+        routes.GROUP,
     )
     per_period = {
         t.path.replace("{board}", DEFAULT_BOARDS[0].name).replace("{period}", period.value)
@@ -273,3 +274,17 @@ def test_a_route_lists_its_path_parameters_in_path_order() -> None:
         routes.Route("/v1/x/{member}/{period}", "standing", (PERIOD, MEMBER))
     with pytest.raises(ValueError, match="path parameters"):
         routes.Route("/v1/x/{period}", "board", ())
+
+
+def test_a_group_lists_its_members_once_in_the_order_given() -> None:
+    """``members``: comma-separated in the query, a JSON list in a body; repeats count once;
+    the same bounds in both (1 to 1,000 members of 1 to 200 characters)."""
+    assert MEMBERS.parse({"members": "b,a,b,c"}) == ("b", "a", "c")
+    assert MEMBERS.parse_body(b'{"members": ["x,y", "z", "x,y"]}') == ("x,y", "z")
+    for params in ({}, {"members": ""}, {"members": "a,"}, {"members": "a\x01"}):
+        with pytest.raises(BadParameter):
+            MEMBERS.parse(params)
+    with pytest.raises(BadParameter, match="the limit is 200"):
+        MEMBERS.parse({"members": "m" * 201})
+    with pytest.raises(BadParameter, match="1001 members; the limit is 1000"):
+        MEMBERS.parse_body(json.dumps({"members": ["m"] * 1001}).encode())

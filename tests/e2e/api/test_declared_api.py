@@ -176,6 +176,75 @@ def test_board_errors_name_the_problem(served: Served) -> None:
     }
 
 
+@pytest.mark.parametrize("api", ["redis_api", "postgres_api"])
+def test_a_group_ranks_its_members_among_themselves(served: Served, api: str) -> None:
+    """Friends: the asked members by score (competition ranks, ties by member), each with
+    the rank on the whole board; a member without rows is listed last with 0 and null ranks;
+    a repeat counts once. Today's pomodoros: ada 2, bob 2, cy 2, dee 1."""
+    server = getattr(served, api)
+    body = server.json("/v1/boards/pomodoros/day/group", members="nobody,dee,bob,ada,dee")
+    assert body["board"] == "pomodoros" and body["total"] >= 4
+    assert body["members"] == [
+        {"rank": 1, "board_rank": 1, "member": "ada", "label": "Ada Lovelace", "score": 2},
+        {"rank": 1, "board_rank": 1, "member": "bob", "label": None, "score": 2},
+        {"rank": 3, "board_rank": 4, "member": "dee", "label": None, "score": 1},
+        {"rank": None, "board_rank": None, "member": "nobody", "label": None, "score": 0},
+    ]
+    assert body["source"] == ("redis" if api == "redis_api" else "postgres")
+    # The same from a JSON body, where a member may hold a comma.
+    posted = server.client.post(
+        "/v1/boards/pomodoros/day/group", json={"members": ["ada", "dee", "a,b"]}
+    )
+    assert posted.status_code == 200, posted.text
+    assert [(m["member"], m["rank"]) for m in posted.json()["members"]] == [
+        ("ada", 1),
+        ("dee", 2),
+        ("a,b", None),
+    ]
+
+
+def test_both_stores_rank_a_group_alike(served: Served) -> None:
+    """A sum board's group, from Redis and from the fallback: the same JSON."""
+    path = "/v1/boards/team-focus/week/group"
+    for members in ("red,blue,green,nobody", "blue"):
+        from_redis = served.redis_api.json(path, members=members)
+        from_postgres = served.postgres_api.json(path, members=members)
+        assert without_source(from_redis) == without_source(from_postgres), members
+
+
+def test_group_errors_name_the_problem(served: Served) -> None:
+    """No members, too many, an empty one, members in both places, a bad body: 400 naming
+    ``members``; a body over 1 MiB 413; another method 405 with its Allow header."""
+    path = "/v1/boards/pomodoros/day/group"
+    client = served.redis_api.client
+    for params, message in [
+        ({}, "members is required: a comma-separated list of members"),
+        ({"members": "a,,b"}, "members must not hold an empty member"),
+        ({"members": ",".join(f"m{i}" for i in range(1001))}, "the limit is 1000"),
+    ]:
+        response = client.get(path, params=params)
+        assert response.status_code in (400, 414), (params, response.text)
+        if response.status_code == 400:
+            error = response.json()["error"]
+            assert error["parameter"] == "members" and message in error["message"], error
+    for body, message in [
+        (b'{"members": []}', "members must list at least one member"),
+        (b'{"members": ["a"], "x": 1}', "and nothing else"),
+        (b'{"members": [1]}', "members must list strings"),
+        (b"not json", "the body must be JSON"),
+    ]:
+        response = client.post(path, content=body)
+        assert response.status_code == 400, (body, response.text)
+        assert message in response.json()["error"]["message"], response.text
+    both = client.post(path, params={"members": "a"}, json={"members": ["a"]})
+    assert both.status_code == 400 and "not both" in both.text
+    huge = client.post(path, content=b"x" * ((1 << 20) + 1))
+    assert huge.status_code == 413, huge.text
+    put = client.put(path, json={"members": ["a"]})
+    assert put.status_code == 405 and put.headers["allow"] == "GET, HEAD, POST"
+    assert client.post("/v1/boards/pomodoros/day").headers["allow"] == "GET, HEAD"
+
+
 def test_min_lsn_reads_its_own_write_on_a_board(served: Served) -> None:
     """A write then a read with min_lsn: the board includes it."""
     with psycopg.connect(served.dsn, autocommit=True) as conn:
