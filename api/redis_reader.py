@@ -99,22 +99,7 @@ class RedisReader:
             read_functions.STANDING, keys, user_id.encode(), b"%d" % around, board.name.encode()
         )
         lsn, commit_time, total, name, position, first, rows = reply
-        as_of = _as_of(lsn, commit_time)
-        display_name = _text_or_none(name)
-        if position is None:
-            return Standing(int(total), display_name, None, 0, [], [], as_of)
-        entries = _entries(rows)
-        mine = int(position) - int(first)
-        me = entries[mine]
-        return Standing(
-            total=int(total),
-            display_name=display_name,
-            rank=me.rank,
-            score=me.score,
-            above=entries[:mine],
-            below=entries[mine + 1 :],
-            as_of=as_of,
-        )
+        return _standing(int(total), _as_of(lsn, commit_time), name, position, first, rows)
 
     async def user(
         self, board: Board, user_id: str, buckets: list[tuple[Period, str]]
@@ -163,6 +148,19 @@ class RedisReader:
             )
         return GroupRanking(int(total), asked, _as_of(lsn, commit_time))
 
+    async def watch(
+        self, board: Board, period: Period, bucket: str, members: tuple[str, ...]
+    ) -> tuple[int, list[Standing], AsOf]:
+        """Each of ``members``'s standing with one neighbour either side, in one call: the
+        board's total and the standings in the order of ``members``."""
+        keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
+        reply = await self._run(
+            read_functions.WATCH, keys, board.name.encode(), *(m.encode() for m in members)
+        )
+        lsn, commit_time, total, places = reply
+        as_of = _as_of(lsn, commit_time)
+        return int(total), [_standing(int(total), as_of, *at) for at in places], as_of
+
     async def watermark_lsn(self) -> int | None:
         """The watermark's LSN, or None when Redis holds none."""
         value = await self._call("HGET", self._watermark, b"lsn")
@@ -207,6 +205,27 @@ class RedisReader:
                 raise BoardUnavailable(str(exc).removeprefix("UNAVAILABLE ")) from exc
             # Busy loading, out of memory, a replica that refuses...: Redis cannot answer.
             raise StoreUnavailable("redis", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _standing(
+    total: int, as_of: AsOf, name: bytes | None, position: int | None, first: int, rows: list[Any]
+) -> Standing:
+    """A standing from a read function's place (name, position or nil, first, rows)."""
+    display_name = _text_or_none(name)
+    if position is None:
+        return Standing(total, display_name, None, 0, [], [], as_of)
+    entries = _entries(rows)
+    mine = int(position) - int(first)
+    me = entries[mine]
+    return Standing(
+        total=total,
+        display_name=display_name,
+        rank=me.rank,
+        score=me.score,
+        above=entries[:mine],
+        below=entries[mine + 1 :],
+        as_of=as_of,
+    )
 
 
 def _entries(rows: list[Any]) -> list[Entry]:

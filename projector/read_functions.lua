@@ -74,21 +74,40 @@ end
 
 -- KEYS board, users, watermark; ARGV user, around, board name.
 -- -> false, or {lsn, commit_time, total, name, position|false, first position, rows}
-local function standing(KEYS, ARGV)
-  local mark = watermark_of(KEYS[3], ARGV[3])
-  if not mark or mark.err then return mark end
-  local key, user, around = KEYS[1], ARGV[1], tonumber(ARGV[2])
-  local total = redis.call('ZCARD', key)
-  local name = redis.call('HGET', KEYS[2], user)
+-- A member's place: {name, position|false, first position, rows} with ``around`` neighbours.
+local function place(key, users, user, around, total)
+  local name = redis.call('HGET', users, user)
   local score = redis.call('ZSCORE', key, user)
-  if not score then return {mark[1], mark[2] or '', total, name, false, 0, {}} end
+  if not score then return {name, false, 0, {}} end
   local above = redis.call('ZCOUNT', key, '(' .. score, '+inf')
   local size = redis.call('ZCOUNT', key, score, score)
   local position = above + redis.call('ZRANK', key, user) - (total - above - size)
   local first = position - around
   if first < 0 then first = 0 end
   local rows = page(key, first, position + around - first + 1, total)
-  return {mark[1], mark[2] or '', total, name, position, first, with_names(KEYS[2], rows)}
+  return {name, position, first, with_names(users, rows)}
+end
+
+local function standing(KEYS, ARGV)
+  local mark = watermark_of(KEYS[3], ARGV[3])
+  if not mark or mark.err then return mark end
+  local key = KEYS[1]
+  local total = redis.call('ZCARD', key)
+  local at = place(key, KEYS[2], ARGV[1], tonumber(ARGV[2]), total)
+  return {mark[1], mark[2] or '', total, at[1], at[2], at[3], at[4]}
+end
+
+-- KEYS board, users, watermark; ARGV board name, member...
+-- -> false, or {lsn, commit_time, total, {name, position|false, first, rows} per member},
+-- each member with one neighbour either side (the watched members' streams).
+local function watch(KEYS, ARGV)
+  local mark = watermark_of(KEYS[3], ARGV[1])
+  if not mark or mark.err then return mark end
+  local key = KEYS[1]
+  local total = redis.call('ZCARD', key)
+  local out = {}
+  for i = 2, #ARGV do out[#out + 1] = place(key, KEYS[2], ARGV[i], 1, total) end
+  return {mark[1], mark[2] or '', total, out}
 end
 
 -- KEYS users, watermark, board...; ARGV user, board name.
@@ -155,4 +174,5 @@ register('board', board)
 register('standing', standing)
 register('user', user)
 register('group', group)
+register('watch', watch)
 register('watermark', watermark)

@@ -32,7 +32,7 @@ CODE: Final = f"#!lua name={LIBRARY}\nlocal VERSION = '{VERSION}'\n{_BODY}"
 
 def function_name(name: str) -> str:
     """The loaded name of the library's function ``name`` (board, standing, user, group,
-    watermark)."""
+    watch, watermark)."""
     return f"leaderboard_{name}_{VERSION}"
 
 
@@ -40,6 +40,7 @@ BOARD: Final = function_name("board")
 STANDING: Final = function_name("standing")
 USER: Final = function_name("user")
 GROUP: Final = function_name("group")
+WATCH: Final = function_name("watch")
 WATERMARK: Final = function_name("watermark")
 
 
