@@ -28,6 +28,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from api import routes
+from api.answers import Answers
 from api.autopipeline import AutoPipeline
 from api.boards import BoardPage, board_json, boards_json, standing_json, user_json
 from api.errors import ApiError, MethodNotAllowed
@@ -44,6 +45,7 @@ from api.routes import BoardQuery, Route
 from api.sources import Sources
 from projector import redis_nodes
 from projector.core.boards import Board
+from projector.core.buckets import Period
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings, pg_user, redact_dsn
 
@@ -62,6 +64,9 @@ _NO_STORE = b"no-store"
 _READY_TIMEOUT = 2.0
 
 _Args = tuple[bytes, ...]
+# The kinds of kept answers (api.answers), first in their keys.
+_BOARD = "board"
+_STANDING = "standing"
 # Status, body, content type, cache policy, other headers, and the store that answered.
 _Answer = tuple[int, bytes, bytes, bytes, Sequence[tuple[bytes, bytes]], str | None]
 _Endpoint = Callable[[Route, _Args, Scope, Receive, Send], Awaitable[_Answer | None]]
@@ -86,6 +91,7 @@ class _Running:
     feed: WatermarkFeed
     events: BoardEvents
     refresher: asyncio.Task[None] | None
+    answers: Answers
 
 
 class App:
@@ -190,6 +196,9 @@ class App:
             max_streams=s.api_max_streams,
             max_streams_per_client=s.api_max_streams_per_client,
         )
+        answers = Answers(reader.generation, s.api_answer_cache_bytes)
+        # Each event is a write by the projector: what was kept shows an older state.
+        feed.on_event(answers.clear)
         feed.start()
         events.start()
         _end_streams_on_exit_signals(events.close)
@@ -203,6 +212,21 @@ class App:
             "1 while every worker is subscribed to the projector's watermark events.",
             lambda: float(feed.live),
             mode="livemin",
+        )
+        metrics.gauge(
+            "api_answers_kept_bytes",
+            "Bytes of rendered answers kept for the current state of Redis.",
+            lambda: float(answers.size),
+        )
+        metrics.gauge(
+            "api_answers_kept_hits",
+            "Requests answered from kept answers since each live worker started.",
+            lambda: float(answers.hits),
+        )
+        metrics.gauge(
+            "api_answers_kept_misses",
+            "Requests that found no kept answer since each live worker started.",
+            lambda: float(answers.misses),
         )
         metrics.gauge(
             "api_redis_up",
@@ -232,7 +256,7 @@ class App:
             if metrics.multiprocess
             else None
         )
-        self._running = _Running(client, replica, pool, sources, feed, events, refresher)
+        self._running = _Running(client, replica, pool, sources, feed, events, refresher, answers)
         # What is alive now (modules, settings, clients) lives as long as the process: freeze
         # it, so that the collections every few hundred requests set off do not rescan it all.
         gc.collect()
@@ -408,21 +432,70 @@ class App:
         board, args, alias = self._board_of(route, args)
         tz = self._tz
         query = routes.board_query(args, params, tz, board, alias=alias)
-        sources = (self._running or await self._started()).sources
-        page, source = await sources.board(query)
-        self.metrics.answered(route.path, source)
-        return 200, _encode(board_json(query, page, source, tz)), _JSON, _NO_STORE, (), source
+        running = self._running or await self._started()
+        sources, answers = running.sources, running.answers
+        path = route.path
+        generation = None
+        if answers.enabled and self._may_keep(sources, query.period, query.bucket):
+            generation = await answers.confirmed()
+        if generation is not None:
+            key = (_BOARD, board.name, alias, query.period, query.bucket, query.limit, query.offset)
+            body = answers.get(key, generation, query.min_lsn)
+            if body is not None:
+                self.metrics.answered(path, "redis")
+                return 200, body, _JSON, _NO_STORE, (), "redis"
+            # The master's answer: a replica's may be older than the generation confirmed.
+            page, source = await sources.board(query, replica=False)
+            body = _encode(board_json(query, page, source, tz))
+            if source == "redis":
+                answers.put(key, generation, page.as_of.lsn, body)
+        else:
+            page, source = await sources.board(query)
+            body = _encode(board_json(query, page, source, tz))
+        self.metrics.answered(path, source)
+        return 200, body, _JSON, _NO_STORE, (), source
 
     async def _standing(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
         params = routes.parse_query_string(scope["query_string"], route)
         board, args, alias = self._board_of(route, args)
         tz = self._tz
         query = routes.standing_query(args, params, tz, board, alias=alias)
-        sources = (self._running or await self._started()).sources
-        standing, source = await sources.standing(query)
-        self.metrics.answered(route.path, source)
-        body = _encode(standing_json(query, standing, source, tz))
+        running = self._running or await self._started()
+        sources, answers = running.sources, running.answers
+        path = route.path
+        generation = None
+        if answers.enabled and self._may_keep(sources, query.period, query.bucket):
+            generation = await answers.confirmed()
+        if generation is not None:
+            key = (
+                _STANDING,
+                board.name,
+                alias,
+                query.period,
+                query.bucket,
+                query.user_id,
+                query.around,
+            )
+            body = answers.get(key, generation, query.min_lsn)
+            if body is not None:
+                self.metrics.answered(path, "redis")
+                return 200, body, _JSON, _NO_STORE, (), "redis"
+            standing, source = await sources.standing(query, replica=False)
+            body = _encode(standing_json(query, standing, source, tz))
+            if source == "redis":
+                answers.put(key, generation, standing.as_of.lsn, body)
+        else:
+            standing, source = await sources.standing(query)
+            body = _encode(standing_json(query, standing, source, tz))
+        self.metrics.answered(path, source)
         return 200, body, _JSON, _NO_STORE, (), source
+
+    @staticmethod
+    def _may_keep(sources: Sources, period: Period, bucket: str) -> bool:
+        """Whether kept answers may serve this bucket: Redis is believed up (else the breaker
+        sends requests to PostgreSQL) and the bucket is not about to expire from Redis (its
+        key goes with no write by the projector)."""
+        return sources.redis_breaker.is_closed and not sources.expired(period, bucket)
 
     async def _user(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
         params = routes.parse_query_string(scope["query_string"], route)

@@ -30,6 +30,9 @@ from projector.core.lsn import parse_lsn
 from projector.core.watermark import unavailable_boards
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Written in the projector's every atomic step: its position (LSN, a large transaction's
+# progress, the configuration's fingerprint), the time of the write, the boards it stopped.
+_GENERATION_FIELDS = (b"lsn", b"position", b"updated_at", b"unavailable")
 
 
 class Commands(Protocol):
@@ -136,6 +139,14 @@ class RedisReader:
         """The watermark's LSN, or None when Redis holds none."""
         value = await self._call("HGET", self._watermark, b"lsn")
         return None if value is None else _as_of(value, b"").lsn
+
+    async def generation(self) -> tuple[bytes | None, ...] | None:
+        """What names the state of Redis (``api.answers``): the watermark fields the projector
+        rewrites with every change it makes; None without a watermark."""
+        fields = await self._call("HMGET", self._watermark, *_GENERATION_FIELDS)
+        if fields[0] is None or fields[1] is None:
+            return None
+        return tuple(fields)
 
     async def ping(self) -> dict[str, Any]:
         """Whether Redis answers, holds a watermark and the functions that read it, for
