@@ -196,7 +196,11 @@ class App:
             max_streams=s.api_max_streams,
             max_streams_per_client=s.api_max_streams_per_client,
         )
-        answers = Answers(reader.generation, s.api_answer_cache_bytes)
+        # Replica reads are spread over servers at different states: an answer kept from one
+        # could not be vouched for by another's watermark, so none is kept then.
+        answers = Answers(
+            reader.generation, 0 if s.api_read_from_replicas else s.api_answer_cache_bytes
+        )
         # Each event is a write by the projector: what was kept shows an older state.
         feed.on_event(answers.clear)
         feed.start()
@@ -444,8 +448,7 @@ class App:
             if body is not None:
                 self.metrics.answered(path, "redis")
                 return 200, body, _JSON, _NO_STORE, (), "redis"
-            # The master's answer: a replica's may be older than the generation confirmed.
-            page, source = await sources.board(query, replica=False)
+            page, source = await sources.board(query)
             body = _encode(board_json(query, page, source, tz))
             if source == "redis":
                 answers.put(key, generation, page.as_of.lsn, body)
@@ -480,7 +483,7 @@ class App:
             if body is not None:
                 self.metrics.answered(path, "redis")
                 return 200, body, _JSON, _NO_STORE, (), "redis"
-            standing, source = await sources.standing(query, replica=False)
+            standing, source = await sources.standing(query)
             body = _encode(standing_json(query, standing, source, tz))
             if source == "redis":
                 answers.put(key, generation, standing.as_of.lsn, body)

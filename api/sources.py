@@ -137,8 +137,8 @@ class Sources:
         self._expiry = lru_cache(maxsize=1024)(self._expiry_of)
         self._in_flight: dict[tuple[Any, ...], _Flight] = {}
 
-    async def board(self, query: BoardQuery, *, replica: bool = True) -> tuple[BoardPage, str]:
-        """A page of a leaderboard and the store that gave it (``replica``: a replica may)."""
+    async def board(self, query: BoardQuery) -> tuple[BoardPage, str]:
+        """A page of a leaderboard and the store that gave it."""
         board, p, b = query.board, query.period, query.bucket
         expired = self.expired(p, b)
         return await self._answer(
@@ -148,7 +148,6 @@ class Sources:
             lambda redis: redis.board(board, p, b, query.offset, query.limit),
             lambda start: self._postgres.board(board, p, b, query.offset, query.limit, start),
             ranked=partial(self._ranked_page, query, expired),
-            replica=replica,
         )
 
     async def standing(self, query: StandingQuery, *, replica: bool = True) -> tuple[Standing, str]:
@@ -165,7 +164,6 @@ class Sources:
             lambda start: self._postgres.standing(board, p, b, user, around, start),
             # An expired bucket's ranking is kept a while: standings are slices of it too.
             ranked=partial(self._ranked_standing, query) if expired else None,
-            replica=replica,
         )
 
     async def user(self, query: UserQuery, now: datetime | None = None) -> tuple[UserPeriods, str]:
@@ -225,10 +223,8 @@ class Sources:
         from_postgres: Callable[[OnStart], Awaitable[T]],
         ranked: Callable[[int | None, str, Callable[[OnStart], Awaitable[T]]], Awaitable[T]]
         | None = None,
-        *,
-        replica: bool = True,
     ) -> tuple[T, str]:
-        if replica and self._replica is not None and not expired:
+        if self._replica is not None and not expired:
             answer = await self._from_replica(self._replica, min_lsn, from_redis)
             if answer is not None:
                 return answer, "redis"
