@@ -53,6 +53,9 @@ class Answers:
         self.generation: Generation | None = None
         self._kept: dict[Hashable, tuple[int, bytes]] = {}
         self._waiters: list[asyncio.Future[Generation | None]] = []
+        # One read at a time: the requests arriving meanwhile share the next one, sent when it
+        # returns (under load, one read per round trip to Redis, whatever the request rate).
+        self._reading = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
@@ -63,7 +66,7 @@ class Answers:
         before it is sent); None when Redis holds no watermark or does not answer."""
         loop = self._loop or self._bind()
         waiter: asyncio.Future[Generation | None] = loop.create_future()
-        if not self._waiters:
+        if not self._waiters and not self._reading:
             loop.call_soon(self._send)
         self._waiters.append(waiter)
         return await waiter
@@ -120,6 +123,7 @@ class Answers:
 
     def _send(self) -> None:
         waiters, self._waiters = self._waiters, []
+        self._reading = True
         task = asyncio.ensure_future(self._read_generation())
         task.add_done_callback(partial(self._settle, waiters))
 
@@ -139,6 +143,9 @@ class Answers:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(generation)
+        self._reading = False
+        if self._waiters:
+            self._send()
 
 
 def _pop_oldest(kept: dict[Hashable, tuple[int, bytes]]) -> tuple[Hashable, tuple[int, bytes]]:

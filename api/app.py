@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from api import routes
 from api.answers import Answers
 from api.autopipeline import AutoPipeline
-from api.boards import BoardPage, board_json, boards_json, standing_json, user_json
+from api.boards import BoardPage, board_body, boards_json, standing_body, user_json
 from api.errors import ApiError, MethodNotAllowed
 from api.events import HEADERS as EVENT_HEADERS
 from api.events import BoardEvents, BoardKey
@@ -449,12 +449,12 @@ class App:
                 self.metrics.answered(path, "redis")
                 return 200, body, _JSON, _NO_STORE, (), "redis"
             page, source = await sources.board(query)
-            body = _encode(board_json(query, page, source, tz))
+            body = board_body(query, page, source, tz)
             if source == "redis":
                 answers.put(key, generation, page.as_of.lsn, body)
         else:
             page, source = await sources.board(query)
-            body = _encode(board_json(query, page, source, tz))
+            body = board_body(query, page, source, tz)
         self.metrics.answered(path, source)
         return 200, body, _JSON, _NO_STORE, (), source
 
@@ -484,12 +484,12 @@ class App:
                 self.metrics.answered(path, "redis")
                 return 200, body, _JSON, _NO_STORE, (), "redis"
             standing, source = await sources.standing(query)
-            body = _encode(standing_json(query, standing, source, tz))
+            body = standing_body(query, standing, source, tz)
             if source == "redis":
                 answers.put(key, generation, standing.as_of.lsn, body)
         else:
             standing, source = await sources.standing(query)
-            body = _encode(standing_json(query, standing, source, tz))
+            body = standing_body(query, standing, source, tz)
         self.metrics.answered(path, source)
         return 200, body, _JSON, _NO_STORE, (), source
 
