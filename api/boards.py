@@ -193,7 +193,7 @@ def standing_body(query: StandingQuery, standing: Standing, source: str, tz: Zon
     )
     rank = "null" if standing.rank is None else standing.rank
     return (
-        f"{{{_head(query, tz)},\"total\":{standing.total}{who}"
+        f'{{{_head(query, tz)},"total":{standing.total}{who}'
         f"{_text_or_null(standing.display_name)}"
         f',"rank":{rank},"score":{standing.score},"around":{query.around}'
         f',"above":[{above}],"below":[{below}],"source":{_text(source)}'
