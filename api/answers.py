@@ -7,13 +7,15 @@ makes to Redis (each batch, each chunk of a large transaction, each rebuild swap
 stops), and which vanish with the data (flush, restart without persistence). A kept answer is
 served only when a read of the generation that was sent after the request arrived returned the
 generation the answer was kept under; so every answer shows a state Redis held while its request
-was in flight, as an answer read from Redis would. Requests share that read: all that arrive
-before it is sent wait for the same one (one ``HMGET`` per batch of concurrent requests, instead
-of one script each). An answer is kept under the generation read before its script was sent, and
-only while that generation is still the current one; a read that returns another generation, or
-the projector's watermark event (``WatermarkFeed``), drops every kept answer. When the read fails
-or Redis holds no watermark, nothing is served from here: the request goes to ``Sources`` as
-before (Redis, else PostgreSQL, with the same ``min_lsn`` and fallback rules).
+was in flight, as an answer read from Redis would. Requests share that read: one is in flight
+at a time, and all that arrive meanwhile wait for the next (one ``HMGET`` per round trip to
+Redis, instead of one script per request). A request with no answer kept does not wait: it
+reads Redis at once, and its answer is kept under the generation read just ahead of its script,
+in the same pipeline on the same connection (so the answer shows that state or a later one).
+Keeping under another generation, a confirming read that finds another one, or the projector's
+watermark event (``WatermarkFeed``) drops every kept answer. When the read fails or Redis holds
+no watermark, nothing is served from here: the request goes to ``Sources`` as before (Redis,
+else PostgreSQL, with the same ``min_lsn`` and fallback rules).
 
 Memory: at most ``max_bytes`` of bodies and keys per process, oldest kept first out.
 """
@@ -43,8 +45,13 @@ class Answers:
         self,
         read_generation: Callable[[], Awaitable[Generation | None]],
         max_bytes: int,
+        *,
+        read_soon: Callable[[], asyncio.Future[Any]] | None = None,
+        generation_of: Callable[[Any], Generation | None] = lambda fields: fields,
     ) -> None:
         self._read_generation = read_generation
+        self._read_soon = read_soon
+        self._generation_of = generation_of
         self.max_bytes = max_bytes
         self.enabled = max_bytes > 0
         self.size = 0  # bytes held (bodies and the per-entry overhead)
@@ -86,12 +93,42 @@ class Answers:
         self.hits += 1
         return kept[1]
 
-    def put(self, key: Hashable, generation: Generation, lsn: int, body: bytes) -> None:
-        """Keep ``body`` (whose ``as_of`` is ``lsn``), read from Redis after ``generation`` was
-        confirmed; not if the generation has moved on since (the body may predate the new
-        one), nor beyond the memory bound."""
-        if generation != self.generation or not self.enabled:
+    def peek(self, key: Hashable, min_lsn: int | None) -> bool:
+        """Whether an answer for ``key`` reflecting ``min_lsn`` is kept (unconfirmed: worth
+        waiting for a confirmation, else the request reads Redis at once)."""
+        kept = self._kept.get(key)
+        if kept is not None and (min_lsn is None or kept[0] >= min_lsn):
+            return True
+        self.misses += 1
+        return False
+
+    def read_soon(self) -> asyncio.Future[Any] | None:
+        """A read of the generation sent ahead of the next Redis command of this turn (the
+        answer's script), for ``keep``; None without ``read_soon``."""
+        if self._read_soon is None:
+            return None
+        read = self._read_soon()
+        read.add_done_callback(_retrieved)
+        return read
+
+    def keep(self, key: Hashable, read: asyncio.Future[Any], lsn: int, body: bytes) -> None:
+        """Keep ``body`` (read from Redis, its ``as_of`` at ``lsn``) under the generation that
+        ``read`` (``read_soon``, sent before the body's script) found."""
+        if not read.done() or read.cancelled() or read.exception() is not None:
             return
+        generation = self._generation_of(read.result())
+        if generation is not None:
+            self.put(key, generation, lsn, body)
+
+    def put(self, key: Hashable, generation: Generation, lsn: int, body: bytes) -> None:
+        """Keep ``body`` (whose ``as_of`` is ``lsn``), read from Redis by a script sent after
+        ``generation`` was read: it shows that state or a later one. Another generation than
+        the kept one drops what was kept: a body is served only once a read confirms its own
+        generation, so one kept under an older generation is simply never served."""
+        if not self.enabled:
+            return
+        if generation != self.generation:
+            self._move_to(generation)
         cost = len(body) + ENTRY_OVERHEAD
         if cost > self.max_bytes:
             return
@@ -147,6 +184,12 @@ class Answers:
         self._reading = False
         if self._waiters:
             self._send()
+
+
+def _retrieved(read: asyncio.Future[Any]) -> None:
+    """Mark a failed read's error as seen: a request that went to PostgreSQL never asks."""
+    if not read.cancelled():
+        read.exception()
 
 
 def _pop_oldest(kept: dict[Hashable, tuple[int, bytes]]) -> tuple[Hashable, tuple[int, bytes]]:

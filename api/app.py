@@ -40,7 +40,7 @@ from api.metrics import FLUSH_INTERVAL, Metrics
 from api.openapi import openapi_document
 from api.page import Page
 from api.postgres_reader import PostgresReader, configure_connection
-from api.redis_reader import RedisReader
+from api.redis_reader import RedisReader, generation_of
 from api.routes import BoardQuery, Route
 from api.sources import Sources
 from projector import redis_nodes
@@ -199,7 +199,10 @@ class App:
         # Replica reads are spread over servers at different states: an answer kept from one
         # could not be vouched for by another's watermark, so none is kept then.
         answers = Answers(
-            reader.generation, 0 if s.api_read_from_replicas else s.api_answer_cache_bytes
+            reader.generation,
+            0 if s.api_read_from_replicas else s.api_answer_cache_bytes,
+            read_soon=reader.generation_soon,
+            generation_of=generation_of,
         )
         # Each event is a write by the projector: what was kept shows an older state.
         feed.on_event(answers.clear)
@@ -438,24 +441,21 @@ class App:
         query = routes.board_query(args, params, tz, board, alias=alias)
         running = self._running or await self._started()
         sources, answers = running.sources, running.answers
-        path = route.path
-        generation = None
         if answers.enabled and self._may_keep(sources, query.period, query.bucket):
-            generation = await answers.confirmed()
-        if generation is not None:
             key = (_BOARD, board.name, alias, query.period, query.bucket, query.limit, query.offset)
-            body = answers.get(key, generation, query.min_lsn)
+            body = await self._kept(answers, key, query.min_lsn)
             if body is not None:
-                self.metrics.answered(path, "redis")
+                self.metrics.answered(route.path, "redis")
                 return 200, body, _JSON, _NO_STORE, (), "redis"
+            read = answers.read_soon()  # sent with the page's script, just ahead of it
             page, source = await sources.board(query)
             body = board_body(query, page, source, tz)
-            if source == "redis":
-                answers.put(key, generation, page.as_of.lsn, body)
+            if source == "redis" and read is not None:
+                answers.keep(key, read, page.as_of.lsn, body)
         else:
             page, source = await sources.board(query)
             body = board_body(query, page, source, tz)
-        self.metrics.answered(path, source)
+        self.metrics.answered(route.path, source)
         return 200, body, _JSON, _NO_STORE, (), source
 
     async def _standing(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
@@ -465,11 +465,7 @@ class App:
         query = routes.standing_query(args, params, tz, board, alias=alias)
         running = self._running or await self._started()
         sources, answers = running.sources, running.answers
-        path = route.path
-        generation = None
         if answers.enabled and self._may_keep(sources, query.period, query.bucket):
-            generation = await answers.confirmed()
-        if generation is not None:
             key = (
                 _STANDING,
                 board.name,
@@ -479,19 +475,29 @@ class App:
                 query.user_id,
                 query.around,
             )
-            body = answers.get(key, generation, query.min_lsn)
+            body = await self._kept(answers, key, query.min_lsn)
             if body is not None:
-                self.metrics.answered(path, "redis")
+                self.metrics.answered(route.path, "redis")
                 return 200, body, _JSON, _NO_STORE, (), "redis"
+            read = answers.read_soon()
             standing, source = await sources.standing(query)
             body = standing_body(query, standing, source, tz)
-            if source == "redis":
-                answers.put(key, generation, standing.as_of.lsn, body)
+            if source == "redis" and read is not None:
+                answers.keep(key, read, standing.as_of.lsn, body)
         else:
             standing, source = await sources.standing(query)
             body = standing_body(query, standing, source, tz)
-        self.metrics.answered(path, source)
+        self.metrics.answered(route.path, source)
         return 200, body, _JSON, _NO_STORE, (), source
+
+    @staticmethod
+    async def _kept(answers: Answers, key: tuple[Any, ...], min_lsn: int | None) -> bytes | None:
+        """The answer kept for ``key``, once Redis confirmed its state after the request
+        arrived; None at once when none is kept (the request reads Redis without waiting)."""
+        if not answers.peek(key, min_lsn):
+            return None
+        generation = await answers.confirmed()
+        return None if generation is None else answers.get(key, generation, min_lsn)
 
     @staticmethod
     def _may_keep(sources: Sources, period: Period, bucket: str) -> bool:

@@ -12,6 +12,7 @@ not rebuilt yet) it counts as not built: the API answers from PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
@@ -40,6 +41,8 @@ class Commands(Protocol):
     ``TimeoutError`` when its bound runs out."""
 
     async def execute_command(self, *command: Any) -> Any: ...
+
+    def submit(self, *command: Any) -> asyncio.Future[Any]: ...
 
 
 class RedisReader:
@@ -143,10 +146,12 @@ class RedisReader:
     async def generation(self) -> tuple[bytes | None, ...] | None:
         """What names the state of Redis (``api.answers``): the watermark fields the projector
         rewrites with every change it makes; None without a watermark."""
-        fields = await self._call("HMGET", self._watermark, *_GENERATION_FIELDS)
-        if fields[0] is None or fields[1] is None:
-            return None
-        return tuple(fields)
+        return generation_of(await self._call("HMGET", self._watermark, *_GENERATION_FIELDS))
+
+    def generation_soon(self) -> asyncio.Future[Any]:
+        """The generation's fields (``generation_of`` reads them), read ahead of the next
+        command queued in this loop turn: on the same connection, so Redis reads them first."""
+        return self._client.submit("HMGET", self._watermark, *_GENERATION_FIELDS)
 
     async def ping(self) -> dict[str, Any]:
         """Whether Redis answers, holds a watermark and the functions that read it, for
@@ -187,6 +192,13 @@ class RedisReader:
                 raise BoardUnavailable(str(exc).removeprefix("UNAVAILABLE ")) from exc
             # Busy loading, out of memory, a replica that refuses...: Redis cannot answer.
             raise StoreUnavailable("redis", f"{type(exc).__name__}: {exc}") from exc
+
+
+def generation_of(fields: list[bytes | None]) -> tuple[bytes | None, ...] | None:
+    """The generation that the watermark's fields name; None without a watermark."""
+    if fields[0] is None or fields[1] is None:
+        return None
+    return tuple(fields)
 
 
 def _entries(rows: list[Any]) -> list[Entry]:

@@ -90,7 +90,7 @@ def test_another_generation_drops_every_kept_answer() -> None:
         assert second == G2
         assert answers.get("top", second, None) is None
         assert len(answers) == 0
-        # An answer read under the old generation, landing late, is not kept.
+        # An answer read under the old generation, landing late, is never served as current.
         answers.put("top", first, 0x10, b"old")
         assert answers.get("top", second, None) is None
 
@@ -187,5 +187,36 @@ def test_a_zero_bound_keeps_nothing() -> None:
         answers.get("top", generation, None)
         answers.put("top", generation, 0x10, b"body")
         assert answers.get("top", generation, None) is None
+
+    run(test)
+
+
+def test_a_miss_keeps_its_answer_under_the_generation_read_ahead_of_it() -> None:
+    """A request with nothing kept reads at once; its answer is kept under the generation that
+    the read sent ahead of its script found, and only a read that succeeded keeps anything."""
+
+    async def test() -> None:
+        redis = Redis()
+        loop = asyncio.get_running_loop()
+        reads: list[asyncio.Future[Any]] = []
+
+        def read_soon() -> asyncio.Future[Any]:
+            reads.append(loop.create_future())
+            return reads[-1]
+
+        answers = Answers(redis.generation, 1 << 20, read_soon=read_soon)
+        assert not answers.peek("top", None)
+        read = answers.read_soon()
+        assert read is not None
+        read.set_result(G2)
+        answers.keep("top", read, 0x20, b"body")
+        assert answers.peek("top", 0x20) and not answers.peek("top", 0x21)
+        redis.current = G2
+        assert answers.get("top", await answers.confirmed(), None) == b"body"
+        failed = answers.read_soon()
+        assert failed is not None
+        failed.set_exception(StoreUnavailable("redis", "connection refused"))
+        answers.keep("other", failed, 0x20, b"body")
+        assert not answers.peek("other", None)
 
     run(test)
