@@ -28,13 +28,14 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from api import routes
+from api.answers import Answers
 from api.autopipeline import AutoPipeline
 from api.boards import (
     BoardPage,
-    board_json,
+    board_body,
     boards_json,
     group_json,
-    standing_json,
+    standing_body,
     user_json,
 )
 from api.errors import ApiError, BadParameter, BodyTooLarge, MethodNotAllowed
@@ -46,11 +47,12 @@ from api.metrics import FLUSH_INTERVAL, Metrics
 from api.openapi import openapi_document
 from api.page import Page
 from api.postgres_reader import PostgresReader, configure_connection
-from api.redis_reader import RedisReader
+from api.redis_reader import RedisReader, generation_of
 from api.routes import BoardQuery, Route
 from api.sources import Sources
 from projector import redis_nodes
 from projector.core.boards import Board
+from projector.core.buckets import Period
 from projector.logs import configure_logging
 from projector.settings import Settings, load_settings, pg_user, redact_dsn
 
@@ -71,6 +73,9 @@ _READY_TIMEOUT = 2.0
 MAX_BODY = 1 << 20
 
 _Args = tuple[bytes, ...]
+# The kinds of kept answers (api.answers), first in their keys.
+_BOARD = "board"
+_STANDING = "standing"
 # Status, body, content type, cache policy, other headers, and the store that answered.
 _Answer = tuple[int, bytes, bytes, bytes, Sequence[tuple[bytes, bytes]], str | None]
 _Endpoint = Callable[[Route, _Args, Scope, Receive, Send], Awaitable[_Answer | None]]
@@ -95,6 +100,7 @@ class _Running:
     feed: WatermarkFeed
     events: BoardEvents
     refresher: asyncio.Task[None] | None
+    answers: Answers
 
 
 class App:
@@ -199,6 +205,16 @@ class App:
             max_streams=s.api_max_streams,
             max_streams_per_client=s.api_max_streams_per_client,
         )
+        # Replica reads are spread over servers at different states: an answer kept from one
+        # could not be vouched for by another's watermark, so none is kept then.
+        answers = Answers(
+            reader.generation,
+            0 if s.api_read_from_replicas else s.api_answer_cache_bytes,
+            read_soon=reader.generation_soon,
+            generation_of=generation_of,
+        )
+        # Each event is a write by the projector: what was kept shows an older state.
+        feed.on_event(answers.clear)
         feed.start()
         events.start()
         _end_streams_on_exit_signals(events.close)
@@ -212,6 +228,21 @@ class App:
             "1 while every worker is subscribed to the projector's watermark events.",
             lambda: float(feed.live),
             mode="livemin",
+        )
+        metrics.gauge(
+            "api_answers_kept_bytes",
+            "Bytes of rendered answers kept for the current state of Redis.",
+            lambda: float(answers.size),
+        )
+        metrics.gauge(
+            "api_answers_kept_hits",
+            "Requests answered from kept answers since each live worker started.",
+            lambda: float(answers.hits),
+        )
+        metrics.gauge(
+            "api_answers_kept_misses",
+            "Requests that found no kept answer since each live worker started.",
+            lambda: float(answers.misses),
         )
         metrics.gauge(
             "api_redis_up",
@@ -241,7 +272,7 @@ class App:
             if metrics.multiprocess
             else None
         )
-        self._running = _Running(client, replica, pool, sources, feed, events, refresher)
+        self._running = _Running(client, replica, pool, sources, feed, events, refresher, answers)
         # What is alive now (modules, settings, clients) lives as long as the process: freeze
         # it, so that the collections every few hundred requests set off do not rescan it all.
         gc.collect()
@@ -423,20 +454,55 @@ class App:
         board, args, alias = self._board_of(route, args)
         tz = self._tz
         query = routes.board_query(args, params, tz, board, alias=alias)
-        sources = (self._running or await self._started()).sources
-        page, source = await sources.board(query)
+        running = self._running or await self._started()
+        sources, answers = running.sources, running.answers
+        if answers.enabled and self._may_keep(sources, query.period, query.bucket):
+            key = (_BOARD, board.name, alias, query.period, query.bucket, query.limit, query.offset)
+            body = await self._kept(answers, key, query.min_lsn)
+            if body is not None:
+                self.metrics.answered(route.path, "redis")
+                return 200, body, _JSON, _NO_STORE, (), "redis"
+            read = answers.read_soon()  # sent with the page's script, just ahead of it
+            page, source = await sources.board(query)
+            body = board_body(query, page, source, tz)
+            if source == "redis" and read is not None:
+                answers.keep(key, read, page.as_of.lsn, body)
+        else:
+            page, source = await sources.board(query)
+            body = board_body(query, page, source, tz)
         self.metrics.answered(route.path, source)
-        return 200, _encode(board_json(query, page, source, tz)), _JSON, _NO_STORE, (), source
+        return 200, body, _JSON, _NO_STORE, (), source
 
     async def _standing(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
         params = routes.parse_query_string(scope["query_string"], route)
         board, args, alias = self._board_of(route, args)
         tz = self._tz
         query = routes.standing_query(args, params, tz, board, alias=alias)
-        sources = (self._running or await self._started()).sources
-        standing, source = await sources.standing(query)
+        running = self._running or await self._started()
+        sources, answers = running.sources, running.answers
+        if answers.enabled and self._may_keep(sources, query.period, query.bucket):
+            key = (
+                _STANDING,
+                board.name,
+                alias,
+                query.period,
+                query.bucket,
+                query.user_id,
+                query.around,
+            )
+            body = await self._kept(answers, key, query.min_lsn)
+            if body is not None:
+                self.metrics.answered(route.path, "redis")
+                return 200, body, _JSON, _NO_STORE, (), "redis"
+            read = answers.read_soon()
+            standing, source = await sources.standing(query)
+            body = standing_body(query, standing, source, tz)
+            if source == "redis" and read is not None:
+                answers.keep(key, read, standing.as_of.lsn, body)
+        else:
+            standing, source = await sources.standing(query)
+            body = standing_body(query, standing, source, tz)
         self.metrics.answered(route.path, source)
-        body = _encode(standing_json(query, standing, source, tz))
         return 200, body, _JSON, _NO_STORE, (), source
 
     async def _group(
@@ -451,6 +517,22 @@ class App:
         group, source = await sources.group(query)
         self.metrics.answered(route.path, source)
         return 200, _encode(group_json(query, group, source, tz)), _JSON, _NO_STORE, (), source
+
+    @staticmethod
+    async def _kept(answers: Answers, key: tuple[Any, ...], min_lsn: int | None) -> bytes | None:
+        """The answer kept for ``key``, once Redis confirmed its state after the request
+        arrived; None at once when none is kept (the request reads Redis without waiting)."""
+        if not answers.peek(key, min_lsn):
+            return None
+        generation = await answers.confirmed()
+        return None if generation is None else answers.get(key, generation, min_lsn)
+
+    @staticmethod
+    def _may_keep(sources: Sources, period: Period, bucket: str) -> bool:
+        """Whether kept answers may serve this bucket: Redis is believed up (else the breaker
+        sends requests to PostgreSQL) and the bucket is not about to expire from Redis (its
+        key goes with no write by the projector)."""
+        return sources.redis_breaker.is_closed and not sources.expired(period, bucket)
 
     async def _user(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
         params = routes.parse_query_string(scope["query_string"], route)

@@ -36,12 +36,17 @@ class AutoPipeline:
 
         ``command``: a one-word command name (not split as redis-py splits ``"CONFIG GET"``)
         and its arguments, each str, bytes, int or float."""
+        return await self.submit(*command)
+
+    def submit(self, *command: Any) -> asyncio.Future[Any]:
+        """Queue ``command`` now; the future gets its reply. The commands of one turn are
+        sent in the order they were queued, on one connection: Redis runs them in that order."""
         loop = self._loop or self._bind()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
         self._pending.append((command, future))
-        return await future
+        return future
 
     async def aclose(self) -> None:
         """Wait for the batches in flight, then close the pool's connections."""

@@ -56,6 +56,7 @@ class WatermarkFeed:
         self.reconnects = 0
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[], None]] = []
 
     def start(self) -> None:
         """Subscribe in the background (retrying until Redis answers)."""
@@ -71,6 +72,10 @@ class WatermarkFeed:
                 await task
         self.live = False
         self._tick()
+
+    def on_event(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` on each watermark event (each one is a write by the projector)."""
+        self._listeners.append(listener)
 
     async def wait(self, version: int, timeout: float) -> int:
         """Wait until ``version`` is passed (or ``timeout`` seconds); return the current one."""
@@ -145,4 +150,6 @@ class WatermarkFeed:
         except (UnicodeDecodeError, ValueError):
             log.warning("ignoring an unreadable watermark event", data=repr(data)[:80])
             return
+        for listener in self._listeners:
+            listener()
         self.heard(lsn)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -292,11 +293,29 @@ class Bucket(Parameter):
         if text is None:
             if period == Period.ALL:
                 return ALL_BUCKET
-            return current_bucket(period, tz, now or datetime.now(UTC))
+            if now is None:
+                return _current_bucket(period, tz)
+            return current_bucket(period, tz, now)
         try:
             return parse_bucket(period, text)
         except ValueError as exc:
             raise BadParameter(self.name, clip(str(exc))) from None
+
+
+# The current bucket of (period, zone) and the whole second it was computed for: every
+# bucket boundary is a whole second (zone offsets are), so it holds for that entire second.
+_CURRENT: dict[tuple[Period, ZoneInfo], tuple[int, str]] = {}
+
+
+def _current_bucket(period: Period, tz: ZoneInfo) -> str:
+    """The bucket of ``period`` holding now in ``tz``, computed at most once a second."""
+    second = int(time.time())
+    kept = _CURRENT.get((period, tz))
+    if kept is not None and kept[0] == second:
+        return kept[1]
+    bucket = current_bucket(period, tz, datetime.fromtimestamp(second, UTC))
+    _CURRENT[period, tz] = (second, bucket)
+    return bucket
 
 
 MAX_USER_ID = 200

@@ -12,6 +12,7 @@ not rebuilt yet) it counts as not built: the API answers from PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
@@ -39,6 +40,9 @@ from projector.core.lsn import parse_lsn
 from projector.core.watermark import unavailable_boards
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+# Written in the projector's every atomic step: its position (LSN, a large transaction's
+# progress, the configuration's fingerprint), the time of the write, the boards it stopped.
+_GENERATION_FIELDS = (b"lsn", b"position", b"updated_at", b"unavailable")
 
 
 class Commands(Protocol):
@@ -46,6 +50,8 @@ class Commands(Protocol):
     ``TimeoutError`` when its bound runs out."""
 
     async def execute_command(self, *command: Any) -> Any: ...
+
+    def submit(self, *command: Any) -> asyncio.Future[Any]: ...
 
 
 class RedisReader:
@@ -166,6 +172,16 @@ class RedisReader:
         value = await self._call("HGET", self._watermark, b"lsn")
         return None if value is None else _as_of(value, b"").lsn
 
+    async def generation(self) -> tuple[bytes | None, ...] | None:
+        """What names the state of Redis (``api.answers``): the watermark fields the projector
+        rewrites with every change it makes; None without a watermark."""
+        return generation_of(await self._call("HMGET", self._watermark, *_GENERATION_FIELDS))
+
+    def generation_soon(self) -> asyncio.Future[Any]:
+        """The generation's fields (``generation_of`` reads them), read ahead of the next
+        command queued in this loop turn: on the same connection, so Redis reads them first."""
+        return self._client.submit("HMGET", self._watermark, *_GENERATION_FIELDS)
+
     async def ping(self) -> dict[str, Any]:
         """Whether Redis answers, holds a watermark and the functions that read it, for
         ``/readyz``."""
@@ -226,6 +242,13 @@ def _standing(
         below=entries[mine + 1 :],
         as_of=as_of,
     )
+
+
+def generation_of(fields: list[bytes | None]) -> tuple[bytes | None, ...] | None:
+    """The generation that the watermark's fields name; None without a watermark."""
+    if fields[0] is None or fields[1] is None:
+        return None
+    return tuple(fields)
 
 
 def _entries(rows: list[Any]) -> list[Entry]:

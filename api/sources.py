@@ -140,7 +140,7 @@ class Sources:
     async def board(self, query: BoardQuery) -> tuple[BoardPage, str]:
         """A page of a leaderboard and the store that gave it."""
         board, p, b = query.board, query.period, query.bucket
-        expired = self._expired(p, b)
+        expired = self.expired(p, b)
         return await self._answer(
             query.min_lsn,
             expired,
@@ -150,11 +150,12 @@ class Sources:
             ranked=partial(self._ranked_page, query, expired),
         )
 
-    async def standing(self, query: StandingQuery) -> tuple[Standing, str]:
-        """A user's place on a leaderboard and the store that gave it."""
+    async def standing(self, query: StandingQuery, *, replica: bool = True) -> tuple[Standing, str]:
+        """A user's place on a leaderboard and the store that gave it (``replica``: a replica
+        may)."""
         board, p, b = query.board, query.period, query.bucket
         user, around = query.user_id, query.around
-        expired = self._expired(p, b)
+        expired = self.expired(p, b)
         return await self._answer(
             query.min_lsn,
             expired,
@@ -183,7 +184,7 @@ class Sources:
         board, p, b, members = query.board, query.period, query.bucket, query.members
         return await self._answer(
             query.min_lsn,
-            self._expired(p, b),
+            self.expired(p, b),
             ("group", board.name, p, b, members),
             lambda redis: redis.group(board, p, b, members),
             lambda start: self._postgres.group(board, p, b, members, start),
@@ -504,7 +505,8 @@ class Sources:
             if lsn >= min_lsn:
                 return True
 
-    def _expired(self, period: Period, bucket: str) -> bool:
+    def expired(self, period: Period, bucket: str) -> bool:
+        """Whether the bucket's board may be gone from Redis (PostgreSQL answers for it)."""
         expiry = self._expiry(period, bucket)
         return expiry is not None and expiry <= time.time() + _EXPIRY_MARGIN
 

@@ -1,4 +1,5 @@
-"""Read API benchmark: throughput at 32 connections and p99 latency at a steady 1,000 req/s.
+"""Read API benchmark: throughput at 32 connections and p99 latency at a steady 1,000 req/s,
+each throughput also as a ratio to a bare uvicorn ceiling measured in the same run.
 
 Run: ``.venv/bin/python bench/bench_api.py`` (needs ``wrk``: ``apt-get install wrk`` on
 Debian/Ubuntu, ``brew install wrk`` on macOS). Starts its own PostgreSQL and Redis, loads
@@ -7,16 +8,23 @@ API with ``python -m api`` (uvicorn, ``--workers``, default 2: on two cores wrk 
 share the CPU with the workers, and two workers keep the API's share when other work runs),
 then measures, for each scenario:
 
-- throughput: ``wrk`` with 32 connections (closed loop) for ``--duration`` seconds;
+- throughput: ``wrk -t1`` with 32 connections (closed loop) for ``--duration`` seconds;
 - latency: an open-loop generator sending 1,000 req/s on a fixed schedule, each latency
   counted from the request's scheduled send time, so a stall is not hidden by the requests
   it delayed (no coordinated omission; wrk2 is not packaged in Debian).
 
-Scenarios: the current day's top 10, a random user's rank with 5 neighbours, and the same
-top 10 answered by the PostgreSQL fallback (the API started with an unreachable Redis; its
-steady rate is ``--fallback-rate``, since PostgreSQL sustains far less than 1,000 req/s).
-Prints the numbers, the machine and its load average (other work on the machine skews
-everything), and saves ``bench/results/api.json``.
+Scenarios: the current day's top 10 (through the historical route and the declared board's),
+a random user's rank with 5 neighbours, and the same top 10 answered by the PostgreSQL
+fallback (the API started with an unreachable Redis; its steady rate is ``--fallback-rate``,
+since PostgreSQL sustains far less than 1,000 req/s).
+
+The ceiling: ``ceiling_app``, an ASGI callable that answers every request with the same
+~700-byte JSON body, served by uvicorn (httptools, uvloop, as many workers) and measured with
+the same wrk settings before and after the API's scenarios; each Redis scenario's
+``ratio_to_ceiling`` is its wrk throughput over the mean of the two. The ratio is what the
+targets are set in: absolute numbers move with the load of other work on the machine, the
+ratio much less. Prints the numbers, the machine and its load average, and saves
+``bench/results/api.json``.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ from harness.servers import free_port
 from projector.core.lsn import parse_lsn
 
 TOP10 = "/v1/leaderboards/day?limit=10"
+BOARD_TOP10 = "/v1/boards/pomodoros/day?limit=10"
+# Redis scenarios and their targets as a share of the ceiling's throughput (issue 17).
+TARGETS = {"top10": 0.45, "board_top10": 0.45, "user_rank": 0.35}
 # wrk: summary as one JSON line; latencies in microseconds.
 _WRK_DONE = """
 done = function(summary, latency, requests)
@@ -127,26 +138,89 @@ def build_redis(env: dict[str, str], dsn: str, redis_url: str, log: Path) -> flo
         client.close()
 
 
+# --- the ceiling -----------------------------------------------------------------------------
+
+# About what the API answers for a top 10: ten entries, the bucket and the watermark.
+_CEILING_BODY = json.dumps(
+    {
+        "period": "day",
+        "bucket": "2026-12-08",
+        "period_start": "2026-12-08T00:00:00+00:00",
+        "period_end": "2026-12-09T00:00:00+00:00",
+        "total": 100000,
+        "limit": 10,
+        "offset": 0,
+        "entries": [
+            {"rank": i, "user_id": f"u{i:06d}", "display_name": f"User {i}", "score": 24}
+            for i in range(1, 8)
+        ],
+        "source": "redis",
+        "as_of": {"lsn": "0/9F9B878", "commit_time": "2026-12-08T00:10:36.433104+00:00"},
+    },
+    separators=(",", ":"),
+).encode()
+_CEILING_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_CEILING_BODY)).encode()),
+    ],
+}
+_CEILING_BODY_MESSAGE = {"type": "http.response.body", "body": _CEILING_BODY}
+
+
+async def ceiling_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The fastest an ASGI app can answer here: a constant JSON body, nothing computed."""
+    await send(_CEILING_START)
+    await send(_CEILING_BODY_MESSAGE)
+
+
+def ceiling_command(port: int, workers: int) -> list[str]:
+    """uvicorn serving ``ceiling_app`` as the API is served (httptools, uvloop, no access
+    log)."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(ROOT / "bench"),
+        "bench_api:ceiling_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--lifespan",
+        "off",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
 # --- the API under test -----------------------------------------------------------------------
 
 
 class ApiServer:
-    """``python -m api`` as a subprocess."""
+    """``python -m api`` (or ``command(port, workers)``) as a subprocess."""
 
-    def __init__(self, env: dict[str, str], workers: int, log: Path, root: Path = ROOT) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int,
+        log: Path,
+        root: Path = ROOT,
+        command: Callable[[int, int], list[str]] | None = None,
+    ) -> None:
         self.port = free_port()
         self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "api",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-            ],
+            (command or _api_command)(self.port, workers),
             env=env,
             cwd=root,  # python -m imports the API from here (another revision's tree)
             stdout=subprocess.DEVNULL,
@@ -191,18 +265,34 @@ class ApiServer:
             self._proc.wait()
 
 
+def _api_command(port: int, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "api",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+
+
 # --- load generators --------------------------------------------------------------------------
 
 
-def wrk(url: str, connections: int, duration: float, script: str = "") -> dict[str, Any]:
-    """Closed-loop throughput with wrk; return its summary (latencies in microseconds)."""
+def wrk(
+    url: str, connections: int, duration: float, script: str = "", threads: int = 1
+) -> dict[str, Any]:
+    """Closed-loop throughput with wrk; return its summary (latencies in milliseconds)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(script + _WRK_DONE)
     try:
         out = subprocess.run(
             [
                 "wrk",
-                "-t2",
+                f"-t{threads}",
                 f"-c{connections}",
                 f"-d{duration:g}s",
                 "--timeout",
@@ -226,6 +316,7 @@ def wrk(url: str, connections: int, duration: float, script: str = "") -> dict[s
         for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
     )
     return {
+        "threads": threads,
         "connections": connections,
         "seconds": round(seconds, 2),
         "requests": raw["requests"],
@@ -320,47 +411,97 @@ def scenario(
     server: ApiServer,
     path: str,
     wrk_script: str,
-    next_path: Callable[[], str],
+    next_path: Callable[[], str] | None,
     rate: float,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    """wrk's throughput on ``path`` (after a warm-up), then, with ``next_path``, the latency
+    at a steady ``rate``."""
     print(f"\n== {name}", flush=True)
-    wrk(server.url(path), args.connections, min(3.0, args.duration), wrk_script)  # warm-up
-    throughput = wrk(server.url(path), args.connections, args.duration, wrk_script)
+    connections, threads = args.connections, args.threads
+    wrk(server.url(path), connections, min(3.0, args.duration), wrk_script, threads)  # warm-up
+    throughput = wrk(server.url(path), connections, args.duration, wrk_script, threads)
     print(
-        f"  wrk -c{args.connections} -d{args.duration:g}s: {throughput['requests_per_s']:,} "
-        f"req/s, p99 {throughput['p99_ms']:.2f} ms, errors {throughput['errors']}",
+        f"  wrk -t{threads} -c{connections} -d{args.duration:g}s: "
+        f"{throughput['requests_per_s']:,} req/s, p99 {throughput['p99_ms']:.2f} ms, "
+        f"errors {throughput['errors']}",
         flush=True,
     )
+    result: dict[str, Any] = {"path": path, "throughput": throughput}
+    if next_path is None:
+        return result
     time.sleep(1)
-    latency = steady(server.port, next_path, rate, args.duration)
+    duration = args.steady_duration or args.duration
+    latency = steady(server.port, next_path, rate, duration)
     print(
         f"  steady {rate:g} req/s: p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f}"
         f" ms, p99.9 {latency['p999_ms']:.2f} ms, max {latency['max_ms']:.2f} ms, "
         f"errors {latency['errors']}",
         flush=True,
     )
-    return {"path": path, "throughput": throughput, "steady": latency}
+    result["steady"] = latency
+    return result
+
+
+def measure_ceiling(env: dict[str, str], log: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The bare uvicorn ceiling's throughput with the same wrk settings."""
+    server = ApiServer(env, args.workers, log, command=ceiling_command)
+    try:
+        return scenario(
+            "ceiling: constant JSON from a bare ASGI app (uvicorn, httptools, uvloop)",
+            server,
+            "/v1/leaderboards/day?limit=10",
+            "",
+            None,
+            0.0,
+            args,
+        )
+    finally:
+        server.stop()
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    """Each Redis scenario's throughput as a share of the ceiling's (mean of its two runs)."""
+    runs = [results[key]["throughput"]["requests_per_s"] for key in ("ceiling", "ceiling_after")]
+    ceiling = sum(runs) / len(runs)
+    results["ceiling_requests_per_s"] = round(ceiling)
+    results["ratios"] = {}
+    for key, target in TARGETS.items():
+        if key in results:
+            ratio = round(results[key]["throughput"]["requests_per_s"] / ceiling, 3)
+            results[key]["ratio_to_ceiling"] = ratio
+            results["ratios"][key] = {"ratio": ratio, "target": target, "met": ratio >= target}
 
 
 def _summary(results: dict[str, Any]) -> str:
     lines = [
         f"\n{results['users']:,} users, {results['workers']} uvicorn worker(s), "
-        f"{results['connections']} connections; load average before "
+        f"wrk -t{results['threads']} -c{results['connections']}; load average before "
         f"{results['load_average_before'][0]}, after {results['load_average_after'][0]}",
-        f"{'scenario':<34} {'req/s (wrk)':>12} {'steady rate':>12} {'p50 ms':>8} {'p99 ms':>8}",
+        f"{'scenario':<34} {'req/s (wrk)':>12} {'ratio':>6} {'steady rate':>12} "
+        f"{'p50 ms':>8} {'p99 ms':>8}",
     ]
     for key, label in (
+        ("ceiling", "ceiling (bare uvicorn), before"),
         ("top10", "top 10, Redis"),
+        ("board_top10", "top 10 (declared board), Redis"),
         ("user_rank", "user rank +-5, Redis"),
+        ("ceiling_after", "ceiling (bare uvicorn), after"),
         ("fallback_top10", "top 10, PostgreSQL fallback"),
     ):
         if key in results:
-            t, s = results[key]["throughput"], results[key]["steady"]
-            lines.append(
-                f"{label:<34} {t['requests_per_s']:>12,} {s['target_rate']:>12g} "
-                f"{s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f}"
-            )
+            t = results[key]["throughput"]
+            ratio = results[key].get("ratio_to_ceiling")
+            line = f"{label:<34} {t['requests_per_s']:>12,} {ratio or '':>6}"
+            if "steady" in results[key]:
+                s = results[key]["steady"]
+                line += f" {s['target_rate']:>12g} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f}"
+            lines.append(line)
+    for key, r in results.get("ratios", {}).items():
+        lines.append(
+            f"{key}: {r['ratio']:.3f} of the ceiling (target {r['target']}: "
+            f"{'met' if r['met'] else 'NOT met'})"
+        )
     return "\n".join(lines)
 
 
@@ -369,7 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers (default 2)")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per measurement")
+    parser.add_argument(
+        "--steady-duration",
+        type=float,
+        default=0.0,
+        help="seconds of each steady-rate measurement (default: --duration)",
+    )
     parser.add_argument("--rate", type=float, default=1000.0, help="steady req/s (default 1000)")
     parser.add_argument(
         "--fallback-rate",
@@ -377,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="steady req/s for the PostgreSQL fallback (default: half the "
         "throughput wrk measured for it)",
+    )
+    parser.add_argument(
+        "--no-fallback", action="store_true", help="skip the PostgreSQL fallback scenario"
     )
     parser.add_argument("--access-log", action="store_true", help="keep the access log on")
     parser.add_argument("--seed", type=int, default=1)
@@ -396,10 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "users": args.users,
         "workers": args.workers,
+        "threads": args.threads,
         "connections": args.connections,
         "duration_s": args.duration,
         "access_log": args.access_log,
         "command": " ".join([".venv/bin/python", "bench/bench_api.py", *sys.argv[1:]]),
+        "revision": _revision(),
     }
     with throwaway_servers() as (pg, rd):
         dsn = pg.create_database("bench_api")
@@ -416,11 +569,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"projector built Redis in {built:.1f} s", flush=True)
         results.update(pomodoros=rows, redis_build_s=round(built, 1))
 
+        results["ceiling"] = measure_ceiling(env, logs / "ceiling.log", args)
         rng = random.Random(args.seed)
         server = ApiServer(env, args.workers, logs / "api.log")
         try:
             first = server.get(TOP10)
             assert first["source"] == "redis" and first["total"] == args.users, first
+            declared = server.get(BOARD_TOP10)
+            assert declared["source"] == "redis" and declared["total"] == args.users, declared
             user_path = f"/v1/leaderboards/day/users/u{args.users // 2:06d}?around=5"
             assert len(server.get(user_path)["above"]) == 5
             results["top10"] = scenario(
@@ -429,6 +585,15 @@ def main(argv: list[str] | None = None) -> int:
                 TOP10,
                 "",
                 lambda: TOP10,
+                args.rate,
+                args,
+            )
+            results["board_top10"] = scenario(
+                "top 10 of the current day, declared board's route (Redis)",
+                server,
+                BOARD_TOP10,
+                "",
+                lambda: BOARD_TOP10,
                 args.rate,
                 args,
             )
@@ -443,37 +608,57 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             server.stop()
+        results["ceiling_after"] = measure_ceiling(env, logs / "ceiling.log", args)
+        add_ratios(results)
 
-        # The fallback: Redis unreachable (a port nobody listens on).
-        env["PROJECTOR_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
-        server = ApiServer(env, args.workers, logs / "api-fallback.log")
-        try:
-            assert server.get(TOP10)["source"] == "postgres"
-            print("\n== top 10 of the current day (PostgreSQL fallback, Redis down)", flush=True)
-            wrk(server.url(TOP10), args.connections, min(3.0, args.duration))
-            throughput = wrk(server.url(TOP10), args.connections, args.duration)
-            print(
-                f"  wrk -c{args.connections} -d{args.duration:g}s: "
-                f"{throughput['requests_per_s']:,} req/s, p99 {throughput['p99_ms']:.1f} ms, "
-                f"errors {throughput['errors']}",
-                flush=True,
-            )
-            rate = args.fallback_rate or max(1.0, round(throughput["requests_per_s"] / 2))
-            time.sleep(1)
-            latency = steady(server.port, lambda: TOP10, rate, args.duration)
-            print(
-                f"  steady {rate:g} req/s: p50 {latency['p50_ms']:.1f} ms, p99 "
-                f"{latency['p99_ms']:.1f} ms, errors {latency['errors']}",
-                flush=True,
-            )
-            results["fallback_top10"] = {"path": TOP10, "throughput": throughput, "steady": latency}
-        finally:
-            server.stop()
+        if not args.no_fallback:
+            results["fallback_top10"] = fallback(env, logs, args)
     results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     save(args.output, results)
     print(_summary(results))
     print(f"logs in {logs}")
     return 0
+
+
+def fallback(env: dict[str, str], logs: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The top 10 from PostgreSQL: the API started with Redis unreachable (a port nobody
+    listens on)."""
+    env = {**env, "PROJECTOR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    server = ApiServer(env, args.workers, logs / "api-fallback.log")
+    try:
+        assert server.get(TOP10)["source"] == "postgres"
+        print("\n== top 10 of the current day (PostgreSQL fallback, Redis down)", flush=True)
+        connections, threads = args.connections, args.threads
+        wrk(server.url(TOP10), connections, min(3.0, args.duration), "", threads)
+        throughput = wrk(server.url(TOP10), connections, args.duration, "", threads)
+        print(
+            f"  wrk -t{threads} -c{connections} -d{args.duration:g}s: "
+            f"{throughput['requests_per_s']:,} req/s, p99 {throughput['p99_ms']:.1f} ms, "
+            f"errors {throughput['errors']}",
+            flush=True,
+        )
+        rate = args.fallback_rate or max(1.0, round(throughput["requests_per_s"] / 2))
+        time.sleep(1)
+        latency = steady(server.port, lambda: TOP10, rate, args.steady_duration or args.duration)
+        print(
+            f"  steady {rate:g} req/s: p50 {latency['p50_ms']:.1f} ms, p99 "
+            f"{latency['p99_ms']:.1f} ms, errors {latency['errors']}",
+            flush=True,
+        )
+        return {"path": TOP10, "throughput": throughput, "steady": latency}
+    finally:
+        server.stop()
+
+
+def _revision() -> str:
+    """The commit the API was served from (with ``+`` when the tree has changes)."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "api"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return head + ("+" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -319,6 +319,14 @@ class Settings(BaseSettings):
         le=86_400,
         description="Seconds a ranking of a bucket expired from Redis is kept.",
     )
+    api_answer_cache_bytes: int = Field(
+        64 * 2**20,
+        ge=0,
+        le=2**36,
+        description="Bytes of rendered answers (board pages, member standings) each API "
+        "worker keeps for the current state of Redis, served again until the projector "
+        "writes (0: none).",
+    )
 
     @field_validator("slot", "publication")
     @classmethod

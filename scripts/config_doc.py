@@ -104,6 +104,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "api_redis_timeout",
             "api_redis_down_cooldown",
             "api_events_fallback_interval",
+            "api_answer_cache_bytes",
             "api_access_log",
         ),
     ),
