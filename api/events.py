@@ -26,7 +26,7 @@ import itertools
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +55,7 @@ HEADERS = [
 ]
 # Browsers reconnect this many milliseconds after a stream ends (e.g. a server restart).
 _RETRY = b"retry: 1000\n\n"
-_HEARTBEAT = b": keep-alive\n\n"
+_HEARTBEAT: Message = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
 # A refused client may try again after this many seconds.
 _RETRY_AFTER = 10
 # A board Redis answers is re-read at least this often, in case a change went unheard.
@@ -76,35 +76,81 @@ class BoardKey:
 
 
 class _Subscriber:
-    """One stream's mailbox: only the newest frame is kept."""
+    """One stream's writer: the board's refresher writes each new frame itself, at once.
 
-    __slots__ = ("_wake", "closed", "pending", "sent_at")
+    ``deliver`` starts the client's ``send`` right there and then: uvicorn's returns without
+    suspending while the socket takes bytes, so an update reaches every fast client in one
+    pass over them, with no task woken per client. A ``send`` that suspends (flow control:
+    the client reads slower than its events come) is handed to the stream's own task to
+    finish; meanwhile newer frames replace each other in ``pending`` (a client that is behind
+    skips to the newest state) and the next client is served at once.
+    """
 
-    def __init__(self) -> None:
-        self.pending: bytes | None = None
+    __slots__ = ("_send", "_wake", "busy", "closed", "error", "pending", "sent_at", "stalled")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.pending: Message | None = None  # the newest message its task must send
+        self.busy = True  # its own task is sending (the first event, or catching up)
+        self.stalled: _Resume | None = None  # a send that suspended, for its task to finish
+        self.error: BaseException | None = None  # what a send started here raised
         self.closed = False
         self.sent_at = time.monotonic()
         self._wake = asyncio.Event()
 
-    def push(self, frame: bytes) -> None:
-        self.pending = frame
+    def deliver(self, message: Message, now: float) -> None:
+        """Send ``message`` now if the client can take it, else keep it as the newest."""
+        if self.closed:
+            return
+        if self.busy:
+            self.pending = message
+            return
+        sending = self._send(message)
+        try:
+            waiting = sending.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            self.sent_at = now
+            return
+        except BaseException as exc:
+            self.error = exc
+            self.close()
+            return
+        self.busy = True
+        self.stalled = _Resume(sending, waiting)
         self._wake.set()
 
     def close(self) -> None:
         self.closed = True
         self._wake.set()
 
-    def take(self) -> bytes | None:
-        """The newest frame not yet sent, if any."""
-        self._wake.clear()
-        frame, self.pending = self.pending, None
-        return frame
-
-    async def next(self) -> bytes | None:
-        """The newest frame not yet sent (None once closed)."""
-        if self.pending is None and not self.closed:
+    async def wait(self) -> None:
+        """Until a send stalled or the stream is closed."""
+        if self.stalled is None and not self.closed:
             await self._wake.wait()
-        return self.take()
+        self._wake.clear()
+
+
+class _Resume:
+    """Awaiting this finishes a coroutine that was started elsewhere and suspended, waiting
+    for ``waiting`` (what it yielded): the awaiting task waits for that in its place."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Awaitable[None], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        try:
+            yield self._waiting
+        except BaseException:
+            self._coro.close()  # type: ignore[attr-defined]
+            raise
+        yield from self._coro.__await__()
+
+    def close(self) -> None:
+        """Abandon the send (its stream ends without it)."""
+        self._coro.close()  # type: ignore[attr-defined]
 
 
 class _Encoded:
@@ -143,7 +189,7 @@ class _View:
     alias: bool
     subscribers: set[_Subscriber] = field(default_factory=set)
     shown: bytes | None = None  # the last body pushed, less as_of
-    frame: bytes | None = None  # that body as an event
+    message: Message | None = None  # that body as an event, the ASGI message every client gets
 
 
 @dataclass(eq=False, slots=True)
@@ -268,31 +314,44 @@ class BoardEvents:
             )
 
     async def _serve(self, key: BoardKey, receive: Receive, send: Send) -> bool:
-        subscriber, board, view = await self._subscribe(key)
+        subscriber, board, view = await self._subscribe(key, send)
         watcher = asyncio.create_task(_watch_disconnect(receive, subscriber))
         left = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            first = subscriber.take() or b""
-            await send({"type": "http.response.body", "body": _RETRY + first, "more_body": True})
-            while True:
-                frame = await subscriber.next()
-                if subscriber.closed:
-                    break
-                if frame is not None:
+            first, subscriber.pending = subscriber.pending, None
+            body = _RETRY + (first["body"] if first is not None else b"")
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            subscriber.sent_at = time.monotonic()
+            while not subscriber.closed:
+                # What arrived while this task was sending, newest only; then the board's
+                # refresher writes to this client itself until a write stalls.
+                stalled, subscriber.stalled = subscriber.stalled, None
+                if stalled is not None:
+                    await stalled
                     subscriber.sent_at = time.monotonic()
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                while subscriber.pending is not None and not subscriber.closed:
+                    message, subscriber.pending = subscriber.pending, None
+                    await send(message)
+                    subscriber.sent_at = time.monotonic()
+                subscriber.busy = False
+                await subscriber.wait()
+            if subscriber.error is not None:
+                raise subscriber.error
             left = watcher.done()
             if not left:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            subscriber.closed = True
+            if subscriber.stalled is not None:
+                subscriber.stalled.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             self._unsubscribe(board, view, subscriber)
         return not left
 
-    async def _subscribe(self, key: BoardKey) -> tuple[_Subscriber, _Board, _View]:
+    async def _subscribe(self, key: BoardKey, send: Send) -> tuple[_Subscriber, _Board, _View]:
         ident = (key.board.name, key.period, key.bucket)
         board = self._boards.get(ident)
         if board is None:
@@ -302,20 +361,20 @@ class BoardEvents:
         view = board.views.get((key.limit, key.alias))
         if view is None:
             view = board.views[(key.limit, key.alias)] = _View(key.limit, key.alias)
-        subscriber = _Subscriber()
+        subscriber = _Subscriber(send)
         view.subscribers.add(subscriber)
         try:
             # Clients arriving together share one read; a larger limit than read so far
             # needs a read of its own.
             while board.page is None or board.read_limit < key.limit:
                 await self._load(board)
-            if view.frame is None:
+            if view.message is None:
                 self._render(board, view)
         except BaseException:
             self._unsubscribe(board, view, subscriber)
             raise
-        assert view.frame is not None
-        subscriber.pending = view.frame
+        assert view.message is not None
+        subscriber.pending = view.message
         return subscriber, board, view
 
     def _unsubscribe(self, board: _Board, view: _View, subscriber: _Subscriber) -> None:
@@ -433,20 +492,23 @@ class BoardEvents:
         shown, frame = form.view(view.limit)
         if shown == view.shown:
             return
-        view.shown, view.frame = shown, frame
-        for subscriber in view.subscribers:
-            subscriber.push(frame)
+        message = {"type": "http.response.body", "body": frame, "more_body": True}
+        view.shown, view.message = shown, message
+        now = time.monotonic()
+        for subscriber in list(view.subscribers):
+            subscriber.deliver(message, now)
 
     async def _beat(self) -> None:
         """A comment to every stream silent for ``heartbeat`` seconds."""
         while True:
             await asyncio.sleep(min(self.heartbeat / 4, 1.0))
-            silent = time.monotonic() - self.heartbeat
+            now = time.monotonic()
+            silent = now - self.heartbeat
             for board in self._boards.values():
                 for view in board.views.values():
-                    for subscriber in view.subscribers:
+                    for subscriber in list(view.subscribers):
                         if subscriber.sent_at <= silent and subscriber.pending is None:
-                            subscriber.push(_HEARTBEAT)
+                            subscriber.deliver(_HEARTBEAT, now)
 
 
 def _loaded(board: _Board) -> Callable[[asyncio.Task[None]], None]:
