@@ -10,12 +10,14 @@ following the current bucket, and at most every ``fallback_interval`` seconds wh
 PostgreSQL answers it. Reads of one board start at most every ``min_interval`` seconds (a
 lone commit is pushed at once, a burst coalesced), and a slow board delays no other.
 
-Each client has a mailbox of one frame (a slow or unread client skips to the newest state;
-its socket buffers at most what uvicorn's flow control lets through), a first event on
-connect and a comment after ``heartbeat`` seconds of silence. A process holds at most
-``max_streams`` streams and ``max_streams_per_client`` per client address; more are refused
-with ``TooManyStreams`` (429). Every stream ends cleanly when its client goes away or the
-server shuts down.
+Each update is written to the board's clients by its refresher, in one pass over them: one
+encoding shared by all, and no task woken per client (a write that flow control holds back
+is finished by that stream's own task, and meanwhile newer frames replace each other: a slow
+or unread client skips to the newest state, its socket holding at most what uvicorn's flow
+control lets through). A client gets a first event on connect and a comment after
+``heartbeat`` seconds of silence. A process holds at most ``max_streams`` streams and
+``max_streams_per_client`` per client address; more are refused with ``TooManyStreams``
+(429). Every stream ends cleanly when its client goes away or the server shuts down.
 """
 
 from __future__ import annotations

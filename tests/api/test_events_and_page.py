@@ -360,3 +360,161 @@ def test_boards_are_re_read_only_when_their_data_can_have_changed() -> None:
         await hub.stop()
 
     asyncio.run(scenario())
+
+
+def test_one_encoding_per_update_is_shared_by_every_subscriber(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two hundred clients of one board and limit cost one JSON encoding per update, and each
+    is sent the very same bytes, written from the board's refresher (no task per client)."""
+    import api.events
+
+    encodings = 0
+    encode = api.events.board_json
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        nonlocal encodings
+        encodings += 1
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(api.events, "board_json", counted)
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        clients = [Client() for _ in range(200)]
+        tasks = [asyncio.create_task(hub.stream(DAY_KEY, c.receive, c.send)) for c in clients]
+        await _settle()
+        assert all(len(c.events) == 1 for c in clients)
+        for lsn in (2, 3, 4):
+            before = encodings
+            boards.lsn = lsn
+            boards.entries["day"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
+            feed.heard(lsn)
+            await _settle()
+            assert encodings == before + 1
+            assert all(len(c.events) == lsn for c in clients)
+            sent = {id(c.bodies[-1]) for c in clients}
+            assert len(sent) == 1  # one bytes object, not 200 copies
+        for client in clients:
+            client.hang_up.set()
+        assert await asyncio.gather(*tasks) == [False] * 200
+        assert hub.streams == 0
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+class SlowClient(Client):
+    """A client whose socket is full: each body waits until the test lets it through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.writable.wait()
+        await super().send(message)
+
+
+def test_a_slow_client_delays_no_other_and_skips_to_the_newest_state() -> None:
+    """While one client's writes wait (flow control), the board's other clients get every
+    update at once; the slow one, once writable again, gets only the newest state and then
+    every update as before."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        slow, fast = SlowClient(), Client()
+        tasks = [asyncio.create_task(hub.stream(DAY_KEY, c.receive, c.send)) for c in (slow, fast)]
+        await _settle()
+        assert len(slow.events) == len(fast.events) == 1
+
+        def update(lsn: int) -> None:
+            boards.lsn = lsn
+            boards.entries["day"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
+            feed.heard(lsn)
+
+        slow.writable.clear()
+        for lsn in range(2, 7):
+            update(lsn)
+            await _settle()
+            assert f'"user_id":"u{lsn}"'.encode() in fast.events[-1]
+        assert len(fast.events) == 6
+        assert len(slow.events) == 1  # its first stalled write is still waiting
+
+        slow.writable.set()
+        await _settle()
+        # The write that stalled (u2), then the newest state (u6): none of u3 to u5.
+        assert [e.split(b'"user_id":"')[1][:2] for e in slow.events[1:]] == [b"u2", b"u6"]
+        update(7)
+        await _settle()
+        assert b'"user_id":"u7"' in slow.events[-1] and b'"user_id":"u7"' in fast.events[-1]
+
+        for client in (slow, fast):
+            client.hang_up.set()
+        await asyncio.gather(*tasks)
+        assert hub.streams == 0
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_that_fails_ends_only_its_own_stream() -> None:
+    """A client whose write raises (its socket went away) ends its stream with that error;
+    the board's other clients go on receiving updates."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        broken, fine = Client(), Client()
+
+        async def send(message: dict[str, Any]) -> None:
+            if len(broken.bodies) >= 1 and message["body"]:
+                raise OSError("connection reset")
+            await broken.send(message)
+
+        failing = asyncio.create_task(hub.stream(DAY_KEY, broken.receive, send))
+        going = asyncio.create_task(hub.stream(DAY_KEY, fine.receive, fine.send))
+        await _settle()
+        for lsn in (2, 3):
+            boards.lsn = lsn
+            boards.entries["day"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
+            feed.heard(lsn)
+            await _settle()
+        with pytest.raises(OSError, match="connection reset"):
+            await failing
+        assert len(fine.events) == 3 and hub.streams == 1
+        fine.hang_up.set()
+        await going
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_silent_streams_get_a_keep_alive_comment() -> None:
+    """A stream silent for ``heartbeat`` seconds is sent a comment; a busy one is not."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0, heartbeat=0.2)
+        hub.start()
+        client = Client()
+        task = asyncio.create_task(hub.stream(DAY_KEY, client.receive, client.send))
+        await asyncio.sleep(0.1)
+        assert b": keep-alive\n\n" not in client.bodies
+        await asyncio.sleep(0.35)
+        assert b": keep-alive\n\n" in client.bodies
+        client.hang_up.set()
+        await task
+        await hub.stop()
+
+    asyncio.run(scenario())
