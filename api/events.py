@@ -7,8 +7,13 @@ each (its entries encoded once), pushed only to the clients whose slice changed 
 alone moving is no change). A board is re-read only when its data can have changed: after the
 projector moved the watermark (a past bucket changes no other way), at a new day for a stream
 following the current bucket, and at most every ``fallback_interval`` seconds while
-PostgreSQL answers it. Reads of one board start at most every ``min_interval`` seconds (a
-lone commit is pushed at once, a burst coalesced), and a slow board delays no other.
+PostgreSQL answers it. Reads of one board start at most every ``read_interval`` seconds (a
+quarter of ``min_interval``), and a slow board delays no other. A client gets at most one
+event every ``min_interval`` seconds, always the newest: a lone commit is pushed at once, a
+burst coalesced, and under a steady stream of commits each client is sent the newest state
+as soon as its own interval has passed (not all at the next read: the clients of a large
+board, written one after the other, stay spread out, and reads come often enough that the
+state each is sent is at most ``read_interval`` old).
 
 Each update is written to the board's clients by its refresher, in one pass over them: one
 encoding shared by all, and no task woken per client (a write that flow control holds back
@@ -26,6 +31,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Generator, MutableMapping
@@ -88,7 +94,18 @@ class _Subscriber:
     skips to the newest state) and the next client is served at once.
     """
 
-    __slots__ = ("_send", "_wake", "busy", "closed", "error", "pending", "sent_at", "stalled")
+    __slots__ = (
+        "_send",
+        "_wake",
+        "busy",
+        "closed",
+        "error",
+        "event_at",
+        "last",
+        "pending",
+        "sent_at",
+        "stalled",
+    )
 
     def __init__(self, send: Send) -> None:
         self._send = send
@@ -97,7 +114,9 @@ class _Subscriber:
         self.stalled: _Resume | None = None  # a send that suspended, for its task to finish
         self.error: BaseException | None = None  # what a send started here raised
         self.closed = False
-        self.sent_at = time.monotonic()
+        self.sent_at = time.monotonic()  # its last write, a keep-alive comment included
+        self.last: Message | None = None  # the last event given to it (sent or pending)
+        self.event_at = -math.inf  # when it was given that event
         self._wake = asyncio.Event()
 
     def deliver(self, message: Message, now: float) -> None:
@@ -212,6 +231,7 @@ class _Board:
     failed: bool = False  # the last refresh could not read
     encoded: dict[bool, _Encoded] = field(default_factory=dict)  # the page, per route form
     seq: int = 0  # the read the page came from: a slower, older read never overwrites it
+    catch_up_at: float | None = None  # when clients skipped by pacing become due
     loading: asyncio.Task[None] | None = None
     refresher: asyncio.Task[None] | None = None
 
@@ -230,6 +250,7 @@ class BoardEvents:
         *,
         heartbeat: float = 15.0,
         min_interval: float = 0.1,
+        read_interval: float | None = None,
         fallback_interval: float = 2.0,
         max_streams: int = 1000,
         max_streams_per_client: int = 1000,
@@ -239,6 +260,7 @@ class BoardEvents:
         self._tz = tz
         self.heartbeat = heartbeat
         self.min_interval = min_interval
+        self.read_interval = min_interval / 4 if read_interval is None else read_interval
         self.fallback_interval = fallback_interval
         self.max_streams = max_streams
         self.max_streams_per_client = max_streams_per_client
@@ -376,7 +398,8 @@ class BoardEvents:
             self._unsubscribe(board, view, subscriber)
             raise
         assert view.message is not None
-        subscriber.pending = view.message
+        subscriber.pending = subscriber.last = view.message
+        subscriber.event_at = time.monotonic()
         return subscriber, board, view
 
     def _unsubscribe(self, board: _Board, view: _View, subscriber: _Subscriber) -> None:
@@ -408,11 +431,19 @@ class BoardEvents:
         version = feed.version
         while True:
             # The feed ticks at least every poll interval; the timeout guards a dead feed and
-            # times PostgreSQL re-reads.
-            version = await feed.wait(version, self._pause(board))
+            # times PostgreSQL re-reads and the clients that pacing held back.
+            pause = self._pause(board)
+            if board.catch_up_at is not None:
+                pause = min(pause, max(0.0, board.catch_up_at - time.monotonic()))
+            version = await feed.wait(version, pause)
+            if board.catch_up_at is not None and time.monotonic() >= board.catch_up_at:
+                board.catch_up_at = None
+                for view in list(board.views.values()):
+                    if view.message is not None:
+                        self._deliver(board, view)
             if not self._due(board):
                 continue
-            wait = board.read_at + self.min_interval - time.monotonic()
+            wait = board.read_at + self.read_interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
@@ -494,11 +525,31 @@ class BoardEvents:
         shown, frame = form.view(view.limit)
         if shown == view.shown:
             return
-        message = {"type": "http.response.body", "body": frame, "more_body": True}
-        view.shown, view.message = shown, message
+        view.shown = shown
+        view.message = {"type": "http.response.body", "body": frame, "more_body": True}
+        self._deliver(board, view)
+
+    def _deliver(self, board: _Board, view: _View) -> None:
+        """Give ``view``'s event to each of its clients that lacks it, if its last event is
+        ``min_interval`` old; the others get the newest one when it is (``catch_up_at``)."""
+        message = view.message
+        assert message is not None
         now = time.monotonic()
+        due = now - self.min_interval
+        held: float | None = None  # the earliest event given to a client held back
         for subscriber in list(view.subscribers):
-            subscriber.deliver(message, now)
+            if subscriber.last is message:
+                continue
+            if subscriber.event_at <= due:
+                subscriber.last, subscriber.event_at = message, now
+                subscriber.deliver(message, now)
+            elif held is None or subscriber.event_at < held:
+                held = subscriber.event_at
+        if held is not None:
+            # Not sooner than the next read could come: passes over every client stay few.
+            at = max(held + self.min_interval, now + self.read_interval)
+            if board.catch_up_at is None or at < board.catch_up_at:
+                board.catch_up_at = at
 
     async def _beat(self) -> None:
         """A comment to every stream silent for ``heartbeat`` seconds."""

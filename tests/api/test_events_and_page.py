@@ -173,29 +173,84 @@ def test_closing_ends_streams_and_refuses_new_ones() -> None:
     asyncio.run(scenario())
 
 
-def test_a_lone_change_is_pushed_at_once_a_busy_board_at_most_every_min_interval() -> None:
-    """The first tick is read at once; ticks right after it wait for min_interval."""
+def test_a_lone_change_is_pushed_at_once_then_a_client_gets_the_newest_every_min_interval() -> None:
+    """The first change reaches the client at once; the changes right after it are read at
+    most every read_interval and reach the client as one event, the newest, min_interval
+    after the first."""
 
     async def scenario() -> None:
         boards = FakeBoards()
         feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
         hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0.3)
+        assert hub.read_interval == pytest.approx(0.075)
         hub.start()
         client = Client()
         task = asyncio.create_task(hub.stream(ALL_KEY, client.receive, client.send))
         await asyncio.sleep(0.4)
         reads = sum(boards.reads.values())
-        feed.heard(2)
-        await asyncio.sleep(0.05)
-        assert sum(boards.reads.values()) == reads + 1  # at once
-        for lsn in range(3, 8):
+
+        def change(lsn: int) -> None:
+            boards.lsn = lsn
+            boards.entries["all"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
             feed.heard(lsn)
+
+        change(2)
+        await asyncio.sleep(0.05)
+        assert sum(boards.reads.values()) == reads + 1  # read at once...
+        assert len(client.events) == 2 and b'"user_id":"u2"' in client.events[-1]  # ...sent
+        for lsn in range(3, 8):
+            change(lsn)
             await asyncio.sleep(0.02)
-        assert sum(boards.reads.values()) == reads + 1  # held back...
-        await asyncio.sleep(0.35)
-        assert sum(boards.reads.values()) == reads + 2  # ...then one read for all five
+        assert 2 <= sum(boards.reads.values()) - reads <= 3  # every 75 ms, not every tick
+        assert len(client.events) == 2  # held back...
+        await asyncio.sleep(0.3)
+        assert len(client.events) == 3  # ...then one event for all five: the newest
+        assert b'"user_id":"u7"' in client.events[-1]
         client.hang_up.set()
         await task
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_pacing_holds_back_only_the_clients_that_just_had_an_event() -> None:
+    """A change right after another goes at once to a client whose slice the first one left
+    alone, and min_interval after its event to a client that had one."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        boards.entries["all"] = [
+            {"rank": 1, "user_id": "ada", "score": 9},
+            {"rank": 2, "user_id": "bo", "score": 5},
+        ]
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0.3)
+        hub.start()
+        top10, top1 = Client(), Client()
+        tasks = [
+            asyncio.create_task(hub.stream(key, client.receive, client.send))
+            for key, client in (
+                (ALL_KEY, top10),
+                (BoardKey(Period.ALL, None, 1, ALL_KEY.board), top1),
+            )
+        ]
+        await asyncio.sleep(0.4)
+        boards.lsn = 2
+        boards.entries["all"][1] = {"rank": 2, "user_id": "bo", "score": 6}  # top10's slice only
+        feed.heard(2)
+        await asyncio.sleep(0.05)
+        assert (len(top10.events), len(top1.events)) == (2, 1)
+        boards.lsn = 3
+        boards.entries["all"][0] = {"rank": 1, "user_id": "ada", "score": 10}
+        feed.heard(3)
+        await asyncio.sleep(0.05)
+        assert (len(top10.events), len(top1.events)) == (2, 2)  # top1 at once, top10 held back
+        await asyncio.sleep(0.3)
+        assert (len(top10.events), len(top1.events)) == (3, 2)
+        assert b'"score":10' in top10.events[-1] and b'"score":10' in top1.events[-1]
+        for client in (top10, top1):
+            client.hang_up.set()
+        await asyncio.gather(*tasks)
         await hub.stop()
 
     asyncio.run(scenario())
