@@ -537,12 +537,16 @@ class BoardEvents:
         now = time.monotonic()
         due = now - self.min_interval
         held: float | None = None  # the earliest event given to a client held back
+        clock = time.monotonic
         for subscriber in list(view.subscribers):
             if subscriber.last is message:
                 continue
             if subscriber.event_at <= due:
-                subscriber.last, subscriber.event_at = message, now
-                subscriber.deliver(message, now)
+                # Stamped when written, not when the pass began: the clients of a pass that
+                # took a while become due again as spread out as they were written.
+                written = clock()
+                subscriber.last, subscriber.event_at = message, written
+                subscriber.deliver(message, written)
             elif held is None or subscriber.event_at < held:
                 held = subscriber.event_at
         if held is not None:
