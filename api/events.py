@@ -33,7 +33,7 @@ import itertools
 import json
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -209,6 +209,9 @@ class _View:
     limit: int
     alias: bool
     subscribers: set[_Subscriber] = field(default_factory=set)
+    # Its clients by when they were last given an event, oldest first (those that left are
+    # dropped as they come up): the ones due for the newest event are at the front.
+    queue: deque[_Subscriber] = field(default_factory=deque)
     shown: bytes | None = None  # the last body pushed, less as_of
     message: Message | None = None  # that body as an event, the ASGI message every client gets
 
@@ -400,10 +403,14 @@ class BoardEvents:
         assert view.message is not None
         subscriber.pending = subscriber.last = view.message
         subscriber.event_at = time.monotonic()
+        view.queue.append(subscriber)
         return subscriber, board, view
 
     def _unsubscribe(self, board: _Board, view: _View, subscriber: _Subscriber) -> None:
         view.subscribers.discard(subscriber)
+        subscriber.closed = True
+        if len(view.queue) > 2 * len(view.subscribers) + 64:
+            view.queue = deque(s for s in view.queue if not s.closed)
         if not view.subscribers and board.views.get((view.limit, view.alias)) is view:
             del board.views[(view.limit, view.alias)]
         ident = (board.board.name, board.period, board.bucket)
@@ -531,29 +538,37 @@ class BoardEvents:
 
     def _deliver(self, board: _Board, view: _View) -> None:
         """Give ``view``'s event to each of its clients that lacks it, if its last event is
-        ``min_interval`` old; the others get the newest one when it is (``catch_up_at``)."""
+        ``min_interval`` old; the others get the newest one when it is (``catch_up_at``).
+
+        The clients are taken from the front of ``view.queue`` and put back at its end: only
+        the clients served (and one more) are looked at. Every event given is the newest, so
+        once a client at the front has this one, everyone behind it has it too."""
         message = view.message
         assert message is not None
+        queue = view.queue
         now = time.monotonic()
         due = now - self.min_interval
-        held: float | None = None  # the earliest event given to a client held back
         clock = time.monotonic
-        for subscriber in list(view.subscribers):
-            if subscriber.last is message:
+        while queue:
+            subscriber = queue[0]
+            if subscriber.closed:
+                queue.popleft()
                 continue
-            if subscriber.event_at <= due:
-                # Stamped when written, not when the pass began: the clients of a pass that
-                # took a while become due again as spread out as they were written.
-                written = clock()
-                subscriber.last, subscriber.event_at = message, written
-                subscriber.deliver(message, written)
-            elif held is None or subscriber.event_at < held:
-                held = subscriber.event_at
-        if held is not None:
-            # Not sooner than the next read could come: passes over every client stay few.
-            at = max(held + self.min_interval, now + self.read_interval)
-            if board.catch_up_at is None or at < board.catch_up_at:
-                board.catch_up_at = at
+            if subscriber.last is message:
+                return
+            if subscriber.event_at > due:
+                # Not sooner than the next read could come: the passes stay few.
+                at = max(subscriber.event_at + self.min_interval, now + self.read_interval)
+                if board.catch_up_at is None or at < board.catch_up_at:
+                    board.catch_up_at = at
+                return
+            queue.popleft()
+            # Stamped when written, not when the pass began: the clients of a pass that took
+            # a while become due again as spread out as they were written.
+            written = clock()
+            subscriber.last, subscriber.event_at = message, written
+            subscriber.deliver(message, written)
+            queue.append(subscriber)
 
     async def _beat(self) -> None:
         """A comment to every stream silent for ``heartbeat`` seconds."""

@@ -549,6 +549,15 @@ def main(argv: list[str] | None = None) -> int:
         return client_main(args.port, args.clients, args.first)
 
     _raise_fd_limit()  # inherited by the API workers
+    # Either worker may be handed nearly every stream, each a file descriptor.
+    wanted = args.clients + 1024
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < wanted:
+        print(
+            f"bench_sse: {args.clients} clients need {wanted} file descriptors per process; "
+            f"raise the hard limit (ulimit -Hn) or ask for fewer (--clients)",
+            file=sys.stderr,
+        )
+        return 2
     # Stopped from outside (a timeout): still stop the servers and processes it started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     print(json.dumps(machine(), indent=2))

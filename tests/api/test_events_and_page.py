@@ -573,3 +573,31 @@ def test_silent_streams_get_a_keep_alive_comment() -> None:
         await hub.stop()
 
     asyncio.run(scenario())
+
+
+def test_clients_that_leave_an_idle_board_are_not_kept() -> None:
+    """Three hundred clients come and go on a board that never changes: what the board keeps
+    for them shrinks with them (no pass comes by to drop them)."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        clients = [Client() for _ in range(300)]
+        tasks = [asyncio.create_task(hub.stream(DAY_KEY, c.receive, c.send)) for c in clients]
+        await _settle()
+        (board,) = hub._boards.values()
+        (view,) = board.views.values()
+        assert len(view.queue) == 300
+        for client in clients[10:]:
+            client.hang_up.set()
+        await asyncio.gather(*tasks[10:])
+        assert len(view.subscribers) == 10 and len(view.queue) <= 2 * 10 + 64
+        for client in clients[:10]:
+            client.hang_up.set()
+        await asyncio.gather(*tasks[:10])
+        assert hub._boards == {}
+        await hub.stop()
+
+    asyncio.run(scenario())
