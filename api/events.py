@@ -7,13 +7,15 @@ each (its entries encoded once), pushed only to the clients whose slice changed 
 alone moving is no change). A board is re-read only when its data can have changed: after the
 projector moved the watermark (a past bucket changes no other way), at a new day for a stream
 following the current bucket, and at most every ``fallback_interval`` seconds while
-PostgreSQL answers it. Reads of one board start at most every ``read_interval`` seconds (a
-quarter of ``min_interval``), and a slow board delays no other. A client gets at most one
-event every ``min_interval`` seconds, always the newest: a lone commit is pushed at once, a
-burst coalesced, and under a steady stream of commits each client is sent the newest state
-as soon as its own interval has passed (not all at the next read: the clients of a large
-board, written one after the other, stay spread out, and reads come often enough that the
-state each is sent is at most ``read_interval`` old).
+PostgreSQL answers it; and a slow board delays no other. A client gets at most one event
+every ``min_interval`` seconds, always the newest: a lone commit is pushed at once, a burst
+coalesced, and under a steady stream of commits each client is sent the newest state as soon
+as its own interval has passed (not all at the next read: the clients of a large board,
+written one after the other, stay spread out). So a board is read at most every
+``read_interval`` seconds (a quarter of ``min_interval``) while some of its clients are due,
+and otherwise not before the first one will be: the state each client is sent is at most
+``read_interval`` old, and a board whose clients are all served together is read at most
+once per ``min_interval``.
 
 Each update is written to the board's clients by its refresher, in one pass over them: one
 encoding shared by all, and no task woken per client (a write that flow control holds back
@@ -450,7 +452,11 @@ class BoardEvents:
                         self._deliver(board, view)
             if not self._due(board):
                 continue
-            wait = board.read_at + self.read_interval - time.monotonic()
+            # Every read_interval while some client is due for an event, else only when the
+            # first one will be: a board whose clients are all served together is read at
+            # most every min_interval, one whose clients are spread out more often.
+            wait = max(board.read_at + self.read_interval, self._first_due(board))
+            wait -= time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
@@ -459,6 +465,16 @@ class BoardEvents:
                 log.debug("board not refreshed", board=board.board.name, error=exc.message)
             except Exception:
                 log.exception("board not refreshed", board=board.board.name)
+
+    def _first_due(self, board: _Board) -> float:
+        """When the first of ``board``'s clients may be sent its next event."""
+        first = math.inf
+        for view in board.views.values():
+            if view.queue:
+                first = min(first, view.queue[0].event_at)
+            elif view.subscribers:
+                return -math.inf  # clients joining: their first event is the next read
+        return first + self.min_interval if first < math.inf else -math.inf
 
     def _pause(self, board: _Board) -> float:
         if board.failed or board.source != "redis":
