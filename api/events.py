@@ -7,15 +7,24 @@ each (its entries encoded once), pushed only to the clients whose slice changed 
 alone moving is no change). A board is re-read only when its data can have changed: after the
 projector moved the watermark (a past bucket changes no other way), at a new day for a stream
 following the current bucket, and at most every ``fallback_interval`` seconds while
-PostgreSQL answers it. Reads of one board start at most every ``min_interval`` seconds (a
-lone commit is pushed at once, a burst coalesced), and a slow board delays no other.
+PostgreSQL answers it; and a slow board delays no other. A client gets at most one event
+every ``min_interval`` seconds, always the newest: a lone commit is pushed at once, a burst
+coalesced, and under a steady stream of commits each client is sent the newest state as soon
+as its own interval has passed (not all at the next read: the clients of a large board,
+written one after the other, stay spread out). So a board is read at most every
+``read_interval`` seconds (a quarter of ``min_interval``) while some of its clients are due,
+and otherwise not before the first one will be: the state each client is sent is at most
+``read_interval`` old, and a board whose clients are all served together is read at most
+once per ``min_interval``.
 
-Each client has a mailbox of one frame (a slow or unread client skips to the newest state;
-its socket buffers at most what uvicorn's flow control lets through), a first event on
-connect and a comment after ``heartbeat`` seconds of silence. A process holds at most
-``max_streams`` streams and ``max_streams_per_client`` per client address; more are refused
-with ``TooManyStreams`` (429). Every stream ends cleanly when its client goes away or the
-server shuts down.
+Each update is written to the board's clients by its refresher, in one pass over them: one
+encoding shared by all, and no task woken per client (a write that flow control holds back
+is finished by that stream's own task, and meanwhile newer frames replace each other: a slow
+or unread client skips to the newest state, its socket holding at most what uvicorn's flow
+control lets through). A client gets a first event on connect and a comment after
+``heartbeat`` seconds of silence. A process holds at most ``max_streams`` streams and
+``max_streams_per_client`` per client address; more are refused with ``TooManyStreams``
+(429). Every stream ends cleanly when its client goes away or the server shuts down.
 """
 
 from __future__ import annotations
@@ -24,9 +33,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +65,7 @@ HEADERS = [
 ]
 # Browsers reconnect this many milliseconds after a stream ends (e.g. a server restart).
 _RETRY = b"retry: 1000\n\n"
-_HEARTBEAT = b": keep-alive\n\n"
+_HEARTBEAT: Message = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
 # A refused client may try again after this many seconds.
 _RETRY_AFTER = 10
 # A board Redis answers is re-read at least this often, in case a change went unheard.
@@ -76,35 +86,94 @@ class BoardKey:
 
 
 class _Subscriber:
-    """One stream's mailbox: only the newest frame is kept."""
+    """One stream's writer: the board's refresher writes each new frame itself, at once.
 
-    __slots__ = ("_wake", "closed", "pending", "sent_at")
+    ``deliver`` starts the client's ``send`` right there and then: uvicorn's returns without
+    suspending while the socket takes bytes, so an update reaches every fast client in one
+    pass over them, with no task woken per client. A ``send`` that suspends (flow control:
+    the client reads slower than its events come) is handed to the stream's own task to
+    finish; meanwhile newer frames replace each other in ``pending`` (a client that is behind
+    skips to the newest state) and the next client is served at once.
+    """
 
-    def __init__(self) -> None:
-        self.pending: bytes | None = None
+    __slots__ = (
+        "_send",
+        "_wake",
+        "busy",
+        "closed",
+        "error",
+        "event_at",
+        "last",
+        "pending",
+        "sent_at",
+        "stalled",
+    )
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.pending: Message | None = None  # the newest message its task must send
+        self.busy = True  # its own task is sending (the first event, or catching up)
+        self.stalled: _Resume | None = None  # a send that suspended, for its task to finish
+        self.error: BaseException | None = None  # what a send started here raised
         self.closed = False
-        self.sent_at = time.monotonic()
+        self.sent_at = time.monotonic()  # its last write, a keep-alive comment included
+        self.last: Message | None = None  # the last event given to it (sent or pending)
+        self.event_at = -math.inf  # when it was given that event
         self._wake = asyncio.Event()
 
-    def push(self, frame: bytes) -> None:
-        self.pending = frame
+    def deliver(self, message: Message, now: float) -> None:
+        """Send ``message`` now if the client can take it, else keep it as the newest."""
+        if self.closed:
+            return
+        if self.busy:
+            self.pending = message
+            return
+        sending = self._send(message)
+        try:
+            waiting = sending.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            self.sent_at = now
+            return
+        except BaseException as exc:
+            self.error = exc
+            self.close()
+            return
+        self.busy = True
+        self.stalled = _Resume(sending, waiting)
         self._wake.set()
 
     def close(self) -> None:
         self.closed = True
         self._wake.set()
 
-    def take(self) -> bytes | None:
-        """The newest frame not yet sent, if any."""
-        self._wake.clear()
-        frame, self.pending = self.pending, None
-        return frame
-
-    async def next(self) -> bytes | None:
-        """The newest frame not yet sent (None once closed)."""
-        if self.pending is None and not self.closed:
+    async def wait(self) -> None:
+        """Until a send stalled or the stream is closed."""
+        if self.stalled is None and not self.closed:
             await self._wake.wait()
-        return self.take()
+        self._wake.clear()
+
+
+class _Resume:
+    """Awaiting this finishes a coroutine that was started elsewhere and suspended, waiting
+    for ``waiting`` (what it yielded): the awaiting task waits for that in its place."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Awaitable[None], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        try:
+            yield self._waiting
+        except BaseException:
+            self._coro.close()  # type: ignore[attr-defined]
+            raise
+        yield from self._coro.__await__()
+
+    def close(self) -> None:
+        """Abandon the send (its stream ends without it)."""
+        self._coro.close()  # type: ignore[attr-defined]
 
 
 class _Encoded:
@@ -142,8 +211,11 @@ class _View:
     limit: int
     alias: bool
     subscribers: set[_Subscriber] = field(default_factory=set)
+    # Its clients by when they were last given an event, oldest first (those that left are
+    # dropped as they come up): the ones due for the newest event are at the front.
+    queue: deque[_Subscriber] = field(default_factory=deque)
     shown: bytes | None = None  # the last body pushed, less as_of
-    frame: bytes | None = None  # that body as an event
+    message: Message | None = None  # that body as an event, the ASGI message every client gets
 
 
 @dataclass(eq=False, slots=True)
@@ -164,6 +236,7 @@ class _Board:
     failed: bool = False  # the last refresh could not read
     encoded: dict[bool, _Encoded] = field(default_factory=dict)  # the page, per route form
     seq: int = 0  # the read the page came from: a slower, older read never overwrites it
+    catch_up_at: float | None = None  # when clients skipped by pacing become due
     loading: asyncio.Task[None] | None = None
     refresher: asyncio.Task[None] | None = None
 
@@ -182,6 +255,7 @@ class BoardEvents:
         *,
         heartbeat: float = 15.0,
         min_interval: float = 0.1,
+        read_interval: float | None = None,
         fallback_interval: float = 2.0,
         max_streams: int = 1000,
         max_streams_per_client: int = 1000,
@@ -191,6 +265,7 @@ class BoardEvents:
         self._tz = tz
         self.heartbeat = heartbeat
         self.min_interval = min_interval
+        self.read_interval = min_interval / 4 if read_interval is None else read_interval
         self.fallback_interval = fallback_interval
         self.max_streams = max_streams
         self.max_streams_per_client = max_streams_per_client
@@ -268,31 +343,44 @@ class BoardEvents:
             )
 
     async def _serve(self, key: BoardKey, receive: Receive, send: Send) -> bool:
-        subscriber, board, view = await self._subscribe(key)
+        subscriber, board, view = await self._subscribe(key, send)
         watcher = asyncio.create_task(_watch_disconnect(receive, subscriber))
         left = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            first = subscriber.take() or b""
-            await send({"type": "http.response.body", "body": _RETRY + first, "more_body": True})
-            while True:
-                frame = await subscriber.next()
-                if subscriber.closed:
-                    break
-                if frame is not None:
+            first, subscriber.pending = subscriber.pending, None
+            body = _RETRY + (first["body"] if first is not None else b"")
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            subscriber.sent_at = time.monotonic()
+            while not subscriber.closed:
+                # What arrived while this task was sending, newest only; then the board's
+                # refresher writes to this client itself until a write stalls.
+                stalled, subscriber.stalled = subscriber.stalled, None
+                if stalled is not None:
+                    await stalled
                     subscriber.sent_at = time.monotonic()
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                while subscriber.pending is not None and not subscriber.closed:
+                    message, subscriber.pending = subscriber.pending, None
+                    await send(message)
+                    subscriber.sent_at = time.monotonic()
+                subscriber.busy = False
+                await subscriber.wait()
+            if subscriber.error is not None:
+                raise subscriber.error
             left = watcher.done()
             if not left:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            subscriber.closed = True
+            if subscriber.stalled is not None:
+                subscriber.stalled.close()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             self._unsubscribe(board, view, subscriber)
         return not left
 
-    async def _subscribe(self, key: BoardKey) -> tuple[_Subscriber, _Board, _View]:
+    async def _subscribe(self, key: BoardKey, send: Send) -> tuple[_Subscriber, _Board, _View]:
         ident = (key.board.name, key.period, key.bucket)
         board = self._boards.get(ident)
         if board is None:
@@ -302,24 +390,29 @@ class BoardEvents:
         view = board.views.get((key.limit, key.alias))
         if view is None:
             view = board.views[(key.limit, key.alias)] = _View(key.limit, key.alias)
-        subscriber = _Subscriber()
+        subscriber = _Subscriber(send)
         view.subscribers.add(subscriber)
         try:
             # Clients arriving together share one read; a larger limit than read so far
             # needs a read of its own.
             while board.page is None or board.read_limit < key.limit:
                 await self._load(board)
-            if view.frame is None:
+            if view.message is None:
                 self._render(board, view)
         except BaseException:
             self._unsubscribe(board, view, subscriber)
             raise
-        assert view.frame is not None
-        subscriber.pending = view.frame
+        assert view.message is not None
+        subscriber.pending = subscriber.last = view.message
+        subscriber.event_at = time.monotonic()
+        view.queue.append(subscriber)
         return subscriber, board, view
 
     def _unsubscribe(self, board: _Board, view: _View, subscriber: _Subscriber) -> None:
         view.subscribers.discard(subscriber)
+        subscriber.closed = True
+        if len(view.queue) > 2 * len(view.subscribers) + 64:
+            view.queue = deque(s for s in view.queue if not s.closed)
         if not view.subscribers and board.views.get((view.limit, view.alias)) is view:
             del board.views[(view.limit, view.alias)]
         ident = (board.board.name, board.period, board.bucket)
@@ -347,11 +440,23 @@ class BoardEvents:
         version = feed.version
         while True:
             # The feed ticks at least every poll interval; the timeout guards a dead feed and
-            # times PostgreSQL re-reads.
-            version = await feed.wait(version, self._pause(board))
+            # times PostgreSQL re-reads and the clients that pacing held back.
+            pause = self._pause(board)
+            if board.catch_up_at is not None:
+                pause = min(pause, max(0.0, board.catch_up_at - time.monotonic()))
+            version = await feed.wait(version, pause)
+            if board.catch_up_at is not None and time.monotonic() >= board.catch_up_at:
+                board.catch_up_at = None
+                for view in list(board.views.values()):
+                    if view.message is not None:
+                        self._deliver(board, view)
             if not self._due(board):
                 continue
-            wait = board.read_at + self.min_interval - time.monotonic()
+            # Every read_interval while some client is due for an event, else only when the
+            # first one will be: a board whose clients are all served together is read at
+            # most every min_interval, one whose clients are spread out more often.
+            wait = max(board.read_at + self.read_interval, self._first_due(board))
+            wait -= time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
@@ -360,6 +465,16 @@ class BoardEvents:
                 log.debug("board not refreshed", board=board.board.name, error=exc.message)
             except Exception:
                 log.exception("board not refreshed", board=board.board.name)
+
+    def _first_due(self, board: _Board) -> float:
+        """When the first of ``board``'s clients may be sent its next event."""
+        first = math.inf
+        for view in board.views.values():
+            if view.queue:
+                first = min(first, view.queue[0].event_at)
+            elif view.subscribers:
+                return -math.inf  # clients joining: their first event is the next read
+        return first + self.min_interval if first < math.inf else -math.inf
 
     def _pause(self, board: _Board) -> float:
         if board.failed or board.source != "redis":
@@ -433,20 +548,55 @@ class BoardEvents:
         shown, frame = form.view(view.limit)
         if shown == view.shown:
             return
-        view.shown, view.frame = shown, frame
-        for subscriber in view.subscribers:
-            subscriber.push(frame)
+        view.shown = shown
+        view.message = {"type": "http.response.body", "body": frame, "more_body": True}
+        self._deliver(board, view)
+
+    def _deliver(self, board: _Board, view: _View) -> None:
+        """Give ``view``'s event to each of its clients that lacks it, if its last event is
+        ``min_interval`` old; the others get the newest one when it is (``catch_up_at``).
+
+        The clients are taken from the front of ``view.queue`` and put back at its end: only
+        the clients served (and one more) are looked at. Every event given is the newest, so
+        once a client at the front has this one, everyone behind it has it too."""
+        message = view.message
+        assert message is not None
+        queue = view.queue
+        now = time.monotonic()
+        due = now - self.min_interval
+        clock = time.monotonic
+        while queue:
+            subscriber = queue[0]
+            if subscriber.closed:
+                queue.popleft()
+                continue
+            if subscriber.last is message:
+                return
+            if subscriber.event_at > due:
+                # Not sooner than the next read could come: the passes stay few.
+                at = max(subscriber.event_at + self.min_interval, now + self.read_interval)
+                if board.catch_up_at is None or at < board.catch_up_at:
+                    board.catch_up_at = at
+                return
+            queue.popleft()
+            # Stamped when written, not when the pass began: the clients of a pass that took
+            # a while become due again as spread out as they were written.
+            written = clock()
+            subscriber.last, subscriber.event_at = message, written
+            subscriber.deliver(message, written)
+            queue.append(subscriber)
 
     async def _beat(self) -> None:
         """A comment to every stream silent for ``heartbeat`` seconds."""
         while True:
             await asyncio.sleep(min(self.heartbeat / 4, 1.0))
-            silent = time.monotonic() - self.heartbeat
+            now = time.monotonic()
+            silent = now - self.heartbeat
             for board in self._boards.values():
                 for view in board.views.values():
-                    for subscriber in view.subscribers:
+                    for subscriber in list(view.subscribers):
                         if subscriber.sent_at <= silent and subscriber.pending is None:
-                            subscriber.push(_HEARTBEAT)
+                            subscriber.deliver(_HEARTBEAT, now)
 
 
 def _loaded(board: _Board) -> Callable[[asyncio.Task[None]], None]:

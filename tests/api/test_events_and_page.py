@@ -173,29 +173,85 @@ def test_closing_ends_streams_and_refuses_new_ones() -> None:
     asyncio.run(scenario())
 
 
-def test_a_lone_change_is_pushed_at_once_a_busy_board_at_most_every_min_interval() -> None:
-    """The first tick is read at once; ticks right after it wait for min_interval."""
+def test_a_lone_change_is_pushed_at_once_then_a_client_gets_the_newest_every_min_interval() -> None:
+    """The first change reaches the client at once; the changes right after it are read when
+    the client is due for its next event, min_interval after the first, and reach it as one
+    event, the newest."""
 
     async def scenario() -> None:
         boards = FakeBoards()
         feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
         hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0.3)
+        assert hub.read_interval == pytest.approx(0.075)
         hub.start()
         client = Client()
         task = asyncio.create_task(hub.stream(ALL_KEY, client.receive, client.send))
         await asyncio.sleep(0.4)
         reads = sum(boards.reads.values())
-        feed.heard(2)
-        await asyncio.sleep(0.05)
-        assert sum(boards.reads.values()) == reads + 1  # at once
-        for lsn in range(3, 8):
+
+        def change(lsn: int) -> None:
+            boards.lsn = lsn
+            boards.entries["all"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
             feed.heard(lsn)
+
+        change(2)
+        await asyncio.sleep(0.05)
+        assert sum(boards.reads.values()) == reads + 1  # read at once...
+        assert len(client.events) == 2 and b'"user_id":"u2"' in client.events[-1]  # ...sent
+        for lsn in range(3, 8):
+            change(lsn)
             await asyncio.sleep(0.02)
-        assert sum(boards.reads.values()) == reads + 1  # held back...
-        await asyncio.sleep(0.35)
-        assert sum(boards.reads.values()) == reads + 2  # ...then one read for all five
+        assert sum(boards.reads.values()) == reads + 1  # not read for a client not due...
+        assert len(client.events) == 2  # ...and held back
+        await asyncio.sleep(0.3)
+        assert len(client.events) == 3  # then one read and one event for all five: the newest
+        assert sum(boards.reads.values()) == reads + 2
+        assert b'"user_id":"u7"' in client.events[-1]
         client.hang_up.set()
         await task
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_pacing_holds_back_only_the_clients_that_just_had_an_event() -> None:
+    """A change right after another goes at once to a client whose slice the first one left
+    alone, and min_interval after its event to a client that had one."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        boards.entries["all"] = [
+            {"rank": 1, "user_id": "ada", "score": 9},
+            {"rank": 2, "user_id": "bo", "score": 5},
+        ]
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0.3)
+        hub.start()
+        top10, top1 = Client(), Client()
+        tasks = [
+            asyncio.create_task(hub.stream(key, client.receive, client.send))
+            for key, client in (
+                (ALL_KEY, top10),
+                (BoardKey(Period.ALL, None, 1, ALL_KEY.board), top1),
+            )
+        ]
+        await asyncio.sleep(0.4)
+        boards.lsn = 2
+        boards.entries["all"][1] = {"rank": 2, "user_id": "bo", "score": 6}  # top10's slice only
+        feed.heard(2)
+        await asyncio.sleep(0.05)
+        assert (len(top10.events), len(top1.events)) == (2, 1)
+        boards.lsn = 3
+        boards.entries["all"][0] = {"rank": 1, "user_id": "ada", "score": 10}
+        feed.heard(3)
+        await asyncio.sleep(0.05)
+        assert (len(top10.events), len(top1.events)) == (2, 2)  # top1 at once, top10 held back
+        await asyncio.sleep(0.3)
+        assert (len(top10.events), len(top1.events)) == (3, 2)
+        assert b'"score":10' in top10.events[-1] and b'"score":10' in top1.events[-1]
+        for client in (top10, top1):
+            client.hang_up.set()
+        await asyncio.gather(*tasks)
         await hub.stop()
 
     asyncio.run(scenario())
@@ -357,6 +413,192 @@ def test_boards_are_re_read_only_when_their_data_can_have_changed() -> None:
         assert 2 <= sum(boards.reads.values()) - reads <= 4  # every 0.3 s, not every tick
         client.hang_up.set()
         await task
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_one_encoding_per_update_is_shared_by_every_subscriber(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two hundred clients of one board and limit cost one JSON encoding per update, and each
+    is sent the very same bytes, written from the board's refresher (no task per client)."""
+    import api.events
+
+    encodings = 0
+    encode = api.events.board_json
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        nonlocal encodings
+        encodings += 1
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(api.events, "board_json", counted)
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        clients = [Client() for _ in range(200)]
+        tasks = [asyncio.create_task(hub.stream(DAY_KEY, c.receive, c.send)) for c in clients]
+        await _settle()
+        assert all(len(c.events) == 1 for c in clients)
+        for lsn in (2, 3, 4):
+            before = encodings
+            boards.lsn = lsn
+            boards.entries["day"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
+            feed.heard(lsn)
+            await _settle()
+            assert encodings == before + 1
+            assert all(len(c.events) == lsn for c in clients)
+            sent = {id(c.bodies[-1]) for c in clients}
+            assert len(sent) == 1  # one bytes object, not 200 copies
+        for client in clients:
+            client.hang_up.set()
+        assert await asyncio.gather(*tasks) == [False] * 200
+        assert hub.streams == 0
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+class SlowClient(Client):
+    """A client whose socket is full: each body waits until the test lets it through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.writable.wait()
+        await super().send(message)
+
+
+def test_a_slow_client_delays_no_other_and_skips_to_the_newest_state() -> None:
+    """While one client's writes wait (flow control), the board's other clients get every
+    update at once; the slow one, once writable again, gets only the newest state and then
+    every update as before."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        slow, fast = SlowClient(), Client()
+        tasks = [asyncio.create_task(hub.stream(DAY_KEY, c.receive, c.send)) for c in (slow, fast)]
+        await _settle()
+        assert len(slow.events) == len(fast.events) == 1
+
+        def update(lsn: int) -> None:
+            boards.lsn = lsn
+            boards.entries["day"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
+            feed.heard(lsn)
+
+        slow.writable.clear()
+        for lsn in range(2, 7):
+            update(lsn)
+            await _settle()
+            assert f'"user_id":"u{lsn}"'.encode() in fast.events[-1]
+        assert len(fast.events) == 6
+        assert len(slow.events) == 1  # its first stalled write is still waiting
+
+        slow.writable.set()
+        await _settle()
+        # The write that stalled (u2), then the newest state (u6): none of u3 to u5.
+        assert [e.split(b'"user_id":"')[1][:2] for e in slow.events[1:]] == [b"u2", b"u6"]
+        update(7)
+        await _settle()
+        assert b'"user_id":"u7"' in slow.events[-1] and b'"user_id":"u7"' in fast.events[-1]
+
+        for client in (slow, fast):
+            client.hang_up.set()
+        await asyncio.gather(*tasks)
+        assert hub.streams == 0
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_that_fails_ends_only_its_own_stream() -> None:
+    """A client whose write raises (its socket went away) ends its stream with that error;
+    the board's other clients go on receiving updates."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        broken, fine = Client(), Client()
+
+        async def send(message: dict[str, Any]) -> None:
+            if len(broken.bodies) >= 1 and message["body"]:
+                raise OSError("connection reset")
+            await broken.send(message)
+
+        failing = asyncio.create_task(hub.stream(DAY_KEY, broken.receive, send))
+        going = asyncio.create_task(hub.stream(DAY_KEY, fine.receive, fine.send))
+        await _settle()
+        for lsn in (2, 3):
+            boards.lsn = lsn
+            boards.entries["day"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
+            feed.heard(lsn)
+            await _settle()
+        with pytest.raises(OSError, match="connection reset"):
+            await failing
+        assert len(fine.events) == 3 and hub.streams == 1
+        fine.hang_up.set()
+        await going
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_silent_streams_get_a_keep_alive_comment() -> None:
+    """A stream silent for ``heartbeat`` seconds is sent a comment; a busy one is not."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0, heartbeat=0.2)
+        hub.start()
+        client = Client()
+        task = asyncio.create_task(hub.stream(DAY_KEY, client.receive, client.send))
+        await asyncio.sleep(0.1)
+        assert b": keep-alive\n\n" not in client.bodies
+        await asyncio.sleep(0.35)
+        assert b": keep-alive\n\n" in client.bodies
+        client.hang_up.set()
+        await task
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_clients_that_leave_an_idle_board_are_not_kept() -> None:
+    """Three hundred clients come and go on a board that never changes: what the board keeps
+    for them shrinks with them (no pass comes by to drop them)."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        clients = [Client() for _ in range(300)]
+        tasks = [asyncio.create_task(hub.stream(DAY_KEY, c.receive, c.send)) for c in clients]
+        await _settle()
+        (board,) = hub._boards.values()
+        (view,) = board.views.values()
+        assert len(view.queue) == 300
+        for client in clients[10:]:
+            client.hang_up.set()
+        await asyncio.gather(*tasks[10:])
+        assert len(view.subscribers) == 10 and len(view.queue) <= 2 * 10 + 64
+        for client in clients[:10]:
+            client.hang_up.set()
+        await asyncio.gather(*tasks[:10])
+        assert hub._boards == {}
         await hub.stop()
 
     asyncio.run(scenario())
