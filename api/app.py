@@ -50,6 +50,7 @@ from api.postgres_reader import PostgresReader, configure_connection
 from api.redis_reader import RedisReader, generation_of
 from api.routes import BoardQuery, Route
 from api.sources import Sources
+from api.watch import MemberEvents, MemberKey
 from projector import redis_nodes
 from projector.core.boards import Board
 from projector.core.buckets import Period
@@ -99,6 +100,7 @@ class _Running:
     sources: Sources
     feed: WatermarkFeed
     events: BoardEvents
+    members: MemberEvents
     refresher: asyncio.Task[None] | None
     answers: Answers
 
@@ -205,6 +207,13 @@ class App:
             max_streams=s.api_max_streams,
             max_streams_per_client=s.api_max_streams_per_client,
         )
+        members = MemberEvents(
+            sources.watch,
+            feed,
+            self._tz,
+            events.admitted,
+            fallback_interval=s.api_events_fallback_interval,
+        )
         # Replica reads are spread over servers at different states: an answer kept from one
         # could not be vouched for by another's watermark, so none is kept then.
         answers = Answers(
@@ -217,7 +226,13 @@ class App:
         feed.on_event(answers.clear)
         feed.start()
         events.start()
-        _end_streams_on_exit_signals(events.close)
+        members.start()
+
+        def end_streams() -> None:
+            events.close()
+            members.close()
+
+        _end_streams_on_exit_signals(end_streams)
         metrics.gauge(
             "api_event_streams",
             "Connected Server-Sent Events clients.",
@@ -272,7 +287,9 @@ class App:
             if metrics.multiprocess
             else None
         )
-        self._running = _Running(client, replica, pool, sources, feed, events, refresher, answers)
+        self._running = _Running(
+            client, replica, pool, sources, feed, events, members, refresher, answers
+        )
         # What is alive now (modules, settings, clients) lives as long as the process: freeze
         # it, so that the collections every few hundred requests set off do not rescan it all.
         gc.collect()
@@ -295,6 +312,7 @@ class App:
             running.refresher.cancel()
         self.metrics.close()
         await running.events.stop()
+        await running.members.stop()
         await running.feed.stop()
         await running.pool.close()
         await running.redis.aclose()
@@ -310,6 +328,7 @@ class App:
         """End every event stream now (the server is about to stop); new ones get 503."""
         if self._running is not None:
             self._running.events.close()
+            self._running.members.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -356,6 +375,7 @@ class App:
             "user": self._user,
             "group": self._group,
             "events": self._events,
+            "member_events": self._member_events,
             "boards": self._boards_list,
             "page": self._page,
             "asset": self._page,
@@ -553,6 +573,26 @@ class App:
             await self._stream(key, client, receive, send)
             return None
         return 200, b"", EVENT_HEADERS[0][1], _NO_STORE, EVENT_HEADERS[2:], None
+
+    async def _member_events(
+        self, route: Route, args: _Args, scope: Scope, receive: Receive, send: Send
+    ) -> _Answer | None:
+        """``GET``: serve a watched member's stream (None: answered); ``HEAD``: its headers."""
+        params = routes.parse_query_string(scope["query_string"], route)
+        board, args, alias = self._board_of(route, args)
+        query = routes.standing_query(args, params, self._tz, board, alias=alias)
+        key = MemberKey(board, query.period, params.get("bucket") and query.bucket, query.user_id)
+        if scope["method"] != "GET":
+            return 200, b"", EVENT_HEADERS[0][1], _NO_STORE, EVENT_HEADERS[2:], None
+        running = await self._started()
+        client = (scope.get("client") or ("",))[0]
+        try:
+            await running.members.stream(key, receive, send, client)
+        except ApiError:
+            raise
+        except OSError as exc:  # the client went away mid-write
+            log.debug("event stream ended", error=str(exc))
+        return None
 
     async def _boards_list(self, route: Route, args: _Args, scope: Scope, *_: Any) -> _Answer:
         routes.parse_query_string(scope["query_string"], route)

@@ -109,6 +109,16 @@ class UserPeriods:
     as_of: AsOf
 
 
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """Watched members' standings on one board (each with one neighbour either side), in
+    the order they were asked for."""
+
+    total: int
+    standings: list[Standing]
+    as_of: AsOf
+
+
 class Asked(NamedTuple):
     """One asked member's standing on a whole board: ``score`` and ``rank`` are None when it
     is not on the board."""
@@ -153,7 +163,7 @@ def group_json(query: GroupQuery, group: GroupRanking, source: str, tz: ZoneInfo
         for a in absent
     )
     body: dict[str, Any] = {"board": query.board.name}
-    body.update(_bucket_fields(query.period, query.bucket, tz))
+    body.update(bucket_fields(query.period, query.bucket, tz))
     body["total"] = group.total
     body["members"] = members
     body["source"] = source
@@ -277,7 +287,7 @@ def _head(query: BoardQuery | StandingQuery, tz: ZoneInfo) -> str:
 @lru_cache(maxsize=4096)
 def _head_text(board: str | None, period: Period, bucket: str, tz: ZoneInfo) -> str:
     fields = ([("board", board)] if board is not None else []) + list(
-        _bucket_fields(period, bucket, tz)
+        bucket_fields(period, bucket, tz)
     )
     return ",".join(f"{_text(name)}:{_text_or_null(value)}" for name, value in fields)
 
@@ -308,11 +318,11 @@ def user_json(query: UserQuery, user: UserPeriods, source: str, tz: ZoneInfo) ->
 
 
 def _bucket_json(period: Period, bucket: str, tz: ZoneInfo) -> dict[str, Any]:
-    return dict(_bucket_fields(period, bucket, tz))
+    return dict(bucket_fields(period, bucket, tz))
 
 
 @lru_cache(maxsize=4096)
-def _bucket_fields(period: Period, bucket: str, tz: ZoneInfo) -> tuple[tuple[str, Any], ...]:
+def bucket_fields(period: Period, bucket: str, tz: ZoneInfo) -> tuple[tuple[str, Any], ...]:
     start, end = bucket_bounds(period, bucket, tz)
     return (
         ("period", period.value),

@@ -261,6 +261,48 @@ class Group(TypedDict):
     as_of: AsOf
 
 
+@_closed
+class Neighbour(TypedDict):
+    """The member just above or below the watched one."""
+
+    rank: _Rank
+    member: str
+    label: str | None
+    score: Annotated[int, Field(ge=1)]
+
+
+@_closed
+class MemberEvent(TypedDict):
+    """One event of a watched member's stream
+    (``GET /v1/boards/{board}/{period}/members/{member}/events``)."""
+
+    board: str
+    period: str
+    bucket: _BucketId
+    period_start: _PeriodStart
+    period_end: _PeriodEnd
+    total: _Total
+    member: str
+    label: str | None
+    rank: Annotated[_Rank | None, Field(description="Null when the member has no rows.")]
+    score: _Score
+    previous_rank: Annotated[
+        _Rank | None,
+        Field(
+            description="The rank of the stream's previous event (null in the first event, "
+            "or when the member had no rows)."
+        ),
+    ]
+    previous_score: Annotated[
+        int | None,
+        Field(ge=0, description="The score of the previous event (null in the first)."),
+    ]
+    above: Annotated[Neighbour | None, Field(description="The member just above, if any.")]
+    below: Annotated[Neighbour | None, Field(description="The member just below, if any.")]
+    source: Source
+    as_of: AsOf
+
+
 # The document lists these under ``components.schemas``; the other classes are written into
 # the schemas that use them.
 COMPONENTS: tuple[type, ...] = (
@@ -274,4 +316,5 @@ COMPONENTS: tuple[type, ...] = (
     Readiness,
     Boards,
     Group,
+    MemberEvent,
 )

@@ -36,7 +36,7 @@ import json
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,7 +65,7 @@ HEADERS = [
 ]
 # Browsers reconnect this many milliseconds after a stream ends (e.g. a server restart).
 _RETRY = b"retry: 1000\n\n"
-_HEARTBEAT: Message = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
+HEARTBEAT: Message = {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
 # A refused client may try again after this many seconds.
 _RETRY_AFTER = 10
 # A board Redis answers is re-read at least this often, in case a change went unheard.
@@ -85,7 +85,7 @@ class BoardKey:
     alias: bool = True
 
 
-class _Subscriber:
+class Subscriber:
     """One stream's writer: the board's refresher writes each new frame itself, at once.
 
     ``deliver`` starts the client's ``send`` right there and then: uvicorn's returns without
@@ -210,10 +210,10 @@ class _View:
 
     limit: int
     alias: bool
-    subscribers: set[_Subscriber] = field(default_factory=set)
+    subscribers: set[Subscriber] = field(default_factory=set)
     # Its clients by when they were last given an event, oldest first (those that left are
     # dropped as they come up): the ones due for the newest event are at the front.
-    queue: deque[_Subscriber] = field(default_factory=deque)
+    queue: deque[Subscriber] = field(default_factory=deque)
     shown: bytes | None = None  # the last body pushed, less as_of
     message: Message | None = None  # that body as an event, the ASGI message every client gets
 
@@ -313,16 +313,8 @@ class BoardEvents:
         Raises ``ApiError`` (before anything is sent) when the board cannot be read at all,
         and ``TooManyStreams`` when the process or ``client`` (its address) holds its limit.
         """
-        self._admit(client)
-        self.streams += 1
-        self._per_client[client] += 1
-        try:
+        with self.admitted(client):
             return await self._serve(key, receive, send)
-        finally:
-            self.streams -= 1
-            self._per_client[client] -= 1
-            if self._per_client[client] <= 0:
-                del self._per_client[client]
 
     # -- internals -------------------------------------------------------------------------
 
@@ -342,45 +334,29 @@ class BoardEvents:
                 _RETRY_AFTER,
             )
 
+    @contextlib.contextmanager
+    def admitted(self, client: str) -> Iterator[None]:
+        """Hold one of the process's streams (and one of ``client``'s) while inside: every
+        kind of stream shares the same caps."""
+        self._admit(client)
+        self.streams += 1
+        self._per_client[client] += 1
+        try:
+            yield
+        finally:
+            self.streams -= 1
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
+
     async def _serve(self, key: BoardKey, receive: Receive, send: Send) -> bool:
         subscriber, board, view = await self._subscribe(key, send)
-        watcher = asyncio.create_task(_watch_disconnect(receive, subscriber))
-        left = False
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            first, subscriber.pending = subscriber.pending, None
-            body = _RETRY + (first["body"] if first is not None else b"")
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-            subscriber.sent_at = time.monotonic()
-            while not subscriber.closed:
-                # What arrived while this task was sending, newest only; then the board's
-                # refresher writes to this client itself until a write stalls.
-                stalled, subscriber.stalled = subscriber.stalled, None
-                if stalled is not None:
-                    await stalled
-                    subscriber.sent_at = time.monotonic()
-                while subscriber.pending is not None and not subscriber.closed:
-                    message, subscriber.pending = subscriber.pending, None
-                    await send(message)
-                    subscriber.sent_at = time.monotonic()
-                subscriber.busy = False
-                await subscriber.wait()
-            if subscriber.error is not None:
-                raise subscriber.error
-            left = watcher.done()
-            if not left:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return await serve(subscriber, receive, send)
         finally:
-            subscriber.closed = True
-            if subscriber.stalled is not None:
-                subscriber.stalled.close()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
             self._unsubscribe(board, view, subscriber)
-        return not left
 
-    async def _subscribe(self, key: BoardKey, send: Send) -> tuple[_Subscriber, _Board, _View]:
+    async def _subscribe(self, key: BoardKey, send: Send) -> tuple[Subscriber, _Board, _View]:
         ident = (key.board.name, key.period, key.bucket)
         board = self._boards.get(ident)
         if board is None:
@@ -390,7 +366,7 @@ class BoardEvents:
         view = board.views.get((key.limit, key.alias))
         if view is None:
             view = board.views[(key.limit, key.alias)] = _View(key.limit, key.alias)
-        subscriber = _Subscriber(send)
+        subscriber = Subscriber(send)
         view.subscribers.add(subscriber)
         try:
             # Clients arriving together share one read; a larger limit than read so far
@@ -408,7 +384,7 @@ class BoardEvents:
         view.queue.append(subscriber)
         return subscriber, board, view
 
-    def _unsubscribe(self, board: _Board, view: _View, subscriber: _Subscriber) -> None:
+    def _unsubscribe(self, board: _Board, view: _View, subscriber: Subscriber) -> None:
         view.subscribers.discard(subscriber)
         subscriber.closed = True
         if len(view.queue) > 2 * len(view.subscribers) + 64:
@@ -596,7 +572,49 @@ class BoardEvents:
                 for view in board.views.values():
                     for subscriber in list(view.subscribers):
                         if subscriber.sent_at <= silent and subscriber.pending is None:
-                            subscriber.deliver(_HEARTBEAT, now)
+                            subscriber.deliver(HEARTBEAT, now)
+
+
+async def serve(subscriber: Subscriber, receive: Receive, send: Send) -> bool:
+    """Write ``subscriber``'s stream until it closes; False if its client left first.
+
+    The first event is its ``pending`` message; then whoever refreshes what it watches writes
+    to it (``Subscriber.deliver``) and this task finishes the writes that stalled.
+    """
+    watcher = asyncio.create_task(_watch_disconnect(receive, subscriber))
+    left = False
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        first, subscriber.pending = subscriber.pending, None
+        body = _RETRY + (first["body"] if first is not None else b"")
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        subscriber.sent_at = time.monotonic()
+        while not subscriber.closed:
+            # What arrived while this task was sending, newest only; then the refresher
+            # writes to this client itself until a write stalls.
+            stalled, subscriber.stalled = subscriber.stalled, None
+            if stalled is not None:
+                await stalled
+                subscriber.sent_at = time.monotonic()
+            while subscriber.pending is not None and not subscriber.closed:
+                message, subscriber.pending = subscriber.pending, None
+                await send(message)
+                subscriber.sent_at = time.monotonic()
+            subscriber.busy = False
+            await subscriber.wait()
+        if subscriber.error is not None:
+            raise subscriber.error
+        left = watcher.done()
+        if not left:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        subscriber.closed = True
+        if subscriber.stalled is not None:
+            subscriber.stalled.close()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return not left
 
 
 def _loaded(board: _Board) -> Callable[[asyncio.Task[None]], None]:
@@ -617,7 +635,7 @@ def event_frame(body: dict[str, Any]) -> bytes:
     return f"id: {body['as_of']['lsn']}\ndata: {data}\n\n".encode()
 
 
-async def _watch_disconnect(receive: Receive, subscriber: _Subscriber) -> None:
+async def _watch_disconnect(receive: Receive, subscriber: Subscriber) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     subscriber.close()

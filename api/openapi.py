@@ -375,6 +375,15 @@ def _operation(route: Route, board: Board) -> dict[str, Any]:
             "the JSON of this board's page.",
             "responses": {"200": _event_stream("BoardPage"), **_STREAM_ERRORS},
         }
+    if route is routes.MEMBER_EVENTS:
+        return {
+            "operationId": f"watchMember{ident}",
+            "summary": f"A member's standing on board {board.name!r}, live (Server-Sent Events)",
+            "description": "An endless `text/event-stream`: an event on connect, then one "
+            "whenever the member's rank or score changes (someone passing it included), with "
+            "the previous rank and score and the members just above and below.",
+            "responses": {"200": _event_stream("MemberEvent"), **_STREAM_ERRORS},
+        }
     if route is routes.GROUP:
         return {
             "operationId": f"getGroup{ident}",

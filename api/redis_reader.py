@@ -30,6 +30,7 @@ from api.boards import (
     PeriodStanding,
     Standing,
     UserPeriods,
+    Watched,
 )
 from api.errors import BoardUnavailable, NotBuilt, StoreUnavailable
 from projector import read_functions
@@ -156,16 +157,15 @@ class RedisReader:
 
     async def watch(
         self, board: Board, period: Period, bucket: str, members: tuple[str, ...]
-    ) -> tuple[int, list[Standing], AsOf]:
-        """Each of ``members``'s standing with one neighbour either side, in one call: the
-        board's total and the standings in the order of ``members``."""
+    ) -> Watched:
+        """Each of ``members``'s standing with one neighbour either side, in one call."""
         keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
         reply = await self._run(
             read_functions.WATCH, keys, board.name.encode(), *(m.encode() for m in members)
         )
         lsn, commit_time, total, places = reply
         as_of = _as_of(lsn, commit_time)
-        return int(total), [_standing(int(total), as_of, *at) for at in places], as_of
+        return Watched(int(total), [_standing(int(total), as_of, *at) for at in places], as_of)
 
     async def watermark_lsn(self) -> int | None:
         """The watermark's LSN, or None when Redis holds none."""

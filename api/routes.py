@@ -88,6 +88,11 @@ MEMBER_STANDING = Route(
 BOARD_EVENTS = Route(
     "/v1/boards/{board}/{period}/events", "events", (BOARD_NAME, PERIOD, BUCKET, LIMIT)
 )
+MEMBER_EVENTS = Route(
+    "/v1/boards/{board}/{period}/members/{member}/events",
+    "member_events",
+    (BOARD_NAME, PERIOD, MEMBER, BUCKET),
+)
 GROUP = Route(
     "/v1/boards/{board}/{period}/group",
     "group",
@@ -117,6 +122,7 @@ ROUTES = (
     MEMBER_STANDING,
     BOARD_EVENTS,
     GROUP,
+    MEMBER_EVENTS,
 )
 
 

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from api.boards import AsOf, BoardPage, GroupRanking, Standing, UserPeriods
+from api.boards import AsOf, BoardPage, GroupRanking, Standing, UserPeriods, Watched
 from api.breaker import Breaker
 from api.errors import (
     BadParameter,
@@ -189,6 +189,53 @@ class Sources:
             lambda redis: redis.group(board, p, b, members),
             lambda start: self._postgres.group(board, p, b, members, start),
         )
+
+    async def watch(
+        self, board: Board, period: Period, bucket: str, members: tuple[str, ...]
+    ) -> tuple[Watched, str]:
+        """Watched members' standings (one neighbour either side) and the store that gave
+        them: from Redis one call; from PostgreSQL slices of the bucket's shared ranking (a
+        member past it, its own statement)."""
+        return await self._answer(
+            None,
+            self.expired(period, bucket),
+            ("watch", board.name, period, bucket, members),
+            lambda redis: redis.watch(board, period, bucket, members),
+            lambda start: self._watched_from_postgres(board, period, bucket, members, start),
+        )
+
+    async def _watched_from_postgres(
+        self,
+        board: Board,
+        period: Period,
+        bucket: str,
+        members: tuple[str, ...],
+        on_start: OnStart,
+    ) -> Watched:
+        key = ("ranking", board.name, period, bucket)
+        ranking = self._rankings.get(key)
+        if ranking is None:
+            ranking = await self._ranking(
+                board, period, bucket, key, self.expired(period, bucket), on_start
+            )
+        found: dict[str, Standing | None] = {m: ranking.standing(m, 1) for m in members}
+        absent = tuple(member for member, standing in found.items() if standing is None)
+        if absent and ranking.complete:
+            # Off the board: only their labels are to be read (one statement for all).
+            group = await self._postgres.group(board, period, bucket, absent)
+            for asked in group.members:
+                found[asked.member] = Standing(
+                    ranking.total, asked.label, None, 0, [], [], ranking.as_of
+                )
+        else:
+            for member in absent:  # past the ranking's rows: rare, one statement each
+                found[member] = await self._postgres.standing(board, period, bucket, member, 1)
+        standings: list[Standing] = []
+        for member in members:
+            standing = found[member]
+            assert standing is not None
+            standings.append(standing)
+        return Watched(ranking.total, standings, ranking.as_of)
 
     async def readiness(self, timeout: float) -> tuple[bool, dict[str, Any]]:
         """Whether a query can be answered now, and by which store, for ``/readyz``."""

@@ -151,6 +151,7 @@ def test_openapi_document_is_valid_and_covers_every_route_and_parameter() -> Non
         routes.MEMBER_STANDING,
         routes.BOARD_EVENTS,
         routes.GROUP,
+        routes.MEMBER_EVENTS,
     )
     per_period = {
         t.path.replace("{board}", DEFAULT_BOARDS[0].name).replace("{period}", period.value)

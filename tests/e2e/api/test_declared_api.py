@@ -272,3 +272,47 @@ def test_a_board_event_stream_starts_with_the_board(served: Served) -> None:
                 break
     assert data is not None and data["board"] == "team-focus"
     assert data["entries"] == [{"rank": 1, "member": "red", "label": "Red Team", "score": 100}]
+
+
+def _events(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            yield json.loads(line.removeprefix("data: "))
+
+
+@pytest.mark.parametrize("api", ["redis_api", "postgres_api"])
+def test_a_watched_member_hears_of_being_passed(served: Served, api: str) -> None:
+    """GET .../members/{member}/events: the member's standing on connect, then an event when
+    someone passes it (a write through PostgreSQL), with the previous rank and the passer
+    just above; from Redis, and from the PostgreSQL fallback alike."""
+    watched, passer = f"watched-{api}", f"passer-{api}"
+    # More rows than anyone else on the board, and than the other case's members: no ties.
+    count = 30 if api == "redis_api" else 40
+    rows = [(watched, "red", 1)] * count
+    # Long ago: on the all-time board only, so the other tests' boards stay as they were.
+    insert = (
+        "INSERT INTO pomodoros (user_id, team_id, minutes, completed_at)"
+        " VALUES (%s, %s, %s, now() - interval '400 days')"
+    )
+    with psycopg.connect(served.dsn, autocommit=True) as conn:
+        conn.cursor().executemany(insert, rows)
+    server: ApiServer = getattr(served, api)
+    path = f"/v1/boards/pomodoros/all/members/{watched}"
+    standing = server.json(path, min_lsn=current_lsn(served.dsn))
+    with (
+        httpx.Client(timeout=15) as client,
+        client.stream("GET", f"{server.base_url}{path}/events") as response,
+    ):
+        assert response.status_code == 200
+        events = _events(response)
+        first = next(events)
+        assert (first["member"], first["score"], first["previous_rank"]) == (watched, count, None)
+        assert first["rank"] == standing["rank"] and first["board"] == "pomodoros"
+        with psycopg.connect(served.dsn, autocommit=True) as conn:
+            conn.cursor().executemany(insert, [(passer, "red", 1)] * (count + 1))
+        passed = next(events)
+    assert passed["previous_rank"] == first["rank"] and passed["rank"] == first["rank"] + 1
+    assert passed["score"] == passed["previous_score"] == count
+    above = {"rank": first["rank"], "member": passer, "label": None, "score": count + 1}
+    assert passed["above"] == above
+    assert passed["source"] == ("redis" if api == "redis_api" else "postgres")
