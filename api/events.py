@@ -71,6 +71,8 @@ _RETRY_AFTER = 10
 # A board Redis answers is re-read at least this often, in case a change went unheard.
 _SAFETY_REREAD = 30.0
 
+_NOT_STARTED = object()  # a send that _Resume awaits from its start
+
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -129,12 +131,18 @@ class _Subscriber:
             self.pending = message
             return
         sending = self._send(message)
+        step = getattr(sending, "send", None)  # a coroutine's, as ASGI servers' sends are
+        if step is None:
+            self.busy = True
+            self.stalled = _Resume(sending, _NOT_STARTED)
+            self._wake.set()
+            return
         try:
-            waiting = sending.send(None)  # type: ignore[attr-defined]
+            waiting = step(None)
         except StopIteration:
             self.sent_at = now
             return
-        except BaseException as exc:
+        except Exception as exc:
             self.error = exc
             self.close()
             return
@@ -155,7 +163,8 @@ class _Subscriber:
 
 class _Resume:
     """Awaiting this finishes a coroutine that was started elsewhere and suspended, waiting
-    for ``waiting`` (what it yielded): the awaiting task waits for that in its place."""
+    for ``waiting`` (what it yielded): the awaiting task waits for that in its place. With
+    ``_NOT_STARTED``, it just awaits ``coro`` (an awaitable that is no coroutine)."""
 
     __slots__ = ("_coro", "_waiting")
 
@@ -164,16 +173,19 @@ class _Resume:
         self._waiting = waiting
 
     def __await__(self) -> Generator[Any, None, None]:
-        try:
-            yield self._waiting
-        except BaseException:
-            self._coro.close()  # type: ignore[attr-defined]
-            raise
+        if self._waiting is not _NOT_STARTED:
+            try:
+                yield self._waiting
+            except BaseException:
+                self.close()
+                raise
         yield from self._coro.__await__()
 
     def close(self) -> None:
         """Abandon the send (its stream ends without it)."""
-        self._coro.close()  # type: ignore[attr-defined]
+        close = getattr(self._coro, "close", None)
+        if close is not None:
+            close()
 
 
 class _Encoded:

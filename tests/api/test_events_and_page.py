@@ -602,3 +602,38 @@ def test_clients_that_leave_an_idle_board_are_not_kept() -> None:
         await hub.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_send_that_is_no_coroutine_gets_every_event() -> None:
+    """An ASGI server whose send returns a plain awaitable (here a future) is served by the
+    stream's own task: its client still gets each update."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        client = Client()
+        loop = asyncio.get_running_loop()
+
+        def send(message: dict[str, Any]) -> asyncio.Future[None]:
+            if message["type"] == "http.response.body" and message["body"]:
+                client.bodies.append(message["body"])
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+
+        task = asyncio.create_task(hub.stream(DAY_KEY, client.receive, send))  # type: ignore[arg-type]
+        await _settle()
+        for lsn in (2, 3):
+            boards.lsn = lsn
+            boards.entries["day"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
+            feed.heard(lsn)
+            await _settle()
+            assert f'"user_id":"u{lsn}"'.encode() in client.events[-1]
+        assert len(client.events) == 3
+        client.hang_up.set()
+        assert await task is False
+        await hub.stop()
+
+    asyncio.run(scenario())
