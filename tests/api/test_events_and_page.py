@@ -441,7 +441,21 @@ def test_one_encoding_per_update_is_shared_by_every_subscriber(
         hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
         hub.start()
         clients = [Client() for _ in range(200)]
-        tasks = [asyncio.create_task(hub.stream(DAY_KEY, c.receive, c.send)) for c in clients]
+        writers: set[str] = set()  # the tasks that wrote the updates
+
+        def recording(client: Client) -> Any:
+            async def send(message: dict[str, Any]) -> None:
+                if client.bodies:
+                    task = asyncio.current_task()
+                    writers.add(task.get_name() if task is not None else "")
+                await client.send(message)
+
+            return send
+
+        tasks = [
+            asyncio.create_task(hub.stream(DAY_KEY, c.receive, recording(c)), name=f"stream{i}")
+            for i, c in enumerate(clients)
+        ]
         await _settle()
         assert all(len(c.events) == 1 for c in clients)
         for lsn in (2, 3, 4):
@@ -454,6 +468,9 @@ def test_one_encoding_per_update_is_shared_by_every_subscriber(
             assert all(len(c.events) == lsn for c in clients)
             sent = {id(c.bodies[-1]) for c in clients}
             assert len(sent) == 1  # one bytes object, not 200 copies
+        # Each update was written by the board's read, one task for all 200 clients: no
+        # stream's own task woke for it.
+        assert len(writers) <= 3 and not any(name.startswith("stream") for name in writers)
         for client in clients:
             client.hang_up.set()
         assert await asyncio.gather(*tasks) == [False] * 200
