@@ -654,3 +654,33 @@ def test_a_send_that_is_no_coroutine_gets_every_event() -> None:
         await hub.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_board_that_does_not_change_is_read_at_most_every_min_interval() -> None:
+    """While the watermark moves every 10 ms without changing a board, the board is read at
+    most every min_interval, not every read_interval."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0.2)
+        hub.start()
+        client = Client()
+        task = asyncio.create_task(hub.stream(ALL_KEY, client.receive, client.send))
+        await asyncio.sleep(0.3)
+        reads = sum(boards.reads.values())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        lsn = 2
+        while loop.time() - started < 0.65:
+            boards.lsn = lsn
+            feed.heard(lsn)
+            lsn += 1
+            await asyncio.sleep(0.01)
+        assert 2 <= sum(boards.reads.values()) - reads <= 5  # every 0.2 s, not every 0.05 s
+        assert len(client.events) == 1
+        client.hang_up.set()
+        await task
+        await hub.stop()
+
+    asyncio.run(scenario())
