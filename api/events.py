@@ -14,8 +14,8 @@ as its own interval has passed (not all at the next read: the clients of a large
 written one after the other, stay spread out). So a board is read at most every
 ``read_interval`` seconds (a quarter of ``min_interval``) while some of its clients are due,
 and otherwise not before the first one will be: the state each client is sent is at most
-``read_interval`` old, and a board whose clients are all served together is read at most
-once per ``min_interval``.
+``read_interval`` old, and a board whose clients are all served together, or whose last read
+changed nothing, is read at most once per ``min_interval``.
 
 Each update is written to the board's clients by its refresher, in one pass over them: one
 encoding shared by all, and no task woken per client (a write that flow control holds back
@@ -70,6 +70,8 @@ HEARTBEAT: Message = {"type": "http.response.body", "body": b": keep-alive\n\n",
 _RETRY_AFTER = 10
 # A board Redis answers is re-read at least this often, in case a change went unheard.
 _SAFETY_REREAD = 30.0
+
+_NOT_STARTED = object()  # a send that _Resume awaits from its start
 
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -129,12 +131,18 @@ class Subscriber:
             self.pending = message
             return
         sending = self._send(message)
+        step = getattr(sending, "send", None)  # a coroutine's, as ASGI servers' sends are
+        if step is None:
+            self.busy = True
+            self.stalled = _Resume(sending, _NOT_STARTED)
+            self._wake.set()
+            return
         try:
-            waiting = sending.send(None)  # type: ignore[attr-defined]
+            waiting = step(None)
         except StopIteration:
             self.sent_at = now
             return
-        except BaseException as exc:
+        except Exception as exc:
             self.error = exc
             self.close()
             return
@@ -155,7 +163,8 @@ class Subscriber:
 
 class _Resume:
     """Awaiting this finishes a coroutine that was started elsewhere and suspended, waiting
-    for ``waiting`` (what it yielded): the awaiting task waits for that in its place."""
+    for ``waiting`` (what it yielded): the awaiting task waits for that in its place. With
+    ``_NOT_STARTED``, it just awaits ``coro`` (an awaitable that is no coroutine)."""
 
     __slots__ = ("_coro", "_waiting")
 
@@ -164,16 +173,19 @@ class _Resume:
         self._waiting = waiting
 
     def __await__(self) -> Generator[Any, None, None]:
-        try:
-            yield self._waiting
-        except BaseException:
-            self._coro.close()  # type: ignore[attr-defined]
-            raise
+        if self._waiting is not _NOT_STARTED:
+            try:
+                yield self._waiting
+            except BaseException:
+                self.close()
+                raise
         yield from self._coro.__await__()
 
     def close(self) -> None:
         """Abandon the send (its stream ends without it)."""
-        self._coro.close()  # type: ignore[attr-defined]
+        close = getattr(self._coro, "close", None)
+        if close is not None:
+            close()
 
 
 class _Encoded:
@@ -237,6 +249,7 @@ class _Board:
     encoded: dict[bool, _Encoded] = field(default_factory=dict)  # the page, per route form
     seq: int = 0  # the read the page came from: a slower, older read never overwrites it
     catch_up_at: float | None = None  # when clients skipped by pacing become due
+    changed: bool = False  # the last read changed what some view shows
     loading: asyncio.Task[None] | None = None
     refresher: asyncio.Task[None] | None = None
 
@@ -428,10 +441,11 @@ class BoardEvents:
                         self._deliver(board, view)
             if not self._due(board):
                 continue
-            # Every read_interval while some client is due for an event, else only when the
-            # first one will be: a board whose clients are all served together is read at
-            # most every min_interval, one whose clients are spread out more often.
-            wait = max(board.read_at + self.read_interval, self._first_due(board))
+            # Every read_interval while the board changes and some client is due for an event,
+            # else not before the first one will be: a board whose clients are all served
+            # together is read at most every min_interval, as is one that did not change.
+            interval = self.read_interval if board.changed else self.min_interval
+            wait = max(board.read_at + interval, self._first_due(board))
             wait -= time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -500,12 +514,14 @@ class BoardEvents:
         board.page, board.source, board.failed = page, source, False
         board.read_bucket, board.read_limit = bucket, limit
         board.encoded = {}
+        changed = False
         for view in list(board.views.values()):
             if view.limit <= limit:
-                self._render(board, view)
+                changed |= self._render(board, view)
+        board.changed = changed
 
-    def _render(self, board: _Board, view: _View) -> None:
-        """Slice the last read for ``view``; push it to its clients if it changed."""
+    def _render(self, board: _Board, view: _View) -> bool:
+        """Slice the last read for ``view``; push it to its clients if it changed (True)."""
         assert board.page is not None
         form = board.encoded.get(view.alias)
         if form is None:
@@ -523,10 +539,11 @@ class BoardEvents:
             )
         shown, frame = form.view(view.limit)
         if shown == view.shown:
-            return
+            return False
         view.shown = shown
         view.message = {"type": "http.response.body", "body": frame, "more_body": True}
         self._deliver(board, view)
+        return True
 
     def _deliver(self, board: _Board, view: _View) -> None:
         """Give ``view``'s event to each of its clients that lacks it, if its last event is

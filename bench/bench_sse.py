@@ -540,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--py-spy", action="store_true", help="profile the API workers")
     parser.add_argument(
+        "--output", default="sse", help="saved as bench/results/OUTPUT.json (default sse)"
+    )
+    parser.add_argument(
         "--role", choices=["bench", "clients"], default="bench", help=argparse.SUPPRESS
     )
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -617,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     results["met"] = bool(
         results["p99_ms"] is not None and results["p99_ms"] <= 250 and results["dropped"] == 0
     )
-    save("sse", results)
+    save(args.output, results)
     _summary("this tree", results, args)
     print(f"logs in {logs}")
     return 0 if results["met"] else 1

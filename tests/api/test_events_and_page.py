@@ -441,7 +441,21 @@ def test_one_encoding_per_update_is_shared_by_every_subscriber(
         hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
         hub.start()
         clients = [Client() for _ in range(200)]
-        tasks = [asyncio.create_task(hub.stream(DAY_KEY, c.receive, c.send)) for c in clients]
+        writers: set[str] = set()  # the tasks that wrote the updates
+
+        def recording(client: Client) -> Any:
+            async def send(message: dict[str, Any]) -> None:
+                if client.bodies:
+                    task = asyncio.current_task()
+                    writers.add(task.get_name() if task is not None else "")
+                await client.send(message)
+
+            return send
+
+        tasks = [
+            asyncio.create_task(hub.stream(DAY_KEY, c.receive, recording(c)), name=f"stream{i}")
+            for i, c in enumerate(clients)
+        ]
         await _settle()
         assert all(len(c.events) == 1 for c in clients)
         for lsn in (2, 3, 4):
@@ -454,6 +468,9 @@ def test_one_encoding_per_update_is_shared_by_every_subscriber(
             assert all(len(c.events) == lsn for c in clients)
             sent = {id(c.bodies[-1]) for c in clients}
             assert len(sent) == 1  # one bytes object, not 200 copies
+        # Each update was written by the board's read, one task for all 200 clients: no
+        # stream's own task woke for it.
+        assert len(writers) <= 3 and not any(name.startswith("stream") for name in writers)
         for client in clients:
             client.hang_up.set()
         assert await asyncio.gather(*tasks) == [False] * 200
@@ -599,6 +616,71 @@ def test_clients_that_leave_an_idle_board_are_not_kept() -> None:
             client.hang_up.set()
         await asyncio.gather(*tasks[:10])
         assert hub._boards == {}
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_send_that_is_no_coroutine_gets_every_event() -> None:
+    """An ASGI server whose send returns a plain awaitable (here a future) is served by the
+    stream's own task: its client still gets each update."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0)
+        hub.start()
+        client = Client()
+        loop = asyncio.get_running_loop()
+
+        def send(message: dict[str, Any]) -> asyncio.Future[None]:
+            if message["type"] == "http.response.body" and message["body"]:
+                client.bodies.append(message["body"])
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+
+        task = asyncio.create_task(hub.stream(DAY_KEY, client.receive, send))  # type: ignore[arg-type]
+        await _settle()
+        for lsn in (2, 3):
+            boards.lsn = lsn
+            boards.entries["day"] = [{"rank": 1, "user_id": f"u{lsn}", "score": lsn}]
+            feed.heard(lsn)
+            await _settle()
+            assert f'"user_id":"u{lsn}"'.encode() in client.events[-1]
+        assert len(client.events) == 3
+        client.hang_up.set()
+        assert await task is False
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_board_that_does_not_change_is_read_at_most_every_min_interval() -> None:
+    """While the watermark moves every 10 ms without changing a board, the board is read at
+    most every min_interval, not every read_interval."""
+
+    async def scenario() -> None:
+        boards = FakeBoards()
+        feed = WatermarkFeed(None, b"events", _no_lsn)  # type: ignore[arg-type]
+        hub = BoardEvents(boards.read, feed, ZoneInfo("UTC"), min_interval=0.2)
+        hub.start()
+        client = Client()
+        task = asyncio.create_task(hub.stream(ALL_KEY, client.receive, client.send))
+        await asyncio.sleep(0.3)
+        reads = sum(boards.reads.values())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        lsn = 2
+        while loop.time() - started < 0.65:
+            boards.lsn = lsn
+            feed.heard(lsn)
+            lsn += 1
+            await asyncio.sleep(0.01)
+        assert 2 <= sum(boards.reads.values()) - reads <= 5  # every 0.2 s, not every 0.05 s
+        assert len(client.events) == 1
+        client.hang_up.set()
+        await task
         await hub.stop()
 
     asyncio.run(scenario())
