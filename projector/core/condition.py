@@ -9,7 +9,7 @@ converted by the column's type, SQL's three-valued logic: a row qualifies only w
 condition is TRUE); ``render`` writes it as SQL with ``psycopg.sql`` (identifiers and
 literals quoted by psycopg, text compared under ``COLLATE "C"`` so that PostgreSQL orders
 strings by code point, as Python does). Both evaluations agree by construction and by a
-property test against PostgreSQL (tests/core/test_condition_pg.py).
+property test against PostgreSQL (tests/core/test_condition.py).
 """
 
 from __future__ import annotations
@@ -732,6 +732,11 @@ def _sql_literal(value: Literal) -> sql.Composable:
     if isinstance(value, Timestamp):
         cast = "timestamptz" if value.zoned else "timestamp"
         return sql.SQL("{}::{}").format(sql.Literal(value.text), sql.SQL(cast))
+    if isinstance(value, str) and "%" in value:
+        # A '%' in the query text would be taken for a placeholder by psycopg when the query
+        # runs with parameters (and must not be doubled when it runs without): spell it out.
+        parts = sql.SQL(" || chr(37) || ").join(sql.Literal(p) for p in value.split("%"))
+        return sql.SQL("({})").format(parts)
     return sql.Literal(value)
 
 

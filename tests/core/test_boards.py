@@ -38,10 +38,14 @@ def test_without_a_file_the_default_is_the_pomodoro_board() -> None:
     assert default.labels == Labels(Table("public", "users"), "id", "display_name")
 
 
-def test_the_example_file_declares_three_boards() -> None:
-    """examples/focus_minutes.toml: pomodoros per user, minutes per team-week, per user-month."""
+def test_the_example_file_declares_four_boards() -> None:
+    """examples/focus_minutes.toml: pomodoros per user, minutes per team-week, per user-month,
+    and long pomodoros in a team per user (a board with a condition)."""
     boards = load_boards(str(EXAMPLE))
-    assert [b.name for b in boards] == ["pomodoros", "team-focus", "focus-minutes"]
+    assert [b.name for b in boards] == ["pomodoros", "team-focus", "focus-minutes", "team-long"]
+    where = boards[3].where
+    assert where is not None and where.canonical == "minutes >= 25 and team_id is not null"
+    assert boards[3].columns == ("user_id", "completed_at", "minutes", "team_id")
     assert boards[0] == DEFAULT_BOARDS[0]
     assert (boards[1].member, boards[1].sum, boards[1].periods) == (
         "team_id",
@@ -131,10 +135,12 @@ def test_the_fingerprint_covers_every_board_definition() -> None:
     assert example.changes_since(default.text) == [
         "board 'focus-minutes' added",
         "board 'team-focus' added",
+        "board 'team-long' added",
     ]
     assert default.changes_since(example.text) == [
         "board 'focus-minutes' removed",
         "board 'team-focus' removed",
+        "board 'team-long' removed",
     ]
 
 

@@ -102,6 +102,7 @@ def test_boards_lists_the_declared_boards_default_first(served: Served) -> None:
         ("pomodoros", True, "count", ["day", "week", "month", "year", "all"]),
         ("team-focus", False, "sum", ["week"]),
         ("focus-minutes", False, "sum", ["month"]),
+        ("team-long", False, "count", ["week", "all"]),
     ]
 
 
