@@ -85,6 +85,11 @@ def test_defaults_of_optional_fields() -> None:
         ({"boards": [board(score={"sum": "user_id"})]}, "must be different columns"),
         ({"boards": [board(colour="red")]}, "board 'focus': unknown field(s) colour"),
         (
+            {"boards": [board(where="minutes >= 20 or")]},
+            "board 'focus': field 'where': unexpected end of the condition: expected a column",
+        ),
+        ({"boards": [board(where=20)]}, "field 'where': the condition must be a string, not 20"),
+        (
             {"boards": [board(labels={"table": "users", "key": "id"})]},
             "field 'labels' must have exactly the fields table, key and column",
         ),
