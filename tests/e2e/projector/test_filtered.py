@@ -6,7 +6,9 @@ live schema at start."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,48 @@ def test_rows_move_in_and_out_of_a_filtered_board_exactly_through_kill9_and_trun
         timeout=60,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    proc.check()
+
+
+def _wait_log(proc: ProjectorProcess, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.log_text():
+        proc.check()
+        assert time.monotonic() < deadline, f"no {text!r}:\n{proc.log_tail()}"
+        time.sleep(0.02)
+
+
+def test_changing_a_condition_builds_that_board_alone_while_the_others_stream(
+    focus_dsn: str, start_process: StartProcess, tmp_path: Path
+) -> None:
+    """A restart with team-long's where changed builds team-long again from a snapshot (no
+    full rebuild, the other boards stream on); its new rows are the new condition's."""
+    proc, projected = start_process(boards_file=FOCUS)
+    with psycopg.connect(focus_dsn, autocommit=True) as conn:
+        _insert(conn, 300)
+        projected.assert_exact()
+        before = projected.redis(projected.boards[LONG]).boards
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        changed = tmp_path / "changed.toml"
+        changed.write_text(
+            Path(FOCUS)
+            .read_text()
+            .replace(
+                'where = "minutes >= 25 and team_id is not null"',
+                "where = \"minutes >= 50 or team_id in ('blue')\"",
+            )
+        )
+        proc, projected = start_process(boards_file=str(changed))
+        _insert(conn, 30, offset=300)  # written while the board is built
+        _wait_log(proc, "boards built and live")
+        projected.assert_exact()
+        assert projected.redis(projected.boards[LONG]).boards != before
+        log = proc.log_text()
+        assert "board 'team-long' changed" in log
+        assert "rebuilding Redis" not in log
+        for other in ("pomodoros", "team-focus", "focus-minutes"):
+            assert f"board '{other}'" not in log
     proc.check()
 
 
