@@ -547,11 +547,16 @@ def _literal_problem(node: Node, table: str, types: Mapping[str, str]) -> str | 
 
 
 # -- evaluation ----------------------------------------------------------------------
+#
+# A condition compiles to two two-valued tests, "is TRUE" and "is FALSE"; SQL's unknown is
+# neither. not swaps them; "a and b" is TRUE when both are, FALSE when either is; "a or b"
+# the other way round; a comparison with NULL is neither. A row qualifies when the
+# condition is TRUE, and the stream needs no more: no value is ever built for unknown.
 
 Row: TypeAlias = Sequence[object]
-# A node evaluated on (row, old row or None): True, False or None (SQL's unknown).
-_Eval: TypeAlias = Callable[[Row, Row | None], bool | None]
-Predicate: TypeAlias = Callable[..., bool]
+# A test on (row, old row or None): the row's value in a column, the old row's when the
+# row lacks it (an update's unchanged TOASTed value).
+Test: TypeAlias = Callable[[Row, Row | None], bool]
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "=": operator.eq,
@@ -564,8 +569,9 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
 _NAN = (1, 0)  # numeric and double precision NaN: equal to itself, above every number
 
 
-def _decoder(type_name: str) -> Callable[[bytes], object]:
-    """Text output of a column of ``type_name`` to a key that orders as PostgreSQL does."""
+def _decoder(type_name: str) -> Callable[[bytes], object] | None:
+    """Text output of a column of ``type_name`` to a key that orders as PostgreSQL does
+    (None: the bytes themselves, for text: UTF-8 orders and compares as code points do)."""
     if type_name in ("smallint", "integer", "bigint"):
         return int
     if type_name == "numeric":
@@ -573,7 +579,7 @@ def _decoder(type_name: str) -> Callable[[bytes], object]:
     if type_name == "double precision":
         return lambda v: _NAN if v == b"NaN" else (0, float(v))
     if type_name in ("text", "character varying"):
-        return lambda v: v.decode()
+        return None
     if type_name == "boolean":
         return lambda v: v == b"t"
     return _instant_key  # timestamp with or without time zone
@@ -588,22 +594,19 @@ def _literal_key(value: Literal, type_name: str) -> object:
         return (0, float(value))  # PostgreSQL casts a numeric literal to float8 too
     if isinstance(value, Timestamp):
         return (0, value.micros)
+    if isinstance(value, str):
+        return value.encode()
     return value
 
 
-def predicate(condition: Condition, columns: Mapping[str, tuple[int, str]]) -> Predicate:
+def predicate(condition: Condition, columns: Mapping[str, tuple[int, str]]) -> Test:
     """``condition`` over rows whose column ``name`` is at ``columns[name]`` = (position,
-    type name), as raw text values (bytes, None for NULL). The predicate takes the row and,
-    for an update's new row, the old row, whose value stands in for one the new row lacks
-    (an unchanged TOASTed value); it is True only when the condition is TRUE, and raises
-    ``UnloggedValue`` when neither row holds a value it reads. ``type_problem`` must have
-    passed."""
-    evaluate = _compile(condition.node, columns)
-
-    def qualifies(row: Row, old: Row | None = None) -> bool:
-        return evaluate(row, old) is True
-
-    return qualifies
+    type name), as raw text values (bytes, None for NULL). The predicate takes the row and
+    the old row (None but for an update's new row), whose value stands in for one the row
+    lacks (an unchanged TOASTed value); it is True only when the condition is TRUE, and
+    raises ``UnloggedValue`` when neither row holds a value it reads. ``type_problem`` must
+    have passed."""
+    return _compile(condition.node, columns, True)
 
 
 def evaluate(
@@ -613,89 +616,101 @@ def evaluate(
     column name -> text value (None for NULL), columns typed by ``types``."""
     names = list(row)
     columns = {name: (index, types[name]) for index, name in enumerate(names)}
-    return _compile(condition.node, columns)([row[n] for n in names], None)
+    values = [row[n] for n in names]
+    if _compile(condition.node, columns, True)(values, None):
+        return True
+    if _compile(condition.node, columns, False)(values, None):
+        return False
+    return None
 
 
-def _compile(node: Node, columns: Mapping[str, tuple[int, str]]) -> _Eval:
-    if isinstance(node, And):
-        parts = [_compile(operand, columns) for operand in node.operands]
-
-        def all_of(row: Row, old: Row | None) -> bool | None:
-            result: bool | None = True
-            for part in parts:
-                value = part(row, old)
-                if value is False:
-                    return False
-                if value is None:
-                    result = None
-            return result
-
-        return all_of
-    if isinstance(node, Or):
-        parts = [_compile(operand, columns) for operand in node.operands]
-
-        def any_of(row: Row, old: Row | None) -> bool | None:
-            result: bool | None = False
-            for part in parts:
-                value = part(row, old)
-                if value is True:
-                    return True
-                if value is None:
-                    result = None
-            return result
-
-        return any_of
+def _compile(node: Node, columns: Mapping[str, tuple[int, str]], truth: bool) -> Test:
+    """The test that ``node`` is TRUE (``truth``) or that it is FALSE."""
     if isinstance(node, Not):
-        inner = _compile(node.operand, columns)
-
-        def negation(row: Row, old: Row | None) -> bool | None:
-            value = inner(row, old)
-            return None if value is None else not value
-
-        return negation
+        return _compile(node.operand, columns, not truth)
+    if isinstance(node, And | Or):
+        parts = [_compile(operand, columns, truth) for operand in node.operands]
+        # TRUE of an and, FALSE of an or: every part; else any part.
+        return _every(parts) if isinstance(node, And) == truth else _any(parts)
     index, type_name = columns[node.column]
-    read = _reader(node.column, index, _decoder(type_name))
+    raw = _raw(node.column, index)
     if isinstance(node, IsNull):
-        negated = node.negated
+        wanted_null = node.negated != truth
 
-        def is_null(row: Row, old: Row | None) -> bool | None:
-            return (read(row, old) is None) != negated
+        def is_null(row: Row, old: Row | None) -> bool:
+            return (raw(row, old) is None) == wanted_null
 
         return is_null
+    decode = _decoder(type_name)
     if isinstance(node, InList):
         keys = frozenset(_literal_key(v, type_name) for v in node.values)
-        negated = node.negated
+        inside = node.negated != truth
 
-        def in_list(row: Row, old: Row | None) -> bool | None:
-            value = read(row, old)
-            return None if value is None else (value in keys) != negated
+        def in_list(row: Row, old: Row | None) -> bool:
+            value = raw(row, old)
+            if value is None:
+                return False
+            return ((value if decode is None else decode(value)) in keys) == inside
 
         return in_list
     compare, literal = _OPS[node.op], _literal_key(node.value, type_name)
+    index_ = index
 
-    def comparison(row: Row, old: Row | None) -> bool | None:
-        value = read(row, old)
-        return None if value is None else compare(value, literal)
+    def comparison(row: Row, old: Row | None) -> bool:
+        value = row[index_]
+        if type(value) is not bytes:
+            value = raw(row, old)
+            if value is None:
+                return False
+        return compare(value if decode is None else decode(value), literal) == truth
 
     return comparison
 
 
-def _reader(
-    column: str, index: int, decode: Callable[[bytes], object]
-) -> Callable[[Row, Row | None], object]:
-    def read(row: Row, old: Row | None) -> object:
-        value = row[index]
-        if value is None:
-            return None
-        if type(value) is not bytes:  # an unchanged TOASTed value: the old row has it
-            value = old[index] if old is not None else value
-            if value is None:
-                return None
-            if type(value) is not bytes:
-                raise UnloggedValue(column)
-        return decode(value)
+def _every(parts: list[Test]) -> Test:
+    if len(parts) == 2:
+        first, second = parts
 
-    return read
+        def both(row: Row, old: Row | None) -> bool:
+            return first(row, old) and second(row, old)
+
+        return both
+
+    def every(row: Row, old: Row | None) -> bool:
+        return all(part(row, old) for part in parts)
+
+    return every
+
+
+def _any(parts: list[Test]) -> Test:
+    if len(parts) == 2:
+        first, second = parts
+
+        def either(row: Row, old: Row | None) -> bool:
+            return first(row, old) or second(row, old)
+
+        return either
+
+    def any_(row: Row, old: Row | None) -> bool:
+        return any(part(row, old) for part in parts)
+
+    return any_
+
+
+def _raw(column: str, index: int) -> Callable[[Row, Row | None], bytes | None]:
+    """The column's raw value (None for NULL), from the old row when the row lacks it."""
+
+    def raw(row: Row, old: Row | None) -> bytes | None:
+        value = row[index]
+        if value is None or type(value) is bytes:
+            return value
+        # an unchanged TOASTed value: the old row has it
+        value = old[index] if old is not None else value
+        if value is None or type(value) is bytes:
+            return value
+        raise UnloggedValue(column)
+
+    return raw
 
 
 # -- SQL -----------------------------------------------------------------------------

@@ -349,7 +349,7 @@ class Projection:
             return
         new = msg.new
         for board in plan.boards:
-            if board.qualifies is not None and not board.qualifies(new):
+            if board.qualifies is not None and not board.qualifies(new, None):
                 continue
             self._score(board, new[board.member], new[board.time], _value(board, new), 1)
         if plan.labels is not None:
@@ -379,8 +379,10 @@ class Projection:
                     new_value = old_value
                 if board.qualifies is not None:
                     # Into the condition: added; out of it: removed; outside: nothing.
-                    was = self._qualifies(board, old, None, msg)
-                    now = self._qualifies(board, new, old, msg)
+                    try:
+                        was, now = board.qualifies(old, None), board.qualifies(new, old)
+                    except UnloggedValue as exc:
+                        raise self._unlogged(board, msg, exc) from None
                     if not (was and now):
                         if was:
                             self._score(board, old_member, old_time, old_value, -1)
@@ -405,7 +407,7 @@ class Projection:
             return
         old = msg.old
         for board in plan.boards:
-            if board.qualifies is not None and not board.qualifies(old):
+            if board.qualifies is not None and not board.qualifies(old, None):
                 continue
             self._score(board, old[board.member], old[board.time], _value(board, old), -1)
         if plan.labels is not None:
@@ -509,25 +511,14 @@ class Projection:
             label = msg.old[plan.column]
         self._label(plan, new_member, label)
 
-    def _qualifies(
-        self,
-        board: _BoardPlan,
-        row: tuple[ColumnValue, ...],
-        old: tuple[ColumnValue, ...] | None,
-        msg: Update,
-    ) -> bool:
-        """Whether an update's row satisfies the board's condition (for the new row, the old
-        one stands in for unchanged TOASTed values)."""
-        assert board.qualifies is not None
-        try:
-            return board.qualifies(row, old)
-        except UnloggedValue as exc:
-            rel = self._relations[msg.relation_id]
-            raise RebuildRequired(
-                f"a row of {rel.namespace}.{rel.name} changed while the long value of {exc} that"
-                f" board {board.board.name!r} filters on was not logged; REPLICA IDENTITY FULL"
-                " on that table avoids this rebuild"
-            ) from None
+    def _unlogged(self, board: _BoardPlan, msg: Update, exc: UnloggedValue) -> RebuildRequired:
+        """An update whose rows do not say whether it satisfies the board's condition."""
+        rel = self._relations[msg.relation_id]
+        return RebuildRequired(
+            f"a row of {rel.namespace}.{rel.name} changed while the long value of {exc} that"
+            f" board {board.board.name!r} filters on was not logged; REPLICA IDENTITY FULL"
+            " on that table avoids this rebuild"
+        )
 
     def _score(
         self,

@@ -151,8 +151,8 @@ def test_null_makes_comparisons_unknown_and_only_true_qualifies() -> None:
     assert truth("minutes is null", minutes=None) is True
     assert truth("minutes is not null", minutes=None) is False
     qualifies = predicate(parse_condition("not minutes > 1"), {"minutes": (0, "integer")})
-    assert qualifies((None,)) is False
-    assert qualifies((b"0",)) is True
+    assert qualifies((None,), None) is False
+    assert qualifies((b"0",), None) is True
 
 
 def test_an_update_row_takes_unchanged_values_from_the_old_row() -> None:
@@ -165,7 +165,7 @@ def test_an_update_row_takes_unchanged_values_from_the_old_row() -> None:
     with pytest.raises(UnloggedValue, match="status"):
         qualifies((b"1", unchanged), (b"1", unchanged))
     with pytest.raises(UnloggedValue):
-        qualifies((b"1", unchanged))
+        qualifies((b"1", unchanged), None)
 
 
 def test_type_problems_name_the_column_and_the_fix() -> None:
