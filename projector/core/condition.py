@@ -14,6 +14,7 @@ property test against PostgreSQL (tests/core/test_condition.py).
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -536,6 +537,12 @@ def _literal_problem(node: Node, table: str, types: Mapping[str, str]) -> str | 
                     f"column {table}.{node.column} is {types[node.column]}, compared with "
                     f"{_shown(value)}; compare it with {_WANTED[family]}"
                 )
+            if types[node.column] == "double precision" and not _fits_float(value):
+                # PostgreSQL would fail every query casting it to float8.
+                return (
+                    f"column {table}.{node.column} is double precision, compared with "
+                    f"{_shown(value)}, which is out of its range"
+                )
         return None
     if isinstance(node, IsNull):
         return None
@@ -544,6 +551,13 @@ def _literal_problem(node: Node, table: str, types: Mapping[str, str]) -> str | 
         if problem is not None:
             return problem
     return None
+
+
+def _fits_float(value: Literal) -> bool:
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except OverflowError:
+        return False
 
 
 # -- evaluation ----------------------------------------------------------------------

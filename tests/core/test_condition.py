@@ -181,6 +181,8 @@ def test_type_problems_name_the_column_and_the_fix() -> None:
         check("local > timestamptz '2026-01-01 00:00Z'")
     )
     assert "compare it with true or false" in str(check("done = 1"))
+    assert "which is out of its range" in str(check("ratio < 1" + "0" * 400))
+    assert check("score < 1" + "0" * 400) is None  # numeric has the range
     assert "is uuid, which a condition cannot read" in str(
         type_problem(parse_condition("u is null"), "public.t", {"u": "uuid"})
     )
