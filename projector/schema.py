@@ -1,9 +1,10 @@
 """The declared boards against the live schema: what does not fit, and partitions.
 
-``schema_problems`` names each board the catalog does not fit (columns, types, replica
-identity on the table and every partition, the CHECK a sum needs, label tables, the
-publication), each with its fix; ``partition_states`` describes each partitioned table's
-leaf partitions, so that maintenance no row change reports can be noticed.
+``schema_problems`` names each board the catalog does not fit (columns, types, the columns
+and literals of its condition, replica identity on the table and every partition, the CHECK
+a sum needs, label tables, the publication), each with its fix; ``partition_states``
+describes each partitioned table's leaf partitions, so that maintenance no row change
+reports can be noticed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from projector.core.boards import IDENTITY_NAMES, RESTORE, Board, Table
+from projector.core.condition import type_problem
 
 # One statement (one snapshot): the replica identities and the columns they cover cannot
 # disagree with each other even while an ALTER TABLE runs. A partitioned table is checked
@@ -128,6 +130,10 @@ def _board_problem(
                 f"field {field_name!r}: column {board.table}.{column} is "
                 f"{columns[column]}, it must be {wanted}; {RESTORE}"
             )
+    if board.where is not None:
+        problem = type_problem(board.where, str(board.table), columns)
+        if problem is not None:
+            return f"field 'where': {problem}; {RESTORE}"
     problem = _identity_problem(conn, relations, board.columns, "of deleted or changed rows")
     if problem is not None:
         return problem

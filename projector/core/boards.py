@@ -5,7 +5,9 @@ A board ranks the values of one column (the member) of one table, by the number 
 the periods it keeps; display labels may come from another table. ``load_boards`` reads
 them from the TOML file named by ``PROJECTOR_BOARDS_FILE`` (the built-in default is the
 pomodoro board); ``projector.schema`` checks them against the live schema. Everything else
-(keys, queries, the projection, the API) is derived from these definitions.
+(keys, queries, the projection, the API) is derived from these definitions. A board may
+count only the rows that satisfy a condition (``where``, ``projector.core.condition``),
+parsed here once.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Any
 from psycopg import sql
 
 from projector.core.buckets import Period
+from projector.core.condition import Condition, ConditionError, parse_condition
 from projector.core.errors import ConfigError
 
 _NAME = re.compile(r"\A[a-z0-9_-]{1,40}\Z")
 _IDENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_$]{0,62}\Z")
 _PERIOD_NAMES = frozenset(p.value for p in Period)
-_FIELDS = frozenset({"name", "table", "member", "time", "periods", "score", "labels"})
+_FIELDS = frozenset({"name", "table", "member", "time", "periods", "score", "labels", "where"})
 _LABEL_FIELDS = frozenset({"table", "key", "column"})
 # Key names the projector uses beside the boards: a label table may not shadow them.
 RESERVED_KEY_NAMES = frozenset(
@@ -60,7 +63,8 @@ class Labels:
 
 @dataclass(frozen=True, slots=True)
 class Board:
-    """One declared board; ``sum`` is the summed column, None for a count of rows."""
+    """One declared board; ``sum`` is the summed column, None for a count of rows; ``where``
+    the condition a row must satisfy to count (None: every row counts)."""
 
     name: str
     table: Table
@@ -69,15 +73,21 @@ class Board:
     periods: tuple[Period, ...]
     sum: str | None = None
     labels: Labels | None = None
+    where: Condition | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Every column of ``table`` this board reads (so the replica identity must cover)."""
-        return (self.member, self.time) + ((self.sum,) if self.sum else ())
+        read = (self.member, self.time) + ((self.sum,) if self.sum else ())
+        if self.where is None:
+            return read
+        return read + tuple(c for c in self.where.columns if c not in read)
 
     def description(self) -> dict[str, Any]:
-        """A canonical, JSON-able description (the fingerprint covers it)."""
-        return {
+        """A canonical, JSON-able description (the fingerprint covers it). A condition is
+        recorded in its canonical spelling, and only when there is one (so the boards
+        recorded before conditions existed keep their description)."""
+        described = {
             "name": self.name,
             "table": str(self.table),
             "member": self.member,
@@ -94,6 +104,9 @@ class Board:
                 else None
             ),
         }
+        if self.where is not None:
+            described["where"] = self.where.canonical
+        return described
 
     @property
     def fingerprint(self) -> str:
@@ -178,7 +191,13 @@ def _parse_board(entry: Any, where: str) -> Board:
         labels = _labels(entry["labels"], f"{where}: field 'labels'")
     if len({member, time_column, sum_column} - {None}) < 2 + (sum_column is not None):
         raise ConfigError(f"{where}: 'member', 'time' and 'score.sum' must be different columns")
-    return Board(name, table, member, time_column, periods, sum_column, labels)
+    condition = None
+    if "where" in entry:
+        try:
+            condition = parse_condition(entry["where"])
+        except ConditionError as exc:
+            raise ConfigError(f"{where}: field 'where': {exc}") from None
+    return Board(name, table, member, time_column, periods, sum_column, labels, condition)
 
 
 def _table(value: Any, where: str) -> Table:

@@ -23,6 +23,7 @@ from projector.core.buckets import (
     expires_at,
     local_date,
 )
+from projector.core.condition import TYPE_NAMES, UnloggedValue, predicate, type_problem
 from projector.core.errors import BoardsChanged, RebuildRequired
 from projector.core.keys import Keys
 from projector.core.limits import MAX_MEMBER, clean_label
@@ -122,6 +123,7 @@ class _BoardPlan:
         "keys",
         "member",
         "prefix",
+        "qualifies",
         "time",
         "timed",
         "value",
@@ -134,6 +136,12 @@ class _BoardPlan:
         self.member = _column_index(rel, board.member)
         self.time = _column_index(rel, board.time)
         self.value = _column_index(rel, board.sum) if board.sum else -1
+        # The board's condition on a row (None: every row counts); _plan_problem checked it.
+        self.qualifies = (
+            predicate(board.where, _typed_columns(rel, board.where.columns))
+            if board.where is not None
+            else None
+        )
         self.prefix = keys.board_prefix(board.name)
         self.all_key = (
             keys.board(board.name, Period.ALL, "all") if Period.ALL in board.periods else ""
@@ -162,9 +170,25 @@ def _column_index(rel: Relation, name: str) -> int:
     return -1
 
 
+def _typed_columns(rel: Relation, names: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """Position and type name of each named column of ``rel`` (that exists)."""
+    found = {}
+    for name in names:
+        index = _column_index(rel, name)
+        if index >= 0:
+            oid = rel.columns[index].type_oid
+            found[name] = (index, TYPE_NAMES.get(oid, f"the type with oid {oid}"))
+    return found
+
+
 def _plan_problem(board: Board, rel: Relation) -> str | None:
     """Why the stream's layout of the board's table cannot be projected, with the fix."""
     table = f"{rel.namespace}.{rel.name}"
+    if board.where is not None:
+        types = {n: t for n, (_, t) in _typed_columns(rel, board.where.columns).items()}
+        problem = type_problem(board.where, table, types)
+        if problem is not None:
+            return f"field 'where': {problem}; {RESTORE}"
     for field_name, column, oids, wanted in (
         ("member", board.member, None, ""),
         ("time", board.time, frozenset({_TIMESTAMPTZ}), "timestamptz"),
@@ -325,6 +349,8 @@ class Projection:
             return
         new = msg.new
         for board in plan.boards:
+            if board.qualifies is not None and not board.qualifies(new, None):
+                continue
             self._score(board, new[board.member], new[board.time], _value(board, new), 1)
         if plan.labels is not None:
             self._label(plan.labels, new[plan.labels.key], new[plan.labels.column])
@@ -351,6 +377,18 @@ class Projection:
                 old_value, new_value = _value(board, old), _value(board, new)
                 if new_value is UNCHANGED_TOAST:
                     new_value = old_value
+                if board.qualifies is not None:
+                    # Into the condition: added; out of it: removed; outside: nothing.
+                    try:
+                        was, now = board.qualifies(old, None), board.qualifies(new, old)
+                    except UnloggedValue as exc:
+                        raise self._unlogged(board, msg, exc) from None
+                    if not (was and now):
+                        if was:
+                            self._score(board, old_member, old_time, old_value, -1)
+                        if now:
+                            self._score(board, new_member, new_time, new_value, 1)
+                        continue
                 if (old_member, old_time, old_value) == (new_member, new_time, new_value):
                     continue
                 self._score(board, old_member, old_time, old_value, -1)
@@ -369,6 +407,8 @@ class Projection:
             return
         old = msg.old
         for board in plan.boards:
+            if board.qualifies is not None and not board.qualifies(old, None):
+                continue
             self._score(board, old[board.member], old[board.time], _value(board, old), -1)
         if plan.labels is not None:
             member = old[plan.labels.key]
@@ -470,6 +510,15 @@ class Projection:
                 )
             label = msg.old[plan.column]
         self._label(plan, new_member, label)
+
+    def _unlogged(self, board: _BoardPlan, msg: Update, exc: UnloggedValue) -> RebuildRequired:
+        """An update whose rows do not say whether it satisfies the board's condition."""
+        rel = self._relations[msg.relation_id]
+        return RebuildRequired(
+            f"a row of {rel.namespace}.{rel.name} changed while the long value of {exc} that"
+            f" board {board.board.name!r} filters on was not logged; REPLICA IDENTITY FULL"
+            " on that table avoids this rebuild"
+        )
 
     def _score(
         self,

@@ -3,7 +3,8 @@
 The rebuild, ``verify`` and the API's fallback ask the same question, "each member's score
 in a bucket", with the same bucket bounds: an instant belongs to a timed bucket when its
 local time (``AT TIME ZONE``) falls in it, is finite and is before local year 10000. Each
-query returns the member as text, as Redis stores it, and only positive scores.
+query returns the member as text, as Redis stores it, and only positive scores. Every one
+reads the board's table through ``counted_rows``: a ranked member and the board's condition.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from psycopg import sql
 
 from projector.core.boards import Board, Labels
 from projector.core.buckets import Period
+from projector.core.condition import render
 from projector.core.limits import clean_label_sql, ranked_member_sql
 
 _UNITS = {Period.DAY: "day", Period.WEEK: "week", Period.MONTH: "month", Period.YEAR: "year"}
@@ -29,6 +31,15 @@ def _having(board: Board) -> sql.Composable:
     if board.sum is None:
         return sql.SQL("")
     return sql.SQL(" HAVING coalesce(sum({}), 0) > 0").format(sql.Identifier(board.sum))
+
+
+def counted_rows(board: Board) -> sql.Composable:
+    """The rows of the board's table that count: a ranked member (``limits``) and, for a
+    board with a ``where``, a TRUE condition. Every query over the table filters with it."""
+    ranked = ranked_member_sql(sql.Identifier(board.member))
+    if board.where is None:
+        return ranked
+    return sql.SQL("{} AND {}").format(ranked, render(board.where))
 
 
 def _in_calendar(board: Board) -> sql.Composable:
@@ -49,7 +60,7 @@ def period_scores(board: Board, period: Period) -> sql.Composed:
         unit=sql.Literal(_UNITS[period]),
         t=sql.Identifier(board.time),
         m=sql.Identifier(board.member),
-        ranked=ranked_member_sql(sql.Identifier(board.member)),
+        ranked=counted_rows(board),
         score=score_expression(board),
         table=board.table.identifier(),
         calendar=_in_calendar(board),
@@ -63,7 +74,7 @@ def all_time_scores(board: Board) -> sql.Composed:
         "SELECT {m}::text, {score} FROM {table} WHERE {ranked} GROUP BY 1{having}"
     ).format(
         m=sql.Identifier(board.member),
-        ranked=ranked_member_sql(sql.Identifier(board.member)),
+        ranked=counted_rows(board),
         score=score_expression(board),
         table=board.table.identifier(),
         having=_having(board),
@@ -77,7 +88,7 @@ def bucket_filter(
     its bounds (``bucket_bounds``); a bucket whose end lies past local year 9999
     (``open_end``) is bounded by the calendar instead, with parameter ``tz``. Nothing
     bounds the all-time bucket."""
-    member = ranked_member_sql(sql.Identifier(board.member))
+    member = counted_rows(board)
     if period is Period.ALL:
         return member
     start = sql.Placeholder(f"{name}start")

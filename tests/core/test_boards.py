@@ -38,10 +38,14 @@ def test_without_a_file_the_default_is_the_pomodoro_board() -> None:
     assert default.labels == Labels(Table("public", "users"), "id", "display_name")
 
 
-def test_the_example_file_declares_three_boards() -> None:
-    """examples/focus_minutes.toml: pomodoros per user, minutes per team-week, per user-month."""
+def test_the_example_file_declares_four_boards() -> None:
+    """examples/focus_minutes.toml: pomodoros per user, minutes per team-week, per user-month,
+    and long pomodoros in a team per user (a board with a condition)."""
     boards = load_boards(str(EXAMPLE))
-    assert [b.name for b in boards] == ["pomodoros", "team-focus", "focus-minutes"]
+    assert [b.name for b in boards] == ["pomodoros", "team-focus", "focus-minutes", "team-long"]
+    where = boards[3].where
+    assert where is not None and where.canonical == "minutes >= 25 and team_id is not null"
+    assert boards[3].columns == ("user_id", "completed_at", "minutes", "team_id")
     assert boards[0] == DEFAULT_BOARDS[0]
     assert (boards[1].member, boards[1].sum, boards[1].periods) == (
         "team_id",
@@ -80,6 +84,11 @@ def test_defaults_of_optional_fields() -> None:
         ({"boards": [board(score={"sum": "x y"})]}, "field 'score.sum' must be a column name"),
         ({"boards": [board(score={"sum": "user_id"})]}, "must be different columns"),
         ({"boards": [board(colour="red")]}, "board 'focus': unknown field(s) colour"),
+        (
+            {"boards": [board(where="minutes >= 20 or")]},
+            "board 'focus': field 'where': unexpected end of the condition: expected a column",
+        ),
+        ({"boards": [board(where=20)]}, "field 'where': the condition must be a string, not 20"),
         (
             {"boards": [board(labels={"table": "users", "key": "id"})]},
             "field 'labels' must have exactly the fields table, key and column",
@@ -131,10 +140,12 @@ def test_the_fingerprint_covers_every_board_definition() -> None:
     assert example.changes_since(default.text) == [
         "board 'focus-minutes' added",
         "board 'team-focus' added",
+        "board 'team-long' added",
     ]
     assert default.changes_since(example.text) == [
         "board 'focus-minutes' removed",
         "board 'team-focus' removed",
+        "board 'team-long' removed",
     ]
 
 

@@ -1,9 +1,10 @@
 """The soak's schema beside the migrations, its boards, and the DDL its faults run.
 
-Three boards (``boards.toml``): the pomodoro board; ``focus``, over a table partitioned by
+Four boards (``boards.toml``): the pomodoro board; ``focus``, over a table partitioned by
 RANGE on ``started_at`` (a partition per UTC calendar quarter of the last year, a DEFAULT
 partition for the rest, REPLICA IDENTITY FULL on the root and on every partition), which
-partition maintenance changes without any row change in the stream; and ``signups``, over
+partition maintenance changes without any row change in the stream; ``focus-long``, over the
+same table with a condition (``where``) on minutes and members; and ``signups``, over
 ``users``, the only board that reads ``users.created_at``, which a breaking migration
 renames or retypes. ``restore`` puts the canonical schema back at the start of a round.
 """

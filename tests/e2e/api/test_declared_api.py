@@ -102,6 +102,7 @@ def test_boards_lists_the_declared_boards_default_first(served: Served) -> None:
         ("pomodoros", True, "count", ["day", "week", "month", "year", "all"]),
         ("team-focus", False, "sum", ["week"]),
         ("focus-minutes", False, "sum", ["month"]),
+        ("team-long", False, "count", ["week", "all"]),
     ]
 
 
@@ -117,6 +118,24 @@ def test_a_sum_board_ranks_members_by_their_sum_with_labels(served: Served, api:
     ]
     assert body["total"] == 2
     assert body["source"] == ("redis" if api == "redis_api" else "postgres")
+
+
+@pytest.mark.parametrize("api", ["redis_api", "postgres_api"])
+def test_a_filtered_board_counts_only_the_rows_that_qualify(served: Served, api: str) -> None:
+    """team-long (minutes >= 25 and team_id is not null), from Redis and from the PostgreSQL
+    fallback alike: cy's team-less, bob's 10-minute and dee's 0-minute pomodoros do not count."""
+    body = getattr(served, api).json("/v1/boards/team-long/all")
+    assert [(e["member"], e["score"]) for e in body["entries"]] == [
+        ("ada", 3),
+        ("bob", 1),
+        ("cy", 1),
+    ]
+    week = getattr(served, api).json("/v1/boards/team-long/week")
+    assert [(e["member"], e["score"]) for e in week["entries"]] == [
+        ("ada", 2),
+        ("bob", 1),
+        ("cy", 1),
+    ]
 
 
 def test_both_stores_answer_every_board_route_alike(served: Served) -> None:

@@ -47,12 +47,13 @@ WIDE_RETENTION = {
 # boards whose retention ran out dropped (a board lives until the first local date
 # `retention` buckets after its bucket ends), instants outside local years 0001..9999 in the
 # all-time board only, members whose score is not positive left out. Written from the board's
-# columns here, independently of projector.core.queries.
+# columns here, independently of projector.core.queries. A board's condition (``where``) is a
+# subset of SQL: it is pasted as the test's TOML wrote it, never through projector code.
 _RECOMPUTE_SQL = """
 WITH dated AS (
     SELECT {member}::text AS member, {time} AT TIME ZONE %(tz)s AS local, {value} AS value
     FROM {table}
-    WHERE isfinite({time}) AND {member} IS NOT NULL
+    WHERE isfinite({time}) AND {member} IS NOT NULL AND ({condition}) IS TRUE
 ), kept AS (
     SELECT member, local, value FROM dated
     WHERE local >= '0001-01-01 00:00' AND local < '10000-01-01 00:00'
@@ -74,7 +75,7 @@ SELECT 'year', to_char(local, 'YYYY'), member, sum(value) FROM kept, today
  GROUP BY 2, 3
 UNION ALL
 SELECT 'all', 'all', {member}::text, sum({value}) FROM {table}
- WHERE {member} IS NOT NULL GROUP BY 3
+ WHERE {member} IS NOT NULL AND ({condition}) IS TRUE GROUP BY 3
 """
 
 
@@ -111,6 +112,7 @@ def recompute(
             if board.sum
             else sql.SQL("1"),
             table=sql.Identifier(board.table.schema, board.table.name),
+            condition=sql.SQL(board.where.text) if board.where else sql.SQL("true"),  # type: ignore[arg-type]
         )
         for period, bucket, member, score in conn.execute(query, params):
             if period in board.periods and score > 0 and len(member) <= MAX_MEMBER:

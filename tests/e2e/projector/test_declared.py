@@ -107,7 +107,12 @@ def test_example_boards_are_exact_through_crashes_rewinds_moves_and_truncate(
     """Every board of the example equals its recomputation after each fault."""
     rng = random.Random(8)
     proc, projected = start_process(boards_file=FOCUS, max_tx_changes=300)
-    assert [b.name for b in projected.boards] == ["pomodoros", "team-focus", "focus-minutes"]
+    assert [b.name for b in projected.boards] == [
+        "pomodoros",
+        "team-focus",
+        "focus-minutes",
+        "team-long",
+    ]
     with psycopg.connect(focus_dsn, autocommit=True) as conn:
         _insert(conn, _some_rows(rng, 200))
         _mutate(conn, rng)
@@ -125,7 +130,7 @@ def test_example_boards_are_exact_through_crashes_rewinds_moves_and_truncate(
         proc.start()
         projected.assert_exact()
 
-        # a rewind: Redis loses everything, the projector rebuilds all three boards
+        # a rewind: Redis loses everything, the projector rebuilds all four boards
         projected.client.flushall()
         _insert(conn, _some_rows(rng, 20))
         projected.assert_exact()

@@ -97,11 +97,11 @@ def test_migrations_while_streaming_stop_only_the_board_they_break(
     assert "boards change" not in log and "unavailable" not in log
     assert log.count("streaming") == 2  # the first start, then after its build: no restart
 
-    everything = {"pomodoros", "team-focus", "focus-minutes"}
+    everything = {"pomodoros", "team-focus", "focus-minutes", "team-long"}
     for breaking, broken, fix in (
         (
             "ALTER TABLE pomodoros RENAME COLUMN team_id TO squad",
-            {"team-focus"},
+            {"team-focus", "team-long"},  # team-long's condition reads team_id
             "ALTER TABLE pomodoros RENAME COLUMN squad TO team_id",
         ),
         (
