@@ -120,8 +120,7 @@ function choosePeriod(period) {
   state.period = period;
   state.latest = null;
   state.lsn = null;
-  const isDefault = state.board === state.boards[0];
-  writeUrl({ board: isDefault ? null : state.board.name, period });
+  writeUrl({ board: state.board.name, period }); // named even when default: links stay exact
   document.title = `${boardTitle(state.board)} · ${periodTitle(period)} – Pomodoro leaderboards`;
   // Keep the old rows (dimmed) until the new board arrives: nothing jumps meanwhile.
   $("panel").setAttribute("aria-busy", "true");

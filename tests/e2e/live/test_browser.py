@@ -23,12 +23,14 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.servers import free_port
 from tests.e2e.projector.support import projector_executable
 
-from .support import ARTIFACTS, Stack, insert_pomodoros, start_stack
+from .support import ARTIFACTS, ApiProcess, Stack, insert_pomodoros, start_stack
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+NONE = "\N{EN DASH}"  # the page's rank of a member without rows
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +131,13 @@ def text(driver: Any, element_id: str) -> str:
     return str(driver.execute_script(f"return document.getElementById('{element_id}').innerText"))
 
 
-def open_page(driver: Any, stack: Stack, query: str = "") -> None:
+def open_page(driver: Any, stack: Stack, query: str = "", base_url: str | None = None) -> None:
     """The page with nothing remembered from an earlier test (no watched id, no friends)."""
+    base_url = base_url or stack.api.base_url
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
-    driver.get(stack.api.base_url + "/static/favicon.svg")
+    driver.get(base_url + "/static/favicon.svg")
     driver.execute_script("localStorage.clear()")
-    driver.get(stack.api.base_url + "/" + query)
+    driver.get(base_url + "/" + query)
     wait_for(lambda: text(driver, "live") == "live", 5, "the page to go live")
 
 
@@ -207,7 +210,7 @@ def test_board_picker_and_tabs_work_from_the_keyboard_and_stay_in_the_url(
     wait_for(lambda: text(browser, "caption").startswith("Pomodoros · All time"), 2, "all")
     assert browser.find_element(By.ID, "tab-all").get_attribute("tabindex") == "0"
     assert browser.find_element(By.ID, "tab-day").get_attribute("tabindex") == "-1"
-    assert browser.current_url.endswith("/?period=all")  # the default board is not named
+    assert browser.current_url.endswith("/?board=pomodoros&period=all")
 
     picker.select_by_value("team-focus")
     wait_for(
@@ -220,7 +223,7 @@ def test_board_picker_and_tabs_work_from_the_keyboard_and_stay_in_the_url(
         ("This week", "true")
     ]
     assert browser.find_element(By.ID, "score-head").get_attribute("textContent") == "Team focus"
-    assert browser.current_url.endswith("/?period=week&board=team-focus")
+    assert browser.current_url.endswith("/?board=team-focus&period=week")
 
     browser.refresh()  # a link to the page reopens the same board and period
     wait_for(lambda: text(browser, "live") == "live", 5, "the page to go live again")
@@ -236,8 +239,9 @@ def test_board_picker_and_tabs_work_from_the_keyboard_and_stay_in_the_url(
     screenshot(browser, tmp_path, "page-boards.png")
 
 
-def _standing(stack: Stack, member: str) -> dict[str, Any]:
-    answer = httpx.get(f"{stack.api.base_url}/v1/boards/pomodoros/day/members/{member}")
+def _standing(stack: Stack, member: str, base_url: str | None = None) -> dict[str, Any]:
+    base_url = base_url or stack.api.base_url
+    answer = httpx.get(f"{base_url}/v1/boards/pomodoros/day/members/{member}")
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
     return body
@@ -268,7 +272,7 @@ def test_friends_are_ranked_among_themselves_and_follow_writes(
                 ("1", "Fiona Gallagher fiona", f"#{board_rank['fiona']}", "57"),
                 ("2", "Hannah Arendt hannah", f"#{board_rank['hannah']}", "56"),
                 ("3", "George Boole george", f"#{board_rank['george']}", "55"),
-                ("–", "nobody", "–", "0"),
+                (NONE, "nobody", NONE, "0"),
             ]
         ),
         3,
@@ -365,6 +369,50 @@ def test_an_unavailable_board_is_explained(browser: Any, stack: Stack) -> None:
     finally:
         stack.execute("ALTER TABLE pomodoros RENAME COLUMN squad TO team_id")
         insert_pomodoros(stack.dsn, [("yara", None)])
+
+
+def test_the_page_goes_on_from_postgresql(browser: Any, stack: Stack) -> None:
+    """With Redis out of reach the API answers from PostgreSQL: the board, the friends and the
+    standing say so, a link's friends are compared, and a pass is still noticed."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    insert_pomodoros(
+        stack.dsn,
+        [("paula", None)] * 90 + [("quentin", None)] * 89,
+        {"paula": "Paula Rego", "quentin": "Quentin Blake"},
+    )
+    env = {**stack.env, "PROJECTOR_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    api = ApiProcess(env, stack.logs / "api-without-redis.log")
+    try:
+        open_page(browser, stack, "?friends=quentin,paula", base_url=api.base_url)
+        assert "from PostgreSQL (fallback)" in text(browser, "freshness")
+        browser.find_element(By.ID, "me").send_keys("paula", Keys.ENTER)
+        before = _standing(stack, "paula", api.base_url)
+        assert before["source"] == "postgres"
+        wait_for(
+            lambda: text(browser, "standing").startswith(f"Paula Rego is #{before['rank']} of "),
+            2,
+            "the standing from PostgreSQL",
+        )
+        assert "from PostgreSQL (fallback)" in text(browser, "standing")
+        wait_for(
+            lambda: (
+                [r[1] for r in rows(browser, "friends-rows")]
+                == ["Paula Rego paula YOU", "Quentin Blake quentin"]
+            ),
+            2,
+            "the friends from the link, from PostgreSQL",
+        )
+        assert "from PostgreSQL (fallback)" in text(browser, "friends-status")
+
+        insert_pomodoros(stack.dsn, [("quentin", None)] * 2)  # 91 > 90
+        notice = wait_for(lambda: text(browser, "notice"), 5, "the notice from PostgreSQL")
+        assert f"Quentin Blake passed you: now #{before['rank'] + 1}, was #{before['rank']}" in (
+            notice
+        )
+    finally:
+        api.stop()
 
 
 def _background(driver: Any) -> tuple[int, ...]:
