@@ -121,7 +121,9 @@ function choosePeriod(period) {
   state.latest = null;
   state.lsn = null;
   writeUrl({ board: state.board.name, period }); // named even when default: links stay exact
-  document.title = `${boardTitle(state.board)} · ${periodTitle(period)} – Pomodoro leaderboards`;
+  const title = `${boardTitle(state.board)} · ${periodTitle(period)}`;
+  $("caption").textContent = title;
+  document.title = `${title} – Pomodoro leaderboards`;
   // Keep the old rows (dimmed) until the new board arrives: nothing jumps meanwhile.
   $("panel").setAttribute("aria-busy", "true");
   connect();
