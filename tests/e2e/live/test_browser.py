@@ -485,6 +485,7 @@ def test_the_demo_writer_moves_the_open_page(
         browser.find_element("id", "me").send_keys(members[3], "\n")
         wait_for(lambda: len(rows(browser, "friends-rows")) == 4, 3, "the friends")
         wait_for(lambda: " is #" in text(browser, "standing"), 3, "the standing")
+        browser.execute_script("document.activeElement.blur()")
         browser.set_window_size(820, 2050)  # the whole page: board, friends, watch me
         time.sleep(0.3)
         screenshot(browser, tmp_path, "page-demo.png")  # copied to docs/live-page.png
