@@ -128,9 +128,16 @@ class Stack:
 
 
 def start_stack(
-    postgres_server: Any, redis_server: Any, logs: Path, name: str, **overrides: Any
+    postgres_server: Any,
+    redis_server: Any,
+    logs: Path,
+    name: str,
+    schema: Path | None = None,
+    **overrides: Any,
 ) -> tuple[Stack, str]:
-    """The whole system in a database of its own and under a key prefix of its own.
+    """The whole system in a database of its own and under a key prefix of its own;
+    ``schema``: SQL run after the migrations, before the projector starts (the tables of
+    declared boards in ``boards_file``).
 
     Returns the stack and the database name (to drop afterwards).
     """
@@ -154,7 +161,11 @@ def start_stack(
         **WIDE_RETENTION,
         **overrides,
     }
-    load_settings(**config)  # fail early on a bad override
+    settings = load_settings(**config)  # fail early on a bad override
+    if schema is not None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(schema.read_text())  # type: ignore[arg-type]
+        migrate(dsn, "projector", settings.boards)  # the boards' tables in the publication
     env = settings_env(config)
     projector = projector_process(config, logs / "projector.log").start()
     api = ApiProcess(env, logs / "api.log")
