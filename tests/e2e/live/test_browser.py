@@ -37,8 +37,9 @@ NONE = "\N{EN DASH}"  # the page's rank of a member without rows
 def stack(
     postgres_server: Any, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """The live suite's system with the example's three boards (pomodoros, team-focus by
-    week, focus-minutes by month), shared by the tests of this module."""
+    """The live suite's system with the example's boards (pomodoros, team-focus by week,
+    focus-minutes by month, team-long: long pomodoros by team per week), shared by the tests
+    of this module."""
     logs = tmp_path_factory.mktemp("browser")
     system, database = start_stack(
         postgres_server,
@@ -190,6 +191,7 @@ def test_board_picker_and_tabs_work_from_the_keyboard_and_stay_in_the_url(
         "pomodoros",
         "team-focus",
         "focus-minutes",
+        "team-long",
     ]
     assert browser.find_element(By.CSS_SELECTOR, "label[for=board]").text == "Board"
     tabs = browser.find_elements(By.CSS_SELECTOR, "#tabs [role=tab]")
