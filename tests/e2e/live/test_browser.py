@@ -38,7 +38,7 @@ def stack(
     postgres_server: Any, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """The live suite's system with the example's boards (pomodoros, team-focus by week,
-    focus-minutes by month, team-long: long pomodoros by team per week), shared by the tests
+    focus-minutes by month, team-long: long pomodoros by team), shared by the tests
     of this module."""
     logs = tmp_path_factory.mktemp("browser")
     system, database = start_stack(
