@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_api import TOP10, build_redis, load_data, wrk
+from bench_api import _WRK_RANDOM_USER, TOP10, build_redis, load_data, wrk
 from common import ROOT, api_env, migrate, save, throwaway_servers
 
 from harness.servers import free_port
@@ -72,7 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument(
+        "--scenario",
+        choices=("top10", "user_rank"),
+        default="top10",
+        help="the day's top 10, or a random user's rank with 5 neighbours (bench_api.py's)",
+    )
+    parser.add_argument("--output", default="api_compare", help="bench/results/NAME.json")
     args = parser.parse_args(argv)
+    if args.scenario == "top10":
+        path, script = TOP10, ""
+    else:
+        path = "/v1/leaderboards/day/users/u000001?around=5"
+        script = _WRK_RANDOM_USER.replace("{users}", str(args.users))
     logs = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     base = logs / "base"
     base.mkdir()
@@ -96,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, cwd in versions.items():
                 proc, port = _serve(env, cwd, logs / f"api-{cwd.name}.log")
                 try:
-                    url = f"http://127.0.0.1:{port}{TOP10}"
-                    wrk(url, 32, 2.0)  # warm-up
+                    url = f"http://127.0.0.1:{port}{path}"
+                    wrk(url, 32, 2.0, script)  # warm-up
                     before = _cpu_seconds(proc.pid)
-                    result = wrk(url, 32, args.duration)
+                    result = wrk(url, 32, args.duration, script)
                     spent = _cpu_seconds(proc.pid) - before
                 finally:
                     os.killpg(proc.pid, signal.SIGTERM)
@@ -119,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_first, cpu_second = cpu.values()
     cpu_change = round(100 * (cpu_second - cpu_first) / cpu_first, 1)
     results: dict[str, Any] = {
-        "path": TOP10,
+        "path": path,
+        "scenario": args.scenario,
         "users": args.users,
         "workers": 2,
         "connections": 32,
@@ -132,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_change_percent": cpu_change,
         "command": " ".join([".venv/bin/python", "bench/compare_api.py", *sys.argv[1:]]),
     }
-    save("api_compare", results)
+    save(args.output, results)
     print(
-        f"top 10, mean of {args.rounds} rounds: "
+        f"{args.scenario}, mean of {args.rounds} rounds: "
         + ", ".join(f"{n} {means[n]:,.0f} req/s and {cpu[n]:.1f} us CPU" for n in means)
         + f"; throughput {change:+.1f}%, CPU per request {cpu_change:+.1f}%"
     )
