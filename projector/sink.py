@@ -549,10 +549,17 @@ def encode_batch(
     expiry, raw = batch.expiry, batch.raw
     boards = []
     for key, scores in batch.deltas.items():
-        flat = [x for pair in scores.items() if pair[1] for x in pair]
-        if flat:
+        # Members and deltas as two arrays, built in C; a delta of 0 (rare: a row moved
+        # away and back) is left out.
+        named, values = list(scores), list(scores.values())
+        if 0 in values:
+            named = [member for member, delta in scores.items() if delta]
+            values = [delta for delta in values if delta]
+        if named:
             expires = expiry.get(key)
-            boards.append((at(key), "" if expires is None else expires, flat, int(key in raw)))
+            boards.append(
+                (at(key), "" if expires is None else expires, named, values, int(key in raw))
+            )
     document: dict[str, Any] = {
         "w": [x for pair in new.fields(now=datetime.now(UTC), full=full).items() for x in pair],
         "cb": [at(key) for key in registered if clear_starts and key.startswith(clear_starts)],
