@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -41,6 +42,8 @@ from projector.core.watermark import Watermark
 from projector.redis_nodes import MOVED_AWAY, moved_away
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
+# What a JSON string must escape (ensure_ascii off): members without it are joined as is.
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
 # With min_replicas: how often a batch is followed by INFO replication (see the module doc).
 _PROBE_EVERY = 0.5
@@ -549,23 +552,25 @@ def encode_batch(
     expiry, raw = batch.expiry, batch.raw
     boards = []
     for key, scores in batch.deltas.items():
-        # Members and deltas as two arrays, built in C; a delta of 0 (rare: a row moved
-        # away and back) is left out.
+        # Members and deltas as two JSON arrays, built in C (most of a batch, so written
+        # here rather than by json.dumps); a delta of 0 (a row moved away and back) is left
+        # out.
         named, values = list(scores), list(scores.values())
         if 0 in values:
             named = [member for member, delta in scores.items() if delta]
             values = [delta for delta in values if delta]
         if named:
             expires = expiry.get(key)
+            when = '""' if expires is None else str(int(expires))
+            scores_text = ",".join(map(str, values))
             boards.append(
-                (at(key), "" if expires is None else expires, named, values, int(key in raw))
+                f"[{at(key)},{when},{_string_array(named)},[{scores_text}],{int(key in raw)}]"
             )
     document: dict[str, Any] = {
         "w": [x for pair in new.fields(now=datetime.now(UTC), full=full).items() for x in pair],
         "cb": [at(key) for key in registered if clear_starts and key.startswith(clear_starts)],
         "cl": [at(key) for key in sorted(batch.clear_labels)],
         "l": labels,
-        "b": boards,
     }
     swap = batch.swap
     if swap is not None:
@@ -579,11 +584,16 @@ def encode_batch(
                 for base, delta, final, when in swap.merge
             ],
         }
-    return declared, json.dumps(
-        document,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    rest = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    return declared, f'{rest[:-1]},"b":[{",".join(boards)}]}}'
+
+
+def _string_array(items: list[str]) -> str:
+    """``items`` as a JSON array, as json.dumps writes it (without ASCII escapes)."""
+    joined = '","'.join(items)
+    if items and _JSON_ESCAPED.search(joined) is None:
+        return f'["{joined}"]'
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
 
 
 def as_text(value: bytes | str) -> str:

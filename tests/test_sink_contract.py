@@ -249,6 +249,20 @@ def test_members_at_or_below_zero_are_removed(sink: RedisSink, client: redis.Red
     assert scores(client, ALL) == {"bob": 1.0}
 
 
+def test_members_that_json_escapes_and_zero_deltas_arrive_as_written(
+    sink: RedisSink, client: redis.Redis
+) -> None:
+    """Members with quotes, backslashes, control and non-ASCII characters keep their deltas
+    (the batch's arrays are written by hand unless a member needs escaping); a delta of 0
+    writes nothing."""
+    odd = ['a","b', "back\\slash", "new\nline", "émoji 😀", "plain"]
+    sink.apply(batch({ALL: {m: i + 1 for i, m in enumerate(odd)} | {"zero": 0}}), mark(100), None)
+    assert scores(client, ALL) == {m: float(i + 1) for i, m in enumerate(odd)}
+    sink.apply(batch({DAY: {"zero": 0}, WEEK: {"plain": 2, "z": 0}}), mark(200), mark(100))
+    assert client.exists(DAY) == 0
+    assert scores(client, WEEK) == {"plain": 2.0}
+
+
 def test_expiry_is_set_on_finished_boards_only(sink: RedisSink, client: redis.Redis) -> None:
     """Boards with an expiry get EXPIREAT and a registry entry; the all-time board never expires."""
     later = int(time.time()) + 3600
