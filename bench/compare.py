@@ -12,7 +12,8 @@ the measuring script is the same for both. A benchmark must take ``--output NAME
 results file); ARGS after ``--`` go to it as they are.
 
 Prints each round's numbers and the HEAD/BASE ratio of each measure, with the median and
-range over the rounds, and saves ``bench/results/compare-<bench>[-<only>].json``.
+range over the rounds, and saves ``bench/results/compare-<bench>[-<only>].json`` (or
+``--output NAME``).
 ``--measure`` picks numbers out of the results (``section.key``, higher is better unless
 ``:lower``); the projector's kinds have defaults.
 """
@@ -107,6 +108,7 @@ def compare(
     rounds: int = 3,
     measures: list[tuple[str, bool]] | None = None,
     extra: list[str] | None = None,
+    output: str | None = None,
 ) -> Path:
     """Run the paired rounds; return the saved results file."""
     script = ROOT / "bench" / f"bench_{bench}.py"
@@ -160,7 +162,7 @@ def compare(
         "rounds": results,
         "summary": summary,
     }
-    path = RESULTS / f"compare-{label}.json"
+    path = RESULTS / f"{output or f'compare-{label}'}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     print(f"saved {path.relative_to(ROOT)}")
@@ -182,6 +184,7 @@ def main() -> None:
     parser.add_argument(
         "--measure", type=_measure, action="append", help="SECTION.KEY[:lower], repeatable"
     )
+    parser.add_argument("--output", help="results name (default: compare-BENCH[-ONLY])")
     args = parser.parse_args(argv)
     only = args.only if args.only or args.bench != "projector" else "catch-up"
     compare(
@@ -192,6 +195,7 @@ def main() -> None:
         rounds=args.rounds,
         measures=args.measure,
         extra=extra,
+        output=args.output,
     )
 
 

@@ -585,7 +585,9 @@ def encode_batch(
             ],
         }
     rest = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-    return declared, f'{rest[:-1]},"b":[{",".join(boards)}]}}'
+    deltas = ",".join(boards)
+    boards.clear()  # (the parts go before the whole is copied once more: a lower peak)
+    return declared, f'{rest[:-1]},"b":[{deltas}]}}'
 
 
 def _string_array(items: list[str]) -> str:
