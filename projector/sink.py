@@ -43,6 +43,8 @@ from projector.redis_nodes import MOVED_AWAY, moved_away
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
 # What a JSON string must escape (ensure_ascii off): members without it are joined as is.
+# Keys with at least this many members in a batch have their arrays joined by hand.
+_JOIN_FROM = 32
 _JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
 # With min_replicas: how often a batch is followed by INFO replication (see the module doc).
@@ -550,22 +552,29 @@ def encode_batch(
                 set_pairs.append(label)
         labels.append((at(hash_key), set_pairs, deleted))
     expiry, raw = batch.expiry, batch.raw
-    boards = []
+    # Members and deltas as two arrays per key, built in C; a delta of 0 (a row moved away
+    # and back) is left out. The arrays of a key with many members (most of a catch-up's
+    # batch) are joined here, the few of a fresh commit's keys written by json.dumps.
+    boards: list[list[Any]] = []
+    joined: list[str] = []
     for key, scores in batch.deltas.items():
-        # Members and deltas as two JSON arrays, built in C (most of a batch, so written
-        # here rather than by json.dumps); a delta of 0 (a row moved away and back) is left
-        # out.
         named, values = list(scores), list(scores.values())
         if 0 in values:
             named = [member for member, delta in scores.items() if delta]
             values = [delta for delta in values if delta]
-        if named:
-            expires = expiry.get(key)
-            when = '""' if expires is None else str(int(expires))
-            scores_text = ",".join(map(str, values))
+        if not named:
+            continue
+        expires = expiry.get(key)
+        if len(named) < _JOIN_FROM:
             boards.append(
-                f"[{at(key)},{when},{_string_array(named)},[{scores_text}],{int(key in raw)}]"
+                [at(key), "" if expires is None else expires, named, values, int(key in raw)]
             )
+            continue
+        when = '""' if expires is None else str(int(expires))
+        scores_text = ",".join(map(str, values))
+        joined.append(
+            f"[{at(key)},{when},{_string_array(named)},[{scores_text}],{int(key in raw)}]"
+        )
     document: dict[str, Any] = {
         "w": [x for pair in new.fields(now=datetime.now(UTC), full=full).items() for x in pair],
         "cb": [at(key) for key in registered if clear_starts and key.startswith(clear_starts)],
@@ -584,10 +593,13 @@ def encode_batch(
                 for base, delta, final, when in swap.merge
             ],
         }
-    rest = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-    deltas = ",".join(boards)
-    boards.clear()  # (the parts go before the whole is copied once more: a lower peak)
-    return declared, f'{rest[:-1]},"b":[{deltas}]}}'
+    document["b"] = boards  # last: the joined entries go at the end of its array
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    if not joined:
+        return declared, text
+    deltas = ",".join(joined)
+    joined.clear()  # (the parts go before the whole is copied once more: a lower peak)
+    return declared, f"{text[:-2]}{',' if boards else ''}{deltas}]}}"
 
 
 def _string_array(items: list[str]) -> str:
