@@ -6,8 +6,13 @@ PostgreSQL and Redis, prints the numbers and saves ``bench/results/projector.jso
 - catch-up: a backlog of 10,000 transactions x 100 rows (100,000 users, timestamps over
   400 days) is written while the projector is stopped; then the projector starts and the
   clock runs until the Redis watermark passes the backlog's last LSN. Redis CPU per row is
-  the server's CPU time over the catch-up divided by the rows. ``catch-up-focus`` does the
-  same with the three boards of examples/focus_minutes.toml (and 1,000 teams).
+  the server's CPU time over the catch-up divided by the rows (likewise the projector's and
+  its walsender's). The decode floor is measured on the same backlog in the same run, once
+  before and once after the projector: a minimal reader (``decode_floor``: the replication
+  recipe of projector/stream.py, every message decoded by projector.core.pgoutput, nothing
+  else) on a second slot; the result gives the projector's rate over the floor's.
+  ``catch-up-focus`` does the same with the three boards of examples/focus_minutes.toml
+  (and 1,000 teams).
 - freshness: 1,000 single-row commits/s; latency from each commit returning to the
   pomodoro being visible in Redis (a probe member's all-time score reaching it).
 - memory: peak RSS of the projector while it applies one 1,000,000-row transaction.
@@ -30,6 +35,9 @@ import redis
 from common import ROOT, TREE, migrate, percentile, save, throwaway_servers
 
 from projector.core.lsn import parse_lsn
+from projector.core.pgoutput import Commit, Decoder, Insert
+from projector.core.replication import PrimaryKeepalive
+from projector.stream import ReplicationStream
 
 PROJECTOR = [sys.executable, "-m", "projector", "run"]
 FOCUS_SQL = ROOT / "examples" / "focus_minutes.sql"
@@ -108,6 +116,78 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def walsender_cpu(conn: psycopg.Connection[Any], slot: str) -> float | None:
+    """CPU seconds of the walsender streaming ``slot`` (None when none streams it)."""
+    row = conn.execute(
+        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    try:
+        return process_cpu(int(row[0]))
+    except OSError:
+        return None
+
+
+FLOOR_SLOT = "bench_floor"
+
+
+def decode_floor(pg_dsn: str, publication: str, rows: int) -> dict[str, Any]:
+    """Rows/s of the least a pgoutput consumer does: read the slot ``FLOOR_SLOT`` with the
+    replication recipe of ``projector.stream`` and decode every message with the project's
+    decoder, until ``rows`` inserts went by. Confirms nothing (the slot's position stays, so
+    it can be read again), applies nothing."""
+    stream = ReplicationStream(pg_dsn, FLOOR_SLOT, publication)
+    decode = Decoder(1).decode
+    seen = 0
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        stream.open()
+        try:
+            cpu0, t0 = time.process_time(), time.monotonic()
+            stream.start(0)
+            walsender0 = walsender_cpu(conn, FLOOR_SLOT)
+            done = False
+            while not done:
+                for frame in stream.frames(1.0):
+                    if isinstance(frame, PrimaryKeepalive):
+                        if frame.reply_requested:
+                            stream.send_status(0)  # alive; position unchanged
+                        continue
+                    message = decode(frame.data)
+                    if type(message) is Insert:
+                        seen += 1
+                    elif type(message) is Commit and seen >= rows:
+                        done = True
+                        break
+                if time.monotonic() - t0 > 600:
+                    raise TimeoutError("the decode floor reader did not see the backlog")
+            seconds = time.monotonic() - t0
+            reader = time.process_time() - cpu0
+            walsender1 = walsender_cpu(conn, FLOOR_SLOT)
+        finally:
+            stream.close()
+    return {
+        "rows": seen,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(seen / seconds),
+        "reader_cpu_us_per_row": round(reader * 1e6 / seen, 2),
+        "walsender_cpu_us_per_row": None
+        if walsender0 is None or walsender1 is None
+        else round((walsender1 - walsender0) * 1e6 / seen, 2),
+    }
+
+
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy (``pip install py-spy``) sampling process ``pid`` until it exits."""
+    spy = Path(sys.executable).with_name("py-spy")
+    kind = "flamegraph" if out.suffix == ".svg" else "raw"
+    return subprocess.Popen(
+        [str(spy), "record", "--pid", str(pid), "--rate", "250", "--format", kind, "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -121,11 +201,17 @@ def catch_up(
     rows_per_tx: int,
     focus: bool = False,
     extra_env: Mapping[str, str] | None = None,
+    floor: bool = False,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """Rows/s of a fresh projector through a backlog written while none ran.
 
     ``redis_url`` is the server the clock and the CPU count read (the master); ``extra_env``
-    configures the projector further (a Sentinel topology, say, found through it).
+    configures the projector further (a Sentinel topology, say, found through it). With
+    ``floor``, the decode floor (``decode_floor``) reads the same backlog before and after
+    the projector, and the result has the ratio of the projector's rate to the floor's mean.
+    With ``profile``, py-spy samples the projector over the catch-up into that file (a
+    flame graph for ``.svg``, else collapsed stacks).
     """
     env = projector_env(pg_dsn, redis_url, **(extra_env or {}))
     if focus:
@@ -146,29 +232,46 @@ def catch_up(
         " FROM generate_series(1, %s)"
     )
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        if floor:  # a slot of its own, from before the backlog
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s",
+                (FLOOR_SLOT,),
+            )
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (FLOOR_SLOT,))
         for i in range(txs):
             conn.execute(insert, (rows_per_tx,))
             if i % 2000 == 0:
                 print(f"  {i:,} transactions", flush=True)
         target = current_lsn(conn)
     print(f"backlog written in {time.monotonic() - started:.1f}s; projecting ...", flush=True)
+    rows = txs * rows_per_tx
+    floors = []
+    if floor:
+        floors.append(decode_floor(pg_dsn, env["PROJECTOR_PUBLICATION"], rows))
+        print(f"decode floor (before): {floors[-1]['rows_per_second']:,} rows/s", flush=True)
     cpu0 = redis_cpu(client)
     t0 = time.monotonic()
     proc = start_projector(env, log)
+    spy = None if profile is None else start_py_spy(proc.pid, profile)
+    walsender: float | None = None
     try:
         t1 = wait_for(client, target, 600)
         projector_cpu = process_cpu(proc.pid)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            walsender = walsender_cpu(conn, env["PROJECTOR_SLOT"])
     finally:
         stop_projector(proc)
+        if spy is not None:
+            spy.wait(60)
     cpu = redis_cpu(client) - cpu0
-    rows = txs * rows_per_tx
     seconds = t1 - t0
     print(
         f"catch-up ({'three example boards' if focus else 'default board'}): {rows:,} rows in "
         f"{seconds:.2f}s = {rows / seconds:,.0f} rows/s; Redis CPU {cpu * 1e6 / rows:.1f} us/row,"
         f" projector CPU {projector_cpu * 1e6 / rows:.1f} us/row"
     )
-    return {
+    result: dict[str, Any] = {
         "boards": "examples/focus_minutes.toml" if focus else "default",
         "rows": rows,
         "transactions": txs,
@@ -176,7 +279,26 @@ def catch_up(
         "rows_per_second": round(rows / seconds),
         "redis_cpu_us_per_row": round(cpu * 1e6 / rows, 2),
         "projector_cpu_us_per_row": round(projector_cpu * 1e6 / rows, 2),
+        "walsender_cpu_us_per_row": None if walsender is None else round(walsender * 1e6 / rows, 2),
     }
+    if floor:
+        floors.append(decode_floor(pg_dsn, env["PROJECTOR_PUBLICATION"], rows))
+        print(f"decode floor (after): {floors[-1]['rows_per_second']:,} rows/s", flush=True)
+        floor_rate = sum(f["rows_per_second"] for f in floors) / len(floors)
+        result["decode_floor"] = {
+            "rows_per_second": round(floor_rate),
+            "runs": floors,
+            "reader": "bench_projector.decode_floor: projector.stream.ReplicationStream + "
+            "projector.core.pgoutput.Decoder, nothing else",
+        }
+        result["over_decode_floor"] = round(rows / seconds / floor_rate, 3)
+        print(
+            f"catch-up over the decode floor ({floor_rate:,.0f} rows/s, mean of before and "
+            f"after): {result['over_decode_floor']:.3f}"
+        )
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (FLOOR_SLOT,))
+    return result
 
 
 _WATCHER = """
@@ -354,6 +476,7 @@ def main() -> None:
     parser.add_argument("--big-tx", type=int, default=1_000_000)
     parser.add_argument("--only", choices=("catch-up", "catch-up-focus", "freshness", "memory"))
     parser.add_argument("--output", help="results file name (default: projector[-ONLY])")
+    parser.add_argument("--profile", type=Path, help="py-spy the projector's catch-up into it")
     args = parser.parse_args()
     log = ROOT / "bench" / "results" / "projector.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -362,7 +485,9 @@ def main() -> None:
     with throwaway_servers() as (pg, rd):
         dsn, url = pg.dsn(), rd.url()
         if args.only in (None, "catch-up"):
-            results["catch_up"] = catch_up(dsn, url, log, args.transactions, args.rows_per_tx)
+            results["catch_up"] = catch_up(
+                dsn, url, log, args.transactions, args.rows_per_tx, floor=True, profile=args.profile
+            )
         if args.only in (None, "catch-up-focus"):
             # A fresh database: the example adds columns and a label table.
             focus_dsn = pg.create_database("bench_focus")
@@ -377,6 +502,7 @@ def main() -> None:
             results["memory"] = memory(dsn, url, log, args.big_tx)
     results["targets"] = {
         "catch_up_rows_per_second": 75_000,
+        "catch_up_over_decode_floor": 0.70,
         "freshness_p50_ms": 2,
         "freshness_p99_ms": 10,
         "memory_peak_rss_mb": 200,

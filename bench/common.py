@@ -17,7 +17,7 @@ from harness import servers
 
 ROOT = Path(__file__).resolve().parents[1]
 # The source tree whose projector the benchmarks run: this one, or another checkout
-# (bench/compare_projector.py runs two commits in alternating rounds).
+# (bench/compare.py runs two commits in alternating rounds).
 TREE = Path(os.environ.get("BENCH_TREE") or ROOT)
 RESULTS = ROOT / "bench" / "results"
 

@@ -10,7 +10,7 @@
 --    "cb": [key, ...],                              registered boards to remove (TRUNCATE)
 --    "cl": [label hash, ...],                       label hashes to empty first
 --    "l": [[label hash, [member, label, ...], [member, ...]], ...]   labels to set / delete
---    "b": [[key, expireat or "", [member, delta, ...], raw], ...],  board deltas; raw = 1:
+--    "b": [[key, expireat or "", [member, ...], [delta, ...], raw], ...],  board deltas; raw = 1:
 --         a key of boards being built: any score kept, no expiry, not registered
 --    "s": {"started": marker, "u": [key, ...], "x": [[key, members], ...],
 --          "m": [[base, delta, board, expireat or ""], ...]} or absent}
@@ -73,32 +73,33 @@ end
 
 local boards = batch.b
 for bi = 1, #boards do
-  local key, expireat, flat = KEYS[boards[bi][1]], boards[bi][2], boards[bi][3]
-  local raw = boards[bi][4] == 1
-  local n = #flat / 2
+  local board = boards[bi]
+  local key, expireat, members, deltas = KEYS[board[1]], board[2], board[3], board[4]
+  local raw = board[5] == 1
+  local n = #members
   local fresh = true  -- no member had a score: the key may be new and needs its expiry
   for s = 1, n, CHUNK do
     local e = math.min(n, s + CHUNK - 1)
-    local members = {}
-    for j = s, e do members[#members + 1] = flat[2 * j - 1] end
-    local scores = redis.call('ZMSCORE', key, unpack(members))
-    local add, rem = {}, {}
+    local scores = redis.call('ZMSCORE', key, unpack(members, s, e))
+    local add, rem, na, nr = {}, {}, 0, 0
     for j = s, e do
       local current = scores[j - s + 1]
-      local score = flat[2 * j]
+      local score = deltas[j]
       if current then
         fresh = false
         score = score + tonumber(current)
       end
       if score > 0 or raw then
-        add[#add + 1] = score
-        add[#add + 1] = flat[2 * j - 1]
+        add[na + 1] = score
+        add[na + 2] = members[j]
+        na = na + 2
       else
-        rem[#rem + 1] = flat[2 * j - 1]
+        nr = nr + 1
+        rem[nr] = members[j]
       end
     end
-    if #add > 0 then redis.call('ZADD', key, unpack(add)) end
-    if #rem > 0 then redis.call('ZREM', key, unpack(rem)) end
+    if na > 0 then redis.call('ZADD', key, unpack(add, 1, na)) end
+    if nr > 0 then redis.call('ZREM', key, unpack(rem, 1, nr)) end
   end
   if fresh and not raw then
     if expireat == '' then

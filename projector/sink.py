@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -41,6 +42,10 @@ from projector.core.watermark import Watermark
 from projector.redis_nodes import MOVED_AWAY, moved_away
 
 _APPLY_LUA = resources.files("projector").joinpath("apply_batch.lua").read_text()
+# What a JSON string must escape (ensure_ascii off): members without it are joined as is.
+# Keys with at least this many members in a batch have their arrays joined by hand.
+_JOIN_FROM = 32
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
 _SWAP_LUA = resources.files("projector").joinpath("swap_boards.lua").read_text()
 # With min_replicas: how often a batch is followed by INFO replication (see the module doc).
 _PROBE_EVERY = 0.5
@@ -547,18 +552,34 @@ def encode_batch(
                 set_pairs.append(label)
         labels.append((at(hash_key), set_pairs, deleted))
     expiry, raw = batch.expiry, batch.raw
-    boards = []
+    # Members and deltas as two arrays per key, built in C; a delta of 0 (a row moved away
+    # and back) is left out. The arrays of a key with many members (most of a catch-up's
+    # batch) are joined here, the few of a fresh commit's keys written by json.dumps.
+    boards: list[list[Any]] = []
+    joined: list[str] = []
     for key, scores in batch.deltas.items():
-        flat = [x for pair in scores.items() if pair[1] for x in pair]
-        if flat:
-            expires = expiry.get(key)
-            boards.append((at(key), "" if expires is None else expires, flat, int(key in raw)))
+        named, values = list(scores), list(scores.values())
+        if 0 in values:
+            named = [member for member, delta in scores.items() if delta]
+            values = [delta for delta in values if delta]
+        if not named:
+            continue
+        expires = expiry.get(key)
+        if len(named) < _JOIN_FROM:
+            boards.append(
+                [at(key), "" if expires is None else expires, named, values, int(key in raw)]
+            )
+            continue
+        when = '""' if expires is None else str(int(expires))
+        scores_text = ",".join(map(str, values))
+        joined.append(
+            f"[{at(key)},{when},{_string_array(named)},[{scores_text}],{int(key in raw)}]"
+        )
     document: dict[str, Any] = {
         "w": [x for pair in new.fields(now=datetime.now(UTC), full=full).items() for x in pair],
         "cb": [at(key) for key in registered if clear_starts and key.startswith(clear_starts)],
         "cl": [at(key) for key in sorted(batch.clear_labels)],
         "l": labels,
-        "b": boards,
     }
     swap = batch.swap
     if swap is not None:
@@ -572,11 +593,21 @@ def encode_batch(
                 for base, delta, final, when in swap.merge
             ],
         }
-    return declared, json.dumps(
-        document,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    document["b"] = boards  # last: the joined entries go at the end of its array
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    if not joined:
+        return declared, text
+    deltas = ",".join(joined)
+    joined.clear()  # (the parts go before the whole is copied once more: a lower peak)
+    return declared, f"{text[:-2]}{',' if boards else ''}{deltas}]}}"
+
+
+def _string_array(items: list[str]) -> str:
+    """``items`` as a JSON array, as json.dumps writes it (without ASCII escapes)."""
+    joined = '","'.join(items)
+    if items and _JSON_ESCAPED.search(joined) is None:
+        return f'["{joined}"]'
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":"))
 
 
 def as_text(value: bytes | str) -> str:

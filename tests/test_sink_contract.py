@@ -26,6 +26,7 @@ KEYS = Keys(PREFIX)
 ALL = KEYS.board("b", "all", "all")
 DAY = KEYS.board("b", "day", "2026-11-26")
 WEEK = KEYS.board("b", "week", "2026-W48")
+MONTH = KEYS.board("b", "month", "2026-11")
 USERS = f"{PREFIX}users"
 
 
@@ -247,6 +248,28 @@ def test_members_at_or_below_zero_are_removed(sink: RedisSink, client: redis.Red
     assert client.exists(DAY) == 0
     sink.apply(batch({ALL: {"carol": -1}}), mark(300), mark(200))
     assert scores(client, ALL) == {"bob": 1.0}
+
+
+def test_members_that_json_escapes_and_zero_deltas_arrive_as_written(
+    sink: RedisSink, client: redis.Redis
+) -> None:
+    """Members with quotes, backslashes, control and non-ASCII characters keep their deltas,
+    on keys with few members (json.dumps) and with many (arrays joined by hand); a delta of
+    0 writes nothing."""
+    odd = ['a","b', "back\\slash", "new\nline", "émoji 😀", "plain"]
+    many = odd + [f"m{i}" for i in range(40)]
+    deltas = {ALL: {m: i + 1 for i, m in enumerate(many)} | {"zero": 0}, DAY: {m: 2 for m in odd}}
+    sink.apply(batch(deltas), mark(100), None)
+    assert scores(client, ALL) == {m: float(i + 1) for i, m in enumerate(many)}
+    assert scores(client, DAY) == dict.fromkeys(odd, 2.0)
+    sink.apply(
+        batch({DAY: dict.fromkeys(odd, 0), WEEK: {"plain": 2, "z": 0}, MONTH: {"zero": 0}}),
+        mark(200),
+        mark(100),
+    )
+    assert scores(client, DAY) == dict.fromkeys(odd, 2.0)
+    assert scores(client, WEEK) == {"plain": 2.0}
+    assert client.exists(MONTH) == 0
 
 
 def test_expiry_is_set_on_finished_boards_only(sink: RedisSink, client: redis.Redis) -> None:

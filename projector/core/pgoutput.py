@@ -463,6 +463,14 @@ def _tuple_data(data: bytes, pos: int) -> tuple[Row, int]:
     return tuple(values), pos
 
 
+# Insert made without its __init__ (a frozen dataclass' sets each field through
+# object.__setattr__): the slots' own setters, bound once. Inserts are most of a stream.
+_new = object.__new__
+_set_insert_xid, _set_insert_relation_id, _set_insert_new = (
+    Insert.__dict__[name].__set__ for name in ("xid", "relation_id", "new")
+)
+
+
 def _insert(data: bytes, pos: int, xid: int | None) -> Insert:
     try:
         relation_id, marker = _U32_U8_unpack_from(data, pos)
@@ -476,7 +484,11 @@ def _insert(data: bytes, pos: int, xid: int | None) -> Insert:
     new, pos = _tuple_data(data, pos + 5)
     if pos != len(data):
         _check_end(data, pos)
-    return Insert(xid, relation_id, new)
+    message = _new(Insert)
+    _set_insert_xid(message, xid)
+    _set_insert_relation_id(message, relation_id)
+    _set_insert_new(message, new)
+    return message
 
 
 def _update(data: bytes, pos: int, xid: int | None) -> Update:

@@ -2,9 +2,11 @@
 
 ``Projection`` is pure. Each Relation message becomes a per-table plan (which boards read
 the table, at which column positions; which label source it is), so a row change costs a
-lookup and, per board, a score delta for the member in each live bucket of the row's
-instant. Deltas aggregate as rows arrive: memory grows with distinct (board key, member)
-pairs, never with rows. ``take_batch`` hands the accumulated ``BatchDelta`` to the sink.
+lookup and, per board, one score delta for the member in the group of its local date (and
+one in the all-time group): the date's live bucket keys share that group. Deltas aggregate
+as rows arrive: memory grows with distinct (date, member) pairs, never with rows.
+``take_batch`` spreads the groups over their keys, summing in C where groups meet (a week's
+days), and hands the accumulated ``BatchDelta`` to the sink.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class BatchDelta:
 
 
 _TIMESTAMPTZ = 1184
+# An hour not in the cache of local dates (whose entries may be None).
+_UNSEEN = object()
 _INTEGER_OIDS = frozenset({20, 21, 23})  # bigint, smallint, integer
 
 
@@ -112,11 +116,24 @@ def identity_columns(boards: Iterable[Board]) -> dict[Table, tuple[str, ...]]:
     return {table: tuple(columns) for table, columns in needed.items()}
 
 
+class _Group:
+    """The deltas of one batch for the members of one set of board keys: the live bucket
+    keys of one local date (or the all-time key) of one board. Rows add to ``members``;
+    ``Projection._spread`` moves them to each key's deltas."""
+
+    __slots__ = ("building", "members", "slots")
+
+    def __init__(self, slots: tuple[BoardSlot, ...], building: bool) -> None:
+        self.slots = slots
+        self.building = building
+        self.members: dict[str, int] = {}
+
+
 class _BoardPlan:
-    """One board over one relation: column positions and cached bucket keys per date."""
+    """One board over one relation: column positions and cached delta groups per date."""
 
     __slots__ = (
-        "all_key",
+        "all_group",
         "board",
         "building",
         "dates",
@@ -143,11 +160,13 @@ class _BoardPlan:
             else None
         )
         self.prefix = keys.board_prefix(board.name)
-        self.all_key = (
-            keys.board(board.name, Period.ALL, "all") if Period.ALL in board.periods else ""
+        self.all_group = (
+            _Group(((keys.board(board.name, Period.ALL, "all"), None),), building)
+            if Period.ALL in board.periods
+            else None
         )
         self.timed = tuple(p for p in TIMED_PERIODS if p in board.periods)
-        self.dates: dict[date, tuple[BoardSlot, ...]] = {}
+        self.dates: dict[date, _Group] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +276,8 @@ class Projection:
         self._hour_cache: dict[bytes, date | None] = {}
         self._now = clock()
         self._batch = BatchDelta()
+        # Groups with deltas not yet spread over their keys (``_spread``).
+        self._touched: list[_Group] = []
 
     # -- relations -------------------------------------------------------------------
 
@@ -330,14 +351,16 @@ class Projection:
 
     def on_change(self, msg: Insert | Update | Delete | Truncate) -> None:
         """Project one row change of any kind."""
-        if isinstance(msg, Insert):
+        if type(msg) is Insert:  # the common case first, without isinstance's generality
             self.on_insert(msg)
         elif isinstance(msg, Update):
             self.on_update(msg)
         elif isinstance(msg, Delete):
             self.on_delete(msg)
-        else:
+        elif isinstance(msg, Truncate):
             self.on_truncate(msg)
+        else:
+            self.on_insert(msg)
 
     def on_insert(self, msg: Insert) -> None:
         """A new row: its contribution to each board, or a label set."""
@@ -351,7 +374,8 @@ class Projection:
         for board in plan.boards:
             if board.qualifies is not None and not board.qualifies(new, None):
                 continue
-            self._score(board, new[board.member], new[board.time], _value(board, new), 1)
+            value = b"1" if board.value < 0 else new[board.value]
+            self._score(board, new[board.member], new[board.time], value, 1)
         if plan.labels is not None:
             self._label(plan.labels, new[plan.labels.key], new[plan.labels.column])
 
@@ -418,6 +442,7 @@ class Projection:
     def on_truncate(self, msg: Truncate) -> None:
         """Emptied tables: their boards, or their labels, start from nothing."""
         self._partition_of_next = None
+        self._spread()  # deltas before the TRUNCATE are dropped, those after it kept
         batch = self._batch
         batch.row_changes += 1
         batch.truncates += 1
@@ -461,10 +486,44 @@ class Projection:
 
     def take_batch(self) -> BatchDelta:
         """Return everything accumulated since the last call, and start a new batch."""
+        self._spread()
         batch = self._batch
         self._batch = BatchDelta()
         self._refresh_clock()
         return batch
+
+    def _spread(self) -> None:
+        """Add every touched group's deltas to each of its keys' deltas in the batch.
+
+        A key's first group is taken as it is (the group's first key takes its dict, the
+        others a copy); a later group is summed in (dict updates in C, a Python step only
+        for members both hold). No dict in ``deltas`` is shared between keys."""
+        touched = self._touched
+        if not touched:
+            return
+        batch = self._batch
+        deltas, expiry = batch.deltas, batch.expiry
+        for group in touched:
+            members = group.members
+            group.members = {}
+            given = False
+            for key, expires in group.slots:
+                target = deltas.get(key)
+                if target is None:
+                    deltas[key] = members.copy() if given else members
+                    given = True
+                    expiry[key] = expires
+                    if group.building:
+                        self._raw(key)
+                    continue
+                both = target.keys() & members.keys()
+                if both:
+                    sums = {member: target[member] + members[member] for member in both}
+                    target.update(members)
+                    target.update(sums)
+                else:
+                    target.update(members)
+        touched.clear()
 
     def _refresh_clock(self) -> None:
         now = self._clock()
@@ -541,32 +600,26 @@ class Projection:
         # Bytes bound code points from above: only a long member is measured.
         if len(member_value) > MAX_MEMBER and len(member) > MAX_MEMBER:
             return  # too long to rank (projector.core.limits), like a NULL member
-        deltas = self._batch.deltas
-        if board.all_key:
-            members = deltas.get(board.all_key)
-            if members is None:
-                members = deltas[board.all_key] = {}
-                self._batch.expiry[board.all_key] = None
-                if board.building:
-                    self._raw(board.all_key)
+        group = board.all_group
+        if group is not None:
+            members = group.members
+            if not members:
+                self._touched.append(group)
             members[member] = members.get(member, 0) + delta
         if not board.timed or not isinstance(instant, bytes):
             return
         day = self._date_for(instant)
         if day is None:
             return
-        slots = board.dates.get(day)
-        if slots is None:
-            slots = self._slots_for_date(board, day)
-        expiry = self._batch.expiry
-        for key, expires in slots:
-            members = deltas.get(key)
-            if members is None:
-                members = deltas[key] = {}
-                expiry[key] = expires
-                if board.building:
-                    self._raw(key)
-            members[member] = members.get(member, 0) + delta
+        group = board.dates.get(day)
+        if group is None:
+            group = self._group_for_date(board, day)
+        members = group.members
+        if not members:
+            if not group.slots:
+                return  # every bucket of that date has expired
+            self._touched.append(group)
+        members[member] = members.get(member, 0) + delta
 
     def _raw(self, key: str) -> None:
         self._batch.raw.add(key)
@@ -576,13 +629,12 @@ class Projection:
         """The local date of a timestamptz in PostgreSQL's text form; None outside 1..9999."""
         # Fast path: ISO text in UTC ("2026-11-26 13:52:32.123+00") is cached per UTC hour
         # when every instant of that hour falls on the same local date.
-        if text[-3:] == b"+00" and text[4:5] == b"-" and text[10:11] == b" ":
-            hour = text[:13]
-            if hour in self._hour_cache:
-                cached = self._hour_cache[hour]
-                if cached is not None:
-                    return cached
-            else:
+        if len(text) > 16 and text[10] == 32 and text[4] == 45 and text.endswith(b"+00"):
+            hour = text[:13]  # ' ', '-', "+00": ASCII 32 and 45 above
+            cached = self._hour_cache.get(hour, _UNSEEN)
+            if isinstance(cached, date):
+                return cached
+            if cached is _UNSEEN:
                 start = datetime.fromisoformat(hour.decode() + ":00:00+00:00")
                 first = local_date(start, self._tz)
                 last = local_date(start + timedelta(microseconds=3_599_999_999), self._tz)
@@ -596,8 +648,9 @@ class Projection:
             return None  # infinity, BC or beyond year 9999: counted in all-time only
         return local_date(ts, self._tz)
 
-    def _slots_for_date(self, board: _BoardPlan, day: date) -> tuple[BoardSlot, ...]:
-        """Live keys (not yet expired) of the board's timed periods for a local date."""
+    def _group_for_date(self, board: _BoardPlan, day: date) -> _Group:
+        """The group of the live keys (not yet expired) of the board's timed periods for a
+        local date."""
         now = self._now
         ids = dict(zip(TIMED_PERIODS, bucket_ids_for_date(day), strict=True))
         slots: list[BoardSlot] = []
@@ -607,9 +660,8 @@ class Projection:
             if expires is not None and expires <= now:
                 continue  # the board has expired: PostgreSQL answers for it now
             slots.append((board.keys.board(board.board.name, period, bucket), expires))
-        entry = tuple(slots)
-        board.dates[day] = entry
-        return entry
+        group = board.dates[day] = _Group(tuple(slots), board.building)
+        return group
 
 
 def _value(board: _BoardPlan, row: tuple[ColumnValue, ...]) -> ColumnValue:

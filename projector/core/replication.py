@@ -47,6 +47,14 @@ class PrimaryKeepalive:
     reply_requested: bool
 
 
+# XLogData made without its __init__ (a frozen dataclass' sets each field through
+# object.__setattr__, the slowest part of a frame): the slots' own setters, bound once.
+_new = object.__new__
+_set_wal_start, _set_wal_end, _set_server_time, _set_data = (
+    XLogData.__dict__[name].__set__ for name in ("wal_start", "wal_end", "server_time", "data")
+)
+
+
 def parse_frame(buf: bytes | memoryview) -> XLogData | PrimaryKeepalive:
     """Parse one CopyData payload of START_REPLICATION; raise ProtocolError if it is neither."""
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
@@ -61,7 +69,12 @@ def parse_frame(buf: bytes | memoryview) -> XLogData | PrimaryKeepalive:
                 offset=len(view),
             )
         wal_start, wal_end, server_time = _XLOG_HEADER.unpack_from(view, 1)
-        return XLogData(wal_start, wal_end, server_time, view[1 + _XLOG_HEADER.size :])
+        frame = _new(XLogData)
+        _set_wal_start(frame, wal_start)
+        _set_wal_end(frame, wal_end)
+        _set_server_time(frame, server_time)
+        _set_data(frame, view[1 + _XLOG_HEADER.size :])
+        return frame
     if kind == 0x6B:  # 'k'
         if len(view) != 1 + _KEEPALIVE.size:
             raise ProtocolError(

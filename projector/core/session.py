@@ -100,6 +100,7 @@ class Resume:
 
 
 Action = Send | Receive | Seal | Confirm | Resume
+_ROW_CHANGES = (Insert, Update, Delete, Truncate)
 Actions = tuple[Action, ...]
 _NOTHING: Actions = ()
 _SEAL = Seal()
@@ -189,7 +190,7 @@ class Session:
         """One decoded pgoutput message."""
         tx = self.tx
         if tx is not None:
-            if isinstance(msg, Insert | Update | Delete | Truncate):
+            if isinstance(msg, _ROW_CHANGES):  # (a tuple: quicker than a union)
                 tx.rows += 1
                 if tx.skip_all or tx.rows <= tx.skip_rows:
                     return _NOTHING
