@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
 from collections.abc import Mapping
 
 from projector import read_functions
@@ -97,9 +98,14 @@ class Presence:
         value = self._sink.call(self._client.get, self.keys.replay_request)
         return as_text(value) if value else None
 
-    def request_replay(self, request: str, ttl_seconds: int) -> None:
-        """Ask the active projector to rebuild (a later request replaces this one)."""
+    def request_replay(self, ttl_seconds: int) -> str:
+        """Ask the active projector to rebuild (a later request replaces this one); the
+        request's id, which sorts after every earlier request's: Redis's clock, then a
+        random part."""
+        seconds, micros = self._sink.call(self._client.time)
+        request = f"{seconds:011d}.{micros:06d}-{uuid.uuid4().hex[:8]}"
         self._sink.call(lambda: self._client.set(self.keys.replay_request, request, ex=ttl_seconds))
+        return request
 
     def withdraw_replay(self) -> None:
         """Take back a replay request nobody answered."""

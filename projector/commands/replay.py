@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 
 import redis
 
@@ -59,13 +58,22 @@ def replay(settings: Settings, *, timeout: float = 3600.0) -> int:
 
 
 def _ask_running_projector(presence: Presence, timeout: float) -> int:
-    request = uuid.uuid4().hex[:12]
-    presence.request_replay(request, int(timeout) + 60)
+    request = presence.request_replay(int(timeout) + 60)
     print(f"asked the running projector to rebuild (request {request})", file=sys.stderr)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         raw = presence.replay_progress()
-        if raw.get("id") == request:
+        answering = raw.get("id", "")
+        # (Ids of replays before this form, random hex, are never later.)
+        if answering > request and answering[:11].isdigit():
+            # A later replay's request, taken (or even answered) before this one looked: its
+            # rebuild starts after this request was made, so it answers this one too.
+            request = answering
+            print(
+                f"\na later replay (request {request}) replaces this one; following it",
+                file=sys.stderr,
+            )
+        if answering == request:
             state = RebuildProgress(
                 phase=raw.get("phase", "?"),
                 rows=int(raw.get("rows", "0")),
