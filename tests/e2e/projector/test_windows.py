@@ -220,3 +220,33 @@ def test_windows_are_exact_across_midnights_kills_deletes_and_truncate(
         assert "pomo:lb:recent:last30:2027-12-20" in done.stdout and "intruder" in done.stdout
     finally:
         proc.close()
+
+
+def test_adding_windows_to_a_board_builds_them_beside_the_others(
+    windowed: tuple[Clock, dict[str, str]],
+    config: dict[str, Any],
+    rds: redis.Redis,
+    db: psycopg.Connection[Any],
+    tmp_path: Path,
+) -> None:
+    """A definition change that adds last7 and last30 builds that board again while the
+    stream goes on; its windows are then exact, the old definition's keys gone."""
+    _clock, env = windowed
+    boards = Path(config["boards_file"])
+    boards.write_text(BOARDS.replace(', "last7", "last30"', ""))
+    rng = random.Random(12)
+    _insert(db, _random_rows(rng, 80, date(2027, 10, 1), 40))
+    proc = _process(env, tmp_path / "projector.log")
+    projected = Projected(config, rds, proc.check)
+    try:
+        projected.caught_up()
+        assert watermark(rds).get("window_day", "") == ""
+        assert not list(rds.scan_iter(match="pomo:lb:recent:last*"))
+        proc.stop()
+        boards.write_text(BOARDS)
+        proc.start()
+        _insert(db, _random_rows(rng, 30, date(2027, 10, 25), 14))
+        _exact(projected, rds, "2027-11-06", proc)
+        assert "building boards beside the live ones" in proc.log_text()
+    finally:
+        proc.close()
