@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -148,6 +148,9 @@ def compare(cluster: Cluster, client: redis.Redis, boards: Iterable[Board]) -> s
     for board in boards:
         expected = recompute(cluster.dsn, cluster.timezone, board=board)
         try:
+            if window_periods(board):
+                # After a rebuild the projector's next batch builds the windows: wait for it.
+                _wait_for_windows(cluster, client)
             actual = read_redis(client, PREFIX, board)  # asserts every score is positive
             if window_periods(board):
                 actual = _check_windows(cluster, client, board, actual)
@@ -169,17 +172,23 @@ SELECT {member}::text, count(*) FROM {table}
 """
 
 
-def _check_windows(
-    cluster: Cluster, client: redis.Redis, board: Board, actual: Expected
-) -> Expected:
-    """The board's windows must end today (the projector moves them at midnight) and equal
-    the recomputation; return ``actual`` without them (``recompute`` has no windows)."""
+def _wait_for_windows(cluster: Cluster, client: redis.Redis) -> None:
+    """The windows must end today (the projector moves them at midnight, and builds them in
+    its first batch after a rebuild) within a few seconds."""
     today = datetime.now(ZoneInfo(cluster.timezone)).date()
     deadline = time.monotonic() + 5
     while watermark(client, PREFIX).get("window_day") != today.isoformat():
         if time.monotonic() > deadline:
             raise AssertionError(f"the windows do not end today ({watermark(client, PREFIX)})")
         time.sleep(0.05)
+
+
+def _check_windows(
+    cluster: Cluster, client: redis.Redis, board: Board, actual: Expected
+) -> Expected:
+    """The board's windows equal the recomputation; return ``actual`` without them
+    (``recompute`` has no windows)."""
+    today = date.fromisoformat(watermark(client, PREFIX)["window_day"])
     query = sql.SQL(_WINDOW_SQL).format(
         member=sql.Identifier(board.member),
         time=sql.Identifier(board.time),
