@@ -48,6 +48,8 @@ _EXAMPLE_BUCKETS = {
     Period.MONTH: "2026-11",
     Period.YEAR: "2026",
     Period.ALL: "all",
+    Period.LAST7: "2026-11-26",
+    Period.LAST30: "2026-11-26",
 }
 
 
@@ -393,7 +395,7 @@ def bucket_pattern(period: Period) -> str:
         return f"^{_YEAR}$"
     if period == Period.MONTH:
         return f"^{_YEAR}-(0[1-9]|1[0-2])$"
-    if period == Period.DAY:
+    if period in (Period.DAY, Period.LAST7, Period.LAST30):  # a window: its last day
         return f"^({_YEAR}-{_DAY_OF_MONTH}|{_LEAP_YEAR}-02-29)$"
     return f"^({_YEAR}-W{_WEEK_1_TO_52}|{_long_iso_years()}-W53)$"
 

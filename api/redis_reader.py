@@ -35,7 +35,7 @@ from api.boards import (
 from api.errors import BoardUnavailable, NotBuilt, StoreUnavailable
 from projector import read_functions
 from projector.core.boards import Board
-from projector.core.buckets import Period
+from projector.core.buckets import WINDOW_LENGTHS, Period
 from projector.core.keys import Keys
 from projector.core.lsn import parse_lsn
 from projector.core.watermark import unavailable_boards
@@ -92,7 +92,7 @@ class RedisReader:
         """A page of ``limit`` entries from position ``offset`` (0-based) in rank order."""
         keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
         reply = await self._run(
-            read_functions.BOARD, keys, b"%d" % offset, b"%d" % limit, board.name.encode()
+            read_functions.BOARD, keys, b"%d" % offset, b"%d" % limit, _asked(board, period, bucket)
         )
         lsn, commit_time, total, rows = reply
         return BoardPage(total=int(total), entries=_entries(rows), as_of=_as_of(lsn, commit_time))
@@ -103,7 +103,11 @@ class RedisReader:
         """``user_id``'s rank and score with up to ``around`` neighbours either side."""
         keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
         reply = await self._run(
-            read_functions.STANDING, keys, user_id.encode(), b"%d" % around, board.name.encode()
+            read_functions.STANDING,
+            keys,
+            user_id.encode(),
+            b"%d" % around,
+            _asked(board, period, bucket),
         )
         lsn, commit_time, total, name, position, first, rows = reply
         return _standing(int(total), _as_of(lsn, commit_time), name, position, first, rows)
@@ -139,7 +143,10 @@ class RedisReader:
         """Each of ``members``'s score and rank on the board, in one call."""
         keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
         reply = await self._run(
-            read_functions.GROUP, keys, board.name.encode(), *(m.encode() for m in members)
+            read_functions.GROUP,
+            keys,
+            _asked(board, period, bucket),
+            *(m.encode() for m in members),
         )
         lsn, commit_time, total, stats = reply
         asked = []
@@ -161,7 +168,10 @@ class RedisReader:
         """Each of ``members``'s standing with one neighbour either side, in one call."""
         keys = (self.board_key(board, period, bucket), self._labels(board), self._watermark)
         reply = await self._run(
-            read_functions.WATCH, keys, board.name.encode(), *(m.encode() for m in members)
+            read_functions.WATCH,
+            keys,
+            _asked(board, period, bucket),
+            *(m.encode() for m in members),
         )
         lsn, commit_time, total, places = reply
         as_of = _as_of(lsn, commit_time)
@@ -217,6 +227,9 @@ class RedisReader:
         except RedisError as exc:
             if read_functions.is_missing(exc):
                 raise NotBuilt(f"Redis holds no read function {command[1]!r}") from exc
+            if str(exc).startswith("WINDOW"):
+                # Redis holds the rolling windows of another day: PostgreSQL answers.
+                raise NotBuilt(f"Redis holds the windows of another day ({exc})") from exc
             if str(exc).startswith("UNAVAILABLE "):
                 raise BoardUnavailable(str(exc).removeprefix("UNAVAILABLE ")) from exc
             # Busy loading, out of memory, a replica that refuses...: Redis cannot answer.
@@ -249,6 +262,14 @@ def generation_of(fields: list[bytes | None]) -> tuple[bytes | None, ...] | None
     if fields[0] is None or fields[1] is None:
         return None
     return tuple(fields)
+
+
+def _asked(board: Board, period: Period, bucket: str) -> bytes:
+    """The board argument of a read function: a rolling window names its day too, which
+    Redis must hold (``board@YYYY-MM-DD``; projector/read_functions.lua)."""
+    if period in WINDOW_LENGTHS:
+        return f"{board.name}@{bucket}".encode()
+    return board.name.encode()
 
 
 def _entries(rows: list[Any]) -> list[Entry]:

@@ -17,6 +17,10 @@
 --         the swap of built boards, applied last: every key in "x" must hold its members
 --         (else the error "BUILD LOST"); boards "u" go; each board becomes base + delta
 --         (scores at or below 0 dropped), registered with its expiry.
+--    "a": [[key, old or 0, [source, ...], [weight, ...], expireat], ...] or absent}
+--         rolling windows moved to a new day (projector/core/windows.py), after the
+--         deltas and the swap: key = sum of the sources times their weights, scores at or
+--         below 0 dropped; the old window key goes.
 --   4 the channel that hears each new watermark LSN (readers' live updates),
 --   5 the writer's fencing token: it must be the owner's (set when a process takes the
 --     slot over), so a paused or cut-off former owner that wakes up writes nothing.
@@ -138,6 +142,36 @@ if swap then
     end
   end
   redis.call('UNLINK', KEYS[swap.started])
+end
+
+-- Rolling windows (projector/core/windows.py): each new window from the old one and the
+-- day buckets entering and leaving it, or from its day buckets alone.
+local windows = batch.a
+if windows then
+  for a = 1, #windows do
+    local step = windows[a]
+    local key, sources, weights, expireat = KEYS[step[1]], step[3], step[4], step[5]
+    if #sources > 0 then
+      local args = {'ZUNIONSTORE', key, #sources}
+      for s = 1, #sources do args[#args + 1] = KEYS[sources[s]] end
+      args[#args + 1] = 'WEIGHTS'
+      for s = 1, #weights do args[#args + 1] = weights[s] end
+      redis.call(unpack(args))
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', 0)
+    else
+      redis.call('UNLINK', key)
+    end
+    if step[2] ~= 0 and KEYS[step[2]] ~= key then
+      redis.call('UNLINK', KEYS[step[2]])
+      redis.call('ZREM', registry, KEYS[step[2]])
+    end
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('EXPIREAT', key, expireat)
+      redis.call('ZADD', registry, expireat, key)
+    else
+      redis.call('ZREM', registry, key)
+    end
+  end
 end
 
 local now = redis.call('TIME')[1]

@@ -53,9 +53,17 @@ end
 
 -- The watermark's position and time, or false without one; the error UNAVAILABLE when the
 -- projector lists the board as unavailable (its table no longer fits its definition).
+-- A rolling window is asked for as "board@YYYY-MM-DD" (its last day): the error WINDOW when
+-- Redis holds other windows (before the projector moved them at midnight, or none yet).
 local function watermark_of(key, board)
-  local mark = redis.call('HMGET', key, 'lsn', 'commit_time', 'unavailable')
+  local mark = redis.call('HMGET', key, 'lsn', 'commit_time', 'unavailable', 'window_day')
   if not mark[1] then return false end
+  local at = string.find(board, '@', 1, true)
+  if at then
+    local day = string.sub(board, at + 1)
+    board = string.sub(board, 1, at - 1)
+    if mark[4] ~= day then return redis.error_reply('WINDOW ' .. (mark[4] or '')) end
+  end
   if mark[3] and mark[3] ~= '' and cjson.decode(mark[3])[board] then
     return redis.error_reply('UNAVAILABLE ' .. board)
   end

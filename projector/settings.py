@@ -25,6 +25,7 @@ from projector.core.buckets import Retention
 from projector.core.errors import ConfigError
 from projector.core.fingerprint import ProjectionConfig
 from projector.core.keys import Keys
+from projector.core.windows import check_retention
 
 _IDENTIFIER_RE = re.compile(r"\A[a-z_][a-z0-9_]{0,62}\Z")
 ENV_PREFIX = "PROJECTOR_"
@@ -435,6 +436,16 @@ class Settings(BaseSettings):
                 "PROJECTOR_REDIS_SENTINELS and PROJECTOR_REDIS_SENTINEL_MASTER go together: "
                 "the Sentinels' addresses and the name of the master they watch"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _window_retention(self) -> Settings:
+        # A rolling window is kept from day buckets: they must outlive it.
+        if self.boards_file:
+            try:
+                check_retention(load_boards(self.boards_file), self.retention)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     @field_validator("log_level")

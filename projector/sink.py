@@ -581,6 +581,17 @@ def encode_batch(
         "cl": [at(key) for key in sorted(batch.clear_labels)],
         "l": labels,
     }
+    if batch.windows:
+        document["a"] = [
+            [
+                at(step.key),
+                at(step.old) if step.old else 0,
+                [at(k) for k in step.sources],
+                list(step.weights),
+                step.expires,
+            ]
+            for step in batch.windows
+        ]
     swap = batch.swap
     if swap is not None:
         going = swap.unlink

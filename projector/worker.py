@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -134,9 +134,13 @@ class Worker:
         settings: Settings,
         stop: threading.Event | None = None,
         metrics: ProjectorMetrics | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
+        # The wall clock (Unix seconds) that decides the local date: which buckets are live
+        # and when the rolling windows move (a test drives it).
+        self.clock = clock
         self.metrics = metrics or ProjectorMetrics()
         self._announced = 0.0
         self._standby_sink: RedisSink | None = None  # while standing by: to announce it
@@ -467,7 +471,7 @@ class _Streaming:
                 settings.keys,
                 settings.zone,
                 settings.retention,
-                time.time,
+                worker.clock,
                 building=change.build if change is not None else (),
                 building_keys=self.backfill.delta_keys if self.backfill is not None else None,
                 partitioned=start.partitions,

@@ -19,7 +19,7 @@ import redis
 
 from projector import redis_nodes
 from projector.core.boards import Table
-from projector.core.buckets import Period, current_bucket
+from projector.core.buckets import WINDOW_LENGTHS, Period, current_bucket
 from projector.core.fingerprint import board_states, same_layout
 from projector.core.lsn import format_lsn, parse_lsn
 from projector.core.trust import slot_problem, watermark_problem
@@ -110,7 +110,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             used_memory=info.get("used_memory"),
             used_memory_human=info.get("used_memory_human"),
             maxmemory_policy=policy,
-            boards=_board_sizes(client, settings),
+            boards=_board_sizes(client, settings, wm.window_day if wm else ""),
         )
         if policy != "noeviction":
             problems.append(
@@ -228,7 +228,13 @@ def render_status(report: dict[str, Any]) -> str:
                 else ""
             ),
         ),
-        ("watermark", f"{wm['lsn']} commit {wm['commit_time'] or '-'}" if wm else "none"),
+        (
+            "watermark",
+            f"{wm['lsn']} commit {wm['commit_time'] or '-'}"
+            + (f", windows ending {wm['window_day']}" if wm.get("window_day") else "")
+            if wm
+            else "none",
+        ),
         (
             "lag",
             f"{_bytes(lag['bytes'])}, {lag['seconds']} s"
@@ -269,17 +275,25 @@ def render_status(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _board_sizes(client: redis.Redis, settings: Settings) -> dict[str, dict[str, Any]]:
-    """The size of each board's current bucket, named ``board/period``."""
+def _board_sizes(
+    client: redis.Redis, settings: Settings, window_day: str
+) -> dict[str, dict[str, Any]]:
+    """The size of each board's current bucket, named ``board/period``; of a rolling window,
+    the one Redis holds (ending on the watermark's ``window_day``; absent before it has one)."""
     tz = settings.zone
+
+    def bucket(period: Period) -> str:
+        if period is Period.ALL:
+            return "all"
+        if period in WINDOW_LENGTHS:
+            return window_day
+        return current_bucket(period, tz, datetime.now(UTC))
+
     keys = {
-        f"{board.name}/{period}": settings.keys.board(
-            board.name,
-            period,
-            "all" if period is Period.ALL else current_bucket(period, tz, datetime.now(UTC)),
-        )
+        f"{board.name}/{period}": settings.keys.board(board.name, period, bucket(period))
         for board in settings.boards
         for period in board.periods
+        if period not in WINDOW_LENGTHS or window_day
     }
     pipe = client.pipeline(transaction=False)
     for key in keys.values():
@@ -299,6 +313,7 @@ def _watermark(wm: Watermark) -> dict[str, Any]:
         "slot": wm.slot,
         "timeline": wm.timeline,
         "fingerprint": wm.fingerprint,
+        "window_day": wm.window_day or None,
         "partial_transaction": (
             {"commit_lsn": format_lsn(wm.tx_lsn), "rows_applied": wm.tx_rows} if wm.tx_lsn else None
         ),

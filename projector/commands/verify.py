@@ -26,6 +26,7 @@ from projector.core import queries
 from projector.core.boards import Board
 from projector.core.buckets import (
     TIMED_PERIODS,
+    WINDOW_LENGTHS,
     Period,
     bucket_bounds,
     bucket_for,
@@ -50,6 +51,7 @@ from projector.core.pgoutput import (
 from projector.core.projection import Projection
 from projector.core.replication import PrimaryKeepalive
 from projector.core.watermark import Watermark
+from projector.core.windows import parse_day, window_periods
 from projector.schema import partition_states, schema_problems
 from projector.settings import Settings
 from projector.sink import RedisSink, as_text
@@ -136,6 +138,14 @@ def boards_to_check(
     ]
 
 
+def windows_to_check(boards: Iterable[Board], window_day: str) -> list[tuple[Board, Period, str]]:
+    """The rolling windows Redis holds (those ending on the watermark's ``window_day``;
+    none before the projector built them)."""
+    if not window_day:
+        return []
+    return [(board, period, window_day) for board in boards for period in window_periods(board)]
+
+
 def _board_states(settings: Settings, wm: Watermark) -> dict[str, dict[str, str]]:
     """Each declared board's state (``fingerprint.board_states``) as the catalog says now."""
     try:
@@ -195,12 +205,20 @@ def verify(settings: Settings, *, everything: bool = False, wait: float = 30.0) 
         states = _board_states(settings, held)
         checked = [b for b in settings.boards if states[b.name]["state"] in ("live", "rebuilding")]
         boards = boards_to_check(settings, checked, everything)
+        boards += windows_to_check(checked, held.window_day)
         keys = [settings.keys.board(board.name, p, b) for board, p, b in boards]
         stream.open()
         consistent_point, snapshot = stream.create_slot(temporary=True)
         expected = _recompute(settings, snapshot, boards, keys)
         _wait_for(sink, consistent_point, wait)
         redis_wm, actual = _read_boards(client, sink, keys)
+        if redis_wm.window_day != held.window_day and any(
+            p in WINDOW_LENGTHS for _, p, _ in boards
+        ):
+            raise ProjectorError(
+                f"the projector moved the rolling windows from {held.window_day or 'none'} to "
+                f"{redis_wm.window_day} during verify (midnight); run verify again"
+            )
         # Project onto the recomputation the changes Redis already holds beyond C.
         _roll_forward(settings, checked, stream, consistent_point, redis_wm, expected, set(keys))
         position = redis_wm.position
@@ -298,6 +316,7 @@ def _roll_forward(
     if target.lsn <= start and not target.tx_lsn:
         return
     projection = Projection(boards, settings.keys, settings.zone, settings.retention, time.time)
+    projection.resume_windows(parse_day(target.window_day))
     decoder = Decoder(1)
     stream.start(start)
     deadline = time.monotonic() + 60.0

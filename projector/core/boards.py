@@ -23,7 +23,7 @@ from typing import Any
 
 from psycopg import sql
 
-from projector.core.buckets import Period
+from projector.core.buckets import CALENDAR_PERIODS, WINDOW_LENGTHS, Period
 from projector.core.condition import Condition, ConditionError, parse_condition
 from projector.core.errors import ConfigError
 
@@ -120,7 +120,7 @@ DEFAULT_BOARDS: tuple[Board, ...] = (
         table=Table("public", "pomodoros"),
         member="user_id",
         time="completed_at",
-        periods=tuple(Period),
+        periods=CALENDAR_PERIODS,
         labels=Labels(Table("public", "users"), "id", "display_name"),
     ),
 )
@@ -177,7 +177,14 @@ def _parse_board(entry: Any, where: str) -> Board:
     table = _table(field("table"), f"{where}: field 'table'")
     member = _column(field("member"), f"{where}: field 'member'")
     time_column = _column(field("time"), f"{where}: field 'time'")
-    periods = _periods(entry.get("periods", [p.value for p in Period]), where)
+    periods = _periods(entry.get("periods", [p.value for p in CALENDAR_PERIODS]), where)
+    windows = [p for p in periods if p in WINDOW_LENGTHS]
+    if windows and Period.DAY not in periods:
+        # A window is kept from the board's day buckets (projector.core.windows).
+        raise ConfigError(
+            f"{where}: field 'periods' has {windows[0].value!r}, which is kept from the board's"
+            ' day buckets: add "day" to its periods'
+        )
     score = entry.get("score", "count")
     sum_column: str | None = None
     if isinstance(score, dict) and set(score) == {"sum"}:

@@ -25,13 +25,21 @@ class Period(StrEnum):
     MONTH = "month"
     YEAR = "year"
     ALL = "all"
+    # Rolling windows (projector.core.windows): the last 7 or 30 local days up to a day.
+    LAST7 = "last7"
+    LAST30 = "last30"
 
 
 TIMED_PERIODS: tuple[Period, ...] = (Period.DAY, Period.WEEK, Period.MONTH, Period.YEAR)
+# The calendar periods (every period but the rolling windows): the default of a board.
+CALENDAR_PERIODS: tuple[Period, ...] = (*TIMED_PERIODS, Period.ALL)
+# Rolling windows and their length in local days; a window's bucket is its last day.
+WINDOW_LENGTHS: dict[Period, int] = {Period.LAST7: 7, Period.LAST30: 30}
 ALL_BUCKET = "all"
 
 _PERIOD_NAMES = ", ".join(period.value for period in Period)
 _INDEX = {period: index for index, period in enumerate(TIMED_PERIODS)}
+_INDEX.update({window: 0 for window in WINDOW_LENGTHS})  # a window is named by its last day
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 _DAY = timedelta(days=1)
@@ -60,6 +68,8 @@ class Retention:
         """Return how many buckets of ``period`` a finished board outlives its bucket by."""
         if period == Period.ALL:
             raise ValueError("the all-time board is kept forever; it has no retention")
+        if period in WINDOW_LENGTHS:
+            raise ValueError(f"a {period} window is replaced daily; it has no retention")
         return (self.day_days, self.week_weeks, self.month_months, self.year_years)[_INDEX[period]]
 
 
@@ -97,7 +107,10 @@ def bucket_ids_for_date(d: date) -> tuple[str, str, str, str]:
 
 
 def bucket_for(ts: datetime, period: Period, tz: ZoneInfo) -> str | None:
-    """Return the bucket of ``period`` holding instant ``ts`` in ``tz``; None if unrepresentable."""
+    """Return the bucket of ``period`` holding instant ``ts`` in ``tz``; None if unrepresentable.
+
+    For a rolling window that is the window ending on the instant's local date (the newest of
+    the windows holding it)."""
     if period == Period.ALL:
         return ALL_BUCKET
     d = local_date(ts, tz)
@@ -164,6 +177,10 @@ def bucket_bounds(
         return None, None
     first = _first_date(period, bucket)
     end = _shift(period, first, 1)
+    length = WINDOW_LENGTHS.get(period)
+    if length is not None:
+        # A window ending on day D runs from the start of day D - (length - 1).
+        first = date.fromordinal(max(1, first.toordinal() - length + 1))
     return _day_start(first, tz), None if end is None else _day_start(end, tz)
 
 
@@ -190,7 +207,12 @@ def expires_at(period: Period, bucket: str, tz: ZoneInfo, retention: Retention) 
     if period == Period.ALL:
         parse_bucket(period, bucket)
         return None
-    expiry = _shift(period, _first_date(period, bucket), 1 + retention.buckets(period))
+    if period in WINDOW_LENGTHS:
+        # The projector replaces a window when its last day ends: from then on PostgreSQL
+        # answers for it (projector.core.windows).
+        expiry = _shift(period, _first_date(period, bucket), 1)
+    else:
+        expiry = _shift(period, _first_date(period, bucket), 1 + retention.buckets(period))
     if expiry is None:
         return None
     return (_day_start(expiry, tz) - _EPOCH) // _SECOND
@@ -206,6 +228,8 @@ def oldest_retained_bucket_start(
     """
     if period == Period.ALL:
         return None
+    if period in WINDOW_LENGTHS:
+        raise ValueError(f"a {period} window is made from day buckets; ask for the day period")
     moment = now
     today = local_date(moment, tz)
     if today is None:
@@ -280,7 +304,10 @@ def _utc_date(instant: datetime, tz: ZoneInfo) -> date:
 
 
 def _first_date(period: Period, text: str) -> date:
-    """Return the first local date of bucket ``text`` of timed ``period``; validate strictly."""
+    """Return the first local date of bucket ``text`` of timed ``period``; validate strictly.
+    (A window's bucket is its last day, spelled as a day.)"""
+    if period in WINDOW_LENGTHS:
+        period = Period.DAY
     regex, shape = _SHAPES[period]
     match = regex.fullmatch(text)
     if match is None:
@@ -316,7 +343,7 @@ def _first_date(period: Period, text: str) -> date:
 
 def _first_date_of(period: Period, d: date) -> date:
     """Return the first date of the bucket of timed ``period`` that holds ``d``."""
-    if period == Period.DAY:
+    if period == Period.DAY or period in WINDOW_LENGTHS:
         return d
     if period == Period.WEEK:
         # Never before 0001-01-01, which is a Monday.
@@ -331,8 +358,8 @@ def _shift(period: Period, first: date, count: int) -> date | None:
 
     None when that bucket is outside years 0001..9999.
     """
-    if period in (Period.DAY, Period.WEEK):
-        ordinal = first.toordinal() + count * (1 if period == Period.DAY else 7)
+    if period in (Period.DAY, Period.WEEK) or period in WINDOW_LENGTHS:
+        ordinal = first.toordinal() + count * (7 if period == Period.WEEK else 1)
         return date.fromordinal(ordinal) if 1 <= ordinal <= _MAX_ORDINAL else None
     if period == Period.MONTH:
         year, month = divmod(first.year * 12 + first.month - 1 + count, 12)

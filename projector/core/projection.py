@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from projector.core import windows as _windows
 from projector.core.boards import IDENTITY_NAMES, RESTORE, Board, Table, label_sources
 from projector.core.buckets import (
     TIMED_PERIODS,
@@ -80,6 +81,10 @@ class BatchDelta:
     raw: set[str] = field(default_factory=set)
     # The swap that makes built boards live (see projector.backfill), applied last.
     swap: BuildSwap | None = None
+    # Rolling windows moved to the day ``window_day`` after the deltas and the swap
+    # (projector.core.windows); None: the windows stay where they are.
+    windows: tuple[_windows.Advance, ...] = ()
+    window_day: str | None = None
     row_changes: int = 0
     # Row changes by kind, and transactions ending in this batch (for the metrics).
     inserts: int = 0
@@ -144,6 +149,7 @@ class _BoardPlan:
         "time",
         "timed",
         "value",
+        "windows",
     )
 
     def __init__(self, board: Board, rel: Relation, keys: Keys, building: bool = False) -> None:
@@ -167,6 +173,8 @@ class _BoardPlan:
         )
         self.timed = tuple(p for p in TIMED_PERIODS if p in board.periods)
         self.dates: dict[date, _Group] = {}
+        # A board being built gets its windows whole from its day buckets once it is live.
+        self.windows = () if building else _windows.window_periods(board)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +286,11 @@ class Projection:
         self._batch = BatchDelta()
         # Groups with deltas not yet spread over their keys (``_spread``).
         self._touched: list[_Group] = []
+        # The last day of the rolling windows Redis holds (None: it holds none, or they must
+        # be built whole); ``_window_from``: the day of the window keys Redis has (to remove).
+        self._window_day: date | None = None
+        self._window_from: date | None = None
+        self._window_checked = 0.0
 
     # -- relations -------------------------------------------------------------------
 
@@ -467,6 +480,7 @@ class Projection:
         """The built boards are live now (under the live keys) and ``boards`` is the set."""
         self._boards = tuple(boards)
         self._building = ()
+        self.forget_windows()
         self.building_on = False
         self.built_keys = set()
         self._identity = identity_columns(self._boards)
@@ -485,11 +499,30 @@ class Projection:
         self._batch.transactions += 1
 
     def take_batch(self) -> BatchDelta:
-        """Return everything accumulated since the last call, and start a new batch."""
+        """Return everything accumulated since the last call, and start a new batch.
+
+        When the local date passed the rolling windows' day (or they must be built), the
+        batch also moves them to today, after its own deltas (which were made for the
+        windows Redis holds); later row changes count for the new windows."""
         self._spread()
         batch = self._batch
         self._batch = BatchDelta()
         self._refresh_clock()
+        today = self._window_target()
+        if today is not None:
+            old = self._window_day if self._window_day is not None else self._window_from
+            batch.windows = _windows.plan(
+                self._boards,
+                self._keys,
+                old,
+                today,
+                today,
+                self._retention,
+                _windows.expiry(today, self._tz),
+                whole=self._window_day is None,
+            )
+            batch.window_day = _windows.day_id(today)
+            self._window_day = self._window_from = today
         return batch
 
     def _spread(self) -> None:
@@ -524,6 +557,36 @@ class Projection:
                 else:
                     target.update(members)
         touched.clear()
+
+    # -- rolling windows -------------------------------------------------------------
+
+    def resume_windows(self, day: date | None) -> None:
+        """Redis holds the rolling windows ending on ``day`` (from the watermark; None: none)."""
+        self._window_day = self._window_from = day
+
+    def forget_windows(self) -> None:
+        """The next batch builds every rolling window whole from the day buckets (boards
+        built beside the live ones just went live: their windows are not in Redis yet)."""
+        self._window_day = None
+
+    def window_due(self) -> bool:
+        """Whether the rolling windows must move now (an idle session sends a batch for it).
+        Looks at the clock at most once a second."""
+        now = self._clock()
+        if now - self._window_checked < 1.0:
+            return False
+        self._window_checked = now
+        return self._window_target(now) is not None
+
+    def _window_target(self, now: float | None = None) -> date | None:
+        """Today, when the windows must move to it; else None."""
+        if not any(_windows.window_periods(b) for b in self._boards):
+            return None
+        moment = datetime.fromtimestamp(self._now if now is None else now, tz=UTC)
+        today = local_date(moment, self._tz)
+        if today is None or (self._window_day is not None and today <= self._window_day):
+            return None
+        return today
 
     def _refresh_clock(self) -> None:
         now = self._clock()
@@ -611,6 +674,8 @@ class Projection:
         day = self._date_for(instant)
         if day is None:
             return
+        if board.windows and self._window_day is not None:
+            self._window(board, day, member, delta)
         group = board.dates.get(day)
         if group is None:
             group = self._group_for_date(board, day)
@@ -620,6 +685,21 @@ class Projection:
                 return  # every bucket of that date has expired
             self._touched.append(group)
         members[member] = members.get(member, 0) + delta
+
+    def _window(self, board: _BoardPlan, day: date, member: str, delta: int) -> None:
+        """A row of local day ``day`` counts in each window of the board that holds it."""
+        end = self._window_day
+        assert end is not None
+        deltas, expiry = self._batch.deltas, self._batch.expiry
+        for period in board.windows:
+            if not _windows.holds(period, end, day):
+                continue
+            key = board.keys.board(board.board.name, period, _windows.day_id(end))
+            members = deltas.get(key)
+            if members is None:
+                members = deltas[key] = {}
+                expiry[key] = _windows.expiry(end, self._tz)
+            members[member] = members.get(member, 0) + delta
 
     def _raw(self, key: str) -> None:
         self._batch.raw.add(key)

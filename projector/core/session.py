@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
+from projector.core import windows
 from projector.core.boards import Board
 from projector.core.errors import ProtocolError, RebuildRequired
 from projector.core.lsn import format_lsn
@@ -167,6 +168,7 @@ class Session:
         self._idle_end = 0
         self._last_idle_advance = 0.0
         self._last_status = clock()
+        projection.resume_windows(windows.parse_day(applied.window_day))
 
     # -- queries -----------------------------------------------------------------------
 
@@ -269,6 +271,7 @@ class Session:
         ):
             actions = self._flush()
         actions += self._advance_idle(force=False)
+        actions += self._advance_windows()
         if self._clock() - self._last_status >= self._status_interval:
             actions += self._confirm()
         return actions
@@ -302,7 +305,7 @@ class Session:
             fingerprint=fingerprint,
             config=config,
         )
-        actions = self._send(new, swap=spec)
+        actions = self._send(new, swap=spec, forget_windows=True)
         return (*actions, *(self._take_answer() for _ in range(len(self._in_flight))))
 
     def stop(self) -> Actions:
@@ -404,14 +407,23 @@ class Session:
         self._open_marker = tx.begin.final_lsn
         return self._send(new)
 
-    def _send(self, new: Watermark, swap: BuildSwap | None = None) -> Actions:
+    def _send(
+        self, new: Watermark, swap: BuildSwap | None = None, *, forget_windows: bool = False
+    ) -> Actions:
         """Send the accumulated batch with ``new``; collect the oldest answer first if the
-        most batches are in flight already."""
+        most batches are in flight already. The batch records the rolling windows' day when
+        it moves them; ``forget_windows``: no window is known whole after it (boards going
+        live with ``swap`` have none yet), the next batch builds them."""
         actions: Actions = _NOTHING
         if len(self._in_flight) >= MAX_IN_FLIGHT:
             actions = (self._take_answer(),)
         batch = self.projection.take_batch()
         batch.swap = swap
+        if batch.window_day is not None:
+            new = replace(new, window_day=batch.window_day)
+        if forget_windows:
+            self.projection.forget_windows()
+            new = replace(new, window_day="")
         send = Send(batch, new, self.applied)
         self.applied = new
         self._in_flight.append(InFlight(new, self._clock(), batch.kinds(), batch.transactions))
@@ -448,6 +460,18 @@ class Session:
         self._last_idle_advance = now
         send = self._send(replace(applied, lsn=self._idle_end))
         return (*send, self._take_answer(), *self._confirm())
+
+    def _advance_windows(self) -> Actions:
+        """An idle session moves the rolling windows at midnight with a batch of its own
+        (same position; the watermark records the new window day)."""
+        if (
+            self.tx is not None
+            or self.pending_end is not None
+            or self._in_flight
+            or not self.projection.window_due()
+        ):
+            return _NOTHING
+        return (*self._send(self.applied), self._take_answer())
 
     def _confirm(self) -> Actions:
         """Tell PostgreSQL what Redis acknowledged and holds durably, never going back; with

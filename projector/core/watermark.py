@@ -26,6 +26,8 @@ class Watermark:
     decides a row's contribution (see ``projector.core.fingerprint``) and ``fingerprint`` is
     its digest. ``unavailable`` is a JSON object of the declared boards that cannot be
     projected now (board -> the problem and its fix): Redis holds none of their keys.
+    ``window_day`` is the last local day of the rolling windows Redis holds (``YYYY-MM-DD``;
+    "" when it holds none: see ``projector.core.windows``).
     """
 
     lsn: int
@@ -38,6 +40,7 @@ class Watermark:
     fingerprint: str = ""
     config: str = ""
     unavailable: str = ""
+    window_day: str = ""
 
     @property
     def position(self) -> str:
@@ -53,6 +56,7 @@ class Watermark:
             "tx_lsn": format_lsn(self.tx_lsn),
             "tx_rows": str(self.tx_rows),
             "updated_at": now.isoformat(),
+            "window_day": self.window_day,
         }
         if full:
             moved.update(
@@ -81,6 +85,7 @@ class Watermark:
                 fingerprint=raw.get("fingerprint", ""),
                 config=raw.get("config", ""),
                 unavailable=raw.get("unavailable", ""),
+                window_day=raw.get("window_day", ""),
             )
         except (KeyError, ValueError):
             return None

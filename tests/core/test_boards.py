@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from projector.core.boards import DEFAULT_BOARDS, Labels, Table, load_boards, parse_boards
-from projector.core.buckets import Period
+from projector.core.buckets import CALENDAR_PERIODS, Period
 from projector.core.errors import ConfigError
 from projector.core.keys import Keys
 from projector.settings import load_settings
@@ -34,7 +34,7 @@ def test_without_a_file_the_default_is_the_pomodoro_board() -> None:
     assert default.name == "pomodoros" and default.sum is None
     assert default.table == Table("public", "pomodoros")
     assert (default.member, default.time) == ("user_id", "completed_at")
-    assert default.periods == tuple(Period)
+    assert default.periods == CALENDAR_PERIODS
     assert default.labels == Labels(Table("public", "users"), "id", "display_name")
 
 
@@ -62,7 +62,7 @@ def test_the_example_file_declares_four_boards() -> None:
 def test_defaults_of_optional_fields() -> None:
     """periods defaults to all five, score to count, a bare table name to schema public."""
     (parsed,) = parse_boards({"boards": [board(table="pomodoros")]})
-    assert parsed.periods == tuple(Period)
+    assert parsed.periods == CALENDAR_PERIODS
     assert parsed.sum is None and parsed.labels is None
     assert parsed.table == Table("public", "pomodoros")
 

@@ -16,15 +16,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import psycopg
 import redis
+from psycopg import sql
 
 from projector.commands.status import collect_status
 from projector.core.boards import Board
+from projector.core.buckets import WINDOW_LENGTHS
 from projector.core.keys import Keys
 from projector.core.watermark import unavailable_boards
+from projector.core.windows import window_periods
 from projector.settings import Settings, load_settings
 from tests.e2e.projector.support import (
+    Expected,
     assert_same,
     parse_lsn,
     read_redis,
@@ -141,7 +148,12 @@ def compare(cluster: Cluster, client: redis.Redis, boards: Iterable[Board]) -> s
     for board in boards:
         expected = recompute(cluster.dsn, cluster.timezone, board=board)
         try:
+            if window_periods(board):
+                # After a rebuild the projector's next batch builds the windows: wait for it.
+                _wait_for_windows(cluster, client)
             actual = read_redis(client, PREFIX, board)  # asserts every score is positive
+            if window_periods(board):
+                actual = _check_windows(cluster, client, board, actual)
             assert_same(actual, expected)
         except AssertionError as exc:
             message = str(exc)
@@ -149,6 +161,49 @@ def compare(cluster: Cluster, client: redis.Redis, boards: Iterable[Board]) -> s
                 message = _name_diff(message, actual.names, expected.names)
             return f"board {board.name!r}: {message}"
     return None
+
+
+# The rolling windows, recomputed with local dates alone.
+_WINDOW_SQL = """
+SELECT {member}::text, count(*) FROM {table}
+ WHERE {member} IS NOT NULL AND isfinite({time})
+   AND ({time} AT TIME ZONE %(tz)s)::date BETWEEN %(first)s AND %(last)s
+ GROUP BY 1
+"""
+
+
+def _wait_for_windows(cluster: Cluster, client: redis.Redis) -> None:
+    """The windows must end today (the projector moves them at midnight, and builds them in
+    its first batch after a rebuild) within a few seconds."""
+    today = datetime.now(ZoneInfo(cluster.timezone)).date()
+    deadline = time.monotonic() + 5
+    while watermark(client, PREFIX).get("window_day") != today.isoformat():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the windows do not end today ({watermark(client, PREFIX)})")
+        time.sleep(0.05)
+
+
+def _check_windows(
+    cluster: Cluster, client: redis.Redis, board: Board, actual: Expected
+) -> Expected:
+    """The board's windows equal the recomputation; return ``actual`` without them
+    (``recompute`` has no windows)."""
+    today = date.fromisoformat(watermark(client, PREFIX)["window_day"])
+    query = sql.SQL(_WINDOW_SQL).format(
+        member=sql.Identifier(board.member),
+        time=sql.Identifier(board.time),
+        table=sql.Identifier(board.table.schema, board.table.name),
+    )
+    with psycopg.connect(cluster.dsn) as conn:
+        for period in window_periods(board):
+            first = today - timedelta(days=WINDOW_LENGTHS[period] - 1)
+            params = {"tz": cluster.timezone, "first": first, "last": today}
+            want = {str(m): int(c) for m, c in conn.execute(query, params)}
+            have = actual.boards.get((period.value, today.isoformat()), {})
+            if have != want:
+                raise AssertionError(f"{period} ending {today}: (redis, postgres) {have}, {want}")
+    kept = {k: v for k, v in actual.boards.items() if k[0] not in ("last7", "last30")}
+    return Expected(kept, actual.names)
 
 
 def _settings(cluster: Cluster) -> Settings:
