@@ -42,8 +42,9 @@ from projector.core.watermark import unavailable_boards
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 # Written in the projector's every atomic step: its position (LSN, a large transaction's
-# progress, the configuration's fingerprint), the time of the write, the boards it stopped.
-_GENERATION_FIELDS = (b"lsn", b"position", b"updated_at", b"unavailable")
+# progress, the configuration's fingerprint), the time of the write, the boards it stopped,
+# the day its rolling windows end on.
+_GENERATION_FIELDS = (b"lsn", b"position", b"updated_at", b"unavailable", b"window_day")
 
 
 class Commands(Protocol):
