@@ -298,6 +298,7 @@ def build_boards(
             future.result()
     _require_same_storage(settings, seen)
     found = sorted(loaded.items())
+    state.boards = len(found)  # shares of one board load the same keys: counted once, here
     return Built(found, label_suffixes, {key.removeprefix(build): n for key, n in counts.items()})
 
 
@@ -448,7 +449,6 @@ class _Loader:
             for target in cache.values():
                 if target is not None and target[0] in self._counts:
                     plan.loaded[target[1]] = target[2]
-        self._boards += len(plan.loaded)
 
     def _add(
         self, pending: dict[str, list[int | str]], key: str, score: int, member: str, limit: int
