@@ -592,7 +592,13 @@ def encode_batch(
     # batch) are joined here, the few of a fresh commit's keys written by json.dumps.
     boards: list[list[Any]] = []
     joined: list[str] = []
+    # A swap replaces whole boards after the batch's deltas: their old version's deltas are
+    # left out (a key they would create is not in the registry read before, so the swap
+    # would not remove it; the built board holds every transaction it carried).
+    replaced = batch.swap.unlink if batch.swap is not None else ()
     for key, scores in batch.deltas.items():
+        if replaced and key.startswith(replaced) and key not in raw:
+            continue
         named, values = list(scores), list(scores.values())
         if 0 in values:
             named = [member for member, delta in scores.items() if delta]

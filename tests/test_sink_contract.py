@@ -16,7 +16,7 @@ import redis
 
 from projector.core.errors import RebuildRequired
 from projector.core.keys import Keys
-from projector.core.projection import BatchDelta
+from projector.core.projection import BatchDelta, BuildSwap
 from projector.core.watermark import Watermark
 from projector.presence import Presence
 from projector.sink import Fenced, RedisSink, ReplicasBehind
@@ -389,3 +389,31 @@ def test_a_read_only_replica_is_a_lost_connection_not_a_crash(redis_url: str) ->
         client.execute_command("REPLICAOF", "NO", "ONE")
         sink.close()
         client.close()
+
+
+def test_a_swap_removes_keys_its_own_batch_would_create_for_the_replaced_board(
+    sink: RedisSink, client: redis.Redis
+) -> None:
+    """A swap batch may carry the replaced board's last deltas (transactions the build's
+    snapshot already holds): a key they would create is in no registry read before the
+    batch, so they are not applied; the board is exactly the built one (soak seed 9300062:
+    a day of a dropped partition survived the swap)."""
+    later = int(time.time()) + 3600
+    sink.apply(batch({ALL: {"a": 3}, DAY: {"a": 3}}, {ALL: None, DAY: later}), mark(100), None)
+    built, delta = f"{PREFIX}rebuild:x:lb:b:all:all", f"{PREFIX}delta:x:lb:b:all:all"
+    client.zadd(built, {"a": 2})
+    client.set(f"{PREFIX}rebuild:x:started", "1")
+    swap = BuildSwap(
+        started=f"{PREFIX}rebuild:x:started",
+        unlink=(KEYS.board_prefix("b"),),
+        expect=((built, 1),),
+        merge=((built, delta, ALL, None),),
+    )
+    sink.apply(
+        batch({ALL: {"a": 1}, WEEK: {"u16": 18}}, {ALL: None, WEEK: later}, swap=swap),
+        mark(200),
+        mark(100),
+    )
+    assert client.exists(DAY, WEEK) == 0
+    assert scores(client, ALL) == {"a": 2.0}
+    assert client.zrange(f"{PREFIX}boards", 0, -1) == [ALL.encode()]
