@@ -146,8 +146,8 @@ class Settings(BaseSettings):
         3,
         ge=1,
         le=6,
-        description="Connections (sharing one snapshot) that read shares of each board's "
-        "members in parallel during a rebuild (one scan of the table each).",
+        description="Connections (sharing one snapshot) that aggregate periods in parallel "
+        "during a rebuild.",
     )
     reconnect_max_delay: float = Field(
         30.0, gt=0, le=3600, description="Cap of the reconnect backoff (seconds)."
