@@ -9,16 +9,14 @@ Changes committed meanwhile wait in the new slot, so none is lost or counted twi
 from __future__ import annotations
 
 import functools
-import sys
 import threading
 import time
 import uuid
-from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -37,7 +35,6 @@ from projector.core.buckets import (
 from projector.core.errors import ConfigError, ConnectionLost, ProjectorError, RebuildRequired
 from projector.core.fingerprint import ProjectionConfig
 from projector.core.lsn import format_lsn
-from projector.core.rollup import bucket_scores, day_date, day_number, prefix_sums
 from projector.core.watermark import Watermark, encode_unavailable
 from projector.presence import Presence
 from projector.schema import partition_states, schema_problems, storage_states
@@ -51,7 +48,6 @@ log = structlog.get_logger(__name__)
 _BUILD_TTL = 24 * 3600  # build keys of a crashed rebuild disappear on their own
 _CHUNK = 5_000
 _PERIOD_INDEX = {Period.DAY: 0, Period.WEEK: 1, Period.MONTH: 2, Period.YEAR: 3}
-_NATIVE_LITTLE = sys.byteorder == "little"  # member_days packs big-endian
 
 ProgressFn = Callable[["RebuildProgress"], None]
 
@@ -241,39 +237,72 @@ def build_boards(
     """Load ``boards`` (and, ``with_labels``, their label hashes) into ``build``-prefixed keys;
     return what was loaded.
 
-    Each board's table is read once for all its periods (``queries.member_days``), in as
-    many shares of its members as there are connections (same snapshot), so PostgreSQL
-    aggregates on every core while this process rolls members up and loads Redis.
+    Each query runs on its own connection (same snapshot) so PostgreSQL aggregates one
+    period while this process loads another into Redis.
     """
     keys = settings.keys
+    tz = settings.zone
+    now = time.time()
     lock = threading.Lock()
     counts: dict[str, int] = {}
-    loaded: dict[str, int | None] = {}
-    parts = len(conns)
+    Found = list[tuple[str, int | None]]
 
-    def labels_task(labels: Labels, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    def labels_task(labels: Labels, conn: psycopg.Connection[tuple[object, ...]]) -> Found:
         with conn.cursor(name="rebuild_labels") as cur:
             cur.itersize = _CHUNK
             cur.execute(queries.all_labels(labels))
             loader = _Loader(sink, state, report, lock, counts)
             loader.load_hash(build + keys.without_prefix(keys.labels(labels)), cur)
             loader.finish()
+        return []
 
-    def board_task(board: Board, part: int, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        plan = _BoardPlan(settings, board, build, time.time())
-        params = {"tz": settings.timezone, "since": plan.since, "parts": parts, "part": part}
+    def period_task(
+        board: Board, period: Period, conn: psycopg.Connection[tuple[object, ...]]
+    ) -> Found:
+        since = oldest_retained_bucket_start(period, tz, settings.retention, datetime.now(UTC))
+        assert since is not None
+        index = _PERIOD_INDEX[period]
+        cache: dict[date, tuple[str, int | None] | None] = {}
+
+        def suffix_for(start: date) -> tuple[str, int | None] | None:
+            if start not in cache:
+                bucket = bucket_ids_for_date(start)[index]
+                expires = expires_at(period, bucket, tz, settings.retention)
+                live = expires is None or expires > now
+                suffix = keys.without_prefix(keys.board(board.name, period, bucket))
+                cache[start] = (suffix, expires) if live else None
+            return cache[start]
+
         loader = _Loader(sink, state, report, lock, counts)
-        with conn.cursor(name="rebuild_board") as cur:
-            cur.itersize = 2_000
-            cur.execute(queries.member_days(board, split=parts > 1), params)
-            loader.load_members(cur, plan)
+        with conn.cursor(name="rebuild_period") as cur:
+            cur.itersize = _CHUNK * 4
+            cur.execute(
+                queries.period_scores(board, period), {"tz": settings.timezone, "since": since}
+            )
+            found = list(loader.load_boards(build, cur, suffix_for))
         loader.finish()
-        with lock:
-            loaded.update(plan.loaded)
+        return found
 
-    tasks: list[Callable[[psycopg.Connection[tuple[object, ...]]], None]] = [
-        functools.partial(board_task, board, part) for board in boards for part in range(parts)
-    ]
+    def all_time_task(board: Board, conn: psycopg.Connection[tuple[object, ...]]) -> Found:
+        suffix = keys.without_prefix(keys.board(board.name, Period.ALL, "all"))
+        loader = _Loader(sink, state, report, lock, counts)
+        with conn.cursor(name="rebuild_all") as cur:
+            cur.itersize = _CHUNK * 4
+            cur.execute(queries.all_time_scores(board))
+            members = loader.load_one(f"{build}{suffix}", cur)
+        loader.finish()
+        return [(suffix, None)] if members else []
+
+    # Longest first: all-time and year read every row, the day boards only the last weeks.
+    tasks: list[Callable[[psycopg.Connection[tuple[object, ...]]], Found]] = []
+    for period in (Period.ALL, Period.YEAR, Period.MONTH, Period.WEEK, Period.DAY):
+        for board in boards:
+            if period not in board.periods:
+                continue
+            if period is Period.ALL:
+                tasks.append(functools.partial(all_time_task, board))
+            else:
+                tasks.append(functools.partial(period_task, board, period))
     label_suffixes = []
     for labels in label_sources(boards) if with_labels else ():
         tasks.append(functools.partial(labels_task, labels))
@@ -285,70 +314,20 @@ def build_boards(
     state.phase = "loading boards"
     report()
     idle = list(conns)
+    found: Found = []
     with ThreadPoolExecutor(max_workers=len(conns), thread_name_prefix="rebuild") as pool:
-        pending: dict[Future[None], Any] = {}
+        pending: dict[Future[Found], Any] = {}
         for task in tasks:
             if not idle:
                 done_future = next(as_completed(pending))
                 idle.append(pending.pop(done_future))
-                done_future.result()
+                found.extend(done_future.result())
             conn = idle.pop()
             pending[pool.submit(task, conn)] = conn
         for future in as_completed(pending):
-            future.result()
+            found.extend(future.result())
     _require_same_storage(settings, seen)
-    found = sorted(loaded.items())
-    state.boards = len(found)  # shares of one board load the same keys: counted once, here
     return Built(found, label_suffixes, {key.removeprefix(build): n for key, n in counts.items()})
-
-
-class _BoardPlan:
-    """Where one board's buckets go: the build key and expiry of each bucket still
-    retained (None for one already expired), found once per bucket and kept."""
-
-    def __init__(self, settings: Settings, board: Board, build: str, now: float) -> None:
-        keys = settings.keys
-        self._settings = settings
-        self._board = board
-        self._build = build
-        self._now = now
-        self.loaded: dict[str, int | None] = {}
-        self.all_key: str | None = None
-        if Period.ALL in board.periods:
-            self.all_suffix = keys.without_prefix(keys.board(board.name, Period.ALL, "all"))
-            self.all_key = build + self.all_suffix
-        # Per timed period: (period, first retained day number, targets by first day).
-        self.timed: list[tuple[Period, int, dict[int, tuple[str, str, int | None] | None]]] = []
-        oldest: list[datetime] = []
-        moment = datetime.now(UTC)
-        for period in board.periods:
-            if period not in _PERIOD_INDEX:
-                continue  # all-time above; rolling windows are summed from the day buckets
-            since = oldest_retained_bucket_start(period, settings.zone, settings.retention, moment)
-            assert since is not None
-            oldest.append(since)
-            self.timed.append((period, day_number(since.date()), {}))
-        # Rows from the oldest retained bucket of any period on; none without timed periods.
-        self.since: datetime | None = min(oldest) if oldest else None
-
-    def target(
-        self, period: Period, start: int, cache: dict[int, tuple[str, str, int | None] | None]
-    ) -> tuple[str, str, int | None] | None:
-        """(build key, key suffix, expiry) of the bucket of ``period`` starting on day
-        ``start``; None when its board has expired already."""
-        if start in cache:
-            return cache[start]
-        settings = self._settings
-        bucket = bucket_ids_for_date(day_date(start))[_PERIOD_INDEX[period]]
-        expires = expires_at(period, bucket, settings.zone, settings.retention)
-        target = None
-        if expires is None or expires > self._now:
-            suffix = settings.keys.without_prefix(
-                settings.keys.board(self._board.name, period, bucket)
-            )
-            target = (self._build + suffix, suffix, expires)
-        cache[start] = target
-        return target
 
 
 class BuildRaced(RebuildRequired):
@@ -389,10 +368,7 @@ class _Loader:
         self._state = state
         self._report = report
         self._lock = lock
-        self._shared_counts = counts
-        # Members or fields per key, merged into the shared counts by ``finish``: shares of
-        # one board, on other threads, load the same keys (the swap checks the totals).
-        self._counts: dict[str, int] = {}
+        self._counts = counts
         self._rows = 0
         self._boards = 0
 
@@ -406,75 +382,56 @@ class _Loader:
         if chunk:
             self._queue("hset", key, chunk)
 
-    def load_members(self, rows: Any, plan: _BoardPlan) -> None:
-        """Roll each member's row of ``queries.member_days`` up into the board's buckets."""
-        pending: dict[str, list[int | str]] = {}
-        limit = 2 * _CHUNK
-        all_key = plan.all_key
-        timed = plan.timed
-        target_of = plan.target
-        for member, count, all_score, packed_days, packed_values in rows:
-            self._rows += count
-            if all_key is not None and all_score > 0:
-                self._add(pending, all_key, all_score, member, limit)
-            if packed_days is None:
+    def load_boards(
+        self,
+        build: str,
+        rows: Any,
+        suffix_for: Callable[[date], tuple[str, int | None] | None],
+    ) -> Iterator[tuple[str, int | None]]:
+        current_start: date | None = None
+        target: tuple[str, int | None] | None = None
+        chunk: dict[str, int] = {}
+        for start, member, score in rows:
+            if start != current_start:
+                if chunk and target is not None:
+                    self._queue("zadd", build + target[0], chunk)
+                chunk = {}
+                current_start = start
+                target = suffix_for(start)
+                if target is not None:
+                    self._boards += 1
+                    yield target
+            if target is None:
                 continue
-            days = array("i")
-            days.frombytes(packed_days)
-            if _NATIVE_LITTLE:
-                days.byteswap()
-            sums: list[int] | None = None
-            if packed_values is None:
-                ordered: Any = sorted(days)
-            else:
-                values = array("q")
-                values.frombytes(packed_values)
-                if _NATIVE_LITTLE:
-                    values.byteswap()
-                ordered, sums = prefix_sums(days, values)
-            for period, since, cache in timed:
-                for start, score in bucket_scores(period, ordered, sums, since=since):
-                    if score <= 0:  # a sum of 0 (or less) is not ranked
-                        continue
-                    target = cache[start] if start in cache else target_of(period, start, cache)
-                    if target is not None:
-                        self._add(pending, target[0], score, member, limit)
-        for key, flat in pending.items():
-            if flat:
-                self._queue_flat(key, flat)
-        for key in self._counts:
-            if key == all_key:
-                plan.loaded[plan.all_suffix] = None
-        for _period, _since, cache in timed:
-            for target in cache.values():
-                if target is not None and target[0] in self._counts:
-                    plan.loaded[target[1]] = target[2]
+            chunk[member] = score
+            if len(chunk) >= _CHUNK:
+                self._queue("zadd", build + target[0], chunk)
+                chunk = {}
+        if chunk and target is not None:
+            self._queue("zadd", build + target[0], chunk)
 
-    def _add(
-        self, pending: dict[str, list[int | str]], key: str, score: int, member: str, limit: int
-    ) -> None:
-        flat = pending.get(key)
-        if flat is None:
-            flat = pending[key] = []
-        flat.append(score)
-        flat.append(member)
-        if len(flat) >= limit:
-            self._queue_flat(key, flat)
-            pending[key] = []
+    def load_one(self, key: str, rows: Any) -> int:
+        """Load one board; return how many members it has."""
+        chunk: dict[str, int] = {}
+        members = 0
+        for member, score in rows:
+            self._rows += score
+            members += 1
+            chunk[member] = score
+            if len(chunk) >= _CHUNK:
+                self._queue("zadd", key, chunk)
+                chunk = {}
+        if chunk:
+            self._queue("zadd", key, chunk)
+        if members:
+            self._boards += 1
+        return members
 
     def finish(self) -> None:
         self._execute()
-        with self._lock:
-            for key, n in self._counts.items():
-                self._shared_counts[key] = self._shared_counts.get(key, 0) + n
-
-    def _queue_flat(self, key: str, flat: list[int | str]) -> None:
-        self._counts[key] = self._counts.get(key, 0) + len(flat) // 2
-        self._writer.zadd_flat(key, flat)
-        if self._writer.queued >= 20:
-            self._execute()
 
     def _queue(self, command: str, key: str, mapping: dict[str, Any]) -> None:
+        # Members or fields per key (each task loads keys of its own): the swap checks them.
         self._counts[key] = self._counts.get(key, 0) + len(mapping)
         if command == "zadd":
             self._writer.zadd(key, mapping)

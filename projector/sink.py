@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-import hiredis
 import redis
 
 from projector.core.errors import ConfigError, ConnectionLost, RebuildRequired
@@ -465,10 +464,8 @@ class BuildWriter:
     One per loading thread."""
 
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
-        self._client = client
         self._pipe = client.pipeline(transaction=False)
         self._ttl = ttl_seconds
-        self._packed: list[bytes] = []
         self.queued = 0
 
     def zadd(self, key: str, members: dict[str, int]) -> None:
@@ -481,48 +478,16 @@ class BuildWriter:
         self._pipe.expire(key, self._ttl)
         self.queued += 1
 
-    def zadd_flat(self, key: str, scores_and_members: list[int | str]) -> None:
-        """``zadd`` of members given as one flat list (score, member, score, member, ...),
-        packed by hiredis at once: a rebuild sends millions of members, and redis-py's own
-        packing, argument by argument, would cost more than Redis spends adding them."""
-        self._packed.append(hiredis.pack_command(("ZADD", key, *scores_and_members)))  # type: ignore[arg-type]
-        self._packed.append(hiredis.pack_command(("EXPIRE", key, self._ttl)))  # type: ignore[arg-type]
-        self.queued += 1
-
     def flush(self) -> None:
         """Send what is queued; ``ConnectionLost`` when Redis cannot take it (out of
         memory: a rebuild holds the old and the new boards until its swap)."""
         try:
-            if self._packed:
-                self._send_packed()
             self._pipe.execute()
         except redis.exceptions.OutOfMemoryError as exc:
             raise out_of_memory(exc) from exc
         except (redis.ConnectionError, redis.TimeoutError, *MOVED_AWAY) as exc:
             raise ConnectionLost(f"Redis cannot take writes: {exc}", service="redis") from exc
         self.queued = 0
-
-    def _send_packed(self) -> None:
-        packed, self._packed = self._packed, []
-        pool = self._client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(packed)  # type: ignore[no-untyped-call]
-            # Every reply is read, errors too, before the first error is raised: the
-            # connection goes back to the pool with nothing left unread.
-            errors = []
-            for _ in packed:
-                try:
-                    conn.read_response()
-                except redis.ResponseError as exc:
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
-        except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]
-            raise
-        finally:
-            pool.release(conn)
 
 
 def out_of_memory(exc: Exception) -> ConnectionLost:

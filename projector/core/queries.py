@@ -3,10 +3,8 @@
 The rebuild, ``verify`` and the API's fallback ask the same question, "each member's score
 in a bucket", with the same bucket bounds: an instant belongs to a timed bucket when its
 local time (``AT TIME ZONE``) falls in it, is finite and is before local year 10000. Each
-query returns the member as text, as Redis stores it, and only positive scores, except
-``member_days``: the rebuild's single scan, whose rows ``core.rollup`` rolls up into buckets.
-Every one reads the board's table through ``counted_rows``: a ranked member and the board's
-condition.
+query returns the member as text, as Redis stores it, and only positive scores. Every one
+reads the board's table through ``counted_rows``: a ranked member and the board's condition.
 """
 
 from __future__ import annotations
@@ -80,43 +78,6 @@ def all_time_scores(board: Board) -> sql.Composed:
         score=score_expression(board),
         table=board.table.identifier(),
         having=_having(board),
-    )
-
-
-def member_days(board: Board, *, split: bool = False) -> sql.Composed:
-    """One scan of the board's table for a rebuild: per ranked member, its number of rows,
-    its all-time score and, packed as bytea in one and the same order, the local day of each
-    row in calendar from ``%(since)s`` on (big-endian int4, days since 2000-01-01, as
-    ``core.rollup`` counts them) and, for a sum board, that row's value (big-endian int8,
-    NULL as 0; NULL for a count board). Parameters: ``tz``, ``since``; with ``split``, also
-    ``parts`` and ``part``: only the members whose text hashes to that part, so that
-    ``parts`` connections each read one share of the members."""
-    t = sql.Identifier(board.time)
-    member = sql.Identifier(board.member)
-    timed = sql.SQL("{t} >= %(since)s AND {calendar}").format(t=t, calendar=_in_calendar(board))
-    day = sql.SQL("int4send(({t} AT TIME ZONE %(tz)s)::date - date '2000-01-01')").format(t=t)
-    values: sql.Composable = sql.SQL("NULL::bytea")
-    if board.sum is not None:
-        values = sql.SQL(
-            "string_agg(int8send(coalesce({c}, 0)::bigint), ''::bytea) FILTER (WHERE {timed})"
-        ).format(c=sql.Identifier(board.sum), timed=timed)
-    where = counted_rows(board)
-    if split:
-        where = sql.SQL("{} AND (hashtext({}::text) & 2147483647) %% %(parts)s = %(part)s").format(
-            where, member
-        )
-    return sql.SQL(
-        "SELECT {m}::text, count(*), {score},"
-        " string_agg({day}, ''::bytea) FILTER (WHERE {timed}), {values}"
-        " FROM {table} WHERE {where} GROUP BY 1"
-    ).format(
-        m=member,
-        score=score_expression(board),
-        day=day,
-        timed=timed,
-        values=values,
-        table=board.table.identifier(),
-        where=where,
     )
 
 
